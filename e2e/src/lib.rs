@@ -1,0 +1,28 @@
+//! `pot-e2e`: drives the project's binaries from outside, as a person or a cluster would. The
+//! embedded control plane, the process runner and the demo arrive with their issues.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The path of a binary of this workspace, built first (a no-op when it is up to date) with the
+/// same cargo and profile as the running test.
+pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", name])
+        .status()
+        .expect("running cargo build");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {name} failed"
+    );
+    // Test executables live in target/<profile>/deps/; binaries in target/<profile>/.
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary in target/<profile>/deps");
+    let bin = profile_dir.join(name);
+    assert!(bin.exists(), "{} was not built", bin.display());
+    bin
+}

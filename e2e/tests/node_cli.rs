@@ -1,0 +1,96 @@
+//! The node CLI from outside: keys and a genesis made by `pot-node` give a chain that the ledger
+//! state machine runs.
+
+use std::process::Command;
+
+use pot_protocol::tx::TxBody;
+use pot_protocol::{Amount, Genesis, State, Tx, build_block};
+
+fn run(bin: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .output()
+        .expect("running pot-node");
+    assert!(
+        out.status.success(),
+        "pot-node {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn keygen_genesis_and_a_first_block() {
+    let bin = pot_e2e::workspace_binary("pot-node", "pot-node");
+    let dir = tempfile::tempdir().unwrap();
+    let coord = dir.path().join("coord.json");
+    let alice = dir.path().join("alice.json");
+    let coord_addr = run(&bin, &["keygen", "--out", coord.to_str().unwrap()]);
+    let alice_addr = run(&bin, &["keygen", "--out", alice.to_str().unwrap()]);
+    assert_eq!(
+        run(&bin, &["address", "--key", alice.to_str().unwrap()]),
+        alice_addr
+    );
+
+    let genesis_path = dir.path().join("genesis.yaml");
+    run(
+        &bin,
+        &[
+            "genesis",
+            "--chain-id",
+            "pot-e2e",
+            "--time-ms",
+            "1000",
+            "--coordinator-key",
+            coord.to_str().unwrap(),
+            "--fund",
+            &format!("{}=5000", alice_addr.trim()),
+            "--out",
+            genesis_path.to_str().unwrap(),
+        ],
+    );
+    let checked = run(
+        &bin,
+        &["genesis", "--check", genesis_path.to_str().unwrap()],
+    );
+    let genesis = Genesis::from_yaml(&std::fs::read_to_string(&genesis_path).unwrap()).unwrap();
+    assert!(checked.contains(&genesis.hash().to_hex()), "{checked}");
+    assert_eq!(genesis.coordinators[0].address.to_hex(), coord_addr.trim());
+
+    // The key file signs a transfer that the genesis state accepts.
+    let key = pot_node::keyfile::read(&alice).unwrap();
+    let mut state = State::from_genesis(&genesis);
+    let tx = Tx {
+        chain_id: "pot-e2e".into(),
+        signer: key.address(),
+        nonce: 0,
+        body: TxBody::Transfer {
+            to: genesis.coordinators[0].address,
+            amount: Amount(1200),
+        },
+    }
+    .sign(&key);
+    let built = build_block(&state, genesis.coordinators[0].address, 2000, [tx]);
+    assert!(built.rejected.is_empty(), "{:?}", built.rejected);
+    state.apply_block(&built.block).unwrap();
+    assert_eq!(state.balance(&key.address()), Amount(3800));
+}
+
+#[test]
+fn bad_genesis_is_refused_with_the_reason() {
+    let bin = pot_e2e::workspace_binary("pot-node", "pot-node");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "chain_id: UPPER\ngenesis_time_ms: 0\ncoordinators: []\n",
+    )
+    .unwrap();
+    let out = Command::new(&bin)
+        .args(["genesis", "--check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chain_id"), "{err}");
+}

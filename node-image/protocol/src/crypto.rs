@@ -1,0 +1,164 @@
+//! Accounts are ed25519 keys: an [`Address`] is the 32-byte public key itself, so a signature can
+//! be checked from the address alone, with no registry of keys on chain.
+
+use std::fmt;
+use std::str::FromStr;
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+
+use crate::hash::{BadHex, parse_hex32, serde_hex32};
+
+/// An account address: an ed25519 public key.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, BorshSerialize, BorshDeserialize,
+)]
+pub struct Address(pub [u8; 32]);
+
+serde_hex32!(Address);
+
+/// An ed25519 signature.
+#[derive(Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Signature(pub [u8; 64]);
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({}…)", hex::encode(&self.0[..8]))
+    }
+}
+
+/// Why a signature does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("address {0} is not a valid ed25519 public key")]
+    BadPublicKey(Address),
+    #[error("signature does not verify for {0}")]
+    Invalid(Address),
+}
+
+impl Address {
+    /// Verify `sig` over `msg`. Uses strict verification (rejects small-order keys and
+    /// non-canonical signatures) so that a signature cannot be mauled into a second valid one.
+    pub fn verify(&self, msg: &[u8], sig: &Signature) -> Result<(), SignatureError> {
+        let key =
+            VerifyingKey::from_bytes(&self.0).map_err(|_| SignatureError::BadPublicKey(*self))?;
+        let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
+        key.verify_strict(msg, &sig)
+            .map_err(|_| SignatureError::Invalid(*self))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// A short form for logs and tables.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+impl FromStr for Address {
+    type Err = BadHex;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_hex32(s).map(Address)
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Address({})", self.short())
+    }
+}
+
+/// A secret signing key. Debug output never shows the secret.
+#[derive(Clone)]
+pub struct SecretKey(SigningKey);
+
+impl SecretKey {
+    /// A fresh key from the operating system's random source.
+    pub fn generate() -> SecretKey {
+        let mut seed = [0u8; 32];
+        getrandom_fill(&mut seed);
+        SecretKey::from_seed(seed)
+    }
+
+    /// The key for a 32-byte seed (deterministic; tests and key files use it).
+    pub fn from_seed(seed: [u8; 32]) -> SecretKey {
+        SecretKey(SigningKey::from_bytes(&seed))
+    }
+
+    pub fn seed(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    pub fn address(&self) -> Address {
+        Address(self.0.verifying_key().to_bytes())
+    }
+
+    pub fn sign(&self, msg: &[u8]) -> Signature {
+        Signature(self.0.sign(msg).to_bytes())
+    }
+}
+
+impl FromStr for SecretKey {
+    type Err = BadHex;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_hex32(s).map(SecretKey::from_seed)
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretKey(address {})", self.address().short())
+    }
+}
+
+fn getrandom_fill(buf: &mut [u8]) {
+    use rand_core::{OsRng, RngCore};
+    OsRng.fill_bytes(buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_and_verify() {
+        let k = SecretKey::from_seed([7; 32]);
+        let sig = k.sign(b"hello");
+        assert_eq!(k.address().verify(b"hello", &sig), Ok(()));
+        assert_eq!(
+            k.address().verify(b"hellp", &sig),
+            Err(SignatureError::Invalid(k.address()))
+        );
+        let other = SecretKey::from_seed([8; 32]).address();
+        assert_eq!(
+            other.verify(b"hello", &sig),
+            Err(SignatureError::Invalid(other))
+        );
+    }
+
+    #[test]
+    fn generated_keys_differ_and_round_trip() {
+        let a = SecretKey::generate();
+        let b = SecretKey::generate();
+        assert_ne!(a.address(), b.address());
+        let again: SecretKey = hex::encode(a.seed()).parse().unwrap();
+        assert_eq!(again.address(), a.address());
+    }
+
+    #[test]
+    fn address_hex_round_trip() {
+        let a = SecretKey::from_seed([1; 32]).address();
+        assert_eq!(a.to_hex().parse::<Address>().unwrap(), a);
+        let yaml = serde_yaml::to_string(&a).unwrap();
+        assert!(yaml.contains(&a.to_hex()));
+        assert_eq!(serde_yaml::from_str::<Address>(&yaml).unwrap(), a);
+    }
+}

@@ -1,0 +1,311 @@
+//! The ledger state machine: a pure, deterministic transition function.
+//!
+//! `apply_block(state, block) -> state'` is all a node needs; `apply_tx` is public so a mempool
+//! can check a transaction against the current state, and `build_block` is what a proposer uses.
+//! Each transaction kind has one function that validates everything first and mutates last,
+//! so a rejected transaction leaves the state untouched without copying it. A block is applied
+//! to a copy and only swapped in when all of it is valid.
+
+mod accounts;
+mod finalize;
+mod lifecycle;
+mod reports;
+mod tasks;
+
+use crate::block::{Block, BlockHeader, tx_root};
+use crate::crypto::Address;
+use crate::error::{BlockError, TxError};
+use crate::hash::Hash;
+use crate::state::{State, TxPosition};
+use crate::tx::{SignedTx, TxBody, limits};
+use crate::units::{Amount, Height};
+
+/// Block-level limits, so a proposer cannot make a block that others cannot afford to check.
+pub mod block_limits {
+    pub const MAX_TXS: usize = 5_000;
+    pub const MAX_TX_BYTES_TOTAL: usize = 4 * 1024 * 1024;
+}
+
+/// Where a transaction is being applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxCtx {
+    pub height: Height,
+    pub time_ms: u64,
+    /// Position in the block.
+    pub index: u32,
+}
+
+impl TxCtx {
+    pub fn position(&self) -> TxPosition {
+        TxPosition {
+            height: self.height,
+            index: self.index,
+        }
+    }
+}
+
+/// Apply one signed transaction. On error nothing has changed.
+pub fn apply_tx(state: &mut State, ctx: &TxCtx, stx: &SignedTx) -> Result<(), TxError> {
+    let len = stx.encode().len();
+    if len > limits::MAX_TX_BYTES {
+        return Err(TxError::TooLarge {
+            len,
+            max: limits::MAX_TX_BYTES,
+        });
+    }
+    let tx = &stx.tx;
+    if tx.chain_id != state.chain_id {
+        return Err(TxError::WrongChain {
+            expected: state.chain_id.clone(),
+            got: tx.chain_id.clone(),
+        });
+    }
+    stx.verify_signature()?;
+    let expected = state.account(&tx.signer).nonce;
+    if tx.nonce != expected || expected == u64::MAX {
+        return Err(TxError::WrongNonce {
+            signer: tx.signer,
+            expected,
+            got: tx.nonce,
+        });
+    }
+    let who = tx.signer;
+    match &tx.body {
+        TxBody::Transfer { to, amount } => accounts::transfer(state, who, *to, *amount),
+        TxBody::Bond { role, amount } => accounts::bond(state, who, *role, *amount),
+        TxBody::Unbond { role, amount } => accounts::unbond(state, ctx, who, *role, *amount),
+        TxBody::SubmitTask {
+            spec,
+            bounty,
+            eval_commit,
+            windows,
+        } => tasks::submit(
+            state,
+            ctx,
+            who,
+            tx.nonce,
+            spec,
+            *bounty,
+            *eval_commit,
+            windows,
+        ),
+        TxBody::CommitClaim { task, commitment } => {
+            tasks::commit_claim(state, ctx, who, task, *commitment)
+        }
+        TxBody::RevealClaim { task, claim, salt } => {
+            tasks::reveal_claim(state, ctx, who, task, claim, *salt)
+        }
+        TxBody::RevealEvalSet {
+            task,
+            eval_set,
+            salt,
+        } => tasks::reveal_eval_set(state, ctx, who, task, eval_set, *salt),
+        TxBody::CommitReport {
+            task,
+            miner,
+            commitment,
+        } => reports::commit_report(state, ctx, who, task, miner, *commitment),
+        TxBody::RevealReport {
+            task,
+            miner,
+            report,
+            salt,
+        } => reports::reveal_report(state, ctx, who, task, miner, report, *salt),
+        TxBody::Challenge {
+            task,
+            miner,
+            validator,
+            segment,
+        } => reports::challenge(state, ctx, who, task, miner, validator, *segment),
+        TxBody::ChallengeVote {
+            task,
+            challenge,
+            segment_ok,
+        } => reports::vote(state, ctx, who, task, *challenge, *segment_ok),
+    }?;
+    state.accounts.entry(who).or_default().nonce += 1;
+    Ok(())
+}
+
+/// Apply a block to `state`, giving the next state. Checks the header against the tip, the
+/// transaction root, every transaction, and the state root. On error `state` is unchanged.
+pub fn apply_block(state: &State, block: &Block) -> Result<State, BlockError> {
+    let h = &block.header;
+    check_header(state, h)?;
+    check_block_limits(&block.txs)?;
+    let computed = tx_root(&block.txs);
+    if computed != h.tx_root {
+        return Err(BlockError::TxRootMismatch {
+            header: h.tx_root,
+            computed,
+        });
+    }
+    let mut next = state.clone();
+    begin_block(&mut next, h.height, h.time_ms, h.prev_hash);
+    for (i, stx) in block.txs.iter().enumerate() {
+        let ctx = TxCtx {
+            height: h.height,
+            time_ms: h.time_ms,
+            index: i as u32,
+        };
+        apply_tx(&mut next, &ctx, stx).map_err(|error| BlockError::Tx {
+            index: i,
+            hash: stx.hash(),
+            error,
+        })?;
+    }
+    let computed = next.state_root();
+    if computed != h.state_root {
+        return Err(BlockError::StateRootMismatch {
+            header: h.state_root,
+            computed,
+        });
+    }
+    next.tip.hash = h.hash();
+    Ok(next)
+}
+
+impl State {
+    /// Apply a block in place; on error the state is unchanged.
+    pub fn apply_block(&mut self, block: &Block) -> Result<(), BlockError> {
+        *self = apply_block(self, block)?;
+        Ok(())
+    }
+}
+
+/// A block a proposer built, the state after it, and the candidates it left out and why.
+#[derive(Debug)]
+pub struct BuiltBlock {
+    pub block: Block,
+    pub state: State,
+    pub rejected: Vec<(Hash, TxError)>,
+}
+
+/// Build the next block from candidate transactions, in the order given: each one that applies
+/// is included, each one that does not is reported, and the block limits are respected.
+pub fn build_block(
+    state: &State,
+    proposer: Address,
+    time_ms: u64,
+    candidates: impl IntoIterator<Item = SignedTx>,
+) -> BuiltBlock {
+    let height = state.tip.height + 1;
+    let prev_hash = state.tip.hash;
+    let mut next = state.clone();
+    begin_block(&mut next, height, time_ms, prev_hash);
+    let mut txs = Vec::new();
+    let mut bytes = 0;
+    let mut rejected = Vec::new();
+    for stx in candidates {
+        let len = stx.encode().len();
+        if txs.len() == block_limits::MAX_TXS || bytes + len > block_limits::MAX_TX_BYTES_TOTAL {
+            break;
+        }
+        let ctx = TxCtx {
+            height,
+            time_ms,
+            index: txs.len() as u32,
+        };
+        match apply_tx(&mut next, &ctx, &stx) {
+            Ok(()) => {
+                bytes += len;
+                txs.push(stx);
+            }
+            Err(e) => rejected.push((stx.hash(), e)),
+        }
+    }
+    let header = BlockHeader {
+        height,
+        prev_hash,
+        time_ms,
+        proposer,
+        tx_root: tx_root(&txs),
+        state_root: next.state_root(),
+    };
+    next.tip.hash = header.hash();
+    BuiltBlock {
+        block: Block { header, txs },
+        state: next,
+        rejected,
+    }
+}
+
+fn check_header(state: &State, h: &BlockHeader) -> Result<(), BlockError> {
+    if h.height != state.tip.height + 1 {
+        return Err(BlockError::WrongHeight {
+            expected: state.tip.height + 1,
+            got: h.height,
+        });
+    }
+    if h.prev_hash != state.tip.hash {
+        return Err(BlockError::WrongPrevHash {
+            expected: state.tip.hash,
+            got: h.prev_hash,
+        });
+    }
+    if h.time_ms <= state.tip.time_ms {
+        return Err(BlockError::TimeNotIncreasing {
+            prev: state.tip.time_ms,
+            got: h.time_ms,
+        });
+    }
+    Ok(())
+}
+
+fn check_block_limits(txs: &[SignedTx]) -> Result<(), BlockError> {
+    if txs.len() > block_limits::MAX_TXS {
+        return Err(BlockError::TooManyTxs {
+            count: txs.len(),
+            max: block_limits::MAX_TXS,
+        });
+    }
+    let bytes: usize = txs.iter().map(|t| t.encode().len()).sum();
+    if bytes > block_limits::MAX_TX_BYTES_TOTAL {
+        return Err(BlockError::TooLarge {
+            bytes,
+            max: block_limits::MAX_TX_BYTES_TOTAL,
+        });
+    }
+    Ok(())
+}
+
+/// Work done at the start of every block, before its transactions: advance the tip, release
+/// matured unbondings, and move tasks whose phase ends here (assignment, failure,
+/// committees, finalization). `prev_hash` is the beacon for whatever is sampled now.
+/// `apply_block` and `build_block` call it; it is public so a mempool can check transactions
+/// against the state the next block will see.
+pub fn begin_block(state: &mut State, height: Height, time_ms: u64, prev_hash: Hash) {
+    state.tip.height = height;
+    state.tip.time_ms = time_ms;
+    state.tip.hash = prev_hash;
+    accounts::release_unbondings(state, height);
+    lifecycle::advance_tasks(state, height, &prev_hash);
+}
+
+/// Ledger-internal balance moves. Callers have already validated; a credit cannot overflow
+/// because every token is counted in a total supply that fits in `u64`.
+impl State {
+    pub(crate) fn debit(&mut self, who: Address, amount: Amount) {
+        let acct = self.accounts.entry(who).or_default();
+        acct.balance = acct
+            .balance
+            .checked_sub(amount)
+            .expect("debit was validated");
+    }
+
+    pub(crate) fn credit(&mut self, who: Address, amount: Amount) {
+        let acct = self.accounts.entry(who).or_default();
+        acct.balance = acct
+            .balance
+            .checked_add(amount)
+            .expect("supply fits in u64");
+    }
+
+    pub(crate) fn require_funds(&self, who: &Address, need: Amount) -> Result<(), TxError> {
+        let have = self.balance(who);
+        if have < need {
+            return Err(TxError::InsufficientFunds { need, have });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,317 @@
+//! Client and miner transactions: submitting a task, committing and revealing claims, and
+//! revealing the eval set.
+
+use std::collections::BTreeMap;
+
+use crate::crypto::Address;
+use crate::error::TxError;
+use crate::hash::Hash;
+use crate::state::{ClaimEntry, Phase, Schedule, State, Task, TaskStatus};
+use crate::tx::{
+    Claim, DatasetRef, HyperRange, Role, TaskId, TaskSpec, Windows, claim_commitment,
+    eval_commitment, limits, task_id,
+};
+use crate::units::{Amount, Fixed};
+
+use super::TxCtx;
+
+/// The task `id`, which must be in phase `expected` at `ctx.height`.
+pub(super) fn task_in_phase<'a>(
+    state: &'a State,
+    ctx: &TxCtx,
+    id: &TaskId,
+    expected: Phase,
+    kind: &'static str,
+) -> Result<&'a Task, TxError> {
+    let task = state.tasks.get(id).ok_or(TxError::UnknownTask(*id))?;
+    let actual = task.phase(ctx.height);
+    if actual != expected {
+        return Err(TxError::WrongPhase {
+            task: *id,
+            kind,
+            expected,
+            actual,
+        });
+    }
+    Ok(task)
+}
+
+pub(super) fn check_len(field: &'static str, s: &str, max: usize) -> Result<(), TxError> {
+    if s.len() > max {
+        return Err(TxError::FieldTooLarge {
+            field,
+            len: s.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn check_dataset(field: &'static str, d: &DatasetRef) -> Result<(), TxError> {
+    check_len(field, &d.locator, limits::MAX_LOCATOR)?;
+    if d.locator.is_empty() {
+        return Err(TxError::InvalidSpec {
+            field,
+            why: "locator is empty",
+        });
+    }
+    Ok(())
+}
+
+fn check_spec(state: &State, spec: &TaskSpec) -> Result<(), TxError> {
+    let bad = |field, why| Err(TxError::InvalidSpec { field, why });
+    check_len("model", &spec.model, limits::MAX_MODEL)?;
+    if spec.model.is_empty() {
+        return bad("model", "is empty");
+    }
+    check_dataset("dataset", &spec.dataset)?;
+    check_hyper_ranges(&spec.hyper)?;
+    if spec.steps == 0 || spec.steps > state.params.max_steps {
+        return bad("steps", "must be between 1 and the chain's max_steps");
+    }
+    if spec.checkpoint_interval == 0 || !spec.steps.is_multiple_of(spec.checkpoint_interval) {
+        return bad("checkpoint_interval", "must be positive and divide steps");
+    }
+    if spec.segments() > u64::from(u32::MAX) {
+        return bad("checkpoint_interval", "gives more than 2^32 segments");
+    }
+    if spec.replay_tolerance < Fixed(0) {
+        return bad("replay_tolerance", "must not be negative");
+    }
+    Ok(())
+}
+
+fn check_hyper_ranges(hyper: &[HyperRange]) -> Result<(), TxError> {
+    if hyper.len() > limits::MAX_HYPER {
+        return Err(TxError::FieldTooLarge {
+            field: "hyper",
+            len: hyper.len(),
+            max: limits::MAX_HYPER,
+        });
+    }
+    for r in hyper {
+        check_len("hyper.name", &r.name, limits::MAX_HYPER_NAME)?;
+        let name_ok = !r.name.is_empty()
+            && r.name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !name_ok {
+            return Err(TxError::InvalidSpec {
+                field: "hyper.name",
+                why: "must be non-empty [a-z0-9_]",
+            });
+        }
+        if r.min > r.max {
+            return Err(TxError::InvalidSpec {
+                field: "hyper",
+                why: "min must not exceed max",
+            });
+        }
+    }
+    if !hyper.windows(2).all(|w| w[0].name < w[1].name) {
+        return Err(TxError::InvalidSpec {
+            field: "hyper",
+            why: "names must be sorted and unique",
+        });
+    }
+    Ok(())
+}
+
+fn check_windows(state: &State, w: &Windows) -> Result<(), TxError> {
+    let names = [
+        "commit",
+        "reveal",
+        "eval_reveal",
+        "report_commit",
+        "report_reveal",
+        "challenge",
+        "resolution",
+    ];
+    let (min, max) = (state.params.min_window, state.params.max_window);
+    for (name, value) in names.into_iter().zip(w.all()) {
+        if !(min..=max).contains(&value) {
+            return Err(TxError::BadWindow {
+                name,
+                value,
+                min,
+                max,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn submit(
+    state: &mut State,
+    ctx: &TxCtx,
+    client: Address,
+    nonce: u64,
+    spec: &TaskSpec,
+    bounty: Amount,
+    eval_commit: Hash,
+    windows: &Windows,
+) -> Result<(), TxError> {
+    check_spec(state, spec)?;
+    check_windows(state, windows)?;
+    if bounty < state.params.min_bounty {
+        return Err(TxError::BountyTooSmall {
+            min: state.params.min_bounty,
+            got: bounty,
+        });
+    }
+    state.require_funds(&client, bounty)?;
+    let id = task_id(&client, nonce);
+    if state.tasks.contains_key(&id) {
+        return Err(TxError::Duplicate("task"));
+    }
+    state.debit(client, bounty);
+    state.tasks.insert(
+        id,
+        Task {
+            id,
+            client,
+            spec: spec.clone(),
+            bounty,
+            eval_commit,
+            windows: *windows,
+            schedule: Schedule::new(ctx.height, windows),
+            claims: BTreeMap::new(),
+            eval_set: None,
+            challenges: Vec::new(),
+            status: TaskStatus::Active,
+        },
+    );
+    Ok(())
+}
+
+pub(super) fn commit_claim(
+    state: &mut State,
+    ctx: &TxCtx,
+    miner: Address,
+    id: &TaskId,
+    commitment: Hash,
+) -> Result<(), TxError> {
+    let task = task_in_phase(state, ctx, id, Phase::Commit, "commit_claim")?;
+    if task.client == miner {
+        return Err(TxError::ClientCannotClaim);
+    }
+    if task.claims.contains_key(&miner) {
+        return Err(TxError::Duplicate("claim commitment"));
+    }
+    let max = state.params.max_claims_per_task;
+    if task.claims.len() >= max as usize {
+        return Err(TxError::TooManyClaims { max });
+    }
+    let need = state.params.min_miner_bond;
+    let have = state.bonded(&miner, Role::Miner);
+    if have < need {
+        return Err(TxError::InsufficientBond {
+            role: Role::Miner,
+            need,
+            have,
+        });
+    }
+    let task = state.tasks.get_mut(id).expect("checked above");
+    task.claims.insert(
+        miner,
+        ClaimEntry {
+            commitment,
+            committed_at: ctx.position(),
+            claim: None,
+            salt: None,
+            assigned: Vec::new(),
+            segments: Vec::new(),
+            reports: BTreeMap::new(),
+        },
+    );
+    Ok(())
+}
+
+fn check_claim(task: &Task, claim: &Claim) -> Result<(), TxError> {
+    check_len("artifacts", &claim.artifacts, limits::MAX_LOCATOR)?;
+    if claim.steps != task.spec.steps {
+        return Err(TxError::StepsMismatch {
+            expected: task.spec.steps,
+            got: claim.steps,
+        });
+    }
+    let ranges = &task.spec.hyper;
+    let names_match = claim.hyper.len() == ranges.len()
+        && claim
+            .hyper
+            .iter()
+            .zip(ranges)
+            .all(|(v, r)| v.name == r.name);
+    if !names_match {
+        return Err(TxError::HyperMismatch {
+            expected: ranges.iter().map(|r| r.name.clone()).collect(),
+        });
+    }
+    for (v, r) in claim.hyper.iter().zip(ranges) {
+        if v.value < r.min || v.value > r.max {
+            return Err(TxError::HyperOutOfRange {
+                name: v.name.clone(),
+                value: v.value,
+                min: r.min,
+                max: r.max,
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn reveal_claim(
+    state: &mut State,
+    ctx: &TxCtx,
+    miner: Address,
+    id: &TaskId,
+    claim: &Claim,
+    salt: Hash,
+) -> Result<(), TxError> {
+    let task = task_in_phase(state, ctx, id, Phase::Reveal, "reveal_claim")?;
+    let entry = task
+        .claims
+        .get(&miner)
+        .ok_or(TxError::NoCommitment("claim"))?;
+    if entry.claim.is_some() {
+        return Err(TxError::Duplicate("claim reveal"));
+    }
+    check_claim(task, claim)?;
+    if claim_commitment(id, &miner, claim, &salt) != entry.commitment {
+        return Err(TxError::RevealMismatch("claim"));
+    }
+    let entry = state
+        .tasks
+        .get_mut(id)
+        .and_then(|t| t.claims.get_mut(&miner))
+        .expect("checked above");
+    entry.claim = Some(claim.clone());
+    entry.salt = Some(salt);
+    Ok(())
+}
+
+pub(super) fn reveal_eval_set(
+    state: &mut State,
+    ctx: &TxCtx,
+    who: Address,
+    id: &TaskId,
+    eval_set: &DatasetRef,
+    salt: Hash,
+) -> Result<(), TxError> {
+    let task = task_in_phase(state, ctx, id, Phase::EvalReveal, "reveal_eval_set")?;
+    if task.client != who {
+        return Err(TxError::NotClient {
+            client: task.client,
+        });
+    }
+    if task.eval_set.is_some() {
+        return Err(TxError::Duplicate("eval set reveal"));
+    }
+    check_dataset("eval_set", eval_set)?;
+    if eval_commitment(&eval_set.sha256, &salt) != task.eval_commit {
+        return Err(TxError::RevealMismatch("eval set"));
+    }
+    state.tasks.get_mut(id).expect("checked above").eval_set = Some(eval_set.clone());
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! `pot-protocol`: the Proof-of-Training ledger.
+//!
+//! Types (keys, hashes, transactions, blocks), the canonical encoding, the genesis file, the
+//! Merkle tree over checkpoints, beacon sampling, and the ledger state machine — a pure,
+//! deterministic function from a state and a block to the next state. Nothing here does I/O.
+
+pub mod block;
+pub mod crypto;
+pub mod encoding;
+pub mod error;
+pub mod genesis;
+pub mod hash;
+pub mod ledger;
+pub mod merkle;
+pub mod sampling;
+pub mod state;
+pub mod tx;
+pub mod units;
+
+pub use block::{Block, BlockHeader};
+pub use crypto::{Address, SecretKey, Signature};
+pub use error::{BlockError, TxError};
+pub use genesis::{Genesis, Params};
+pub use hash::Hash;
+pub use ledger::{BuiltBlock, TxCtx, apply_block, apply_tx, begin_block, build_block};
+pub use state::{Phase, State};
+pub use tx::{SignedTx, Tx, TxBody};
+pub use units::{Amount, Fixed, Height, Ppm};

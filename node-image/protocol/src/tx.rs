@@ -1,0 +1,436 @@
+//! Transactions: the signed envelope and one body type per kind in the protocol table.
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{Address, SecretKey, Signature, SignatureError};
+use crate::encoding;
+use crate::hash::Hash;
+use crate::units::{Amount, Fixed};
+
+/// Size limits on what a transaction may carry. Everything a node stores or gossips is bounded.
+pub mod limits {
+    /// The whole encoded signed transaction.
+    pub const MAX_TX_BYTES: usize = 16 * 1024;
+    /// A chain id.
+    pub const MAX_CHAIN_ID: usize = 64;
+    /// A model descriptor (`mlp:64,32`, `torchscript:<locator>#<sha256>`, ...).
+    pub const MAX_MODEL: usize = 512;
+    /// A dataset or artifact locator (a path or a URL).
+    pub const MAX_LOCATOR: usize = 1024;
+    /// Hyper-parameter ranges a task may declare (and so values a claim names).
+    pub const MAX_HYPER: usize = 16;
+    /// A hyper-parameter name.
+    pub const MAX_HYPER_NAME: usize = 32;
+}
+
+/// The two staking roles; each has its own bond so slashing one never touches the other.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    BorshSerialize,
+    BorshDeserialize,
+    Serialize,
+    Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Miner,
+    Validator,
+}
+
+/// Which direction of a metric is better.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    /// Classification accuracy on the eval set: higher is better.
+    Accuracy,
+    /// Mean loss on the eval set: lower is better.
+    Loss,
+}
+
+impl MetricKind {
+    pub fn higher_is_better(self) -> bool {
+        matches!(self, MetricKind::Accuracy)
+    }
+}
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimizer {
+    /// SGD with momentum (hyper-parameters `lr`, `momentum`, `weight_decay`).
+    Sgd,
+    /// AdamW (hyper-parameters `lr`, `weight_decay`).
+    AdamW,
+}
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    CrossEntropy,
+    Mse,
+}
+
+/// Where to get a dataset and the SHA-256 its bytes must have.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct DatasetRef {
+    pub locator: String,
+    pub sha256: Hash,
+}
+
+/// A hyper-parameter a miner may choose, and the closed range it must lie in.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct HyperRange {
+    pub name: String,
+    pub min: Fixed,
+    pub max: Fixed,
+}
+
+/// A miner's chosen value for one declared hyper-parameter.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct HyperValue {
+    pub name: String,
+    pub value: Fixed,
+}
+
+/// What a client asks to be trained. The ledger checks its shape; the node interprets `model`.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// A model descriptor the training engine understands (`mlp:64,32`, `lenet5`, ...).
+    pub model: String,
+    pub dataset: DatasetRef,
+    pub optimizer: Optimizer,
+    pub loss: LossKind,
+    /// Ranges for the hyper-parameters miners choose, sorted by name, names unique.
+    pub hyper: Vec<HyperRange>,
+    /// Total training steps of every claim.
+    pub steps: u64,
+    /// A checkpoint every `checkpoint_interval` steps; must divide `steps`.
+    pub checkpoint_interval: u64,
+    /// The task seed; each run's seed is `H(task seed ‖ miner ‖ salt)`.
+    pub seed: u64,
+    pub metric: MetricKind,
+    /// Largest normalised L2 distance a replayed segment may differ by; zero demands identical
+    /// checkpoint hashes (deterministic CPU runs).
+    pub replay_tolerance: Fixed,
+}
+
+impl TaskSpec {
+    /// Number of replayable segments (checkpoints minus one).
+    pub fn segments(&self) -> u64 {
+        self.steps / self.checkpoint_interval.max(1)
+    }
+}
+
+/// Lengths of the task's phases, in blocks.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
+pub struct Windows {
+    /// Miners commit claims.
+    pub commit: u32,
+    /// Miners reveal claims.
+    pub reveal: u32,
+    /// The client reveals the eval set (validators start replaying).
+    pub eval_reveal: u32,
+    /// Validators commit reports.
+    pub report_commit: u32,
+    /// Validators reveal reports.
+    pub report_reveal: u32,
+    /// Anyone may challenge a revealed report.
+    pub challenge: u32,
+    /// A challenge committee votes (only used when there was a challenge).
+    pub resolution: u32,
+}
+
+impl Windows {
+    pub fn all(&self) -> [u32; 7] {
+        [
+            self.commit,
+            self.reveal,
+            self.eval_reveal,
+            self.report_commit,
+            self.report_reveal,
+            self.challenge,
+            self.resolution,
+        ]
+    }
+}
+
+/// What a miner reveals about its run.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Claim {
+    /// Hash of the final model's canonical checkpoint bytes.
+    pub model_hash: Hash,
+    /// Merkle root over all checkpoint hashes, `W_0` (the initialisation) to `W_n`.
+    pub checkpoint_root: Hash,
+    pub steps: u64,
+    /// The miner's hyper-parameters: one per declared range, same order.
+    pub hyper: Vec<HyperValue>,
+    /// Where validators fetch checkpoints and the model.
+    pub artifacts: String,
+}
+
+/// Why a validator rejects a claim.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidReason {
+    /// `W_0` is not the initialisation bound to the miner's run seed (e.g. a copied trajectory).
+    InitMismatch,
+    /// The last checkpoint is not the claimed model.
+    FinalMismatch,
+    /// A sampled segment did not replay to the next checkpoint.
+    SegmentMismatch,
+    /// Checkpoints or proofs could not be fetched or did not match the Merkle root.
+    ArtifactsUnavailable,
+}
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Valid,
+    Invalid(InvalidReason),
+}
+
+/// The replay result of one sampled segment.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
+pub struct SegmentResult {
+    pub index: u32,
+    pub ok: bool,
+}
+
+/// A validator's report on one claim.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Report {
+    pub verdict: Verdict,
+    /// The claimed model's metric on the revealed eval set.
+    pub metric: Fixed,
+    /// `W_0` is the initialisation bound to the miner's seed.
+    pub init_ok: bool,
+    /// The last checkpoint is the claimed model.
+    pub final_ok: bool,
+    /// One result per sampled segment, in the sampled (ascending) order.
+    pub segments: Vec<SegmentResult>,
+}
+
+impl Report {
+    /// Whether the verdict follows from the facts reported: `Valid` exactly when every check
+    /// passed, and an `Invalid` reason names a check that failed.
+    pub fn is_consistent(&self) -> bool {
+        let all_segments = self.segments.iter().all(|s| s.ok);
+        match self.verdict {
+            Verdict::Valid => self.init_ok && self.final_ok && all_segments,
+            Verdict::Invalid(InvalidReason::InitMismatch) => !self.init_ok,
+            Verdict::Invalid(InvalidReason::FinalMismatch) => !self.final_ok,
+            Verdict::Invalid(InvalidReason::SegmentMismatch) => !all_segments,
+            Verdict::Invalid(InvalidReason::ArtifactsUnavailable) => true,
+        }
+    }
+}
+
+/// Identifies a task: `H(client ‖ nonce of the SubmitTask)`, unique and known before inclusion.
+pub type TaskId = Hash;
+
+/// The body of a transaction: one variant per kind.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxBody {
+    Transfer {
+        to: Address,
+        amount: Amount,
+    },
+    Bond {
+        role: Role,
+        amount: Amount,
+    },
+    Unbond {
+        role: Role,
+        amount: Amount,
+    },
+    SubmitTask {
+        spec: TaskSpec,
+        bounty: Amount,
+        /// `eval_commitment(eval set sha256, salt)`.
+        eval_commit: Hash,
+        windows: Windows,
+    },
+    CommitClaim {
+        task: TaskId,
+        /// `claim_commitment(task, miner, claim, salt)`.
+        commitment: Hash,
+    },
+    RevealClaim {
+        task: TaskId,
+        claim: Claim,
+        salt: Hash,
+    },
+    RevealEvalSet {
+        task: TaskId,
+        eval_set: DatasetRef,
+        salt: Hash,
+    },
+    CommitReport {
+        task: TaskId,
+        /// The miner whose claim is reported on.
+        miner: Address,
+        /// `report_commitment(task, miner, validator, report, salt)`.
+        commitment: Hash,
+    },
+    RevealReport {
+        task: TaskId,
+        miner: Address,
+        report: Report,
+        salt: Hash,
+    },
+    /// Dispute `validator`'s result for `segment` of `miner`'s claim; a deposit is escrowed.
+    Challenge {
+        task: TaskId,
+        miner: Address,
+        validator: Address,
+        segment: u32,
+    },
+    /// A challenge committee member's replay result for the disputed segment.
+    ChallengeVote {
+        task: TaskId,
+        challenge: u32,
+        segment_ok: bool,
+    },
+}
+
+impl TxBody {
+    /// The kind's name, for errors, logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TxBody::Transfer { .. } => "transfer",
+            TxBody::Bond { .. } => "bond",
+            TxBody::Unbond { .. } => "unbond",
+            TxBody::SubmitTask { .. } => "submit_task",
+            TxBody::CommitClaim { .. } => "commit_claim",
+            TxBody::RevealClaim { .. } => "reveal_claim",
+            TxBody::RevealEvalSet { .. } => "reveal_eval_set",
+            TxBody::CommitReport { .. } => "commit_report",
+            TxBody::RevealReport { .. } => "reveal_report",
+            TxBody::Challenge { .. } => "challenge",
+            TxBody::ChallengeVote { .. } => "challenge_vote",
+        }
+    }
+}
+
+/// The signed part of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Tx {
+    /// Binds the signature to one chain, so a transaction cannot be replayed on another.
+    pub chain_id: String,
+    pub signer: Address,
+    /// Must equal the signer's account nonce; replays are rejected.
+    pub nonce: u64,
+    pub body: TxBody,
+}
+
+const TX_SIGN_TAG: &str = "pot/tx/v1";
+
+impl Tx {
+    /// The bytes that are signed: a domain tag and the canonical encoding.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(TX_SIGN_TAG.as_bytes());
+        out.extend_from_slice(&encoding::encode(self));
+        out
+    }
+
+    pub fn sign(self, key: &SecretKey) -> SignedTx {
+        debug_assert_eq!(
+            key.address(),
+            self.signer,
+            "signing with another account's key"
+        );
+        let signature = key.sign(&self.signing_bytes());
+        SignedTx {
+            tx: self,
+            signature,
+        }
+    }
+}
+
+/// A transaction with its signature: what is gossiped, included in blocks, and hashed.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct SignedTx {
+    pub tx: Tx,
+    pub signature: Signature,
+}
+
+impl SignedTx {
+    /// The transaction id: SHA-256 over the canonical encoding, signature included.
+    pub fn hash(&self) -> Hash {
+        Hash::of_value("pot/tx-id", self)
+    }
+
+    pub fn verify_signature(&self) -> Result<(), SignatureError> {
+        self.tx
+            .signer
+            .verify(&self.tx.signing_bytes(), &self.signature)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        encoding::encode(self)
+    }
+
+    /// Decode a transaction received from outside, bounded by [`limits::MAX_TX_BYTES`].
+    pub fn decode(bytes: &[u8]) -> Result<SignedTx, encoding::DecodeError> {
+        encoding::decode_limited(bytes, limits::MAX_TX_BYTES)
+    }
+}
+
+/// The task id a client's `SubmitTask` with `nonce` creates.
+pub fn task_id(client: &Address, nonce: u64) -> TaskId {
+    Hash::tagged("pot/task-id", &[&client.0, &nonce.to_le_bytes()])
+}
+
+/// A miner's commitment to its claim. It binds the miner's address, so a copied commitment can
+/// never be revealed by anyone else.
+pub fn claim_commitment(task: &TaskId, miner: &Address, claim: &Claim, salt: &Hash) -> Hash {
+    Hash::of_value("pot/claim-commit", &(task, miner, claim, salt))
+}
+
+/// A validator's commitment to its report on `miner`'s claim.
+pub fn report_commitment(
+    task: &TaskId,
+    miner: &Address,
+    validator: &Address,
+    report: &Report,
+    salt: &Hash,
+) -> Hash {
+    Hash::of_value("pot/report-commit", &(task, miner, validator, report, salt))
+}
+
+/// The client's commitment to its hidden eval set: `H(eval set sha256 ‖ salt)`.
+pub fn eval_commitment(eval_sha256: &Hash, salt: &Hash) -> Hash {
+    Hash::tagged("pot/eval-commit", &[&eval_sha256.0, &salt.0])
+}
+
+/// The run seed of a miner's training run: `H(task seed ‖ miner ‖ salt)`. Initial parameters
+/// and data order come from it, so each miner's `W_0` is its own.
+pub fn run_seed(task_seed: u64, miner: &Address, salt: &Hash) -> Hash {
+    Hash::tagged(
+        "pot/run-seed",
+        &[&task_seed.to_le_bytes(), &miner.0, &salt.0],
+    )
+}

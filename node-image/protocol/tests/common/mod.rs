@@ -1,0 +1,389 @@
+//! A small chain driver for the ledger tests: named keys, blocks built by `build_block` and then
+//! applied through `apply_block`, and a check on every rejection that it changed nothing.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use pot_protocol::genesis::{Coordinator, GenesisBalance, GenesisStake};
+use pot_protocol::tx::{Role, TxBody};
+use pot_protocol::{
+    Address, Amount, Genesis, Hash, Params, SecretKey, SignedTx, State, Tx, TxCtx, TxError,
+    apply_tx, begin_block, build_block,
+};
+
+pub const CHAIN: &str = "pot-test";
+
+pub struct Chain {
+    pub state: State,
+    keys: BTreeMap<String, SecretKey>,
+    pub time_ms: u64,
+    queued: Vec<SignedTx>,
+    pub genesis: Genesis,
+}
+
+/// A deterministic key per name.
+pub fn key(name: &str) -> SecretKey {
+    SecretKey::from_seed(Hash::digest(name.as_bytes()).0)
+}
+
+pub fn addr(name: &str) -> Address {
+    key(name).address()
+}
+
+impl Chain {
+    pub fn new(params: Params, balances: &[(&str, u64)], stakes: &[(&str, Role, u64)]) -> Chain {
+        let genesis = Genesis {
+            chain_id: CHAIN.into(),
+            genesis_time_ms: 1_000_000,
+            params,
+            balances: balances
+                .iter()
+                .map(|(n, a)| GenesisBalance {
+                    address: addr(n),
+                    amount: Amount(*a),
+                })
+                .collect(),
+            stakes: stakes
+                .iter()
+                .map(|(n, r, a)| GenesisStake {
+                    address: addr(n),
+                    role: *r,
+                    amount: Amount(*a),
+                })
+                .collect(),
+            coordinators: vec![Coordinator {
+                address: addr("coordinator"),
+                power: 1,
+            }],
+        };
+        genesis.validate().expect("test genesis is valid");
+        let mut keys = BTreeMap::new();
+        for n in balances
+            .iter()
+            .map(|b| b.0)
+            .chain(stakes.iter().map(|s| s.0))
+        {
+            keys.insert(n.to_string(), key(n));
+        }
+        Chain {
+            state: State::from_genesis(&genesis),
+            keys,
+            time_ms: 1_000_000,
+            queued: Vec::new(),
+            genesis,
+        }
+    }
+
+    pub fn height(&self) -> u64 {
+        self.state.height()
+    }
+
+    /// Sign `body` as `name` with the next nonce, counting transactions already queued.
+    pub fn sign(&self, name: &str, body: TxBody) -> SignedTx {
+        let k = key(name);
+        let pending = self
+            .queued
+            .iter()
+            .filter(|t| t.tx.signer == k.address())
+            .count() as u64;
+        Tx {
+            chain_id: CHAIN.into(),
+            signer: k.address(),
+            nonce: self.state.account(&k.address()).nonce + pending,
+            body,
+        }
+        .sign(&k)
+    }
+
+    /// Queue a transaction for the next block.
+    pub fn queue(&mut self, name: &str, body: TxBody) {
+        let stx = self.sign(name, body);
+        self.queued.push(stx);
+    }
+
+    /// Build a block from the queue, apply it through `apply_block`, and return what the
+    /// proposer rejected.
+    pub fn block(&mut self) -> Vec<(Hash, TxError)> {
+        self.time_ms += 1_000;
+        let txs = std::mem::take(&mut self.queued);
+        let built = build_block(&self.state, addr("coordinator"), self.time_ms, txs);
+        let next =
+            pot_protocol::apply_block(&self.state, &built.block).expect("built block applies");
+        assert_eq!(next, built.state, "builder and applier agree");
+        self.state = next;
+        built.rejected
+    }
+
+    /// Produce empty blocks until the tip is `height`.
+    pub fn advance_to(&mut self, height: u64) {
+        assert!(self.height() <= height, "already past {height}");
+        while self.height() < height {
+            let rejected = self.block();
+            assert!(rejected.is_empty(), "{rejected:?}");
+        }
+    }
+
+    /// Submit one transaction in a block of its own. A rejection is checked to leave the state
+    /// exactly as it was, and the block still advances the height.
+    pub fn try_tx(&mut self, name: &str, body: TxBody) -> Result<(), TxError> {
+        let stx = self.sign(name, body);
+        self.try_signed(stx)
+    }
+
+    pub fn try_signed(&mut self, stx: SignedTx) -> Result<(), TxError> {
+        assert!(self.queued.is_empty());
+        let height = self.height() + 1;
+        let mut probe = self.state.clone();
+        begin_block(
+            &mut probe,
+            height,
+            self.time_ms + 1_000,
+            self.state.tip.hash,
+        );
+        let before = probe.clone();
+        let ctx = TxCtx {
+            height,
+            time_ms: self.time_ms + 1_000,
+            index: 0,
+        };
+        let direct = apply_tx(&mut probe, &ctx, &stx);
+        if direct.is_err() {
+            assert_eq!(probe, before, "a rejected transaction changed the state");
+        }
+        self.queued.push(stx);
+        let rejected = self.block();
+        match (&direct, rejected.first()) {
+            (Ok(()), None) => {}
+            (Err(e), Some((_, e2))) => assert_eq!(e, e2),
+            other => panic!("apply_tx and build_block disagree: {other:?}"),
+        }
+        direct
+    }
+
+    /// Like `try_tx`, expecting success.
+    pub fn ok(&mut self, name: &str, body: TxBody) {
+        if let Err(e) = self.try_tx(name, body.clone()) {
+            panic!("{name}: {} rejected: {e}", body.kind());
+        }
+    }
+
+    /// Queue several transactions into one block and expect all of them to be included.
+    pub fn all_ok(&mut self, txs: Vec<(&str, TxBody)>) {
+        for (name, body) in txs {
+            self.queue(name, body);
+        }
+        let rejected = self.block();
+        assert!(rejected.is_empty(), "{rejected:?}");
+    }
+
+    pub fn balance(&self, name: &str) -> u64 {
+        self.state.balance(&addr(name)).0
+    }
+
+    pub fn bonded(&self, name: &str, role: Role) -> u64 {
+        self.state
+            .stakes
+            .get(&(addr(name), role))
+            .map(|s| s.total().0)
+            .unwrap_or(0)
+    }
+
+    pub fn assert_supply_conserved(&self) {
+        assert_eq!(
+            self.state.held_supply(),
+            self.state.expected_supply(),
+            "supply: held != genesis + minted - burned ({:?})",
+            self.state.supply
+        );
+    }
+}
+
+// ---- Task fixtures ----
+
+use pot_protocol::Fixed;
+use pot_protocol::state::Task;
+use pot_protocol::tx::{
+    Claim, DatasetRef, HyperRange, HyperValue, InvalidReason, LossKind, MetricKind, Optimizer,
+    Report, SegmentResult, TaskId, TaskSpec, Verdict, Windows, claim_commitment, eval_commitment,
+    report_commitment, task_id,
+};
+
+pub fn spec() -> TaskSpec {
+    TaskSpec {
+        model: "mlp:64,32".into(),
+        dataset: DatasetRef {
+            locator: "builtin:digits".into(),
+            sha256: Hash::digest(b"digits train split"),
+        },
+        optimizer: Optimizer::Sgd,
+        loss: LossKind::CrossEntropy,
+        hyper: vec![
+            HyperRange {
+                name: "lr".into(),
+                min: Fixed(1_000),
+                max: Fixed(500_000),
+            },
+            HyperRange {
+                name: "momentum".into(),
+                min: Fixed(0),
+                max: Fixed(990_000),
+            },
+        ],
+        steps: 100,
+        checkpoint_interval: 10,
+        seed: 7,
+        metric: MetricKind::Accuracy,
+        replay_tolerance: Fixed(0),
+    }
+}
+
+pub fn windows(w: u32) -> Windows {
+    Windows {
+        commit: w,
+        reveal: w,
+        eval_reveal: w,
+        report_commit: w,
+        report_reveal: w,
+        challenge: w,
+        resolution: w,
+    }
+}
+
+pub fn eval_set() -> DatasetRef {
+    DatasetRef {
+        locator: "https://example.invalid/eval.safetensors".into(),
+        sha256: Hash::digest(b"hidden eval set"),
+    }
+}
+
+pub fn eval_salt() -> Hash {
+    Hash::digest(b"client salt")
+}
+
+/// A claim whose model and checkpoint root derive from `run` (two miners with the same `run`
+/// reveal the same artifacts: a copy).
+pub fn claim(run: &str) -> Claim {
+    Claim {
+        model_hash: Hash::digest(format!("{run} model").as_bytes()),
+        checkpoint_root: Hash::digest(format!("{run} checkpoints").as_bytes()),
+        steps: 100,
+        hyper: vec![
+            HyperValue {
+                name: "lr".into(),
+                value: Fixed(50_000),
+            },
+            HyperValue {
+                name: "momentum".into(),
+                value: Fixed(900_000),
+            },
+        ],
+        artifacts: format!("http://{run}.miners.invalid/artifacts"),
+    }
+}
+
+pub fn salt(who: &str) -> Hash {
+    Hash::digest(format!("salt of {who}").as_bytes())
+}
+
+pub fn valid_report(segments: &[u32], metric: i64) -> Report {
+    Report {
+        verdict: Verdict::Valid,
+        metric: Fixed(metric),
+        init_ok: true,
+        final_ok: true,
+        segments: segments
+            .iter()
+            .map(|&index| SegmentResult { index, ok: true })
+            .collect(),
+    }
+}
+
+pub fn invalid_report(segments: &[u32], reason: InvalidReason) -> Report {
+    let failing = segments.first().copied();
+    Report {
+        verdict: Verdict::Invalid(reason),
+        metric: Fixed(0),
+        init_ok: reason != InvalidReason::InitMismatch,
+        final_ok: reason != InvalidReason::FinalMismatch,
+        segments: segments
+            .iter()
+            .map(|&index| SegmentResult {
+                index,
+                ok: !(reason == InvalidReason::SegmentMismatch && Some(index) == failing),
+            })
+            .collect(),
+    }
+}
+
+/// Drives one task through its phases.
+impl Chain {
+    /// Submit the standard task as `client`; returns its id.
+    pub fn submit_task(&mut self, client: &str, bounty: u64, w: u32) -> TaskId {
+        let nonce = self.state.account(&addr(client)).nonce;
+        self.ok(
+            client,
+            TxBody::SubmitTask {
+                spec: spec(),
+                bounty: Amount(bounty),
+                eval_commit: eval_commitment(&eval_set().sha256, &eval_salt()),
+                windows: windows(w),
+            },
+        );
+        task_id(&addr(client), nonce)
+    }
+
+    pub fn task(&self, id: &TaskId) -> &Task {
+        &self.state.tasks[id]
+    }
+
+    pub fn commit_body(&self, id: &TaskId, miner: &str, c: &Claim) -> TxBody {
+        TxBody::CommitClaim {
+            task: *id,
+            commitment: claim_commitment(id, &addr(miner), c, &salt(miner)),
+        }
+    }
+
+    pub fn reveal_body(id: &TaskId, miner: &str, c: &Claim) -> TxBody {
+        TxBody::RevealClaim {
+            task: *id,
+            claim: c.clone(),
+            salt: salt(miner),
+        }
+    }
+
+    pub fn eval_body(id: &TaskId) -> TxBody {
+        TxBody::RevealEvalSet {
+            task: *id,
+            eval_set: eval_set(),
+            salt: eval_salt(),
+        }
+    }
+
+    pub fn report_commit_body(id: &TaskId, validator: &str, miner: &str, r: &Report) -> TxBody {
+        let s = salt(&format!("{validator} on {miner}"));
+        TxBody::CommitReport {
+            task: *id,
+            miner: addr(miner),
+            commitment: report_commitment(id, &addr(miner), &addr(validator), r, &s),
+        }
+    }
+
+    pub fn report_reveal_body(id: &TaskId, validator: &str, miner: &str, r: &Report) -> TxBody {
+        TxBody::RevealReport {
+            task: *id,
+            miner: addr(miner),
+            report: r.clone(),
+            salt: salt(&format!("{validator} on {miner}")),
+        }
+    }
+
+    /// The segments sampled for `miner`'s claim.
+    pub fn segments(&self, id: &TaskId, miner: &str) -> Vec<u32> {
+        self.task(id).claims[&addr(miner)].segments.clone()
+    }
+
+    pub fn assigned(&self, id: &TaskId, miner: &str) -> Vec<Address> {
+        self.task(id).claims[&addr(miner)].assigned.clone()
+    }
+}
