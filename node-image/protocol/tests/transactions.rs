@@ -873,3 +873,46 @@ fn block_rejections_leave_the_state_unchanged() {
     assert_eq!(c.balance("bob"), 6);
     let _ = SecretKey::generate();
 }
+
+#[test]
+fn a_miner_who_also_validates_is_never_assigned_to_its_own_claim() {
+    // m1 and m2 are bonded as validators too, and v is larger than the validator set, so every
+    // eligible validator is assigned: the only one left out of a claim is its own miner.
+    let mut p = params();
+    p.validators_per_claim = 10;
+    let mut c = Chain::new(
+        p,
+        &[("client", 1_000_000)],
+        &[
+            ("m1", Role::Miner, 2_000),
+            ("m2", Role::Miner, 2_000),
+            ("m1", Role::Validator, 2_000),
+            ("m2", Role::Validator, 2_000),
+            ("v1", Role::Validator, 2_000),
+            // Below the minimum validator bond: never assigned.
+            ("v2", Role::Validator, 999),
+        ],
+    );
+    let id = c.submit_task("client", 10_000, W);
+    let s = c.task(&id).schedule.clone();
+    c.all_ok(vec![
+        ("m1", c.commit_body(&id, "m1", &claim("a"))),
+        ("m2", c.commit_body(&id, "m2", &claim("b"))),
+    ]);
+    c.advance_to(s.commit_end);
+    c.all_ok(vec![
+        ("m1", Chain::reveal_body(&id, "m1", &claim("a"))),
+        ("m2", Chain::reveal_body(&id, "m2", &claim("b"))),
+    ]);
+    c.advance_to(s.reveal_end + 1);
+    let mut expect_m1 = vec![addr("m2"), addr("v1")];
+    expect_m1.sort();
+    let mut expect_m2 = vec![addr("m1"), addr("v1")];
+    expect_m2.sort();
+    assert_eq!(c.assigned(&id, "m1"), expect_m1);
+    assert_eq!(c.assigned(&id, "m2"), expect_m2);
+    // s = 2 distinct segments of the 10.
+    let segs = c.segments(&id, "m1");
+    assert_eq!(segs.len(), 2);
+    assert!(segs[0] < segs[1] && segs[1] < 10);
+}
