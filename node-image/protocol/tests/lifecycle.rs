@@ -103,24 +103,13 @@ fn three_miners_five_validators_exact_payouts() {
             invalid_report(&lazy_segs, InvalidReason::SegmentMismatch)
         };
         let copy = invalid_report(&chain.segments(&id, "copycat"), InvalidReason::InitMismatch);
-        reports.push((v, [("honest", honest), ("lazy", lazy), ("copycat", copy)]));
+        reports.extend([
+            (*v, "honest", honest),
+            (*v, "lazy", lazy),
+            (*v, "copycat", copy),
+        ]);
     }
-    for (v, rs) in &reports {
-        for (m, r) in rs {
-            chain.queue(v, Chain::report_commit_body(&id, v, m, r));
-        }
-    }
-    assert!(chain.block().is_empty());
-    chain.advance_to(s.report_commit_end);
-    for (v, rs) in &reports {
-        if **v == "v5" {
-            continue;
-        }
-        for (m, r) in rs {
-            chain.queue(v, Chain::report_reveal_body(&id, v, m, r));
-        }
-    }
-    assert!(chain.block().is_empty());
+    chain.report_round(&id, &reports, &["v5"]);
     chain.advance_to(s.challenge_end + 1);
 
     let TaskStatus::Finalized(outcome) = &chain.task(&id).status else {
@@ -181,7 +170,16 @@ fn three_miners_five_validators_exact_payouts() {
     // Finalized stays finalized; late transactions are refused.
     let late = chain.try_tx(
         "v5",
-        Chain::report_reveal_body(&id, "v5", "honest", &reports[4].1[0].1),
+        Chain::report_reveal_body(
+            &id,
+            "v5",
+            "honest",
+            &reports
+                .iter()
+                .find(|(v, m, _)| *v == "v5" && *m == "honest")
+                .unwrap()
+                .2,
+        ),
     );
     assert!(matches!(
         late,
@@ -263,7 +261,6 @@ fn run_reports(chain: &mut Chain, id: &pot_protocol::Hash, liar: Option<&str>, c
     let s = chain.task(id).schedule.clone();
     let mut all = Vec::new();
     for v in VALIDATORS {
-        let mut rs = Vec::new();
         for m in MINERS {
             let segs = chain.segments(id, m);
             let r = match m {
@@ -275,23 +272,10 @@ fn run_reports(chain: &mut Chain, id: &pot_protocol::Hash, liar: Option<&str>, c
                 "lazy" => invalid_report(&segs, InvalidReason::SegmentMismatch),
                 _ => invalid_report(&segs, InvalidReason::InitMismatch),
             };
-            rs.push((m, r));
-        }
-        all.push((v, rs));
-    }
-    for (v, rs) in &all {
-        for (m, r) in rs {
-            chain.queue(v, Chain::report_commit_body(id, v, m, r));
+            all.push((v, m, r));
         }
     }
-    assert!(chain.block().is_empty());
-    chain.advance_to(s.report_commit_end);
-    for (v, rs) in &all {
-        for (m, r) in rs {
-            chain.queue(v, Chain::report_reveal_body(id, v, m, r));
-        }
-    }
-    assert!(chain.block().is_empty());
+    chain.report_round(id, &all, &[]);
     chain.advance_to(s.report_reveal_end);
 }
 
@@ -341,16 +325,10 @@ fn a_lying_validator_loses_a_challenge() {
                 "lazy" => invalid_report(&segs, InvalidReason::SegmentMismatch),
                 _ => invalid_report(&segs, InvalidReason::InitMismatch),
             };
-            chain.queue(v, Chain::report_commit_body(&id, v, m, &r));
             reveals.push((v, m, r));
         }
     }
-    assert!(chain.block().is_empty());
-    chain.advance_to(s.report_commit_end);
-    for (v, m, r) in &reveals {
-        chain.queue(v, Chain::report_reveal_body(&id, v, m, r));
-    }
-    assert!(chain.block().is_empty());
+    chain.report_round(&id, &reveals, &[]);
     chain.advance_to(s.report_reveal_end);
 
     let disputed = chain.segments(&id, "honest")[0];
@@ -365,7 +343,6 @@ fn a_lying_validator_loses_a_challenge() {
         },
     );
     assert_eq!(chain.balance("challenger"), 5_000);
-    chain.advance_to(s.challenge_end);
     chain.advance_to(s.challenge_end + 1);
     let committee = chain.task(&id).challenges[0].committee.clone();
     assert_eq!(committee.len(), 3);
@@ -516,16 +493,10 @@ fn no_valid_claim_refunds_the_bounty_and_slashes_the_miners() {
     for v in VALIDATORS {
         for m in MINERS {
             let r = invalid_report(&chain.segments(&id, m), InvalidReason::ArtifactsUnavailable);
-            chain.queue(v, Chain::report_commit_body(&id, v, m, &r));
             reveals.push((v, m, r));
         }
     }
-    assert!(chain.block().is_empty());
-    chain.advance_to(s.report_commit_end);
-    for (v, m, r) in &reveals {
-        chain.queue(v, Chain::report_reveal_body(&id, v, m, r));
-    }
-    assert!(chain.block().is_empty());
+    chain.report_round(&id, &reveals, &[]);
     chain.advance_to(s.challenge_end + 1);
     let TaskStatus::Finalized(outcome) = &chain.task(&id).status else {
         panic!()
@@ -612,16 +583,10 @@ fn loss_metric_prefers_the_lower_median_and_ties_go_to_the_earlier_commit() {
     for (i, v) in VALIDATORS.iter().enumerate() {
         for (m, _) in &runs {
             let r = valid_report(&chain.segments(&id, m), loss(m, i));
-            chain.queue(v, Chain::report_commit_body(&id, v, m, &r));
             reveals.push((*v, *m, r));
         }
     }
-    assert!(chain.block().is_empty());
-    chain.advance_to(s.report_commit_end);
-    for (v, m, r) in &reveals {
-        chain.queue(v, Chain::report_reveal_body(&id, v, m, r));
-    }
-    assert!(chain.block().is_empty());
+    chain.report_round(&id, &reveals, &[]);
     chain.advance_to(s.challenge_end + 1);
     let TaskStatus::Finalized(outcome) = &chain.task(&id).status else {
         panic!()

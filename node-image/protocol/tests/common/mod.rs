@@ -378,6 +378,27 @@ impl Chain {
         }
     }
 
+    /// One round of reports: every `(validator, miner, report)` committed in one block, then,
+    /// once the commit window has closed, revealed in one block except those of `withheld`.
+    pub fn report_round(
+        &mut self,
+        id: &TaskId,
+        reports: &[(&str, &str, Report)],
+        withheld: &[&str],
+    ) {
+        for (v, m, r) in reports {
+            self.queue(v, Self::report_commit_body(id, v, m, r));
+        }
+        let rejected = self.block();
+        assert!(rejected.is_empty(), "{rejected:?}");
+        self.advance_to(self.task(id).schedule.report_commit_end);
+        for (v, m, r) in reports.iter().filter(|(v, ..)| !withheld.contains(v)) {
+            self.queue(v, Self::report_reveal_body(id, v, m, r));
+        }
+        let rejected = self.block();
+        assert!(rejected.is_empty(), "{rejected:?}");
+    }
+
     /// The segments sampled for `miner`'s claim.
     pub fn segments(&self, id: &TaskId, miner: &str) -> Vec<u32> {
         self.task(id).claims[&addr(miner)].segments.clone()
