@@ -77,7 +77,7 @@ pub(super) fn unbond(
             max: MAX_UNBONDINGS,
         });
     }
-    let release_height = ctx.height + state.params.unbonding_blocks;
+    let release_height = ctx.height.saturating_add(state.params.unbonding_blocks);
     let stake = state.stakes.get_mut(&(who, role)).expect("checked above");
     stake.bonded = remaining;
     stake.unbonding.push(Unbonding {

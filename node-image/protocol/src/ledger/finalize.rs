@@ -301,12 +301,13 @@ fn pay_winner_and_validators(
     let total: u64 = matched.values().sum();
     let pool = state.params.validator_share.of(task.bounty);
     let mut paid = Amount::ZERO;
-    for (v, n) in &matched {
+    // A winner's own valid reports match its outcome, so `total > 0`; the filter keeps the
+    // division safe should that reasoning ever change.
+    for (v, n) in matched.iter().filter(|_| total > 0) {
         let share = pool.mul_div(*n, total);
         paid = Amount(paid.0 + share.0);
         settle.pay(*v, share, PayoutKind::Validation);
     }
-    // The winner's claim had a valid majority, so `total > 0` and the pool is fully assigned.
     settle.pay(winner, Amount(task.bounty.0 - paid.0), PayoutKind::Bounty);
     let mint = state.params.mint_per_task;
     let room = u64::MAX - (state.supply.genesis.0 + state.supply.minted.0);
