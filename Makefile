@@ -6,11 +6,18 @@ CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/pot-k8s/target
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test lint fmt check demo
+.PHONY: test lint fmt demo k8s-tools
 
-## test: everything CI runs — formatting, lints, and the whole test suite
-test: lint
+## test: everything CI runs — formatting, lints, the whole test suite, and a check that no
+## control-plane process outlived it
+test: lint k8s-tools
 	$(CARGO) test --workspace --locked
+	e2e/check-no-orphans.sh
+
+## k8s-tools: build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm
+## and kwok from the Go module proxy into ~/.cache/pot-k8s/k8s-tools (once per pinned version)
+k8s-tools:
+	e2e/k8s-tools/build.sh
 
 ## lint: rustfmt check and clippy with warnings as errors
 lint:

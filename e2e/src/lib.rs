@@ -1,5 +1,15 @@
-//! `pot-e2e`: drives the project's binaries from outside, as a person or a cluster would. The
-//! embedded control plane, the process runner and the demo arrive with their issues.
+//! `pot-e2e`: a real Kubernetes control plane on this machine (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, built from Go modules) for tests and the demo, and
+//! helpers that drive the project's binaries from outside.
+
+pub mod control_plane;
+pub mod fixture;
+pub mod pki;
+pub mod spawn;
+pub mod tools;
+
+pub use control_plane::{ControlPlane, Options};
+pub use fixture::{TestEnv, shared};
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,0 +1,350 @@
+//! A real Kubernetes control plane on loopback: etcd and kube-apiserver, optionally
+//! kube-controller-manager and kube-scheduler, built from their Go modules (see `tools`).
+//!
+//! Authentication is by bearer token (an admin in `system:masters`, and the controller manager
+//! and scheduler as their own bootstrap users), authorization is RBAC, service-account tokens
+//! are signed with a generated key, and every component logs to a file under the data
+//! directory. Dropping the `ControlPlane` stops the processes; a test binary that dies leaves
+//! nothing behind either (see `spawn`).
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::pki;
+use crate::spawn::Process;
+use crate::tools;
+
+/// Which components to run besides etcd and kube-apiserver.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Garbage collection, StatefulSet, Deployment/ReplicaSet, PVC binding, service accounts,
+    /// namespaces.
+    pub controller_manager: bool,
+    pub scheduler: bool,
+    /// Keep data here instead of a temporary directory (for `pot-e2e cluster up`).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Options {
+    /// Everything: the API server, controller manager and scheduler.
+    pub fn full() -> Options {
+        Options {
+            controller_manager: true,
+            scheduler: true,
+            data_dir: None,
+        }
+    }
+}
+
+/// How long the API server may take to report ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Controllers the controller manager runs: what the operator's resources rely on.
+const CONTROLLERS: &str = "serviceaccount-token-controller,serviceaccount-controller,\
+garbage-collector-controller,namespace-controller,statefulset-controller,\
+deployment-controller,replicaset-controller,persistentvolume-binder-controller,\
+endpointslice-controller,disruption-controller";
+
+pub struct ControlPlane {
+    _tmp: Option<tempfile::TempDir>,
+    /// Data, keys, kubeconfigs and logs.
+    pub dir: PathBuf,
+    /// `https://127.0.0.1:<port>`.
+    pub server: String,
+    /// An admin kubeconfig (token auth, the generated CA).
+    pub kubeconfig: PathBuf,
+    bin: PathBuf,
+    /// In start order; stopped in reverse.
+    processes: Vec<Process>,
+    /// How long start-up took, until `/readyz` said ok.
+    pub startup: Duration,
+}
+
+impl ControlPlane {
+    /// etcd and kube-apiserver only.
+    pub fn start() -> anyhow::Result<ControlPlane> {
+        ControlPlane::start_with(Options::default())
+    }
+
+    /// Start the components and wait until the API server is ready. Blocking.
+    pub fn start_with(opts: Options) -> anyhow::Result<ControlPlane> {
+        let began = Instant::now();
+        let bin = tools::bin_dir()?;
+        let (tmp, dir) = match &opts.data_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                (None, d.clone())
+            }
+            None => {
+                let t = tempfile::Builder::new().prefix("pot-k8s-").tempdir()?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let pki = pki::write(&dir.join("pki"))?;
+        let tokens = Tokens::generate();
+        std::fs::write(dir.join("tokens.csv"), tokens.csv())?;
+
+        let (etcd_port, etcd_peer, api_port) = (free_port()?, free_port()?, free_port()?);
+        let server = format!("https://127.0.0.1:{api_port}");
+        let kubeconfig = dir.join("admin.kubeconfig");
+        write_kubeconfig(&kubeconfig, &server, &pki.ca_cert, &tokens.admin, "admin")?;
+
+        let mut cp = ControlPlane {
+            _tmp: tmp,
+            dir: dir.clone(),
+            server: server.clone(),
+            kubeconfig,
+            bin,
+            processes: Vec::new(),
+            startup: Duration::ZERO,
+        };
+
+        let mut etcd = cp.command("etcd");
+        etcd.args([
+            "--name=pot-e2e",
+            &format!("--data-dir={}", dir.join("etcd").display()),
+            &format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"),
+            &format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"),
+            &format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
+            &format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
+            &format!("--initial-cluster=pot-e2e=http://127.0.0.1:{etcd_peer}"),
+            "--listen-metrics-urls=",
+            // Tests and the demo trade durability for speed; the data dir is thrown away.
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ]);
+        cp.run("etcd", etcd)?;
+
+        let mut api = cp.command("kube-apiserver");
+        api.args([
+            &format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            &format!("--secure-port={api_port}"),
+            &format!("--tls-cert-file={}", pki.serving_cert.display()),
+            &format!("--tls-private-key-file={}", pki.serving_key.display()),
+            &format!("--client-ca-file={}", pki.ca_cert.display()),
+            &format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+            "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            &format!("--service-account-key-file={}", pki.sa_pub.display()),
+            &format!(
+                "--service-account-signing-key-file={}",
+                pki.sa_key.display()
+            ),
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--enable-priority-and-fairness=false",
+            // The `kubernetes` Service cannot point at a loopback address; nothing here needs it.
+            "--endpoint-reconciler-type=none",
+            "--v=1",
+        ]);
+        cp.run("kube-apiserver", api)?;
+        cp.wait_ready()?;
+
+        if opts.controller_manager {
+            let kc = dir.join("controller-manager.kubeconfig");
+            write_kubeconfig(&kc, &server, &pki.ca_cert, &tokens.controller_manager, "cm")?;
+            let mut cm = cp.command("kube-controller-manager");
+            cm.args([
+                &format!("--kubeconfig={}", kc.display()),
+                &format!("--controllers={CONTROLLERS}"),
+                "--use-service-account-credentials=true",
+                &format!(
+                    "--service-account-private-key-file={}",
+                    pki.sa_key.display()
+                ),
+                &format!("--root-ca-file={}", pki.ca_cert.display()),
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                &format!("--secure-port={}", free_port()?),
+                "--concurrent-gc-syncs=5",
+                "--v=1",
+            ]);
+            cp.run("kube-controller-manager", cm)?;
+        }
+        if opts.scheduler {
+            let kc = dir.join("scheduler.kubeconfig");
+            write_kubeconfig(&kc, &server, &pki.ca_cert, &tokens.scheduler, "scheduler")?;
+            let mut s = cp.command("kube-scheduler");
+            s.args([
+                &format!("--kubeconfig={}", kc.display()),
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                &format!("--secure-port={}", free_port()?),
+                "--v=1",
+            ]);
+            cp.run("kube-scheduler", s)?;
+        }
+        cp.startup = began.elapsed();
+        Ok(cp)
+    }
+
+    /// The path of a control-plane tool (`kubectl`, `helm`, `kwok`, ...).
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+
+    /// A command for a tool with `KUBECONFIG` pointing at this control plane.
+    pub fn command(&self, tool: &str) -> Command {
+        let mut c = Command::new(self.tool(tool));
+        c.env("KUBECONFIG", &self.kubeconfig);
+        c
+    }
+
+    /// Run `kubectl args…` and return its standard output; an error carries its stderr.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.command("kubectl").args(args).output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// A client for the admin user.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(cfg)?)
+    }
+
+    /// `(component, pid)` of every running process.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.processes
+            .iter()
+            .map(|p| (p.name.clone(), p.pid()))
+            .collect()
+    }
+
+    /// The last `lines` lines of every component's log, for failure reports.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for p in &self.processes {
+            let path = self.log_path(&p.name);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let start = all.len().saturating_sub(lines);
+            let _ = writeln!(out, "==> {} <==", path.display());
+            for l in &all[start..] {
+                let _ = writeln!(out, "{l}");
+            }
+        }
+        out
+    }
+
+    pub fn log_path(&self, component: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{component}.log"))
+    }
+
+    /// Stop every component, newest first.
+    pub fn stop(&mut self) {
+        while let Some(mut p) = self.processes.pop() {
+            p.stop(Duration::from_secs(10));
+        }
+    }
+
+    fn run(&mut self, name: &str, cmd: Command) -> anyhow::Result<()> {
+        let p = Process::start(name, cmd, &self.log_path(name))?;
+        self.processes.push(p);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let exited = self
+                .processes
+                .iter_mut()
+                .find_map(|p| p.exited().map(|status| (p.name.clone(), status)));
+            if let Some((name, status)) = exited {
+                bail!(
+                    "{name} exited during start-up ({status}):\n{}",
+                    self.log_tails(30)
+                );
+            }
+            match self.kubectl(&["get", "--raw", "/readyz"]) {
+                Ok(body) if body.trim() == "ok" => return Ok(()),
+                Ok(body) => last = body,
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        bail!(
+            "kube-apiserver not ready after {:?} (last answer: {last}):\n{}",
+            READY_TIMEOUT,
+            self.log_tails(30)
+        )
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("control plane logs:\n{}", self.log_tails(40));
+        }
+        self.stop();
+    }
+}
+
+/// Bearer tokens for the admin, the controller manager and the scheduler.
+struct Tokens {
+    admin: String,
+    controller_manager: String,
+    scheduler: String,
+}
+
+impl Tokens {
+    fn generate() -> Tokens {
+        let t = || hex::encode(rand::random::<[u8; 24]>());
+        Tokens {
+            admin: t(),
+            controller_manager: t(),
+            scheduler: t(),
+        }
+    }
+
+    /// The API server's `--token-auth-file`: token,user,uid,"groups".
+    fn csv(&self) -> String {
+        format!(
+            "{},admin,uid-admin,\"system:masters\"\n{},system:kube-controller-manager,uid-kcm\n{},system:kube-scheduler,uid-ks\n",
+            self.admin, self.controller_manager, self.scheduler
+        )
+    }
+}
+
+fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    token: &str,
+    user: &str,
+) -> anyhow::Result<()> {
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: pot-e2e\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: pot-e2e\n  context:\n    cluster: pot-e2e\n    user: {user}\ncurrent-context: pot-e2e\n",
+        ca = ca.display()
+    );
+    std::fs::write(path, yaml).with_context(|| format!("writing {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

@@ -1,0 +1,154 @@
+//! `pot-e2e cluster up|down|env`: the tests' control plane, for a person.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use pot_e2e::spawn::{alive, signal};
+use pot_e2e::{ControlPlane, Options, tools};
+
+#[derive(Parser)]
+#[command(
+    name = "pot-e2e",
+    about = "Embedded Kubernetes control plane for PoT development"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Run a local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler).
+    Cluster {
+        #[command(subcommand)]
+        action: Cluster,
+    },
+}
+
+#[derive(Subcommand)]
+enum Cluster {
+    /// Start a fresh control plane and keep it running until interrupted (Ctrl-C) or `down`.
+    Up {
+        /// Where data, keys, kubeconfig and logs live (wiped on start).
+        #[arg(long, env = "POT_CLUSTER_DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Stop the control plane started by `up`.
+    Down {
+        #[arg(long, env = "POT_CLUSTER_DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Print the `export KUBECONFIG=...` line for the running control plane.
+    Env {
+        #[arg(long, env = "POT_CLUSTER_DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn default_dir(dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(|| tools::cache_root().join("cluster"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let Top::Cluster { action } = Cli::parse().command;
+    match action {
+        Cluster::Up { dir } => up(&default_dir(dir)),
+        Cluster::Down { dir } => down(&default_dir(dir)),
+        Cluster::Env { dir } => {
+            let dir = default_dir(dir);
+            running_pid(&dir)?;
+            println!(
+                "export KUBECONFIG={}",
+                dir.join("admin.kubeconfig").display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn up(dir: &Path) -> anyhow::Result<()> {
+    if let Ok(pid) = running_pid(dir) {
+        bail!(
+            "a control plane is already running from {} (pid {pid}); `pot-e2e cluster down` first",
+            dir.display()
+        );
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let cp = ControlPlane::start_with(Options {
+        controller_manager: true,
+        scheduler: true,
+        data_dir: Some(dir.to_path_buf()),
+    })?;
+    let pids: String = cp
+        .pids()
+        .iter()
+        .map(|(n, p)| format!("{n} {p}\n"))
+        .collect();
+    std::fs::write(dir.join("pids"), pids)?;
+    std::fs::write(dir.join("pid"), std::process::id().to_string())?;
+    eprintln!(
+        "control plane ready in {:.1} s at {} (logs in {})",
+        cp.startup.as_secs_f64(),
+        cp.server,
+        dir.join("logs").display()
+    );
+    eprintln!("stop it with Ctrl-C or `pot-e2e cluster down`");
+    println!("export KUBECONFIG={}", cp.kubeconfig.display());
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        anyhow::Ok(())
+    })?;
+    eprintln!("stopping the control plane");
+    drop(cp);
+    let _ = std::fs::remove_file(dir.join("pid"));
+    Ok(())
+}
+
+fn down(dir: &Path) -> anyhow::Result<()> {
+    let pid = running_pid(dir)?;
+    signal(pid, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(pid) {
+        if Instant::now() > deadline {
+            bail!("pot-e2e (pid {pid}) did not stop within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("stopped");
+    Ok(())
+}
+
+fn running_pid(dir: &Path) -> anyhow::Result<u32> {
+    let path = dir.join("pid");
+    let pid: u32 = std::fs::read_to_string(&path)
+        .with_context(|| {
+            format!(
+                "no control plane running from {} (no pid file)",
+                dir.display()
+            )
+        })?
+        .trim()
+        .parse()
+        .with_context(|| format!("{} is not a pid", path.display()))?;
+    if !alive(pid) {
+        bail!(
+            "no control plane running from {} (pid {pid} is gone)",
+            dir.display()
+        );
+    }
+    Ok(pid)
+}

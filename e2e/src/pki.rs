@@ -1,0 +1,73 @@
+//! Keys and certificates for one control plane: a CA, the API server's serving certificate for
+//! the loopback address, and the service-account token signing key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+
+/// File paths of the written material.
+#[derive(Clone, Debug)]
+pub struct PkiFiles {
+    pub ca_cert: PathBuf,
+    pub serving_cert: PathBuf,
+    pub serving_key: PathBuf,
+    pub sa_key: PathBuf,
+    pub sa_pub: PathBuf,
+}
+
+/// Generate everything and write it under `dir` (PEM files, keys mode 0600).
+pub fn write(dir: &Path) -> anyhow::Result<PkiFiles> {
+    std::fs::create_dir_all(dir)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "pot-e2e control-plane CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+
+    let mut serving = CertificateParams::new(vec![
+        "127.0.0.1".to_string(),
+        "localhost".to_string(),
+        "kubernetes.default.svc".to_string(),
+    ])?;
+    serving
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let serving_key = KeyPair::generate()?;
+    let serving_cert = serving.signed_by(&serving_key, &ca)?;
+
+    let sa_key = KeyPair::generate()?;
+
+    let files = PkiFiles {
+        ca_cert: dir.join("ca.crt"),
+        serving_cert: dir.join("apiserver.crt"),
+        serving_key: dir.join("apiserver.key"),
+        sa_key: dir.join("sa.key"),
+        sa_pub: dir.join("sa.pub"),
+    };
+    write_file(&files.ca_cert, &ca.pem(), false)?;
+    write_file(&files.serving_cert, &serving_cert.pem(), false)?;
+    write_file(&files.serving_key, &serving_key.serialize_pem(), true)?;
+    write_file(&files.sa_key, &sa_key.serialize_pem(), true)?;
+    write_file(&files.sa_pub, &sa_key.public_key_pem(), false)?;
+    Ok(files)
+}
+
+fn write_file(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
