@@ -3,10 +3,14 @@
 CARGO ?= cargo
 # Build outputs live outside the source tree so a fresh clone (CI's) reuses them; cargo's own
 # fingerprints decide what to rebuild, so correctness never depends on this cache.
-export CARGO_TARGET_DIR ?= $(HOME)/.cache/pot-k8s/target
+POT_CACHE_DIR ?= $(HOME)/.cache/pot-k8s
+export POT_CACHE_DIR
+export CARGO_TARGET_DIR ?= $(POT_CACHE_DIR)/target
 export CARGO_TERM_COLOR ?= never
+# The libtorch `make setup` unpacks; fixed, because a change rebuilds torch-sys (minutes).
+export LIBTORCH ?= $(POT_CACHE_DIR)/libtorch/2.11.0-cpu
 
-.PHONY: test lint fmt demo k8s-tools
+.PHONY: test lint fmt demo setup k8s-tools
 
 ## test: everything CI runs — formatting, lints, the whole test suite, and a check that no
 ## control-plane process outlived it
@@ -19,8 +23,12 @@ test: lint k8s-tools
 k8s-tools:
 	e2e/k8s-tools/build.sh
 
+## setup: unpack libtorch 2.11.0 (CPU) from the PyPI torch wheel into $(POT_CACHE_DIR)/libtorch
+setup:
+	node-image/setup-libtorch.sh
+
 ## lint: rustfmt check and clippy with warnings as errors
-lint:
+lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 

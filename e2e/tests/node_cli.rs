@@ -57,8 +57,11 @@ fn keygen_genesis_and_a_first_block() {
     assert!(checked.contains(&genesis.hash().to_hex()), "{checked}");
     assert_eq!(genesis.coordinators[0].address.to_hex(), coord_addr.trim());
 
-    // The key file signs a transfer that the genesis state accepts.
-    let key = pot_node::keyfile::read(&alice).unwrap();
+    // The key file (JSON: address, secret_key) signs a transfer the genesis state accepts.
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&alice).unwrap()).unwrap();
+    let key: pot_protocol::SecretKey = doc["secret_key"].as_str().unwrap().parse().unwrap();
+    assert_eq!(key.address().to_hex(), doc["address"].as_str().unwrap());
     let mut state = State::from_genesis(&genesis);
     let tx = Tx {
         chain_id: "pot-e2e".into(),

@@ -3,3 +3,4 @@
 
 pub mod genesis_builder;
 pub mod keyfile;
+pub mod train;

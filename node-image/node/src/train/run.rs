@@ -1,0 +1,208 @@
+//! A training run: deterministic from its run seed, checkpointed every `k` steps, replayable
+//! from any checkpoint.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, bail};
+use pot_protocol::{Hash, merkle};
+use tch::nn::{self, Module};
+use tch::{Device, Tensor};
+
+use super::checkpoint::{self, CheckpointError};
+use super::data::{Dataset, epoch_order};
+use super::model::{ModelSpec, build};
+use super::optim::{Optimizer, OptimizerConfig};
+
+/// Everything that determines a run's trajectory.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub model: ModelSpec,
+    pub optimizer: OptimizerConfig,
+    pub batch_size: i64,
+    pub steps: u64,
+    /// A checkpoint every `checkpoint_interval` steps.
+    pub checkpoint_interval: u64,
+    /// `H(task seed ‖ miner ‖ salt)`: initial parameters and data order come from it.
+    pub run_seed: Hash,
+}
+
+/// What a run produced: the hash of each checkpoint `W_0..=W_n` and their Merkle root.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRecord {
+    pub checkpoints: Vec<Hash>,
+    pub root: Hash,
+    pub final_loss: f32,
+}
+
+/// A model, its optimizer and the step it is at.
+pub struct Trainer {
+    spec: RunSpec,
+    vs: nn::VarStore,
+    model: Box<dyn Module>,
+    optimizer: Optimizer,
+    step: u64,
+}
+
+impl Trainer {
+    /// The run's initial state `W_0`, from its run seed.
+    pub fn new(spec: &RunSpec, data: &Dataset) -> Trainer {
+        // libtorch's generator initialises the parameters; seed it from the run seed.
+        tch::manual_seed(spec.run_seed.low_u64() as i64 & i64::MAX);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = build(&spec.model, &vs.root(), data.features(), data.classes);
+        let optimizer = Optimizer::new(spec.optimizer, &params(&vs));
+        Trainer {
+            spec: spec.clone(),
+            vs,
+            model,
+            optimizer,
+            step: 0,
+        }
+    }
+
+    /// Resume from a checkpoint's bytes: every parameter and optimizer state tensor must be
+    /// there with the model's shapes, and nothing else.
+    pub fn from_checkpoint(
+        spec: &RunSpec,
+        data: &Dataset,
+        bytes: &[u8],
+    ) -> anyhow::Result<Trainer> {
+        let mut t = Trainer::new(spec, data);
+        let ckpt = checkpoint::decode(bytes)?;
+        let step: u64 = ckpt
+            .metadata
+            .get("step")
+            .ok_or_else(|| CheckpointError::Metadata {
+                key: "step".into(),
+                why: "missing".into(),
+            })?
+            .parse()
+            .map_err(|_| CheckpointError::Metadata {
+                key: "step".into(),
+                why: "not an integer".into(),
+            })?;
+        let mut expected = t.named_tensors();
+        for (name, loaded) in &ckpt.tensors {
+            let Some(target) = expected.remove(name) else {
+                return Err(CheckpointError::Unexpected(name.clone()).into());
+            };
+            if target.size() != loaded.size() {
+                return Err(CheckpointError::WrongShape {
+                    name: name.clone(),
+                    expected: target.size(),
+                    got: loaded.size(),
+                }
+                .into());
+            }
+            tch::no_grad(|| target.shallow_clone().copy_(loaded));
+        }
+        if let Some(name) = expected.into_keys().next() {
+            return Err(CheckpointError::Missing(name).into());
+        }
+        t.step = step;
+        Ok(t)
+    }
+
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Parameters as `model.<name>`, optimizer state as `optim.<slot>.<name>`.
+    fn named_tensors(&self) -> BTreeMap<String, Tensor> {
+        let mut all = BTreeMap::new();
+        for (n, t) in params(&self.vs) {
+            all.insert(format!("model.{n}"), t);
+        }
+        for (n, t) in &self.optimizer.state {
+            all.insert(format!("optim.{n}"), t.shallow_clone());
+        }
+        all
+    }
+
+    /// The canonical bytes of the current state.
+    pub fn checkpoint(&self) -> Vec<u8> {
+        let meta = [("step".to_string(), self.step.to_string())].into();
+        checkpoint::encode(&self.named_tensors(), &meta)
+    }
+
+    /// Train `n` steps; returns the last batch loss.
+    pub fn train_steps(&mut self, data: &Dataset, n: u64) -> f32 {
+        let per_epoch = (data.len() / self.spec.batch_size).max(1) as u64;
+        let params = params(&self.vs);
+        let mut loss_value = f32::NAN;
+        let mut order: Option<(u64, Vec<i64>)> = None;
+        for _ in 0..n {
+            let epoch = self.step / per_epoch;
+            let b = (self.step % per_epoch) as usize;
+            if order.as_ref().map(|(e, _)| *e) != Some(epoch) {
+                order = Some((
+                    epoch,
+                    epoch_order(&self.spec.run_seed, epoch, data.len() as usize),
+                ));
+            }
+            let idx = &order.as_ref().expect("set above").1;
+            let bs = self.spec.batch_size as usize;
+            let batch: Vec<i64> = idx.iter().cycle().skip(b * bs).take(bs).copied().collect();
+            let (x, y) = data.batch(&batch);
+            for p in params.values() {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            let loss = self.model.forward(&x).cross_entropy_for_logits(&y);
+            loss.backward();
+            self.step += 1;
+            self.optimizer.step(&params, self.step);
+            loss_value = loss.double_value(&[]) as f32;
+        }
+        loss_value
+    }
+
+    /// Accuracy on `data`.
+    pub fn accuracy(&self, data: &Dataset) -> f64 {
+        tch::no_grad(|| {
+            self.model
+                .forward(&data.x)
+                .accuracy_for_logits(&data.y)
+                .double_value(&[])
+        })
+    }
+
+    /// A whole run: `W_0`, then a checkpoint every `k` steps, each handed to `sink` with its
+    /// index as it is made.
+    pub fn run(
+        spec: &RunSpec,
+        data: &Dataset,
+        mut sink: impl FnMut(usize, &[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<RunRecord> {
+        let k = spec.checkpoint_interval;
+        if k == 0 || !spec.steps.is_multiple_of(k) {
+            bail!(
+                "checkpoint interval {k} must be positive and divide the {} steps",
+                spec.steps
+            );
+        }
+        let mut t = Trainer::new(spec, data);
+        let mut hashes = Vec::new();
+        let w0 = t.checkpoint();
+        hashes.push(checkpoint::hash(&w0));
+        sink(0, &w0).context("storing checkpoint 0")?;
+        let mut loss = f32::NAN;
+        for i in 1..=(spec.steps / k) as usize {
+            loss = t.train_steps(data, k);
+            let w = t.checkpoint();
+            hashes.push(checkpoint::hash(&w));
+            sink(i, &w).with_context(|| format!("storing checkpoint {i}"))?;
+        }
+        Ok(RunRecord {
+            root: merkle::root(&hashes),
+            checkpoints: hashes,
+            final_loss: loss,
+        })
+    }
+}
+
+fn params(vs: &nn::VarStore) -> BTreeMap<String, Tensor> {
+    vs.variables().into_iter().collect()
+}

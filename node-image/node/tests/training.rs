@@ -1,0 +1,158 @@
+//! Training is deterministic and replayable: the same run seed gives the same checkpoint hashes
+//! and Merkle root; replaying a segment from its checkpoint reproduces the next one exactly, and
+//! any change to the starting point, the data or the hyper-parameters does not.
+
+use pot_node::train::checkpoint;
+use pot_node::train::data::{Dataset, blobs};
+use pot_node::train::optim::{OptimizerConfig, OptimizerKind};
+use pot_node::train::{RunSpec, Trainer};
+use pot_protocol::{Hash, merkle};
+
+fn spec(seed: &str, kind: OptimizerKind) -> RunSpec {
+    RunSpec {
+        model: "mlp:32,16".parse().unwrap(),
+        optimizer: OptimizerConfig {
+            kind,
+            lr: 0.05,
+            weight_decay: 1e-4,
+        },
+        batch_size: 32,
+        steps: 60,
+        checkpoint_interval: 10,
+        run_seed: Hash::digest(seed.as_bytes()),
+    }
+}
+
+const SGD: OptimizerKind = OptimizerKind::Sgd { momentum: 0.9 };
+const ADAMW: OptimizerKind = OptimizerKind::AdamW {
+    beta1: 0.9,
+    beta2: 0.999,
+    eps: 1e-8,
+};
+
+fn data() -> Dataset {
+    tch::set_num_threads(1);
+    blobs(3, 600, 8, 4)
+}
+
+fn run(spec: &RunSpec, data: &Dataset) -> (pot_node::train::RunRecord, Vec<Vec<u8>>) {
+    let mut ckpts = Vec::new();
+    let rec = Trainer::run(spec, data, |_, b| {
+        ckpts.push(b.to_vec());
+        Ok(())
+    })
+    .unwrap();
+    (rec, ckpts)
+}
+
+#[test]
+fn same_seed_same_checkpoints_and_root() {
+    let d = data();
+    for kind in [SGD, ADAMW] {
+        let (a, _) = run(&spec("miner-a", kind), &d);
+        let (b, _) = run(&spec("miner-a", kind), &d);
+        assert_eq!(a, b, "{kind:?}");
+        assert_eq!(a.checkpoints.len(), 7);
+        assert_eq!(a.root, merkle::root(&a.checkpoints));
+        let (c, _) = run(&spec("miner-b", kind), &d);
+        assert_ne!(
+            a.checkpoints[0], c.checkpoints[0],
+            "another seed, another W_0"
+        );
+        assert_ne!(a.root, c.root);
+    }
+}
+
+#[test]
+fn honest_segments_replay_exactly_and_tampering_fails() {
+    let d = data();
+    let s = spec("miner-a", SGD);
+    let (rec, ckpts) = run(&s, &d);
+    let replay = |spec: &RunSpec, from: &[u8], steps: u64| {
+        let mut t = Trainer::from_checkpoint(spec, &d, from).unwrap();
+        t.train_steps(&d, steps);
+        checkpoint::hash(&t.checkpoint())
+    };
+    for i in [0usize, 3, 5] {
+        assert_eq!(
+            replay(&s, &ckpts[i], 10),
+            rec.checkpoints[i + 1],
+            "segment {i}"
+        );
+    }
+
+    // W_3 changed by one ulp in one parameter.
+    let mut c = checkpoint::decode(&ckpts[3]).unwrap();
+    let name = c
+        .tensors
+        .keys()
+        .find(|k| k.starts_with("model."))
+        .unwrap()
+        .clone();
+    let t = &c.tensors[&name];
+    let mut v = Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap();
+    v[0] = f32::from_bits(v[0].to_bits() + 1);
+    let nudged = tch::Tensor::from_slice(&v).reshape(t.size());
+    c.tensors.insert(name, nudged);
+    let tampered = checkpoint::encode(&c.tensors, &c.metadata);
+    assert_ne!(checkpoint::hash(&tampered), rec.checkpoints[3]);
+    assert_ne!(replay(&s, &tampered, 10), rec.checkpoints[4], "one ulp off");
+
+    // Another learning rate, skipped steps, other data.
+    let mut other_lr = s.clone();
+    other_lr.optimizer.lr = 0.051;
+    assert_ne!(replay(&other_lr, &ckpts[3], 10), rec.checkpoints[4]);
+    assert_ne!(replay(&s, &ckpts[3], 9), rec.checkpoints[4]);
+    let other = blobs(4, 600, 8, 4);
+    let mut t = Trainer::from_checkpoint(&s, &other, &ckpts[3]).unwrap();
+    t.train_steps(&other, 10);
+    assert_ne!(checkpoint::hash(&t.checkpoint()), rec.checkpoints[4]);
+
+    // A copied trajectory fails the W_0 check: another miner's seed gives another W_0.
+    let copier = spec("copycat", SGD);
+    let own_w0 = checkpoint::hash(&Trainer::new(&copier, &d).checkpoint());
+    assert_ne!(own_w0, rec.checkpoints[0]);
+}
+
+#[test]
+fn training_learns_the_blobs() {
+    let d = data();
+    let mut s = spec("learner", SGD);
+    s.steps = 200;
+    let mut t = Trainer::new(&s, &d);
+    let before = t.accuracy(&d);
+    t.train_steps(&d, 200);
+    let after = t.accuracy(&d);
+    assert!(
+        after > 0.95 && after > before,
+        "accuracy {before} -> {after}"
+    );
+}
+
+#[test]
+fn bad_checkpoints_are_clear_errors() {
+    let d = data();
+    let s = spec("miner-a", SGD);
+    let w0 = Trainer::new(&s, &d).checkpoint();
+    let err = |bytes: &[u8], spec: &RunSpec| {
+        format!(
+            "{:#}",
+            Trainer::from_checkpoint(spec, &d, bytes).err().unwrap()
+        )
+    };
+    assert!(err(&w0[..w0.len() - 4], &s).contains("not a safetensors file"));
+    let mut bigger = s.clone();
+    bigger.model = "mlp:64,16".parse().unwrap();
+    assert!(
+        err(&w0, &bigger).contains("has shape"),
+        "{}",
+        err(&w0, &bigger)
+    );
+    let mut adam = s.clone();
+    adam.optimizer.kind = ADAMW;
+    let e = err(&w0, &adam);
+    assert!(
+        e.contains("unexpected tensor") || e.contains("lacks tensor"),
+        "{e}"
+    );
+}
