@@ -110,7 +110,7 @@ fn honest_segments_replay_exactly_and_tampering_fails() {
 
     // A copied trajectory fails the W_0 check: another miner's seed gives another W_0.
     let copier = spec("copycat", SGD);
-    let own_w0 = checkpoint::hash(&Trainer::new(&copier, &d).checkpoint());
+    let own_w0 = checkpoint::hash(&Trainer::new(&copier, &d).unwrap().checkpoint());
     assert_ne!(own_w0, rec.checkpoints[0]);
 }
 
@@ -119,7 +119,7 @@ fn training_learns_the_blobs() {
     let d = data();
     let mut s = spec("learner", SGD);
     s.steps = 200;
-    let mut t = Trainer::new(&s, &d);
+    let mut t = Trainer::new(&s, &d).unwrap();
     let before = t.accuracy(&d);
     t.train_steps(&d, 200);
     let after = t.accuracy(&d);
@@ -133,7 +133,7 @@ fn training_learns_the_blobs() {
 fn bad_checkpoints_are_clear_errors() {
     let d = data();
     let s = spec("miner-a", SGD);
-    let w0 = Trainer::new(&s, &d).checkpoint();
+    let w0 = Trainer::new(&s, &d).unwrap().checkpoint();
     let err = |bytes: &[u8], spec: &RunSpec| {
         format!(
             "{:#}",
@@ -155,4 +155,49 @@ fn bad_checkpoints_are_clear_errors() {
         e.contains("unexpected tensor") || e.contains("lacks tensor"),
         "{e}"
     );
+}
+
+/// Train `model` on 80 % of the UCI digits and measure accuracy on the held-out 20 %.
+fn digits_accuracy(model: &str, kind: OptimizerKind, lr: f64, steps: u64) -> f64 {
+    tch::set_num_threads(1);
+    let (train, test) =
+        pot_node::train::datasets::split(&pot_node::train::datasets::digits(), 200, 42);
+    let s = RunSpec {
+        model: model.parse().unwrap(),
+        optimizer: OptimizerConfig {
+            kind,
+            lr,
+            weight_decay: 1e-4,
+        },
+        batch_size: 64,
+        steps,
+        checkpoint_interval: steps,
+        run_seed: Hash::digest(model.as_bytes()),
+    };
+    let mut t = Trainer::new(&s, &train).unwrap();
+    t.train_steps(&train, steps);
+    t.accuracy(&test)
+}
+
+#[test]
+fn mlp_reaches_95_percent_on_held_out_digits() {
+    let acc = digits_accuracy("mlp:128,64", SGD, 0.05, 2_000);
+    println!("MLP held-out accuracy on digits: {acc:.4}");
+    assert!(acc >= 0.95, "MLP held-out accuracy {acc}");
+}
+
+#[test]
+fn lenet5_reaches_97_percent_on_held_out_digits() {
+    let acc = digits_accuracy("lenet5", ADAMW, 0.002, 5_000);
+    println!("LeNet-5 held-out accuracy on digits: {acc:.4}");
+    assert!(acc >= 0.97, "LeNet-5 held-out accuracy {acc}");
+}
+
+#[test]
+fn lenet5_needs_images() {
+    let d = data();
+    let mut s = spec("x", SGD);
+    s.model = "lenet5".parse().unwrap();
+    let e = Trainer::new(&s, &d).err().unwrap().to_string();
+    assert!(e.contains("needs image data"), "{e}");
 }

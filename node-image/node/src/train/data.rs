@@ -10,6 +10,8 @@ pub struct Dataset {
     pub x: Tensor,
     pub y: Tensor,
     pub classes: i64,
+    /// `[channels, height, width]` when the features are images (convolutional models need it).
+    pub image: Option<[i64; 3]>,
 }
 
 impl Dataset {
@@ -64,6 +66,7 @@ pub fn blobs(seed: u64, n: usize, dims: usize, classes: usize) -> Dataset {
         x: Tensor::from_slice(&x).reshape([n as i64, dims as i64]),
         y: Tensor::from_slice(&y).to_kind(Kind::Int64),
         classes: classes as i64,
+        image: None,
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod datasets;
 pub mod model;
 pub mod optim;
 pub mod run;

@@ -10,6 +10,8 @@ pub enum ModelSpec {
     Logistic,
     /// A multi-layer perceptron with ReLU between the given hidden widths.
     Mlp { hidden: Vec<i64> },
+    /// LeNet-5 for image data.
+    LeNet5,
 }
 
 impl std::str::FromStr for ModelSpec {
@@ -17,6 +19,7 @@ impl std::str::FromStr for ModelSpec {
     fn from_str(s: &str) -> anyhow::Result<ModelSpec> {
         match s.split_once(':') {
             None if s == "logistic" => Ok(ModelSpec::Logistic),
+            None if s == "lenet5" => Ok(ModelSpec::LeNet5),
             Some(("mlp", widths)) => {
                 let hidden = widths
                     .split(',')
@@ -33,7 +36,7 @@ impl std::str::FromStr for ModelSpec {
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 Ok(ModelSpec::Mlp { hidden })
             }
-            _ => bail!("unknown model {s:?}: expected `logistic` or `mlp:W1,W2,...`"),
+            _ => bail!("unknown model {s:?}: expected `logistic`, `lenet5` or `mlp:W1,W2,...`"),
         }
     }
 }
@@ -71,12 +74,82 @@ impl Module for Mlp {
     }
 }
 
-/// Build the model `spec` under `p`.
-pub fn build(spec: &ModelSpec, p: &nn::Path, inputs: i64, classes: i64) -> Box<dyn Module> {
-    match spec {
+/// LeNet-5's layout (two 5×5 convolutions with 6 and 16 channels, each followed by ReLU and
+/// 2×2 max pooling, then dense layers of 120 and 84) with "same" padding, so that images of any
+/// size down to 4×4 (the 8×8 digits as well as 28×28 MNIST) fit. Takes flattened images.
+#[derive(Debug)]
+pub struct LeNet5 {
+    image: [i64; 3],
+    conv1: nn::Conv2D,
+    conv2: nn::Conv2D,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    fc3: nn::Linear,
+}
+
+impl LeNet5 {
+    pub fn new(p: &nn::Path, image: [i64; 3], classes: i64) -> LeNet5 {
+        let same = nn::ConvConfig {
+            padding: 2,
+            ..Default::default()
+        };
+        let flat = 16 * (image[1] / 4) * (image[2] / 4);
+        LeNet5 {
+            image,
+            conv1: nn::conv2d(p / "conv1", image[0], 6, 5, same),
+            conv2: nn::conv2d(p / "conv2", 6, 16, 5, same),
+            fc1: nn::linear(p / "fc1", flat, 120, Default::default()),
+            fc2: nn::linear(p / "fc2", 120, 84, Default::default()),
+            fc3: nn::linear(p / "fc3", 84, classes, Default::default()),
+        }
+    }
+}
+
+impl Module for LeNet5 {
+    fn forward(&self, xs: &tch::Tensor) -> tch::Tensor {
+        let [c, h, w] = self.image;
+        xs.view([-1, c, h, w])
+            .apply(&self.conv1)
+            .relu()
+            .max_pool2d_default(2)
+            .apply(&self.conv2)
+            .relu()
+            .max_pool2d_default(2)
+            .flatten(1, -1)
+            .apply(&self.fc1)
+            .relu()
+            .apply(&self.fc2)
+            .relu()
+            .apply(&self.fc3)
+    }
+}
+
+/// Build the model `spec` under `p` for `inputs` features (images of shape `image`, if they
+/// are images) and `classes` classes.
+pub fn build(
+    spec: &ModelSpec,
+    p: &nn::Path,
+    inputs: i64,
+    image: Option<[i64; 3]>,
+    classes: i64,
+) -> anyhow::Result<Box<dyn Module>> {
+    Ok(match spec {
         ModelSpec::Logistic => Box::new(Mlp::new(p, inputs, &[], classes)),
         ModelSpec::Mlp { hidden } => Box::new(Mlp::new(p, inputs, hidden, classes)),
-    }
+        ModelSpec::LeNet5 => {
+            let Some(image) = image else {
+                bail!("lenet5 needs image data; this dataset has plain feature vectors");
+            };
+            if image[1] < 4 || image[2] < 4 {
+                bail!(
+                    "lenet5 needs images of at least 4×4, got {}×{}",
+                    image[1],
+                    image[2]
+                );
+            }
+            Box::new(LeNet5::new(p, image, classes))
+        }
+    })
 }
 
 #[cfg(test)]

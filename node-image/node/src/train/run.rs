@@ -45,19 +45,25 @@ pub struct Trainer {
 
 impl Trainer {
     /// The run's initial state `W_0`, from its run seed.
-    pub fn new(spec: &RunSpec, data: &Dataset) -> Trainer {
+    pub fn new(spec: &RunSpec, data: &Dataset) -> anyhow::Result<Trainer> {
         // libtorch's generator initialises the parameters; seed it from the run seed.
         tch::manual_seed(spec.run_seed.low_u64() as i64 & i64::MAX);
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = build(&spec.model, &vs.root(), data.features(), data.classes);
+        let model = build(
+            &spec.model,
+            &vs.root(),
+            data.features(),
+            data.image,
+            data.classes,
+        )?;
         let optimizer = Optimizer::new(spec.optimizer, &params(&vs));
-        Trainer {
+        Ok(Trainer {
             spec: spec.clone(),
             vs,
             model,
             optimizer,
             step: 0,
-        }
+        })
     }
 
     /// Resume from a checkpoint's bytes: every parameter and optimizer state tensor must be
@@ -67,7 +73,7 @@ impl Trainer {
         data: &Dataset,
         bytes: &[u8],
     ) -> anyhow::Result<Trainer> {
-        let mut t = Trainer::new(spec, data);
+        let mut t = Trainer::new(spec, data)?;
         let ckpt = checkpoint::decode(bytes)?;
         let step: u64 = ckpt
             .metadata
@@ -183,7 +189,7 @@ impl Trainer {
                 spec.steps
             );
         }
-        let mut t = Trainer::new(spec, data);
+        let mut t = Trainer::new(spec, data)?;
         let mut hashes = Vec::new();
         let w0 = t.checkpoint();
         hashes.push(checkpoint::hash(&w0));
