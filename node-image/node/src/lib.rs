@@ -1,6 +1,9 @@
-//! `pot-node`: the PoT node. For now it manages keys and writes genesis files; training,
-//! verification, consensus, networking and the HTTP API arrive as their own modules.
+//! `pot-node`: the PoT node. Keys and genesis files, training with libtorch and verification
+//! of runs; consensus, networking and the HTTP API arrive as their own modules.
 
+pub mod commands;
 pub mod genesis_builder;
 pub mod keyfile;
+pub mod run_dir;
 pub mod train;
+pub mod verify;

@@ -1,11 +1,14 @@
 //! The `pot-node` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pot_node::{genesis_builder, keyfile};
-use pot_protocol::{Genesis, Params, SecretKey, State};
+use pot_node::run_dir::RunDir;
+use pot_node::train::fetch::Cache;
+use pot_node::{commands, genesis_builder, keyfile};
+use pot_protocol::{Address, Genesis, Hash, Params, SecretKey, State};
 
 #[derive(Parser)]
 #[command(name = "pot-node", version, about = "Proof-of-Training network node")]
@@ -53,6 +56,78 @@ enum Command {
         #[arg(long, conflicts_with_all = ["out", "coordinator_keys", "balances", "stakes", "params"])]
         check: Option<PathBuf>,
     },
+    /// Train a task spec (YAML) and write checkpoints and a manifest into a run directory.
+    Train {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// The miner whose run this is: its address goes into the run seed.
+        #[arg(long, env = "POT_MINER", default_value_t = Address::default())]
+        miner: Address,
+        /// The claim salt that goes into the run seed (hex).
+        #[arg(long, default_value_t = Hash::ZERO)]
+        salt: Hash,
+        /// libtorch intra-op threads; a replay must use the same number to be bit-identical.
+        #[arg(long, env = "POT_THREADS", default_value_t = 1)]
+        threads: i32,
+        /// libtorch's CPU kernel level (ATEN_CPU_CAPABILITY), fixed so replays match.
+        #[arg(long, env = "POT_CPU_CAPABILITY", default_value = "avx2")]
+        cpu_capability: String,
+        #[command(flatten)]
+        cache: CacheArg,
+    },
+    /// Verify a run: its first checkpoint, its last, sampled segments replayed, and accuracy.
+    Verify {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        run: PathBuf,
+        /// Segment indices to replay, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        segments: Vec<u32>,
+        #[command(flatten)]
+        cache: CacheArg,
+    },
+    /// Evaluate a run's final model on the task's held-out data.
+    Eval {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        run: PathBuf,
+        #[command(flatten)]
+        cache: CacheArg,
+    },
+}
+
+#[derive(clap::Args)]
+struct CacheArg {
+    /// Content-addressed cache of fetched datasets (default ~/.cache/pot-k8s/data).
+    #[arg(long = "data-cache", env = "POT_DATA_CACHE")]
+    dir: Option<PathBuf>,
+}
+
+impl CacheArg {
+    fn cache(&self) -> Cache {
+        Cache::new(self.dir.clone().unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+            Path::new(&home).join(".cache/pot-k8s/data")
+        }))
+    }
+}
+
+/// libtorch reads `ATEN_CPU_CAPABILITY` once, when it loads; to fix it, run this program again
+/// with the variable set (setting it in-process would be too late and is not thread-safe).
+fn pin_cpu_capability(wanted: &str) -> anyhow::Result<()> {
+    if std::env::var("ATEN_CPU_CAPABILITY").as_deref() == Ok(wanted) || wanted == "native" {
+        return Ok(());
+    }
+    use std::os::unix::process::CommandExt;
+    let err = Process::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env("ATEN_CPU_CAPABILITY", wanted)
+        .exec();
+    Err(err).context("re-running with ATEN_CPU_CAPABILITY set")
 }
 
 fn main() -> anyhow::Result<()> {
@@ -114,6 +189,46 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", p.display()))?,
                 None => print!("{}", g.to_yaml()),
             }
+        }
+        Command::Train {
+            spec,
+            out,
+            miner,
+            salt,
+            threads,
+            cpu_capability,
+            cache,
+        } => {
+            pin_cpu_capability(&cpu_capability)?;
+            let m = commands::train(&spec, &out, miner, salt, threads, &cache.cache())?;
+            println!("checkpoints:  {}", m.checkpoints.len());
+            println!("merkle_root:  {}", m.merkle_root);
+            println!("model_hash:   {}", m.model_hash);
+            println!("final_loss:   {:.4}", m.final_loss);
+            println!("held-out acc: {:.4}", m.held_out_accuracy);
+            println!(
+                "time:         {:.1} s ({:.0} steps/s)",
+                m.train_seconds,
+                m.steps as f64 / m.train_seconds
+            );
+        }
+        Command::Verify {
+            spec,
+            run,
+            segments,
+            cache,
+        } => {
+            let m = RunDir::new(&run).read_manifest()?;
+            pin_cpu_capability(&m.cpu_capability)?;
+            let report = commands::verify(&spec, &run, &segments, &cache.cache())?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.valid {
+                anyhow::bail!("the run is not valid");
+            }
+        }
+        Command::Eval { spec, run, cache } => {
+            let acc = commands::eval(&spec, &run, &cache.cache())?;
+            println!("accuracy: {acc:.4}");
         }
     }
     Ok(())

@@ -6,8 +6,10 @@
 pub mod checkpoint;
 pub mod data;
 pub mod datasets;
+pub mod fetch;
 pub mod model;
 pub mod optim;
 pub mod run;
+pub mod task_file;
 
 pub use run::{RunRecord, RunSpec, Trainer};

@@ -176,11 +176,11 @@ impl Trainer {
     }
 
     /// A whole run: `W_0`, then a checkpoint every `k` steps, each handed to `sink` with its
-    /// index as it is made.
+    /// index and the last batch loss as it is made.
     pub fn run(
         spec: &RunSpec,
         data: &Dataset,
-        mut sink: impl FnMut(usize, &[u8]) -> anyhow::Result<()>,
+        mut sink: impl FnMut(usize, &[u8], f32) -> anyhow::Result<()>,
     ) -> anyhow::Result<RunRecord> {
         let k = spec.checkpoint_interval;
         if k == 0 || !spec.steps.is_multiple_of(k) {
@@ -193,13 +193,13 @@ impl Trainer {
         let mut hashes = Vec::new();
         let w0 = t.checkpoint();
         hashes.push(checkpoint::hash(&w0));
-        sink(0, &w0).context("storing checkpoint 0")?;
+        sink(0, &w0, f32::NAN).context("storing checkpoint 0")?;
         let mut loss = f32::NAN;
         for i in 1..=(spec.steps / k) as usize {
             loss = t.train_steps(data, k);
             let w = t.checkpoint();
             hashes.push(checkpoint::hash(&w));
-            sink(i, &w).with_context(|| format!("storing checkpoint {i}"))?;
+            sink(i, &w, loss).with_context(|| format!("storing checkpoint {i}"))?;
         }
         Ok(RunRecord {
             root: merkle::root(&hashes),

@@ -1,0 +1,111 @@
+//! What `pot-node train`, `verify` and `eval` do, as functions the CLI and tests share.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use pot_protocol::{Address, Hash};
+
+use crate::run_dir::{Manifest, RunDir};
+use crate::train::Trainer;
+use crate::train::fetch::Cache;
+use crate::train::task_file::TaskFile;
+use crate::verify::{self, Report};
+
+/// The libtorch this binary is built against.
+pub const LIBTORCH_VERSION: &str = "2.11.0";
+
+/// The CPU kernel level libtorch runs at: `ATEN_CPU_CAPABILITY`, read once when it loads.
+pub fn cpu_capability() -> String {
+    std::env::var("ATEN_CPU_CAPABILITY").unwrap_or_else(|_| "native".into())
+}
+
+/// Train the task in `task` as `miner` with `salt`, writing the run into `out`.
+pub fn train(
+    task: &Path,
+    out: &Path,
+    miner: Address,
+    salt: Hash,
+    threads: i32,
+    cache: &Cache,
+) -> anyhow::Result<Manifest> {
+    let tf = TaskFile::read(task)?;
+    if RunDir::exists(out) {
+        bail!(
+            "{} already holds a run; choose another --out",
+            out.display()
+        );
+    }
+    tch::set_num_threads(threads);
+    let spec = tf.run_spec(&miner, &salt)?;
+    let (train, held_out) = tf.load_data(cache)?;
+    let run = RunDir::new(out);
+    let bar = ProgressBar::new(spec.steps).with_style(
+        ProgressStyle::with_template("{bar:30} step {pos}/{len}  loss {msg}  {per_sec}  eta {eta}")
+            .expect("valid template"),
+    );
+    let started = Instant::now();
+    let k = spec.checkpoint_interval;
+    let record = Trainer::run(&spec, &train, |i, bytes, loss| {
+        run.write_checkpoint(i, bytes)?;
+        if i > 0 {
+            bar.inc(k);
+            bar.set_message(format!("{loss:.4}"));
+        }
+        Ok(())
+    })?;
+    bar.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let last = run.read_checkpoint_unchecked(record.checkpoints.len() - 1)?;
+    let accuracy = Trainer::from_checkpoint(&spec, &train, &last)?.accuracy(&held_out);
+    let manifest = Manifest {
+        model: tf.model.clone(),
+        miner,
+        salt,
+        run_seed: spec.run_seed,
+        steps: spec.steps,
+        checkpoint_interval: spec.checkpoint_interval,
+        model_hash: *record.checkpoints.last().expect("at least W_0"),
+        merkle_root: record.root,
+        checkpoints: record.checkpoints,
+        final_loss: record.final_loss,
+        held_out_accuracy: accuracy,
+        libtorch: LIBTORCH_VERSION.into(),
+        cpu_capability: cpu_capability(),
+        threads,
+        train_seconds: seconds,
+    };
+    run.write_manifest(&manifest)?;
+    Ok(manifest)
+}
+
+/// Verify the run in `dir` against `task`, replaying `segments`.
+pub fn verify(task: &Path, dir: &Path, segments: &[u32], cache: &Cache) -> anyhow::Result<Report> {
+    let tf = TaskFile::read(task)?;
+    let run = RunDir::new(dir);
+    let m = run.read_manifest()?;
+    tch::set_num_threads(m.threads);
+    let spec = tf.run_spec(&m.miner, &m.salt)?;
+    let (train, held_out) = tf.load_data(cache)?;
+    verify::verify(
+        &spec,
+        &run,
+        segments,
+        tf.replay_tolerance,
+        &train,
+        &held_out,
+    )
+}
+
+/// Accuracy of the run's final model on the task's held-out data.
+pub fn eval(task: &Path, dir: &Path, cache: &Cache) -> anyhow::Result<f64> {
+    let tf = TaskFile::read(task)?;
+    let run = RunDir::new(dir);
+    let m = run.read_manifest()?;
+    let spec = tf.run_spec(&m.miner, &m.salt)?;
+    let (train, held_out) = tf.load_data(cache)?;
+    let last = run.read_checkpoint(&m, m.checkpoints.len() - 1)?;
+    let t = Trainer::from_checkpoint(&spec, &train, &last).context("loading the final model")?;
+    Ok(t.accuracy(&held_out))
+}

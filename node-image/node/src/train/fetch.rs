@@ -1,0 +1,177 @@
+//! Getting dataset and model bytes from a locator — a local path, an `http(s)://` URL, or
+//! `builtin:digits` — always checked against the SHA-256 the task names, and kept in a
+//! content-addressed cache so a second run neither downloads nor trusts anything again.
+
+use std::path::{Path, PathBuf};
+
+use pot_protocol::Hash;
+
+use super::datasets::DIGITS_CSV_GZ;
+
+/// Largest download accepted (a bound on what a malicious locator can make a node store).
+pub const MAX_DOWNLOAD: u64 = 2 * 1024 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{locator}: SHA-256 is {actual}, the task says {expected}; nothing was used")]
+    HashMismatch {
+        locator: String,
+        expected: Hash,
+        actual: Hash,
+    },
+    #[error("{locator}: {why}")]
+    Unavailable { locator: String, why: String },
+    #[error("unknown built-in dataset {0:?} (known: builtin:digits)")]
+    UnknownBuiltin(String),
+}
+
+/// A content-addressed store of verified bytes: `<dir>/sha256/<hex>`.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+impl Cache {
+    pub fn new(dir: impl Into<PathBuf>) -> Cache {
+        Cache { dir: dir.into() }
+    }
+
+    fn path(&self, h: &Hash) -> PathBuf {
+        self.dir.join("sha256").join(h.to_hex())
+    }
+
+    /// Cached bytes for `h`, re-checked (a corrupted cache entry is dropped, not used).
+    fn get(&self, h: &Hash) -> Option<Vec<u8>> {
+        let p = self.path(h);
+        let bytes = std::fs::read(&p).ok()?;
+        if Hash::digest(&bytes) == *h {
+            Some(bytes)
+        } else {
+            let _ = std::fs::remove_file(&p);
+            None
+        }
+    }
+
+    /// Store verified bytes atomically (write then rename).
+    fn put(&self, h: &Hash, bytes: &[u8]) -> std::io::Result<()> {
+        let p = self.path(h);
+        std::fs::create_dir_all(p.parent().expect("has a parent"))?;
+        let tmp = p.with_extension(format!("partial-{}", std::process::id()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(tmp, p)
+    }
+}
+
+/// The bytes at `locator`, which must hash to `sha256`.
+pub fn fetch(locator: &str, sha256: &Hash, cache: &Cache) -> Result<Vec<u8>, FetchError> {
+    let unavailable = |why: String| FetchError::Unavailable {
+        locator: locator.to_string(),
+        why,
+    };
+    if let Some(bytes) = cache.get(sha256) {
+        return Ok(bytes);
+    }
+    let bytes = if let Some(name) = locator.strip_prefix("builtin:") {
+        match name {
+            "digits" => DIGITS_CSV_GZ.to_vec(),
+            other => return Err(FetchError::UnknownBuiltin(other.to_string())),
+        }
+    } else if locator.starts_with("http://") || locator.starts_with("https://") {
+        let mut resp = ureq::get(locator)
+            .call()
+            .map_err(|e| unavailable(e.to_string()))?;
+        resp.body_mut()
+            .with_config()
+            .limit(MAX_DOWNLOAD)
+            .read_to_vec()
+            .map_err(|e| unavailable(e.to_string()))?
+    } else {
+        let path = locator.strip_prefix("file://").unwrap_or(locator);
+        std::fs::read(Path::new(path)).map_err(|e| unavailable(e.to_string()))?
+    };
+    let actual = Hash::digest(&bytes);
+    if actual != *sha256 {
+        return Err(FetchError::HashMismatch {
+            locator: locator.to_string(),
+            expected: *sha256,
+            actual,
+        });
+    }
+    cache
+        .put(sha256, &bytes)
+        .map_err(|e| unavailable(format!("caching: {e}")))?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Serve `body` to at most `n` requests on a loopback port.
+    fn serve(body: Vec<u8>, n: usize) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in l.incoming().take(n) {
+                let mut s = stream.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                s.write_all(head.as_bytes()).unwrap();
+                s.write_all(&body).unwrap();
+            }
+        });
+        format!("http://{addr}/data.csv")
+    }
+
+    #[test]
+    fn url_is_checked_and_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let body = b"1,2,0\n3,4,1\n".to_vec();
+        let h = Hash::digest(&body);
+        let url = serve(body.clone(), 1);
+        assert_eq!(fetch(&url, &h, &cache).unwrap(), body);
+        // The server is gone; the cache answers.
+        assert_eq!(fetch(&url, &h, &cache).unwrap(), body);
+
+        let url = serve(b"tampered".to_vec(), 1);
+        let other = Hash::digest(b"something else");
+        let e = fetch(&url, &other, &cache).unwrap_err();
+        assert!(matches!(e, FetchError::HashMismatch { .. }), "{e}");
+        assert!(e.to_string().contains("nothing was used"));
+        assert!(cache.get(&other).is_none());
+    }
+
+    #[test]
+    fn paths_builtins_and_a_corrupted_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("cache"));
+        let file = dir.path().join("d.csv");
+        std::fs::write(&file, b"5,6,1\n").unwrap();
+        let h = Hash::digest(b"5,6,1\n");
+        assert!(fetch(file.to_str().unwrap(), &h, &cache).is_ok());
+        // Corrupt the cached copy: it is detected, dropped, and the file read again.
+        std::fs::write(cache.path(&h), b"junk").unwrap();
+        assert!(fetch(file.to_str().unwrap(), &h, &cache).is_ok());
+        assert_eq!(std::fs::read(cache.path(&h)).unwrap(), b"5,6,1\n");
+
+        let digits = Hash::digest(DIGITS_CSV_GZ);
+        assert_eq!(
+            fetch("builtin:digits", &digits, &cache).unwrap().len(),
+            DIGITS_CSV_GZ.len()
+        );
+        assert!(matches!(
+            fetch("builtin:mnist", &Hash::ZERO, &cache),
+            Err(FetchError::UnknownBuiltin(_))
+        ));
+        assert!(matches!(
+            fetch("/no/such/file", &Hash::ZERO, &cache),
+            Err(FetchError::Unavailable { .. })
+        ));
+    }
+}

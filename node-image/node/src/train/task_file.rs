@@ -1,0 +1,194 @@
+//! The training spec a person (or, later, the miner role) hands to `pot-node train`, as YAML.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use pot_protocol::{Address, Hash};
+use serde::{Deserialize, Serialize};
+
+use super::data::Dataset;
+use super::datasets;
+use super::fetch::{Cache, fetch};
+use super::model::ModelSpec;
+use super::optim::{OptimizerConfig, OptimizerKind};
+use super::run::RunSpec;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskFile {
+    /// `logistic`, `mlp:W1,W2,...` or `lenet5`.
+    pub model: String,
+    pub dataset: DatasetFile,
+    pub optimizer: OptimizerFile,
+    pub batch_size: i64,
+    pub steps: u64,
+    pub checkpoint_interval: u64,
+    /// The task seed; the run seed is `H(seed ‖ miner ‖ salt)`.
+    pub seed: u64,
+    /// Examples per thousand held out for evaluation (when no separate eval set is given).
+    #[serde(default = "default_holdout")]
+    pub holdout_per_mille: u32,
+    /// Largest normalised L2 distance a replayed segment may be off by; 0 demands equal hashes.
+    #[serde(default)]
+    pub replay_tolerance: f64,
+}
+
+fn default_holdout() -> u32 {
+    200
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetFile {
+    /// A path, an http(s) URL, or `builtin:digits`.
+    pub locator: String,
+    pub sha256: Hash,
+    /// `csv` or `safetensors` (ignored for built-ins).
+    #[serde(default = "default_format")]
+    pub format: String,
+    /// Multiply every feature by this (e.g. 1/255 for raw pixels).
+    #[serde(default = "one")]
+    pub feature_scale: f64,
+    /// `[channels, height, width]` when the features are flattened images.
+    #[serde(default)]
+    pub image: Option<[i64; 3]>,
+}
+
+fn default_format() -> String {
+    "csv".into()
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum OptimizerFile {
+    Sgd {
+        lr: f64,
+        #[serde(default)]
+        momentum: f64,
+        #[serde(default)]
+        weight_decay: f64,
+    },
+    Adamw {
+        lr: f64,
+        #[serde(default = "beta1")]
+        beta1: f64,
+        #[serde(default = "beta2")]
+        beta2: f64,
+        #[serde(default = "eps")]
+        eps: f64,
+        #[serde(default)]
+        weight_decay: f64,
+    },
+}
+
+fn beta1() -> f64 {
+    0.9
+}
+fn beta2() -> f64 {
+    0.999
+}
+fn eps() -> f64 {
+    1e-8
+}
+
+impl TaskFile {
+    pub fn read(path: &Path) -> anyhow::Result<TaskFile> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let t: TaskFile =
+            serde_yaml::from_str(&text).with_context(|| format!("task file {}", path.display()))?;
+        t.validate()
+            .with_context(|| format!("task file {}", path.display()))?;
+        Ok(t)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.model.parse::<ModelSpec>()?;
+        if self.batch_size < 1 {
+            bail!("batch_size must be at least 1");
+        }
+        if self.steps == 0
+            || self.checkpoint_interval == 0
+            || !self.steps.is_multiple_of(self.checkpoint_interval)
+        {
+            bail!(
+                "checkpoint_interval must be positive and divide steps ({})",
+                self.steps
+            );
+        }
+        if self.holdout_per_mille >= 1000 {
+            bail!("holdout_per_mille must be below 1000");
+        }
+        if self.replay_tolerance.is_nan() || self.replay_tolerance < 0.0 {
+            bail!("replay_tolerance must be 0 or positive");
+        }
+        Ok(())
+    }
+
+    /// The run spec for `miner` with `salt`.
+    pub fn run_spec(&self, miner: &Address, salt: &Hash) -> anyhow::Result<RunSpec> {
+        let optimizer = match self.optimizer {
+            OptimizerFile::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => OptimizerConfig {
+                kind: OptimizerKind::Sgd { momentum },
+                lr,
+                weight_decay,
+            },
+            OptimizerFile::Adamw {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => OptimizerConfig {
+                kind: OptimizerKind::AdamW { beta1, beta2, eps },
+                lr,
+                weight_decay,
+            },
+        };
+        Ok(RunSpec {
+            model: self.model.parse()?,
+            optimizer,
+            batch_size: self.batch_size,
+            steps: self.steps,
+            checkpoint_interval: self.checkpoint_interval,
+            run_seed: pot_protocol::tx::run_seed(self.seed, miner, salt),
+        })
+    }
+
+    /// The dataset, fetched and checked, split into `(train, held_out)`.
+    pub fn load_data(&self, cache: &Cache) -> anyhow::Result<(Dataset, Dataset)> {
+        let d = &self.dataset;
+        let bytes = fetch(&d.locator, &d.sha256, cache)?;
+        let mut data = if d.locator == "builtin:digits" {
+            datasets::digits()
+        } else {
+            let mut data = match d.format.as_str() {
+                "csv" => datasets::from_csv(&bytes)?,
+                "safetensors" => datasets::from_safetensors(&bytes)?,
+                other => bail!("dataset format {other:?} is not csv or safetensors"),
+            };
+            if d.feature_scale != 1.0 {
+                data.x *= d.feature_scale;
+            }
+            data
+        };
+        if let Some(image) = d.image {
+            if image.iter().product::<i64>() != data.features() {
+                bail!(
+                    "dataset image shape {image:?} does not match its {} features",
+                    data.features()
+                );
+            }
+            data.image = Some(image);
+        }
+        Ok(datasets::split(&data, self.holdout_per_mille, self.seed))
+    }
+}
