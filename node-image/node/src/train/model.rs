@@ -1,7 +1,7 @@
 //! Built-in models, described by a short string a task names (`mlp:64,32`).
 
 use anyhow::{Context, bail};
-use tch::nn::{self, Module};
+use tch::nn::{self, Module, ModuleT};
 
 /// What to build.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,6 +12,8 @@ pub enum ModelSpec {
     Mlp { hidden: Vec<i64> },
     /// LeNet-5 for image data.
     LeNet5,
+    /// A small ResNet for image data: three stages of one basic block (16, 32, 64 channels).
+    ResNetSmall,
 }
 
 impl std::str::FromStr for ModelSpec {
@@ -20,6 +22,7 @@ impl std::str::FromStr for ModelSpec {
         match s.split_once(':') {
             None if s == "logistic" => Ok(ModelSpec::Logistic),
             None if s == "lenet5" => Ok(ModelSpec::LeNet5),
+            None if s == "resnet-small" => Ok(ModelSpec::ResNetSmall),
             Some(("mlp", widths)) => {
                 let hidden = widths
                     .split(',')
@@ -36,7 +39,9 @@ impl std::str::FromStr for ModelSpec {
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 Ok(ModelSpec::Mlp { hidden })
             }
-            _ => bail!("unknown model {s:?}: expected `logistic`, `lenet5` or `mlp:W1,W2,...`"),
+            _ => bail!(
+                "unknown model {s:?}: expected `logistic`, `mlp:W1,W2,...`, `lenet5` or `resnet-small`"
+            ),
         }
     }
 }
@@ -124,6 +129,117 @@ impl Module for LeNet5 {
     }
 }
 
+/// A residual block: two 3×3 convolutions with batch norm, and a 1×1 projection on the skip
+/// path when the shape changes.
+#[derive(Debug)]
+struct BasicBlock {
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    conv2: nn::Conv2D,
+    bn2: nn::BatchNorm,
+    project: Option<(nn::Conv2D, nn::BatchNorm)>,
+}
+
+impl BasicBlock {
+    fn new(p: &nn::Path, cin: i64, cout: i64, stride: i64) -> BasicBlock {
+        let conv = |name: &str, i, o, k, s, pad| {
+            nn::conv2d(
+                p / name,
+                i,
+                o,
+                k,
+                nn::ConvConfig {
+                    stride: s,
+                    padding: pad,
+                    bias: false,
+                    ..Default::default()
+                },
+            )
+        };
+        let project = (stride != 1 || cin != cout).then(|| {
+            (
+                conv("proj", cin, cout, 1, stride, 0),
+                nn::batch_norm2d(p / "proj_bn", cout, Default::default()),
+            )
+        });
+        BasicBlock {
+            conv1: conv("conv1", cin, cout, 3, stride, 1),
+            bn1: nn::batch_norm2d(p / "bn1", cout, Default::default()),
+            conv2: conv("conv2", cout, cout, 3, 1, 1),
+            bn2: nn::batch_norm2d(p / "bn2", cout, Default::default()),
+            project,
+        }
+    }
+}
+
+impl ModuleT for BasicBlock {
+    fn forward_t(&self, xs: &tch::Tensor, train: bool) -> tch::Tensor {
+        let y = xs
+            .apply(&self.conv1)
+            .apply_t(&self.bn1, train)
+            .relu()
+            .apply(&self.conv2)
+            .apply_t(&self.bn2, train);
+        let skip = match &self.project {
+            Some((c, bn)) => xs.apply(c).apply_t(bn, train),
+            None => xs.shallow_clone(),
+        };
+        (y + skip).relu()
+    }
+}
+
+/// A small ResNet: a 3×3 stem, three basic blocks (16, 32, 64 channels; strides 1, 2, 2),
+/// global average pooling and a linear classifier. Takes flattened images.
+#[derive(Debug)]
+pub struct ResNetSmall {
+    image: [i64; 3],
+    stem: nn::Conv2D,
+    stem_bn: nn::BatchNorm,
+    blocks: Vec<BasicBlock>,
+    fc: nn::Linear,
+}
+
+impl ResNetSmall {
+    pub fn new(p: &nn::Path, image: [i64; 3], classes: i64) -> ResNetSmall {
+        let stem = nn::conv2d(
+            p / "stem",
+            image[0],
+            16,
+            3,
+            nn::ConvConfig {
+                padding: 1,
+                bias: false,
+                ..Default::default()
+            },
+        );
+        let blocks = vec![
+            BasicBlock::new(&(p / "layer1"), 16, 16, 1),
+            BasicBlock::new(&(p / "layer2"), 16, 32, 2),
+            BasicBlock::new(&(p / "layer3"), 32, 64, 2),
+        ];
+        ResNetSmall {
+            image,
+            stem,
+            stem_bn: nn::batch_norm2d(p / "stem_bn", 16, Default::default()),
+            blocks,
+            fc: nn::linear(p / "fc", 64, classes, Default::default()),
+        }
+    }
+}
+
+impl ModuleT for ResNetSmall {
+    fn forward_t(&self, xs: &tch::Tensor, train: bool) -> tch::Tensor {
+        let [c, h, w] = self.image;
+        let x = xs
+            .view([-1, c, h, w])
+            .apply(&self.stem)
+            .apply_t(&self.stem_bn, train)
+            .relu();
+        let x = self.blocks.iter().fold(x, |x, b| b.forward_t(&x, train));
+        x.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
+    }
+}
+
 /// Build the model `spec` under `p` for `inputs` features (images of shape `image`, if they
 /// are images) and `classes` classes.
 pub fn build(
@@ -132,22 +248,26 @@ pub fn build(
     inputs: i64,
     image: Option<[i64; 3]>,
     classes: i64,
-) -> anyhow::Result<Box<dyn Module>> {
+) -> anyhow::Result<Box<dyn ModuleT>> {
+    let need_image = |name: &str| -> anyhow::Result<[i64; 3]> {
+        let Some(image) = image else {
+            bail!("{name} needs image data; this dataset has plain feature vectors");
+        };
+        if image[1] < 4 || image[2] < 4 {
+            bail!(
+                "{name} needs images of at least 4×4, got {}×{}",
+                image[1],
+                image[2]
+            );
+        }
+        Ok(image)
+    };
     Ok(match spec {
         ModelSpec::Logistic => Box::new(Mlp::new(p, inputs, &[], classes)),
         ModelSpec::Mlp { hidden } => Box::new(Mlp::new(p, inputs, hidden, classes)),
-        ModelSpec::LeNet5 => {
-            let Some(image) = image else {
-                bail!("lenet5 needs image data; this dataset has plain feature vectors");
-            };
-            if image[1] < 4 || image[2] < 4 {
-                bail!(
-                    "lenet5 needs images of at least 4×4, got {}×{}",
-                    image[1],
-                    image[2]
-                );
-            }
-            Box::new(LeNet5::new(p, image, classes))
+        ModelSpec::LeNet5 => Box::new(LeNet5::new(p, need_image("lenet5")?, classes)),
+        ModelSpec::ResNetSmall => {
+            Box::new(ResNetSmall::new(p, need_image("resnet-small")?, classes))
         }
     })
 }

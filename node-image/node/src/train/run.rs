@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 use pot_protocol::{Hash, merkle};
-use tch::nn::{self, Module};
+use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
 use super::checkpoint::{self, CheckpointError};
@@ -38,7 +38,7 @@ pub struct RunRecord {
 pub struct Trainer {
     spec: RunSpec,
     vs: nn::VarStore,
-    model: Box<dyn Module>,
+    model: Box<dyn ModuleT>,
     optimizer: Optimizer,
     step: u64,
 }
@@ -156,7 +156,7 @@ impl Trainer {
                     let _ = g.zero_();
                 }
             }
-            let loss = self.model.forward(&x).cross_entropy_for_logits(&y);
+            let loss = self.model.forward_t(&x, true).cross_entropy_for_logits(&y);
             loss.backward();
             self.step += 1;
             self.optimizer.step(&params, self.step);
@@ -169,7 +169,7 @@ impl Trainer {
     pub fn accuracy(&self, data: &Dataset) -> f64 {
         tch::no_grad(|| {
             self.model
-                .forward(&data.x)
+                .forward_t(&data.x, false)
                 .accuracy_for_logits(&data.y)
                 .double_value(&[])
         })
