@@ -38,7 +38,7 @@ pub fn train(
         );
     }
     tch::set_num_threads(threads);
-    let spec = tf.run_spec(&miner, &salt)?;
+    let spec = tf.run_spec(&miner, &salt, cache)?;
     let (train, held_out) = tf.load_data(cache)?;
     let run = RunDir::new(out);
     let bar = ProgressBar::new(spec.steps).with_style(
@@ -86,7 +86,7 @@ pub fn verify(task: &Path, dir: &Path, segments: &[u32], cache: &Cache) -> anyho
     let run = RunDir::new(dir);
     let m = run.read_manifest()?;
     tch::set_num_threads(m.threads);
-    let spec = tf.run_spec(&m.miner, &m.salt)?;
+    let spec = tf.run_spec(&m.miner, &m.salt, cache)?;
     let (train, held_out) = tf.load_data(cache)?;
     verify::verify(
         &spec,
@@ -103,7 +103,7 @@ pub fn eval(task: &Path, dir: &Path, cache: &Cache) -> anyhow::Result<f64> {
     let tf = TaskFile::read(task)?;
     let run = RunDir::new(dir);
     let m = run.read_manifest()?;
-    let spec = tf.run_spec(&m.miner, &m.salt)?;
+    let spec = tf.run_spec(&m.miner, &m.salt, cache)?;
     let (train, held_out) = tf.load_data(cache)?;
     let last = run.read_checkpoint(&m, m.checkpoints.len() - 1)?;
     let t = Trainer::from_checkpoint(&spec, &train, &last).context("loading the final model")?;

@@ -1,7 +1,12 @@
 //! Built-in models, described by a short string a task names (`mlp:64,32`).
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
+use pot_protocol::Hash;
 use tch::nn::{self, Module, ModuleT};
+
+use super::fetch::{Cache, fetch};
 
 /// What to build.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,6 +19,37 @@ pub enum ModelSpec {
     LeNet5,
     /// A small ResNet for image data: three stages of one basic block (16, 32, 64 channels).
     ResNetSmall,
+    /// A user model: a TorchScript file (`torchscript:<locator>#<sha256>`), fetched and checked.
+    TorchScript(Arc<ScriptFile>),
+}
+
+/// A fetched, hash-checked TorchScript file.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ScriptFile {
+    pub locator: String,
+    pub sha256: Hash,
+    pub bytes: Vec<u8>,
+}
+
+impl ModelSpec {
+    /// Parse a model descriptor, fetching (and checking) a TorchScript file if it names one.
+    pub fn resolve(s: &str, cache: &Cache) -> anyhow::Result<ModelSpec> {
+        let Some(rest) = s.strip_prefix("torchscript:") else {
+            return s.parse();
+        };
+        let (locator, hex) = rest
+            .rsplit_once('#')
+            .with_context(|| format!("model {s:?}: expected torchscript:<locator>#<sha256>"))?;
+        let sha256: Hash = hex
+            .parse()
+            .with_context(|| format!("model {s:?}: sha256"))?;
+        let bytes = fetch(locator, &sha256, cache)?;
+        Ok(ModelSpec::TorchScript(Arc::new(ScriptFile {
+            locator: locator.to_string(),
+            sha256,
+            bytes,
+        })))
+    }
 }
 
 impl std::str::FromStr for ModelSpec {
@@ -240,6 +276,53 @@ impl ModuleT for ResNetSmall {
     }
 }
 
+/// A TorchScript module trained through `tch`. Scripted models run the same code in training
+/// and evaluation (batch norm or dropout inside one would always be in training mode).
+struct Scripted(tch::TrainableCModule);
+
+impl std::fmt::Debug for Scripted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scripted")
+    }
+}
+
+impl ModuleT for Scripted {
+    fn forward_t(&self, xs: &tch::Tensor, _train: bool) -> tch::Tensor {
+        self.0
+            .forward_ts(&[xs])
+            .expect("the scripted model's forward takes one tensor")
+    }
+}
+
+/// Load a TorchScript module, its parameters registered under `p`. The caller re-initialises
+/// them (see [`reinitialise`]).
+fn load_scripted(p: &nn::Path, file: &ScriptFile) -> anyhow::Result<Box<dyn ModuleT>> {
+    let module =
+        tch::TrainableCModule::load_data(&mut std::io::Cursor::new(&file.bytes), p.clone())
+            .map_err(|e| anyhow::anyhow!("{} is not a TorchScript module: {e}", file.locator))?;
+    Ok(Box::new(Scripted(module)))
+}
+
+/// Re-initialise `params` from libtorch's generator (seeded from the run seed by the caller), in
+/// name order, so that a TorchScript model's `W_0` belongs to the miner's run and not to whoever
+/// made the file: matrices uniform in ±1/√fan_in (PyTorch's default for `Linear` and `Conv`),
+/// vectors zero.
+pub fn reinitialise(params: &std::collections::BTreeMap<String, tch::Tensor>) {
+    tch::no_grad(|| {
+        for t in params.values() {
+            let mut t = t.shallow_clone();
+            let size = t.size();
+            if size.len() >= 2 {
+                let fan_in: i64 = size[1..].iter().product();
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                let _ = t.uniform_(-bound, bound);
+            } else {
+                let _ = t.zero_();
+            }
+        }
+    });
+}
+
 /// Build the model `spec` under `p` for `inputs` features (images of shape `image`, if they
 /// are images) and `classes` classes.
 pub fn build(
@@ -269,6 +352,7 @@ pub fn build(
         ModelSpec::ResNetSmall => {
             Box::new(ResNetSmall::new(p, need_image("resnet-small")?, classes))
         }
+        ModelSpec::TorchScript(file) => load_scripted(p, file)?,
     })
 }
 

@@ -10,7 +10,7 @@ use tch::{Device, Tensor};
 
 use super::checkpoint::{self, CheckpointError};
 use super::data::{Dataset, epoch_order};
-use super::model::{ModelSpec, build};
+use super::model::{ModelSpec, build, reinitialise};
 use super::optim::{Optimizer, OptimizerConfig};
 
 /// Everything that determines a run's trajectory.
@@ -56,6 +56,9 @@ impl Trainer {
             data.image,
             data.classes,
         )?;
+        if matches!(spec.model, ModelSpec::TorchScript(_)) {
+            reinitialise(&params(&vs));
+        }
         let optimizer = Optimizer::new(spec.optimizer, &params(&vs));
         Ok(Trainer {
             spec: spec.clone(),

@@ -107,7 +107,9 @@ impl TaskFile {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.model.parse::<ModelSpec>()?;
+        if !self.model.starts_with("torchscript:") {
+            self.model.parse::<ModelSpec>()?;
+        }
         if self.batch_size < 1 {
             bail!("batch_size must be at least 1");
         }
@@ -129,8 +131,8 @@ impl TaskFile {
         Ok(())
     }
 
-    /// The run spec for `miner` with `salt`.
-    pub fn run_spec(&self, miner: &Address, salt: &Hash) -> anyhow::Result<RunSpec> {
+    /// The run spec for `miner` with `salt` (fetching a TorchScript model through `cache`).
+    pub fn run_spec(&self, miner: &Address, salt: &Hash, cache: &Cache) -> anyhow::Result<RunSpec> {
         let optimizer = match self.optimizer {
             OptimizerFile::Sgd {
                 lr,
@@ -154,7 +156,7 @@ impl TaskFile {
             },
         };
         Ok(RunSpec {
-            model: self.model.parse()?,
+            model: ModelSpec::resolve(&self.model, cache)?,
             optimizer,
             batch_size: self.batch_size,
             steps: self.steps,
