@@ -10,7 +10,7 @@ export CARGO_TERM_COLOR ?= never
 # The libtorch `make setup` unpacks; fixed, because a change rebuilds torch-sys (minutes).
 export LIBTORCH ?= $(POT_CACHE_DIR)/libtorch/2.11.0-cpu
 
-.PHONY: test lint fmt demo setup k8s-tools
+.PHONY: test lint fmt demo setup k8s-tools bench
 
 ## test: everything CI runs — formatting, lints, the whole test suite, and a check that no
 ## control-plane process outlived it
@@ -31,6 +31,12 @@ setup:
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## bench: measure pot-node against PyTorch in Python and plain training; writes BENCHMARKS.md
+## (creates a ~4.7 GB venv with torch==2.11.0 once; takes several minutes; not part of `make test`)
+bench: setup
+	$(CARGO) build --release --locked -p pot-node
+	"$$(bench/setup-venv.sh)" bench/run.py --pot-node "$(CARGO_TARGET_DIR)/release/pot-node"
 
 ## fmt: format the code
 fmt:

@@ -89,6 +89,12 @@ enum Command {
         #[command(flatten)]
         cache: CacheArg,
     },
+    /// Measurements for `make bench` (JSON on standard output).
+    #[command(hide = true)]
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Evaluate a run's final model on the task's held-out data.
     Eval {
         #[arg(long)]
@@ -97,6 +103,32 @@ enum Command {
         run: PathBuf,
         #[command(flatten)]
         cache: CacheArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Training steps per second on the built-in digits.
+    Throughput {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        batch: i64,
+        #[arg(long)]
+        threads: i32,
+        #[arg(long, default_value_t = 300)]
+        steps: u64,
+    },
+    /// Checkpointing and verification cost against plain training.
+    Overhead {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        steps: u64,
+        #[arg(long)]
+        k: u64,
+        #[arg(long, default_value_t = 5)]
+        segments: u32,
     },
 }
 
@@ -225,6 +257,28 @@ fn main() -> anyhow::Result<()> {
             if !report.valid {
                 anyhow::bail!("the run is not valid");
             }
+        }
+        Command::Bench { what } => {
+            pin_cpu_capability("avx2")?;
+            let json = match what {
+                BenchWhat::Throughput {
+                    model,
+                    batch,
+                    threads,
+                    steps,
+                } => serde_json::to_string(&pot_node::bench::throughput(
+                    &model, batch, threads, steps, 5,
+                )?)?,
+                BenchWhat::Overhead {
+                    model,
+                    steps,
+                    k,
+                    segments,
+                } => {
+                    serde_json::to_string(&pot_node::bench::overhead(&model, steps, k, segments)?)?
+                }
+            };
+            println!("{json}");
         }
         Command::Eval { spec, run, cache } => {
             let acc = commands::eval(&spec, &run, &cache.cache())?;

@@ -10,6 +10,7 @@ use pot_protocol::{Hash, merkle};
 
 fn spec(seed: &str, kind: OptimizerKind) -> RunSpec {
     RunSpec {
+        loss: Default::default(),
         model: "mlp:32,16".parse().unwrap(),
         optimizer: OptimizerConfig {
             kind,
@@ -163,6 +164,7 @@ fn digits_accuracy(model: &str, kind: OptimizerKind, lr: f64, steps: u64) -> f64
     let (train, test) =
         pot_node::train::datasets::split(&pot_node::train::datasets::digits(), 200, 42);
     let s = RunSpec {
+        loss: Default::default(),
         model: model.parse().unwrap(),
         optimizer: OptimizerConfig {
             kind,
@@ -208,6 +210,7 @@ fn resnet_small_trains_on_digits_and_replays_exactly() {
     let (train, test) =
         pot_node::train::datasets::split(&pot_node::train::datasets::digits(), 200, 42);
     let s = RunSpec {
+        loss: Default::default(),
         model: "resnet-small".parse().unwrap(),
         optimizer: OptimizerConfig {
             kind: ADAMW,
@@ -247,6 +250,7 @@ fn tiny_mlp_spec(cache: &pot_node::train::fetch::Cache, seed: &str) -> RunSpec {
     )
     .unwrap();
     RunSpec {
+        loss: Default::default(),
         model,
         optimizer: OptimizerConfig {
             kind: SGD,
@@ -309,4 +313,22 @@ fn a_file_that_is_not_torchscript_is_a_clear_error() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("SHA-256"), "{e}");
+}
+
+#[test]
+fn mse_loss_learns_the_spirals_deterministically() {
+    tch::set_num_threads(1);
+    let d = pot_node::train::data::spirals(5, 900, 3, 0.02);
+    let mut s = spec("spirals", ADAMW);
+    s.loss = pot_node::train::run::Loss::Mse;
+    s.model = "mlp:64,64".parse().unwrap();
+    s.optimizer.lr = 0.01;
+    s.steps = 1500;
+    s.checkpoint_interval = 500;
+    let (a, _) = run(&s, &d);
+    assert_eq!(a, run(&s, &d).0);
+    let mut t = Trainer::new(&s, &d).unwrap();
+    t.train_steps(&d, 1500);
+    let acc = t.accuracy(&d);
+    assert!(acc > 0.9, "spirals accuracy with MSE {acc}");
 }

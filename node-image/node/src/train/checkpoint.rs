@@ -57,11 +57,13 @@ pub fn encode(tensors: &BTreeMap<String, Tensor>, metadata: &BTreeMap<String, St
             .to_device(tch::Device::Cpu)
             .contiguous();
         let n = t.numel();
-        let mut values = vec![0f32; n];
-        t.copy_data(&mut values, n);
         let start = data.len();
-        for v in &values {
-            data.extend_from_slice(&v.to_le_bytes());
+        data.resize(start + 4 * n, 0);
+        // The raw f32 bytes, in the machine's order; safetensors stores little-endian.
+        t.copy_data_u8(&mut data[start..], n);
+        #[cfg(target_endian = "big")]
+        for c in data[start..].chunks_exact_mut(4) {
+            c.reverse();
         }
         let shape: Vec<String> = t.size().iter().map(|d| d.to_string()).collect();
         if !first {

@@ -70,6 +70,29 @@ pub fn blobs(seed: u64, n: usize, dims: usize, classes: usize) -> Dataset {
     }
 }
 
+/// Two or more interleaved spirals in the plane (`classes` arms, `n` points in all, with
+/// Gaussian noise of `noise`): a set no linear model separates.
+pub fn spirals(seed: u64, n: usize, classes: usize, noise: f64) -> Dataset {
+    let mut rng = BeaconRng::new(Hash::tagged("pot/data/spirals", &[&seed.to_le_bytes()]));
+    let mut x = Vec::with_capacity(2 * n);
+    let mut y = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = i % classes;
+        let t = unit(&mut rng);
+        let r = t;
+        let angle = t * 4.0 + c as f64 * std::f64::consts::TAU / classes as f64;
+        x.push((r * angle.cos() + noise * normal(&mut rng)) as f32);
+        x.push((r * angle.sin() + noise * normal(&mut rng)) as f32);
+        y.push(c as i64);
+    }
+    Dataset {
+        x: Tensor::from_slice(&x).reshape([n as i64, 2]),
+        y: Tensor::from_slice(&y).to_kind(Kind::Int64),
+        classes: classes as i64,
+        image: None,
+    }
+}
+
 /// The order in which epoch `epoch` visits `n` examples: a permutation drawn from the run seed,
 /// so a replay from any step sees the same batches and a miner cannot pick its data.
 pub fn epoch_order(run_seed: &Hash, epoch: u64, n: usize) -> Vec<i64> {
@@ -98,6 +121,15 @@ mod tests {
         assert!(!a.x.equal(&blobs(8, 90, 4, 3).x));
         let counts = a.y.bincount::<Tensor>(None, 3);
         assert_eq!(Vec::<i64>::try_from(&counts).unwrap(), vec![30, 30, 30]);
+    }
+
+    #[test]
+    fn spirals_are_deterministic_in_the_unit_disc() {
+        let a = spirals(1, 300, 3, 0.02);
+        assert_eq!(a.x.size(), vec![300, 2]);
+        assert!(a.x.equal(&spirals(1, 300, 3, 0.02).x));
+        assert!(a.x.abs().max().double_value(&[]) < 1.2);
+        assert_eq!(a.classes, 3);
     }
 
     #[test]

@@ -13,11 +13,21 @@ use super::data::{Dataset, epoch_order};
 use super::model::{ModelSpec, build, reinitialise};
 use super::optim::{Optimizer, OptimizerConfig};
 
+/// The training loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Loss {
+    #[default]
+    CrossEntropy,
+    /// Mean squared error between the outputs and one-hot targets.
+    Mse,
+}
+
 /// Everything that determines a run's trajectory.
 #[derive(Clone, Debug)]
 pub struct RunSpec {
     pub model: ModelSpec,
     pub optimizer: OptimizerConfig,
+    pub loss: Loss,
     pub batch_size: i64,
     pub steps: u64,
     /// A checkpoint every `checkpoint_interval` steps.
@@ -159,7 +169,14 @@ impl Trainer {
                     let _ = g.zero_();
                 }
             }
-            let loss = self.model.forward_t(&x, true).cross_entropy_for_logits(&y);
+            let out = self.model.forward_t(&x, true);
+            let loss = match self.spec.loss {
+                Loss::CrossEntropy => out.cross_entropy_for_logits(&y),
+                Loss::Mse => {
+                    let target = y.one_hot(data.classes).to_kind(tch::Kind::Float);
+                    out.mse_loss(&target, tch::Reduction::Mean)
+                }
+            };
             loss.backward();
             self.step += 1;
             self.optimizer.step(&params, self.step);

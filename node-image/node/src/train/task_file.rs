@@ -11,7 +11,7 @@ use super::datasets;
 use super::fetch::{Cache, fetch};
 use super::model::ModelSpec;
 use super::optim::{OptimizerConfig, OptimizerKind};
-use super::run::RunSpec;
+use super::run::{Loss, RunSpec};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +20,9 @@ pub struct TaskFile {
     pub model: String,
     pub dataset: DatasetFile,
     pub optimizer: OptimizerFile,
+    /// `cross_entropy` (default) or `mse` (against one-hot targets).
+    #[serde(default)]
+    pub loss: LossFile,
     pub batch_size: i64,
     pub steps: u64,
     pub checkpoint_interval: u64,
@@ -31,6 +34,14 @@ pub struct TaskFile {
     /// Largest normalised L2 distance a replayed segment may be off by; 0 demands equal hashes.
     #[serde(default)]
     pub replay_tolerance: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossFile {
+    #[default]
+    CrossEntropy,
+    Mse,
 }
 
 fn default_holdout() -> u32 {
@@ -156,6 +167,10 @@ impl TaskFile {
             },
         };
         Ok(RunSpec {
+            loss: match self.loss {
+                LossFile::CrossEntropy => Loss::CrossEntropy,
+                LossFile::Mse => Loss::Mse,
+            },
             model: ModelSpec::resolve(&self.model, cache)?,
             optimizer,
             batch_size: self.batch_size,

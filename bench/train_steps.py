@@ -1,0 +1,88 @@
+"""The reference for pot-node's training throughput: the same model, data, batch size,
+optimizer and thread count in PyTorch (Python), eager mode. Prints one JSON line.
+
+    python bench/train_steps.py --model mlp:128,64 --batch 64 --threads 1
+"""
+
+import argparse
+import gzip
+import json
+import pathlib
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DIGITS = pathlib.Path(__file__).resolve().parent.parent / "node-image/node/data/digits/digits.csv.gz"
+
+
+def build(model: str) -> torch.nn.Module:
+    if model.startswith("mlp:"):
+        widths = [64] + [int(w) for w in model[4:].split(",")] + [10]
+        layers = []
+        for i in range(len(widths) - 1):
+            layers.append(torch.nn.Linear(widths[i], widths[i + 1]))
+            if i < len(widths) - 2:
+                layers.append(torch.nn.ReLU())
+        return torch.nn.Sequential(*layers)
+    if model == "lenet5":
+        return torch.nn.Sequential(
+            torch.nn.Unflatten(1, (1, 8, 8)),
+            torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(6, 16, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(64, 120), torch.nn.ReLU(),
+            torch.nn.Linear(120, 84), torch.nn.ReLU(),
+            torch.nn.Linear(84, 10),
+        )
+    raise SystemExit(f"unknown model {model}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--steps", type=int, default=300)
+    a = ap.parse_args()
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    with gzip.open(DIGITS, "rt") as f:
+        data = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    x = torch.from_numpy(data[:, :-1] / 16.0)
+    y = torch.from_numpy(data[:, -1]).long()
+    model = build(a.model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    n = x.shape[0]
+    per_epoch = max(n // a.batch, 1)
+    state = {"step": 0, "order": torch.randperm(n)}
+
+    def train(steps: int) -> None:
+        for _ in range(steps):
+            b = state["step"] % per_epoch
+            if b == 0:
+                state["order"] = torch.randperm(n)
+            idx = state["order"][b * a.batch:(b + 1) * a.batch]
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+            opt.zero_grad()
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            loss.item()
+            state["step"] += 1
+
+    train(20)
+    rates = []
+    for _ in range(5):
+        start = time.perf_counter()
+        train(a.steps)
+        rates.append(a.steps / (time.perf_counter() - start))
+    print(json.dumps({"model": a.model, "batch": a.batch, "threads": a.threads,
+                      "steps_per_second": statistics.median(rates)}))
+
+
+if __name__ == "__main__":
+    main()
