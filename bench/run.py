@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -55,9 +56,15 @@ def main() -> None:
         for batch in (64, 256):
             for threads in (1, 2):
                 args = ["--model", model, "--batch", str(batch), "--threads", str(threads), "--steps", str(steps)]
-                ours = run_json([a.pot_node, "bench", "throughput", *args])
-                ref = run_json([py, str(ROOT / "bench/train_steps.py"), *args])
-                rows.append((model, batch, threads, ours["steps_per_second"], ref["steps_per_second"]))
+                # Three rounds, alternating which side goes first, so that a burst of other work
+                # on the machine hits both sides alike; the median of each side is reported.
+                ours, ref = [], []
+                for r in range(3):
+                    sides = [("ours", [a.pot_node, "bench", "throughput", *args]),
+                             ("ref", [py, str(ROOT / "bench/train_steps.py"), *args])]
+                    for side, cmd in (sides if r % 2 == 0 else sides[::-1]):
+                        (ours if side == "ours" else ref).append(run_json(cmd)["steps_per_second"])
+                rows.append((model, batch, threads, statistics.median(ours), statistics.median(ref)))
                 print(rows[-1], file=sys.stderr)
 
     over = []
@@ -102,8 +109,9 @@ def main() -> None:
         "",
         f"Written by `make bench` on {today}. Machine: {machine()}.",
         f"pot-node: release build, libtorch 2.11.0 (CPU, `ATEN_CPU_CAPABILITY=avx2`); reference: PyTorch {torch.__version__} in Python {platform.python_version()}, eager mode.",
-        "Every ratio compares two measurements taken in the same run on the same machine. Numbers on a 2-core machine with",
-        "other work running are noisy; each throughput figure is the median of 5 timings after 20 warm-up steps.",
+        "Every ratio compares two measurements taken in the same run on the same machine. A 2-core machine is noisy:",
+        "each throughput figure is the median over 3 rounds (alternating which side runs first) of the median of 5 timings",
+        "after 20 warm-up steps; differences under about 15 % are within that noise.",
         "",
         "## Training throughput: pot-node against PyTorch in Python",
         "",

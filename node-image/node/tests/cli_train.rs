@@ -176,3 +176,38 @@ fn a_wrong_dataset_hash_trains_nothing() {
         text(&out)
     );
 }
+
+#[test]
+fn verify_replays_with_the_runs_own_thread_count() {
+    // Bit-identical replay needs the same libtorch thread count (a different count may sum in
+    // another order); the manifest records it and verify uses it.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let task = dir.path().join("task.yaml");
+    std::fs::write(&task, TASK.replace("mlp:32", "mlp:256,128")).unwrap();
+    let run = dir.path().join("run");
+    let (t, r) = (task.to_str().unwrap(), run.to_str().unwrap());
+    let out = pot_node(
+        &[
+            "train",
+            "--spec",
+            t,
+            "--out",
+            r,
+            "--threads",
+            "2",
+            "--cpu-capability",
+            "native",
+        ],
+        &cache,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["threads"], 2);
+    let ok = pot_node(
+        &["verify", "--spec", t, "--run", r, "--segments", "1,8"],
+        &cache,
+    );
+    assert!(ok.status.success(), "{}", text(&ok));
+}
