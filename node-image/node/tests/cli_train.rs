@@ -158,3 +158,70 @@ fn verify_replays_with_the_runs_own_thread_count() {
     let ok = ws.verify("1,8");
     assert!(ok.status.success(), "{}", text(&ok));
 }
+
+/// An IDX pair (MNIST's format) of `n` 8×8 images whose label is which quadrant is bright.
+fn idx_pair(n: u32) -> (Vec<u8>, Vec<u8>) {
+    let mut images = vec![0, 0, 8, 3];
+    for v in [n, 8, 8] {
+        images.extend(v.to_be_bytes());
+    }
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend(n.to_be_bytes());
+    for i in 0..n {
+        let q = (i % 4) as usize;
+        for p in 0..64usize {
+            let (r, c) = (p / 8, p % 8);
+            let bright = (r / 4) * 2 + c / 4 == q;
+            images.push(if bright {
+                200 + (i % 50) as u8
+            } else {
+                (i * 7 % 40) as u8
+            });
+        }
+        labels.push(q as u8);
+    }
+    (images, labels)
+}
+
+#[test]
+fn an_idx_dataset_trains_from_its_two_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, labels) = idx_pair(400);
+    let (ip, lp) = (dir.path().join("images.idx"), dir.path().join("labels.idx"));
+    std::fs::write(&ip, &images).unwrap();
+    std::fs::write(&lp, &labels).unwrap();
+    let sha = |b: &[u8]| pot_protocol::Hash::digest(b).to_hex();
+    let task = format!(
+        "model: lenet5
+dataset:
+  locator: {}
+  sha256: {}
+  format: idx
+  labels: {{locator: {}, sha256: {}}}
+optimizer: {{kind: adamw, lr: 0.003}}
+batch_size: 32
+steps: 100
+checkpoint_interval: 50
+seed: 3
+",
+        ip.display(),
+        sha(&images),
+        lp.display(),
+        sha(&labels)
+    );
+    let ws = Workspace::new(&task);
+    let out = ws.train(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(ws.verify("0,1").status.success());
+
+    let ws = Workspace::new(&task.replace(&sha(&labels), &sha(b"other labels")));
+    let out = ws.train(&[]);
+    assert!(
+        !out.status.success() && text(&out).contains("SHA-256"),
+        "{}",
+        text(&out)
+    );
+    let ws = Workspace::new(&task.replace("  labels:", "  # labels:"));
+    let out = ws.train(&[]);
+    assert!(text(&out).contains("needs `labels"), "{}", text(&out));
+}

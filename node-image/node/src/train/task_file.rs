@@ -54,15 +54,26 @@ pub struct DatasetFile {
     /// A path, an http(s) URL, or `builtin:digits`.
     pub locator: String,
     pub sha256: Hash,
-    /// `csv` or `safetensors` (ignored for built-ins).
+    /// `csv`, `safetensors` or `idx` (ignored for built-ins). For `idx` the locator holds the
+    /// images and `labels` the labels file.
     #[serde(default = "default_format")]
     pub format: String,
+    #[serde(default)]
+    pub labels: Option<LabelsFile>,
     /// Multiply every feature by this (e.g. 1/255 for raw pixels).
     #[serde(default = "one")]
     pub feature_scale: f64,
     /// `[channels, height, width]` when the features are flattened images.
     #[serde(default)]
     pub image: Option<[i64; 3]>,
+}
+
+/// The labels file of an IDX dataset (MNIST ships images and labels apart).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsFile {
+    pub locator: String,
+    pub sha256: Hash,
 }
 
 fn default_format() -> String {
@@ -190,7 +201,16 @@ impl TaskFile {
             let mut data = match d.format.as_str() {
                 "csv" => datasets::from_csv(&bytes)?,
                 "safetensors" => datasets::from_safetensors(&bytes)?,
-                other => bail!("dataset format {other:?} is not csv or safetensors"),
+                "idx" => {
+                    let Some(labels) = &d.labels else {
+                        bail!(
+                            "dataset format idx needs `labels: {{locator, sha256}}` for the labels file"
+                        );
+                    };
+                    let label_bytes = fetch(&labels.locator, &labels.sha256, cache)?;
+                    datasets::from_idx(&bytes, &label_bytes)?
+                }
+                other => bail!("dataset format {other:?} is not csv, safetensors or idx"),
             };
             if d.feature_scale != 1.0 {
                 data.x *= d.feature_scale;
