@@ -16,6 +16,11 @@ if [ -f "$dest/complete" ]; then
   echo "$dest"
   exit 0
 fi
+# unzip comes from Debian; a new machine may not have it.
+if ! command -v unzip >/dev/null 2>&1; then
+  echo "installing unzip" >&2
+  apt-get update -qq >&2 && apt-get install -y -qq unzip >&2
+fi
 wheels="$cache/wheels"
 mkdir -p "$wheels"
 echo "fetching torch==$TORCH and the CUDA runtime wheels into $wheels" >&2
