@@ -37,7 +37,14 @@ where
 #[tokio::test]
 async fn starts_within_a_minute_and_reports_ready() {
     let cp = shared();
-    assert!(cp.startup < READY_TIMEOUT, "start-up took {:?}", cp.startup);
+    // The promise is under a minute with the binaries cached; start-up itself only gives up
+    // after READY_TIMEOUT, so this bound is checked here and can fail on its own.
+    assert!(READY_TIMEOUT > Duration::from_secs(60));
+    assert!(
+        cp.startup < Duration::from_secs(60),
+        "start-up took {:?}",
+        cp.startup
+    );
     println!("control plane started in {:?}", cp.startup);
     assert_eq!(
         cp.kubectl(&["get", "--raw", "/readyz"]).unwrap().trim(),

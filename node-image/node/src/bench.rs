@@ -93,8 +93,8 @@ pub fn overhead(model: &str, steps: u64, k: u64, segments: u32) -> anyhow::Resul
     let s = spec(model, 64, steps, k)?;
     let dir = tempfile::tempdir()?;
     let path = |i: usize| dir.path().join(format!("{i}.safetensors"));
-    let mut t = Trainer::new(&s, &d)?;
-    t.train_steps(&d, 20);
+    // Warm libtorch up on a throw-away trainer, then time a fresh run from W_0.
+    Trainer::new(&s, &d)?.train_steps(&d, 20);
     let mut t = Trainer::new(&s, &d)?;
     let (mut train, mut ckpt) = (0.0, 0.0);
     let mut hashes = Vec::new();

@@ -47,7 +47,7 @@ pub fn train(
     );
     let started = Instant::now();
     let k = spec.checkpoint_interval;
-    let record = Trainer::run(&spec, &train, |i, bytes, loss| {
+    let (record, trained) = Trainer::run(&spec, &train, |i, bytes, loss| {
         run.write_checkpoint(i, bytes)?;
         if i > 0 {
             bar.inc(k);
@@ -57,8 +57,7 @@ pub fn train(
     })?;
     bar.finish();
     let seconds = started.elapsed().as_secs_f64();
-    let last = run.read_checkpoint_unchecked(record.checkpoints.len() - 1)?;
-    let accuracy = Trainer::from_checkpoint(&spec, &train, &last)?.accuracy(&held_out);
+    let accuracy = trained.accuracy(&held_out);
     let manifest = Manifest {
         model: tf.model.clone(),
         miner,

@@ -51,12 +51,6 @@ impl RunDir {
         std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))
     }
 
-    /// Checkpoint `i` as written, before any manifest exists.
-    pub fn read_checkpoint_unchecked(&self, i: usize) -> anyhow::Result<Vec<u8>> {
-        let p = self.checkpoint_path(i);
-        std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
-    }
-
     /// Checkpoint `i`, checked against the manifest's hash for it and the Merkle root.
     pub fn read_checkpoint(&self, m: &Manifest, i: usize) -> anyhow::Result<Vec<u8>> {
         let p = self.checkpoint_path(i);

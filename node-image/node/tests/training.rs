@@ -38,7 +38,7 @@ fn data() -> Dataset {
 
 fn run(spec: &RunSpec, data: &Dataset) -> (pot_node::train::RunRecord, Vec<Vec<u8>>) {
     let mut ckpts = Vec::new();
-    let rec = Trainer::run(spec, data, |_, b, _| {
+    let (rec, _) = Trainer::run(spec, data, |_, b, _| {
         ckpts.push(b.to_vec());
         Ok(())
     })

@@ -35,12 +35,12 @@ enum Action {
     },
     Bond {
         who: usize,
-        validator: bool,
+        role: Role,
         amount: u64,
     },
     Unbond {
         who: usize,
-        validator: bool,
+        role: Role,
         amount: u64,
     },
     Submit {
@@ -98,8 +98,8 @@ fn action() -> impl Strategy<Value = Action> {
     let who = 0..NAMES.len();
     prop_oneof![
         3 => (who.clone(), who.clone(), 0u64..30_000).prop_map(|(from, to, amount)| Action::Transfer { from, to, amount }),
-        2 => (who.clone(), any::<bool>(), 0u64..8_000).prop_map(|(who, validator, amount)| Action::Bond { who, validator, amount }),
-        1 => (who.clone(), any::<bool>(), 0u64..8_000).prop_map(|(who, validator, amount)| Action::Unbond { who, validator, amount }),
+        2 => (who.clone(), role(), 0u64..8_000).prop_map(|(who, role, amount)| Action::Bond { who, role, amount }),
+        1 => (who.clone(), role(), 0u64..8_000).prop_map(|(who, role, amount)| Action::Unbond { who, role, amount }),
         1 => (who.clone(), 0u64..40_000).prop_map(|(who, bounty)| Action::Submit { who, bounty }),
         6 => (who.clone(), 0usize..2).prop_map(|(who, task)| Action::Commit { who, task }),
         5 => (0usize..2).prop_map(|task| Action::RevealClaims { task }),
@@ -113,6 +113,10 @@ fn action() -> impl Strategy<Value = Action> {
         1 => any::<usize>().prop_map(|pick| Action::Replay { pick }),
         1 => who.prop_map(|who| Action::FutureNonce { who }),
     ]
+}
+
+fn role() -> impl Strategy<Value = Role> {
+    prop_oneof![Just(Role::Miner), Just(Role::Validator)]
 }
 
 fn blocks() -> impl Strategy<Value = Vec<Vec<Action>>> {
@@ -234,42 +238,20 @@ fn make_txs(
                     amount: Amount(*amount),
                 },
             ),
-            Action::Bond {
-                who,
-                validator,
-                amount,
-            } => {
-                let role = if *validator {
-                    Role::Validator
-                } else {
-                    Role::Miner
-                };
-                sign(
-                    NAMES[*who],
-                    TxBody::Bond {
-                        role,
-                        amount: Amount(*amount),
-                    },
-                )
-            }
-            Action::Unbond {
-                who,
-                validator,
-                amount,
-            } => {
-                let role = if *validator {
-                    Role::Validator
-                } else {
-                    Role::Miner
-                };
-                sign(
-                    NAMES[*who],
-                    TxBody::Unbond {
-                        role,
-                        amount: Amount(*amount),
-                    },
-                )
-            }
+            Action::Bond { who, role, amount } => sign(
+                NAMES[*who],
+                TxBody::Bond {
+                    role: *role,
+                    amount: Amount(*amount),
+                },
+            ),
+            Action::Unbond { who, role, amount } => sign(
+                NAMES[*who],
+                TxBody::Unbond {
+                    role: *role,
+                    amount: Amount(*amount),
+                },
+            ),
             Action::Submit { who, bounty } => {
                 let name = NAMES[*who];
                 let a = addr(name);

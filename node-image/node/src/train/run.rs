@@ -161,7 +161,12 @@ impl Trainer {
             }
             let idx = &order.as_ref().expect("set above").1;
             let bs = self.spec.batch_size as usize;
-            let batch: Vec<i64> = idx.iter().cycle().skip(b * bs).take(bs).copied().collect();
+            // A batch larger than the data set wraps around it (one batch per epoch).
+            let batch: Vec<i64> = if (b + 1) * bs <= idx.len() {
+                idx[b * bs..(b + 1) * bs].to_vec()
+            } else {
+                idx.iter().cycle().skip(b * bs).take(bs).copied().collect()
+            };
             let (x, y) = data.batch(&batch);
             for p in params.values() {
                 let mut g = p.grad();
@@ -196,12 +201,12 @@ impl Trainer {
     }
 
     /// A whole run: `W_0`, then a checkpoint every `k` steps, each handed to `sink` with its
-    /// index and the last batch loss as it is made.
+    /// index and the last batch loss as it is made. Returns the record and the trained state.
     pub fn run(
         spec: &RunSpec,
         data: &Dataset,
         mut sink: impl FnMut(usize, &[u8], f32) -> anyhow::Result<()>,
-    ) -> anyhow::Result<RunRecord> {
+    ) -> anyhow::Result<(RunRecord, Trainer)> {
         let k = spec.checkpoint_interval;
         if k == 0 || !spec.steps.is_multiple_of(k) {
             bail!(
@@ -221,11 +226,12 @@ impl Trainer {
             hashes.push(checkpoint::hash(&w));
             sink(i, &w, loss).with_context(|| format!("storing checkpoint {i}"))?;
         }
-        Ok(RunRecord {
+        let record = RunRecord {
             root: merkle::root(&hashes),
             checkpoints: hashes,
             final_loss: loss,
-        })
+        };
+        Ok((record, t))
     }
 }
 

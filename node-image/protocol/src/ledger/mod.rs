@@ -275,9 +275,10 @@ fn check_block_limits(txs: &[SignedTx]) -> Result<(), BlockError> {
 /// `apply_block` and `build_block` call it; it is public so a mempool can check transactions
 /// against the state the next block will see.
 pub fn begin_block(state: &mut State, height: Height, time_ms: u64, prev_hash: Hash) {
+    // `tip.hash` already is `prev_hash` (checked by `apply_block`, taken from it by
+    // `build_block`); it becomes this block's hash once the header exists.
     state.tip.height = height;
     state.tip.time_ms = time_ms;
-    state.tip.hash = prev_hash;
     accounts::release_unbondings(state, height);
     lifecycle::advance_tasks(state, height, &prev_hash);
 }
