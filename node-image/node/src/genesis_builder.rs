@@ -60,6 +60,24 @@ pub fn build(
     Ok(g)
 }
 
+/// What the development chain's one account starts with.
+pub const DEV_FUNDS: Amount = Amount(1_000_000_000);
+
+/// The genesis of a development chain: `key` is its one coordinator and holds [`DEV_FUNDS`].
+pub fn dev(key: &pot_protocol::SecretKey, genesis_time_ms: u64) -> anyhow::Result<Genesis> {
+    build(
+        "pot-dev".into(),
+        genesis_time_ms,
+        Params::default(),
+        vec![key.address()],
+        vec![GenesisBalance {
+            address: key.address(),
+            amount: DEV_FUNDS,
+        }],
+        vec![],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

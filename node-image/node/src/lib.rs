@@ -1,10 +1,16 @@
 //! `pot-node`: the PoT node. Keys and genesis files, training with libtorch and verification
-//! of runs; consensus, networking and the HTTP API arrive as their own modules.
+//! of runs; the coordinator: BFT consensus (Malachite), the ledger and its store, the HTTP API.
 
+pub mod api;
 pub mod bench;
+pub mod chain;
 pub mod commands;
+pub mod consensus;
+pub mod coordinator;
 pub mod genesis_builder;
 pub mod keyfile;
+pub mod metrics;
 pub mod run_dir;
 pub mod train;
 pub mod verify;
+pub mod wallet;

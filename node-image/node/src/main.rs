@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pot_node::run_dir::RunDir;
 use pot_node::train::fetch::Cache;
+use pot_node::wallet::{TaskSubmission, Wallet};
 use pot_node::{commands, genesis_builder, keyfile};
+use pot_protocol::client::Client;
 use pot_protocol::{Address, Genesis, Hash, Params, SecretKey, State};
 
 #[derive(Parser)]
@@ -95,6 +97,26 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// Run a node. Coordinators order transactions into blocks with BFT consensus and serve
+    /// the HTTP API.
+    Run(RunArgs),
+    /// Sign and submit a transaction, and wait until it is in a block.
+    Tx {
+        #[command(flatten)]
+        signer: SignerArgs,
+        #[command(subcommand)]
+        what: TxWhat,
+    },
+    /// Show a task: spec, phase, claims, reports, result and payouts (JSON).
+    Task {
+        #[command(subcommand)]
+        what: TaskWhat,
+    },
+    /// Show the chain.
+    Chain {
+        #[command(subcommand)]
+        what: ChainWhat,
+    },
     /// Evaluate a run's final model on the task's held-out data.
     Eval {
         #[arg(long)]
@@ -130,6 +152,113 @@ enum BenchWhat {
         #[arg(long, default_value_t = 5)]
         segments: u32,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NodeRole {
+    Coordinator,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, env = "POT_ROLE", value_enum, default_value = "coordinator")]
+    role: NodeRole,
+    /// The genesis file (YAML). With --dev it is created in the data directory if missing.
+    #[arg(long, env = "POT_GENESIS", required_unless_present = "dev")]
+    genesis: Option<PathBuf>,
+    /// This node's key file. With --dev it is created in the data directory if missing.
+    #[arg(long, env = "POT_KEY", required_unless_present = "dev")]
+    key: Option<PathBuf>,
+    /// Where blocks, state and the consensus WAL are kept.
+    #[arg(long, env = "POT_DATA_DIR", default_value = "pot-data")]
+    data_dir: PathBuf,
+    /// libp2p listen address for consensus.
+    #[arg(long, env = "POT_P2P_LISTEN", default_value = "/ip4/0.0.0.0/tcp/26656")]
+    p2p_listen: multiaddr::Multiaddr,
+    /// HTTP API listen address.
+    #[arg(long, env = "POT_API_LISTEN", default_value = "127.0.0.1:26657")]
+    api_listen: std::net::SocketAddr,
+    /// Other coordinators' libp2p addresses (comma-separated or repeated).
+    #[arg(long, env = "POT_PEERS", value_delimiter = ',')]
+    peers: Vec<multiaddr::Multiaddr>,
+    /// One coordinator on this machine: a genesis with this node's key as the only
+    /// coordinator and a funded account, through the same consensus and block path.
+    #[arg(long)]
+    dev: bool,
+    /// Log as JSON lines (for pods) instead of text.
+    #[arg(long, env = "POT_LOG_JSON")]
+    log_json: bool,
+}
+
+#[derive(clap::Args)]
+struct ApiArg {
+    /// A node's HTTP API.
+    #[arg(long, env = "POT_NODE", default_value = "http://127.0.0.1:26657")]
+    node: String,
+}
+
+#[derive(clap::Args)]
+struct SignerArgs {
+    #[command(flatten)]
+    api: ApiArg,
+    /// The key file that signs.
+    #[arg(long, env = "POT_KEY")]
+    key: PathBuf,
+    /// How long to wait for the transaction's block, in seconds.
+    #[arg(long, default_value_t = 60)]
+    wait: u64,
+}
+
+#[derive(Subcommand)]
+enum TxWhat {
+    /// Move tokens to another account.
+    Transfer {
+        #[arg(long)]
+        to: Address,
+        #[arg(long)]
+        amount: u64,
+    },
+    /// Bond stake as a miner or a validator.
+    Bond {
+        #[arg(long, value_parser = parse_role)]
+        role: pot_protocol::tx::Role,
+        #[arg(long)]
+        amount: u64,
+    },
+    /// Submit a training task (YAML: spec, bounty, eval_set, windows). Writes the eval-set
+    /// secret, needed to reveal it later, next to --secret-out.
+    SubmitTask {
+        #[arg(long)]
+        task: PathBuf,
+        #[arg(long)]
+        secret_out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TaskWhat {
+    Get {
+        id: Hash,
+        #[command(flatten)]
+        api: ApiArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChainWhat {
+    /// The last decided block (JSON).
+    Head {
+        #[command(flatten)]
+        api: ApiArg,
+    },
+}
+
+fn parse_role(s: &str) -> Result<pot_protocol::tx::Role, String> {
+    match s {
+        "miner" => Ok(pot_protocol::tx::Role::Miner),
+        "validator" => Ok(pot_protocol::tx::Role::Validator),
+        other => Err(format!("role is miner or validator, not {other:?}")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -280,11 +409,134 @@ fn main() -> anyhow::Result<()> {
             };
             println!("{json}");
         }
+        Command::Run(args) => run_node(args)?,
+        Command::Tx { signer, what } => runtime()?.block_on(send_tx(signer, what))?,
+        Command::Task {
+            what: TaskWhat::Get { id, api },
+        } => {
+            let task = runtime()?.block_on(Client::new(api.node).task(&id))?;
+            println!("{}", serde_json::to_string_pretty(&task)?);
+        }
+        Command::Chain {
+            what: ChainWhat::Head { api },
+        } => {
+            let head = runtime()?.block_on(Client::new(api.node).head())?;
+            println!("{}", serde_json::to_string_pretty(&head)?);
+        }
         Command::Eval { spec, run, cache } => {
             let acc = commands::eval(&spec, &run, &cache.cache())?;
             println!("accuracy: {acc:.4}");
         }
     }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(
+            "info,informalsystems_malachitebft_core_consensus=warn,informalsystems_malachitebft_engine=warn,informalsystems_malachitebft_network=warn,informalsystems_malachitebft_sync=warn,libp2p=warn,ractor=warn",
+        ));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Read a key file, or with `--dev` create one in the data directory on first start.
+fn dev_or_read_key(path: Option<&Path>, dev_path: &Path) -> anyhow::Result<SecretKey> {
+    match path {
+        Some(p) => keyfile::read(p),
+        None if dev_path.exists() => keyfile::read(dev_path),
+        None => {
+            let key = SecretKey::generate();
+            keyfile::write(dev_path, &key)?;
+            Ok(key)
+        }
+    }
+}
+
+fn run_node(args: RunArgs) -> anyhow::Result<()> {
+    init_logs(args.log_json);
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let key = dev_or_read_key(args.key.as_deref(), &args.data_dir.join("coordinator.key"))?;
+    let genesis = match (&args.genesis, args.dev) {
+        (Some(p), _) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Genesis::from_yaml(&text).with_context(|| format!("genesis file {}", p.display()))?
+        }
+        (None, _) => {
+            let path = args.data_dir.join("genesis.yaml");
+            if path.exists() {
+                Genesis::from_yaml(&std::fs::read_to_string(&path)?)
+                    .with_context(|| format!("genesis file {}", path.display()))?
+            } else {
+                let g = genesis_builder::dev(&key, now_ms())?;
+                std::fs::write(&path, g.to_yaml())?;
+                eprintln!(
+                    "dev chain: genesis {} with coordinator {} funded with {}",
+                    path.display(),
+                    key.address(),
+                    genesis_builder::DEV_FUNDS
+                );
+                g
+            }
+        }
+    };
+    if args.dev && genesis.coordinators.len() != 1 {
+        anyhow::bail!(
+            "--dev runs one coordinator, but the genesis file names {}",
+            genesis.coordinators.len()
+        );
+    }
+    let NodeRole::Coordinator = args.role;
+    runtime()?.block_on(pot_node::coordinator::run(pot_node::coordinator::Options {
+        genesis,
+        key,
+        data_dir: args.data_dir,
+        p2p_listen: args.p2p_listen,
+        api_listen: args.api_listen,
+        peers: args.peers,
+    }))
+}
+
+async fn send_tx(signer: SignerArgs, what: TxWhat) -> anyhow::Result<()> {
+    use pot_protocol::tx::TxBody;
+    let wallet = Wallet {
+        client: Client::new(signer.api.node),
+        key: keyfile::read(&signer.key)?,
+    };
+    let wait = std::time::Duration::from_secs(signer.wait);
+    let body = match what {
+        TxWhat::Transfer { to, amount } => TxBody::Transfer {
+            to,
+            amount: pot_protocol::Amount(amount),
+        },
+        TxWhat::Bond { role, amount } => TxBody::Bond {
+            role,
+            amount: pot_protocol::Amount(amount),
+        },
+        TxWhat::SubmitTask { task, secret_out } => {
+            let sub = TaskSubmission::read(&task)?;
+            let (id, secret) = wallet.submit_task(sub, wait).await?;
+            std::fs::write(&secret_out, serde_json::to_string_pretty(&secret)?)
+                .with_context(|| format!("writing {}", secret_out.display()))?;
+            println!("task: {id}");
+            return Ok(());
+        }
+    };
+    let (hash, status) = wallet.send(body, wait).await?;
+    println!("tx: {hash}");
+    println!("{}", serde_json::to_string(&status)?);
     Ok(())
 }
 

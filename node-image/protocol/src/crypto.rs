@@ -17,8 +17,8 @@ pub struct Address(pub [u8; 32]);
 
 serde_hex32!(Address);
 
-/// An ed25519 signature.
-#[derive(Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+/// An ed25519 signature. Ordered only so that collections of signed messages can be sorted.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize, BorshDeserialize)]
 pub struct Signature(pub [u8; 64]);
 
 impl fmt::Debug for Signature {

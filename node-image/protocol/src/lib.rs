@@ -2,9 +2,12 @@
 //!
 //! Types (keys, hashes, transactions, blocks), the canonical encoding, the genesis file, the
 //! Merkle tree over checkpoints, beacon sampling, and the ledger state machine — a pure,
-//! deterministic function from a state and a block to the next state. Nothing here does I/O.
+//! deterministic function from a state and a block to the next state; the JSON types of a node's
+//! HTTP API and a typed client for it. Nothing but `client` does I/O.
 
+pub mod api;
 pub mod block;
+pub mod client;
 pub mod crypto;
 pub mod encoding;
 pub mod error;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use borsh::{BorshDeserialize, BorshSerialize};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::crypto::Address;
 use crate::genesis::{Coordinator, Genesis, Params};
@@ -12,14 +12,16 @@ use crate::hash::Hash;
 use crate::tx::{Claim, DatasetRef, Report, Role, TaskId, TaskSpec, Windows};
 use crate::units::{Amount, Fixed, Height};
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
 pub struct Account {
     pub balance: Amount,
     /// The nonce the account's next transaction must carry.
     pub nonce: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct Unbonding {
     pub amount: Amount,
     /// The first height at which the amount is back in the balance.
@@ -27,7 +29,9 @@ pub struct Unbonding {
 }
 
 /// The stake an account holds in one role. Unbonding funds stay slashable until released.
-#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
 pub struct Stake {
     pub bonded: Amount,
     pub unbonding: Vec<Unbonding>,
@@ -43,7 +47,9 @@ impl Stake {
 }
 
 /// Counters that let clients and operators judge miners and validators by their history.
-#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
 pub struct Reputation {
     pub tasks_won: u64,
     pub claims_rejected: u64,
@@ -53,7 +59,9 @@ pub struct Reputation {
 }
 
 /// Where the ledger's tokens came from and went: `held == genesis + minted - burned` always.
-#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
 pub struct Supply {
     pub genesis: Amount,
     pub minted: Amount,
@@ -62,7 +70,17 @@ pub struct Supply {
 
 /// The order in which a transaction was included: ties between claims go to the earlier one.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, BorshSerialize, BorshDeserialize, Serialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    BorshSerialize,
+    BorshDeserialize,
+    Serialize,
+    Deserialize,
 )]
 pub struct TxPosition {
     pub height: Height,
@@ -71,7 +89,7 @@ pub struct TxPosition {
 
 /// The last height of each phase of a task. A phase's transactions are accepted at heights
 /// after the previous phase's end up to and including its own end.
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct Schedule {
     pub submitted: Height,
     pub commit_end: Height,
@@ -106,7 +124,7 @@ impl Schedule {
 }
 
 /// Where a task is in its life cycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Miners commit claims.
@@ -124,14 +142,14 @@ pub enum Phase {
     Failed,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct ReportEntry {
     pub commitment: Hash,
     pub committed_at: TxPosition,
     pub report: Option<Report>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct ClaimEntry {
     pub commitment: Hash,
     pub committed_at: TxPosition,
@@ -145,7 +163,7 @@ pub struct ClaimEntry {
     pub reports: BTreeMap<Address, ReportEntry>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct ChallengeEntry {
     pub challenger: Address,
     pub miner: Address,
@@ -157,7 +175,9 @@ pub struct ChallengeEntry {
     pub votes: BTreeMap<Address, bool>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ChallengeResult {
     /// The committee disagreed with the validator: the validator is slashed, the challenger paid.
@@ -168,7 +188,9 @@ pub enum ChallengeResult {
     Void,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PayoutKind {
     /// The winner's part of the bounty (plus rounding remainder of the validator share).
@@ -187,14 +209,16 @@ pub enum PayoutKind {
     ChallengeReturned,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct Payout {
     pub to: Address,
     pub amount: Amount,
     pub kind: PayoutKind,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SlashReason {
     InvalidClaim,
@@ -202,7 +226,7 @@ pub enum SlashReason {
     LostChallenge,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct Slash {
     pub who: Address,
     pub role: Role,
@@ -210,7 +234,7 @@ pub struct Slash {
     pub reason: SlashReason,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct ClaimOutcome {
     pub miner: Address,
     pub valid: bool,
@@ -223,7 +247,7 @@ pub struct ClaimOutcome {
 }
 
 /// The result of a finalized task, kept on chain for queries.
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct Outcome {
     pub finalized_at: Height,
     pub winner: Option<Address>,
@@ -234,7 +258,9 @@ pub struct Outcome {
     pub slashes: Vec<Slash>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FailReason {
     /// The client did not reveal the eval set in time; its bounty is burned so that withholding
@@ -242,7 +268,7 @@ pub enum FailReason {
     EvalSetNotRevealed,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Active,
@@ -254,7 +280,7 @@ pub enum TaskStatus {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct Task {
     pub id: TaskId,
     pub client: Address,
@@ -302,7 +328,7 @@ impl Task {
 }
 
 /// The last applied block.
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct Tip {
     pub height: Height,
     /// Hash of the last block's header (the genesis hash at height 0).

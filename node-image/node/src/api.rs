@@ -1,0 +1,298 @@
+//! The node's HTTP API (axum): submit transactions, read the chain, tasks and accounts, the
+//! queue the operator scales by, Prometheus metrics and health. Bodies are the JSON types of
+//! `pot_protocol::api`; every error is `{code, message}` with a 4xx/5xx status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State as AxumState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pot_protocol::api::{
+    AccountInfo, ApiError, BlockInfo, Head, Queue, SubmitTx, Submitted, TaskInfo, TxStatus,
+    phase_name,
+};
+use pot_protocol::tx::{Role, limits};
+use pot_protocol::{Address, Hash, SignedTx, State};
+use serde::Deserialize;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::chain::mempool::AdmitError;
+use crate::chain::{Chain, now_ms};
+use crate::consensus::certificate_signers;
+use crate::metrics::Metrics;
+
+/// Largest request body: one hex-encoded transaction in JSON, with room to spare.
+pub const MAX_BODY_BYTES: usize = 2 * limits::MAX_TX_BYTES + 1024;
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct Api {
+    pub chain: Arc<Chain>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// An error response.
+pub struct Error(StatusCode, &'static str, String);
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let body = ApiError {
+            code: self.1.to_string(),
+            message: self.2,
+        };
+        (self.0, Json(body)).into_response()
+    }
+}
+
+fn bad_request(code: &'static str, message: impl ToString) -> Error {
+    Error(StatusCode::BAD_REQUEST, code, message.to_string())
+}
+
+fn not_found(message: impl ToString) -> Error {
+    Error(StatusCode::NOT_FOUND, "not_found", message.to_string())
+}
+
+fn internal(e: impl ToString) -> Error {
+    Error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+}
+
+fn parse_hash(what: &str, s: &str) -> Result<Hash, Error> {
+    s.parse()
+        .map_err(|e| bad_request("bad_hash", format!("{what} {s:?}: {e}")))
+}
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/v1/tx", post(submit_tx))
+        .route("/v1/tx/{hash}", get(tx_status))
+        .route("/v1/chain/head", get(head))
+        .route("/v1/blocks/{height}", get(block))
+        .route("/v1/accounts/{address}", get(account))
+        .route("/v1/tasks", get(tasks))
+        .route("/v1/tasks/{id}", get(task))
+        .route("/v1/queue", get(queue))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(api)
+}
+
+async fn submit_tx(
+    AxumState(api): AxumState<Api>,
+    body: Result<Json<SubmitTx>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Submitted>, Error> {
+    let Json(body) = body.map_err(|e| bad_request("bad_json", e.body_text()))?;
+    let bytes = hex::decode(body.tx.trim())
+        .map_err(|e| bad_request("bad_hex", format!("tx is not hex: {e}")))?;
+    let stx = SignedTx::decode(&bytes).map_err(|e| bad_request("bad_encoding", e))?;
+    let hash = api.chain.submit(stx).map_err(|e| match e {
+        AdmitError::Invalid(e) => bad_request("tx_rejected", e),
+        full @ AdmitError::Full { .. } => Error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mempool_full",
+            full.to_string(),
+        ),
+    })?;
+    Ok(Json(Submitted { hash }))
+}
+
+async fn tx_status(
+    AxumState(api): AxumState<Api>,
+    Path(hash): Path<String>,
+) -> Result<Json<TxStatus>, Error> {
+    let hash = parse_hash("transaction hash", &hash)?;
+    match api.chain.tx_status(&hash).map_err(internal)? {
+        Some(s) => Ok(Json(s)),
+        None => Err(not_found(format!(
+            "transaction {hash} is unknown to this node"
+        ))),
+    }
+}
+
+fn head_of(api: &Api, state: &State) -> Head {
+    Head {
+        chain_id: state.chain_id.clone(),
+        genesis_hash: api.chain.genesis_hash(),
+        height: state.tip.height,
+        hash: state.tip.hash,
+        time_ms: state.tip.time_ms,
+        state_root: state.state_root(),
+    }
+}
+
+async fn head(AxumState(api): AxumState<Api>) -> Json<Head> {
+    let state = api.chain.state();
+    Json(head_of(&api, &state))
+}
+
+async fn block(
+    AxumState(api): AxumState<Api>,
+    Path(height): Path<String>,
+) -> Result<Json<BlockInfo>, Error> {
+    let height: u64 = height
+        .parse()
+        .map_err(|_| bad_request("bad_height", format!("height {height:?} is not a number")))?;
+    let store = api.chain.store();
+    let block = store
+        .block(height)
+        .map_err(internal)?
+        .ok_or_else(|| not_found(format!("no block at height {height}")))?;
+    let (round, signers) = store
+        .certificate(height)
+        .map_err(internal)?
+        .and_then(|c| certificate_signers(&c))
+        .unwrap_or_default();
+    Ok(Json(BlockInfo::new(&block, signers, round)))
+}
+
+async fn account(
+    AxumState(api): AxumState<Api>,
+    Path(address): Path<String>,
+) -> Result<Json<AccountInfo>, Error> {
+    let address: Address = address
+        .parse()
+        .map_err(|e| bad_request("bad_address", format!("address {address:?}: {e}")))?;
+    let state = api.chain.state();
+    let acct = state.account(&address);
+    let stake = |role| {
+        state
+            .stakes
+            .get(&(address, role))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (miner, validator) = (stake(Role::Miner), stake(Role::Validator));
+    let mut unbonding = miner.unbonding.clone();
+    unbonding.extend(validator.unbonding.iter().cloned());
+    Ok(Json(AccountInfo {
+        address,
+        balance: acct.balance,
+        nonce: acct.nonce,
+        miner_bond: miner.bonded,
+        validator_bond: validator.bonded,
+        unbonding,
+        reputation: state.reputation_of(&address),
+    }))
+}
+
+#[derive(Deserialize)]
+struct TaskFilter {
+    state: Option<String>,
+}
+
+fn task_info(state: &State, id: Hash) -> Option<TaskInfo> {
+    let task = state.tasks.get(&id)?;
+    Some(TaskInfo {
+        id,
+        phase: task.phase(state.tip.height + 1),
+        task: task.clone(),
+    })
+}
+
+async fn tasks(
+    AxumState(api): AxumState<Api>,
+    filter: Result<Query<TaskFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<TaskInfo>>, Error> {
+    let Query(filter) = filter.map_err(|e| bad_request("bad_query", e.body_text()))?;
+    let state = api.chain.state();
+    let all = state.tasks.keys().filter_map(|id| task_info(&state, *id));
+    let list: Vec<TaskInfo> = match filter.state {
+        None => all.collect(),
+        Some(wanted) => {
+            if !PHASES.contains(&wanted.as_str()) {
+                return Err(bad_request(
+                    "bad_state",
+                    format!(
+                        "unknown task state {wanted:?}; one of {}",
+                        PHASES.join(", ")
+                    ),
+                ));
+            }
+            all.filter(|t| phase_name(t.phase) == wanted).collect()
+        }
+    };
+    Ok(Json(list))
+}
+
+/// Task phases by their API names.
+const PHASES: [&str; 9] = [
+    "commit",
+    "reveal",
+    "eval_reveal",
+    "report_commit",
+    "report_reveal",
+    "challenge",
+    "resolution",
+    "finalized",
+    "failed",
+];
+
+async fn task(
+    AxumState(api): AxumState<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskInfo>, Error> {
+    let id = parse_hash("task id", &id)?;
+    let state = api.chain.state();
+    task_info(&state, id)
+        .map(Json)
+        .ok_or_else(|| not_found(format!("no task {id}")))
+}
+
+async fn queue(AxumState(api): AxumState<Api>) -> Json<Queue> {
+    let state = api.chain.state();
+    let next = state.tip.height + 1;
+    let mut by_phase = BTreeMap::new();
+    let mut open = 0;
+    for task in state.tasks.values() {
+        *by_phase.entry(phase_name(task.phase(next))).or_insert(0) += 1;
+        if task.is_active() {
+            open += 1;
+        }
+    }
+    Json(Queue {
+        height: state.tip.height,
+        open,
+        by_phase,
+    })
+}
+
+async fn metrics(AxumState(api): AxumState<Api>) -> impl IntoResponse {
+    let (txs, bytes) = api.chain.mempool_size();
+    api.metrics.mempool(txs, bytes);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        Metrics::export(),
+    )
+}
+
+/// Ready once the last block is recent: a node still catching up (or cut off) is not.
+async fn readyz(AxumState(api): AxumState<Api>) -> Result<&'static str, Error> {
+    let state = api.chain.state();
+    let block_time = state.params.block_time_ms;
+    let stale_after = (10 * block_time).max(10_000);
+    let age = now_ms().saturating_sub(state.tip.time_ms);
+    if state.tip.height == 0 || age > stale_after {
+        return Err(Error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!(
+                "last block {} is {age} ms old (ready within {stale_after} ms)",
+                state.tip.height
+            ),
+        ));
+    }
+    Ok("ready")
+}

@@ -1,0 +1,237 @@
+//! The node's ledger: the state at the last decided block, the store behind it, and the
+//! mempool. Consensus calls `propose`, `check_proposal` and `commit`; the HTTP API reads
+//! snapshots and submits transactions. Each is a short critical section; nothing here knows
+//! about the consensus engine.
+
+pub mod mempool;
+pub mod store;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pot_protocol::api::TxStatus;
+use pot_protocol::{Address, Block, BlockError, Genesis, Hash, SignedTx, State, build_block};
+use tokio::sync::watch;
+
+use mempool::{AdmitError, Limits, Mempool, Seen};
+use store::{Store, StoreError};
+
+/// How far ahead of a validator's clock a proposed block's time may be.
+pub const MAX_CLOCK_DRIFT_MS: u64 = 5_000;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why a proposed block is not voted for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposalError {
+    #[error("block is at height {got}, the next height is {expected}")]
+    WrongHeight { expected: u64, got: u64 },
+    #[error("block names proposer {named}, but {actual} proposed it")]
+    WrongProposer { named: Address, actual: Address },
+    #[error(
+        "block time {time_ms} ms is more than {MAX_CLOCK_DRIFT_MS} ms ahead of this node's clock ({now_ms} ms)"
+    )]
+    FromTheFuture { time_ms: u64, now_ms: u64 },
+    #[error(transparent)]
+    Block(#[from] BlockError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("decided block {height} does not apply to this node's state: {error}")]
+    DecidedBlockInvalid { height: u64, error: BlockError },
+}
+
+/// The last decided block, published to whoever waits for the chain to move.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tip {
+    pub height: u64,
+    pub hash: Hash,
+    pub time_ms: u64,
+    pub txs: usize,
+}
+
+pub struct Chain {
+    genesis: Genesis,
+    genesis_hash: Hash,
+    store: Store,
+    state: RwLock<Arc<State>>,
+    mempool: Mutex<Mempool>,
+    tip: watch::Sender<Tip>,
+}
+
+impl Chain {
+    /// Open the chain in `data_dir`, resuming from the stored state if there is one.
+    pub fn open(genesis: Genesis, data_dir: &Path, limits: Limits) -> Result<Chain, ChainError> {
+        let genesis_hash = genesis.hash();
+        let store = Store::open(data_dir, genesis_hash)?;
+        let state = match store.load_state()? {
+            Some(s) => s,
+            None => State::from_genesis(&genesis),
+        };
+        let mempool = Mempool::new(&state, now_ms(), limits);
+        let (tip, _) = watch::channel(Tip {
+            height: state.tip.height,
+            hash: state.tip.hash,
+            time_ms: state.tip.time_ms,
+            txs: 0,
+        });
+        Ok(Chain {
+            genesis,
+            genesis_hash,
+            store,
+            state: RwLock::new(Arc::new(state)),
+            mempool: Mutex::new(mempool),
+            tip,
+        })
+    }
+
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+
+    pub fn genesis_hash(&self) -> Hash {
+        self.genesis_hash
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The state after the last decided block (a cheap shared snapshot).
+    pub fn state(&self) -> Arc<State> {
+        self.state.read().expect("state lock").clone()
+    }
+
+    pub fn height(&self) -> u64 {
+        self.state().tip.height
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Tip> {
+        self.tip.subscribe()
+    }
+
+    pub fn mempool_size(&self) -> (usize, usize) {
+        let m = self.mempool.lock().expect("mempool lock");
+        (m.len(), m.bytes())
+    }
+
+    /// Admit a transaction to the mempool.
+    pub fn submit(&self, stx: SignedTx) -> Result<Hash, AdmitError> {
+        let hash = stx.hash();
+        if let Ok(Some(_)) = self.store.tx_location(&hash) {
+            // Already decided: resubmitting is harmless and must not be an error to a client
+            // that retries.
+            return Ok(hash);
+        }
+        self.mempool.lock().expect("mempool lock").admit(stx)
+    }
+
+    pub fn tx_status(&self, hash: &Hash) -> Result<Option<TxStatus>, StoreError> {
+        if let Some((height, index)) = self.store.tx_location(hash)? {
+            return Ok(Some(TxStatus::Included { height, index }));
+        }
+        Ok(
+            match self.mempool.lock().expect("mempool lock").seen(hash) {
+                Some(Seen::Pending) => Some(TxStatus::Pending),
+                Some(Seen::Rejected(reason)) => Some(TxStatus::Rejected { reason }),
+                None => None,
+            },
+        )
+    }
+
+    /// Build the next block from the mempool, as `proposer`, with the state after it.
+    pub fn propose(&self, proposer: Address, now_ms: u64) -> (Block, State) {
+        let state = self.state();
+        let time = now_ms.max(state.tip.time_ms + 1);
+        let candidates: Vec<SignedTx> = self
+            .mempool
+            .lock()
+            .expect("mempool lock")
+            .candidates()
+            .cloned()
+            .collect();
+        let built = build_block(&state, proposer, time, candidates);
+        if !built.rejected.is_empty() {
+            let mut m = self.mempool.lock().expect("mempool lock");
+            for (hash, error) in &built.rejected {
+                m.remember_rejection(*hash, error.to_string());
+            }
+        }
+        (built.block, built.state)
+    }
+
+    /// Re-execute a block someone proposed; the state after it if it is valid.
+    pub fn check_proposal(
+        &self,
+        block: &Block,
+        proposer: Address,
+        now_ms: u64,
+    ) -> Result<State, ProposalError> {
+        let state = self.state();
+        let h = &block.header;
+        if h.height != state.tip.height + 1 {
+            return Err(ProposalError::WrongHeight {
+                expected: state.tip.height + 1,
+                got: h.height,
+            });
+        }
+        if h.proposer != proposer {
+            return Err(ProposalError::WrongProposer {
+                named: h.proposer,
+                actual: proposer,
+            });
+        }
+        if h.time_ms > now_ms + MAX_CLOCK_DRIFT_MS {
+            return Err(ProposalError::FromTheFuture {
+                time_ms: h.time_ms,
+                now_ms,
+            });
+        }
+        Ok(pot_protocol::apply_block(&state, block)?)
+    }
+
+    /// Record a decided block. `after` is the state after it when the caller already executed
+    /// it (a proposal it checked); otherwise the block is executed here. Decided blocks at or
+    /// below the tip are ignored (the engine may replay a decision after a crash).
+    pub fn commit(
+        &self,
+        block: &Block,
+        certificate: &[u8],
+        after: Option<State>,
+    ) -> Result<(), ChainError> {
+        let state = self.state();
+        let height = block.header.height;
+        if height <= state.tip.height {
+            return Ok(());
+        }
+        let next = match after {
+            Some(s) if s.tip.hash == block.hash() => s,
+            _ => pot_protocol::apply_block(&state, block)
+                .map_err(|error| ChainError::DecidedBlockInvalid { height, error })?,
+        };
+        self.store.commit(block, certificate, &next)?;
+        let next = Arc::new(next);
+        *self.state.write().expect("state lock") = next.clone();
+        let included: Vec<Hash> = block.txs.iter().map(SignedTx::hash).collect();
+        self.mempool
+            .lock()
+            .expect("mempool lock")
+            .on_block(&next, &included, now_ms());
+        self.tip.send_replace(Tip {
+            height,
+            hash: block.hash(),
+            time_ms: block.header.time_ms,
+            txs: block.txs.len(),
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+//! The node's embedded transactional store (redb) under `--data-dir`: decided blocks with their
+//! commit certificates, the state after the last block, where each transaction landed, and the
+//! proposals seen but not yet decided (the engine may ask for them again after a crash).
+//! Everything a decided height changes is written in one transaction, so a crash leaves either
+//! the old height or the new one, never half of it.
+
+use std::path::Path;
+
+use pot_protocol::encoding;
+use pot_protocol::{Block, Hash, State};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+const CERTIFICATES: TableDefinition<u64, &[u8]> = TableDefinition::new("certificates");
+const TX_INDEX: TableDefinition<&[u8; 32], (u64, u32)> = TableDefinition::new("tx_index");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// (height, round, value id) -> the proposal record the consensus layer wrote.
+const UNDECIDED: TableDefinition<(u64, u32, &[u8; 32]), &[u8]> = TableDefinition::new("undecided");
+
+const META_GENESIS: &str = "genesis_hash";
+const META_STATE: &str = "state";
+
+/// Why the store failed. Corruption is reported, never papered over.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Db(#[from] redb::Error),
+    #[error("data directory belongs to chain with genesis {found}, not {expected}")]
+    OtherChain { expected: Hash, found: Hash },
+    #[error("stored {what} does not decode: {error}")]
+    Corrupt {
+        what: &'static str,
+        error: encoding::DecodeError,
+    },
+}
+
+macro_rules! via_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+via_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Open (or create) the store for the chain with this genesis hash.
+    pub fn open(dir: &Path, genesis_hash: Hash) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Db(redb::StorageError::Io(e).into()))?;
+        let db = Database::create(dir.join("chain.redb"))?;
+        let w = db.begin_write()?;
+        {
+            let mut meta = w.open_table(META)?;
+            let found = meta.get(META_GENESIS)?.map(|v| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(v.value());
+                Hash(h)
+            });
+            match found {
+                Some(found) if found != genesis_hash => {
+                    return Err(StoreError::OtherChain {
+                        expected: genesis_hash,
+                        found,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert(META_GENESIS, genesis_hash.as_bytes().as_slice())?;
+                }
+            }
+            // Create the other tables so readers never meet a missing one.
+            w.open_table(BLOCKS)?;
+            w.open_table(CERTIFICATES)?;
+            w.open_table(TX_INDEX)?;
+            w.open_table(UNDECIDED)?;
+        }
+        w.commit()?;
+        Ok(Store { db })
+    }
+
+    /// The state after the last decided block, if any block was decided.
+    pub fn load_state(&self) -> Result<Option<State>, StoreError> {
+        let r = self.db.begin_read()?;
+        let meta = r.open_table(META)?;
+        let Some(bytes) = meta.get(META_STATE)? else {
+            return Ok(None);
+        };
+        let state = borsh::from_slice::<State>(bytes.value()).map_err(|e| StoreError::Corrupt {
+            what: "state",
+            error: encoding::DecodeError::Malformed(e.to_string()),
+        })?;
+        Ok(Some(state))
+    }
+
+    /// Record a decided block, its certificate and the state after it, atomically; forget the
+    /// undecided proposals at or below its height.
+    pub fn commit(
+        &self,
+        block: &Block,
+        certificate: &[u8],
+        state: &State,
+    ) -> Result<(), StoreError> {
+        let height = block.header.height;
+        let w = self.db.begin_write()?;
+        {
+            w.open_table(BLOCKS)?
+                .insert(height, borsh::to_vec(block).expect("encodes").as_slice())?;
+            w.open_table(CERTIFICATES)?.insert(height, certificate)?;
+            let mut index = w.open_table(TX_INDEX)?;
+            for (i, tx) in block.txs.iter().enumerate() {
+                index.insert(tx.hash().as_bytes(), (height, i as u32))?;
+            }
+            w.open_table(META)?.insert(
+                META_STATE,
+                borsh::to_vec(state).expect("encodes").as_slice(),
+            )?;
+            let mut undecided = w.open_table(UNDECIDED)?;
+            undecided.retain_in(..=(height, u32::MAX, &[0xff; 32]), |_, _| false)?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    pub fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
+        let r = self.db.begin_read()?;
+        let Some(bytes) = r.open_table(BLOCKS)?.get(height)? else {
+            return Ok(None);
+        };
+        borsh::from_slice(bytes.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                what: "block",
+                error: encoding::DecodeError::Malformed(e.to_string()),
+            })
+    }
+
+    /// The encoded block at `height`, as it was stored (what sync sends to a lagging peer).
+    pub fn block_bytes(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(BLOCKS)?
+            .get(height)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    pub fn certificate(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(CERTIFICATES)?
+            .get(height)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Height and position of an included transaction.
+    pub fn tx_location(&self, hash: &Hash) -> Result<Option<(u64, u32)>, StoreError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(TX_INDEX)?
+            .get(hash.as_bytes())?
+            .map(|v| v.value()))
+    }
+
+    /// Persist a proposal before telling the engine about it, so that after a crash the node
+    /// can answer for it (re-propose the same value, or commit it when the engine decides it).
+    pub fn put_undecided(
+        &self,
+        height: u64,
+        round: u32,
+        id: &Hash,
+        record: &[u8],
+    ) -> Result<(), StoreError> {
+        let w = self.db.begin_write()?;
+        w.open_table(UNDECIDED)?
+            .insert((height, round, id.as_bytes()), record)?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Every undecided proposal at `height`: (round, value id, record).
+    pub fn undecided_at(&self, height: u64) -> Result<Vec<(u32, Hash, Vec<u8>)>, StoreError> {
+        let r = self.db.begin_read()?;
+        let table = r.open_table(UNDECIDED)?;
+        let mut out = Vec::new();
+        for entry in table.range((height, 0, &[0u8; 32])..=(height, u32::MAX, &[0xff; 32]))? {
+            let (k, v) = entry?;
+            let (_, round, id) = k.value();
+            out.push((round, Hash(*id), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_of_another_chain_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Hash::digest(b"a");
+        drop(Store::open(dir.path(), a).unwrap());
+        assert!(Store::open(dir.path(), a).is_ok());
+        let err = Store::open(dir.path(), Hash::digest(b"b")).err().unwrap();
+        assert!(matches!(err, StoreError::OtherChain { found, .. } if found == a));
+    }
+
+    #[test]
+    fn undecided_proposals_are_kept_per_height_until_a_block_is_decided() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Hash::digest(b"g")).unwrap();
+        let (x, y, z) = (Hash::digest(b"x"), Hash::digest(b"y"), Hash::digest(b"z"));
+        store.put_undecided(1, 0, &x, b"one").unwrap();
+        store.put_undecided(2, 0, &y, b"two").unwrap();
+        store.put_undecided(2, 3, &z, b"three").unwrap();
+        assert_eq!(
+            store.undecided_at(2).unwrap(),
+            vec![(0, y, b"two".to_vec()), (3, z, b"three".to_vec())]
+        );
+        assert_eq!(
+            store.undecided_at(1).unwrap(),
+            vec![(0, x, b"one".to_vec())]
+        );
+        let genesis = pot_protocol::Genesis {
+            chain_id: "t".into(),
+            genesis_time_ms: 0,
+            params: Default::default(),
+            balances: vec![],
+            stakes: vec![],
+            coordinators: vec![],
+        };
+        let state = State::from_genesis(&genesis);
+        let block = Block {
+            header: pot_protocol::BlockHeader {
+                height: 1,
+                prev_hash: Hash::ZERO,
+                time_ms: 1,
+                proposer: Default::default(),
+                tx_root: Hash::ZERO,
+                state_root: Hash::ZERO,
+            },
+            txs: vec![],
+        };
+        store.commit(&block, b"cert", &state).unwrap();
+        assert!(store.undecided_at(1).unwrap().is_empty());
+        assert_eq!(store.undecided_at(2).unwrap().len(), 2);
+        assert_eq!(store.block(1).unwrap(), Some(block));
+        assert_eq!(store.certificate(1).unwrap().as_deref(), Some(&b"cert"[..]));
+        assert_eq!(store.load_state().unwrap(), Some(state));
+    }
+}

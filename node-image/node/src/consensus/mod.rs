@@ -1,0 +1,234 @@
+//! BFT consensus among coordinators, by Malachite (Tendermint). The rest of the node sees only
+//! [`EngineConfig`] and [`run`]: blocks go in and out through [`crate::chain::Chain`].
+
+pub mod app;
+pub mod codec;
+pub mod context;
+pub mod parts;
+pub mod signing;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytesize::ByteSize;
+use eyre::eyre;
+use malachitebft_app::events::RxEvent;
+use malachitebft_app::node::{Node, NodeConfig, NodeHandle};
+use malachitebft_app::types::Keypair;
+use malachitebft_app_channel::start_engine;
+use malachitebft_config::{
+    ConsensusConfig, DiscoveryConfig, P2pConfig, PubSubProtocol, TimeoutConfig, ValuePayload,
+    ValueSyncConfig,
+};
+use multiaddr::Multiaddr;
+use pot_protocol::{Address, SecretKey};
+use serde::{Deserialize, Serialize};
+
+use crate::chain::Chain;
+use crate::metrics::Metrics;
+use codec::BorshCodec;
+use context::{Height, PotContext, ValidatorAddress, ValidatorSet};
+use signing::Signer;
+
+/// How a coordinator joins consensus.
+#[derive(Clone)]
+pub struct EngineConfig {
+    pub moniker: String,
+    /// The engine's write-ahead log lives in `<data_dir>/wal`.
+    pub data_dir: PathBuf,
+    pub key: SecretKey,
+    pub p2p_listen: Multiaddr,
+    pub peers: Vec<Multiaddr>,
+}
+
+/// What Malachite reads from a node's configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Settings {
+    moniker: String,
+    consensus: ConsensusConfig,
+    value_sync: ValueSyncConfig,
+}
+
+impl NodeConfig for Settings {
+    fn moniker(&self) -> &str {
+        &self.moniker
+    }
+
+    fn consensus(&self) -> &ConsensusConfig {
+        &self.consensus
+    }
+
+    fn value_sync(&self) -> &ValueSyncConfig {
+        &self.value_sync
+    }
+}
+
+impl Settings {
+    fn new(cfg: &EngineConfig, block_time: Duration) -> Settings {
+        // A proposer waits up to one block time before building, so give it that on top of
+        // the default propose timeout.
+        let timeouts = TimeoutConfig {
+            timeout_propose: Duration::from_secs(3) + block_time,
+            ..TimeoutConfig::default()
+        };
+        let consensus = ConsensusConfig {
+            timeouts,
+            p2p: P2pConfig {
+                listen_addr: cfg.p2p_listen.clone(),
+                persistent_peers: cfg.peers.clone(),
+                discovery: DiscoveryConfig::default(),
+                // Direct broadcast: for a small coordinator set it decides about three times
+                // faster than GossipSub.
+                protocol: PubSubProtocol::Broadcast,
+                pubsub_max_size: ByteSize::mib(8),
+                rpc_max_size: ByteSize::mib(16),
+            },
+            value_payload: ValuePayload::PartsOnly,
+            queue_capacity: 0,
+        };
+        let value_sync = ValueSyncConfig {
+            status_update_interval: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            ..ValueSyncConfig::default()
+        };
+        Settings {
+            moniker: cfg.moniker.clone(),
+            consensus,
+            value_sync,
+        }
+    }
+}
+
+/// The engine's view of this node: where its home is and which key it signs with.
+struct EngineNode {
+    home: PathBuf,
+    key: SecretKey,
+    settings: Settings,
+    chain_hash: pot_protocol::Hash,
+}
+
+/// Unused: the engine is started through `start_engine`, not `Node::start`.
+struct NoHandle;
+
+#[async_trait]
+impl NodeHandle<PotContext> for NoHandle {
+    fn subscribe(&self) -> RxEvent<PotContext> {
+        unreachable!("pot-node never starts the engine through Node::start")
+    }
+
+    async fn kill(&self, _reason: Option<String>) -> eyre::Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Node for EngineNode {
+    type Context = PotContext;
+    type Config = Settings;
+    type Genesis = ();
+    type PrivateKeyFile = [u8; 32];
+    type SigningProvider = Signer;
+    type NodeHandle = NoHandle;
+
+    async fn start(&self) -> eyre::Result<NoHandle> {
+        Err(eyre!("pot-node starts the engine with consensus::run"))
+    }
+
+    async fn run(self) -> eyre::Result<()> {
+        Err(eyre!("pot-node starts the engine with consensus::run"))
+    }
+
+    fn get_home_dir(&self) -> PathBuf {
+        self.home.clone()
+    }
+
+    fn load_config(&self) -> eyre::Result<Settings> {
+        Ok(self.settings.clone())
+    }
+
+    fn get_address(&self, pk: &Address) -> ValidatorAddress {
+        ValidatorAddress(*pk)
+    }
+
+    fn get_public_key(&self, sk: &SecretKey) -> Address {
+        sk.address()
+    }
+
+    fn get_keypair(&self, sk: SecretKey) -> Keypair {
+        // The libp2p identity is the coordinator's own key, so its peer id is derived from
+        // the address in the genesis file.
+        Keypair::ed25519_from_bytes(sk.seed()).expect("32-byte ed25519 seeds are valid")
+    }
+
+    fn load_private_key(&self, seed: [u8; 32]) -> SecretKey {
+        SecretKey::from_seed(seed)
+    }
+
+    fn load_private_key_file(&self) -> eyre::Result<[u8; 32]> {
+        Ok(self.key.seed())
+    }
+
+    fn load_genesis(&self) -> eyre::Result<()> {
+        Ok(())
+    }
+
+    fn get_signing_provider(&self, sk: SecretKey) -> Signer {
+        Signer::new(sk, self.chain_hash)
+    }
+}
+
+/// Join consensus and serve the engine until it stops. Returns only with an error.
+pub async fn run(cfg: EngineConfig, chain: Arc<Chain>, metrics: Arc<Metrics>) -> eyre::Result<()> {
+    let block_time = Duration::from_millis(chain.genesis().params.block_time_ms);
+    let me = cfg.key.address();
+    if !chain.genesis().coordinators.iter().any(|c| c.address == me) {
+        return Err(eyre!(
+            "key {me} is not a coordinator in the genesis file; coordinators are {}",
+            chain
+                .genesis()
+                .coordinators
+                .iter()
+                .map(|c| c.address.short())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let settings = Settings::new(&cfg, block_time);
+    let node = EngineNode {
+        home: cfg.data_dir.clone(),
+        key: cfg.key.clone(),
+        settings: settings.clone(),
+        chain_hash: chain.genesis_hash(),
+    };
+    let validators = ValidatorSet::new(&chain.genesis().coordinators);
+    let start = Height(chain.height() + 1);
+    let (mut channels, handle) = start_engine(
+        PotContext,
+        node,
+        settings,
+        BorshCodec,
+        BorshCodec,
+        Some(start),
+        validators,
+    )
+    .await?;
+    let signer = Arc::new(Signer::new(cfg.key, chain.genesis_hash()));
+    let result = app::App::new(chain, signer, metrics)
+        .run(&mut channels)
+        .await;
+    handle.actor.stop(Some("application stopped".into()));
+    result
+}
+
+/// The round and the signers of a stored commit certificate (for the API).
+pub fn certificate_signers(bytes: &[u8]) -> Option<(u32, Vec<Address>)> {
+    use malachitebft_app::types::codec::Codec;
+    use malachitebft_core_types::CommitCertificate;
+    let cert: CommitCertificate<PotContext> = BorshCodec
+        .decode(bytes::Bytes::copy_from_slice(bytes))
+        .ok()?;
+    let signers = cert.commit_signatures.iter().map(|s| s.address.0).collect();
+    Some((cert.round.as_u32().unwrap_or(0), signers))
+}

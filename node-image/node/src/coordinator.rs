@@ -1,0 +1,77 @@
+//! `pot-node run --role coordinator`: open the chain in the data directory, serve the HTTP API,
+//! and take part in consensus until stopped (SIGINT/SIGTERM) or the engine fails.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use multiaddr::Multiaddr;
+use pot_protocol::{Genesis, SecretKey};
+use tracing::info;
+
+use crate::api::{self, Api};
+use crate::chain::Chain;
+use crate::chain::mempool::Limits;
+use crate::consensus::{self, EngineConfig};
+use crate::metrics::Metrics;
+
+pub struct Options {
+    pub genesis: Genesis,
+    pub key: SecretKey,
+    pub data_dir: PathBuf,
+    pub p2p_listen: Multiaddr,
+    pub api_listen: SocketAddr,
+    pub peers: Vec<Multiaddr>,
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let chain = Arc::new(
+        Chain::open(opts.genesis, &opts.data_dir, Limits::default())
+            .with_context(|| format!("opening the chain in {}", opts.data_dir.display()))?,
+    );
+    let metrics = Arc::new(Metrics::register());
+    let listener = tokio::net::TcpListener::bind(opts.api_listen)
+        .await
+        .with_context(|| format!("binding the API to {}", opts.api_listen))?;
+    info!(
+        api = %listener.local_addr()?,
+        p2p = %opts.p2p_listen,
+        height = chain.height(),
+        address = %opts.key.address(),
+        "coordinator starting"
+    );
+    let router = api::router(Api {
+        chain: chain.clone(),
+        metrics: metrics.clone(),
+    });
+    let server = axum::serve(listener, router);
+    let engine = consensus::run(
+        EngineConfig {
+            moniker: opts.key.address().short(),
+            data_dir: opts.data_dir.clone(),
+            key: opts.key,
+            p2p_listen: opts.p2p_listen,
+            peers: opts.peers,
+        },
+        chain,
+        metrics,
+    );
+    tokio::select! {
+        r = server => r.context("the API server stopped"),
+        r = engine => r.map_err(|e| anyhow::anyhow!("consensus stopped: {e:#}")),
+        () = shutdown() => {
+            info!("stopping on signal");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,114 @@
+//! Prometheus metrics of the node, registered in the same registry as the consensus engine's
+//! own (peers, rounds, timeouts), so `/metrics` serves both.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use malachitebft_app::metrics::SharedRegistry;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+pub struct Metrics {
+    height: Gauge,
+    round: Gauge,
+    blocks: Counter,
+    txs: Counter,
+    block_interval: Histogram,
+    txs_per_block: Histogram,
+    rejected_proposals: Counter,
+    mempool_txs: Gauge,
+    mempool_bytes: Gauge<u64, AtomicU64>,
+}
+
+impl Metrics {
+    /// Create the node's metrics and register them under `pot_`.
+    pub fn register() -> Metrics {
+        let m = Metrics {
+            height: Gauge::default(),
+            round: Gauge::default(),
+            blocks: Counter::default(),
+            txs: Counter::default(),
+            block_interval: Histogram::new(exponential_buckets(0.05, 1.6, 14)),
+            txs_per_block: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            rejected_proposals: Counter::default(),
+            mempool_txs: Gauge::default(),
+            mempool_bytes: Gauge::default(),
+        };
+        SharedRegistry::global().with_prefix("pot", |r| {
+            r.register(
+                "height",
+                "Height of the last decided block",
+                m.height.clone(),
+            );
+            r.register(
+                "consensus_round",
+                "Consensus round this node is in (0 when heights decide at once)",
+                m.round.clone(),
+            );
+            r.register("blocks", "Blocks decided", m.blocks.clone());
+            r.register(
+                "txs",
+                "Transactions included in decided blocks",
+                m.txs.clone(),
+            );
+            r.register(
+                "block_interval_seconds",
+                "Time between consecutive decided blocks",
+                m.block_interval.clone(),
+            );
+            r.register(
+                "txs_per_block",
+                "Transactions per decided block",
+                m.txs_per_block.clone(),
+            );
+            r.register(
+                "rejected_proposals",
+                "Proposals voted against or dropped (invalid block, bad signature, wrong proposer)",
+                m.rejected_proposals.clone(),
+            );
+            r.register(
+                "mempool_txs",
+                "Transactions in the mempool",
+                m.mempool_txs.clone(),
+            );
+            r.register(
+                "mempool_bytes",
+                "Encoded bytes in the mempool",
+                m.mempool_bytes.clone(),
+            );
+        });
+        m
+    }
+
+    pub fn committed(&self, height: u64, txs: usize, interval: Option<Duration>, round: i64) {
+        self.height.set(height as i64);
+        self.blocks.inc();
+        self.txs.inc_by(txs as u64);
+        self.txs_per_block.observe(txs as f64);
+        if let Some(i) = interval {
+            self.block_interval.observe(i.as_secs_f64());
+        }
+        self.round.set(round);
+    }
+
+    pub fn round(&self, round: i64) {
+        self.round.set(round);
+    }
+
+    pub fn rejected_proposal(&self) {
+        self.rejected_proposals.inc();
+    }
+
+    pub fn mempool(&self, txs: usize, bytes: usize) {
+        self.mempool_txs.set(txs as i64);
+        self.mempool_bytes.set(bytes as u64);
+    }
+
+    /// The text exposition of every registered metric.
+    pub fn export() -> String {
+        let mut out = String::new();
+        malachitebft_app::metrics::export(&mut out);
+        out
+    }
+}

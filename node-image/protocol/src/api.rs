@@ -1,0 +1,154 @@
+//! The JSON bodies of a node's HTTP API (`/v1/...`), shared by the server in `pot-node` and the
+//! typed [`crate::client::Client`] used by the CLI, the operator and tests.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::block::Block;
+use crate::crypto::Address;
+use crate::hash::Hash;
+use crate::state::{Phase, Reputation, Task, Unbonding};
+use crate::tx::{SignedTx, TaskId};
+use crate::units::{Amount, Height};
+
+/// `POST /v1/tx`: a signed transaction in its canonical encoding, hex.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitTx {
+    pub tx: String,
+}
+
+impl SubmitTx {
+    pub fn new(stx: &SignedTx) -> SubmitTx {
+        SubmitTx {
+            tx: hex::encode(stx.encode()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    pub hash: Hash,
+}
+
+/// `GET /v1/tx/{hash}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum TxStatus {
+    /// In this node's mempool.
+    Pending,
+    /// In a decided block.
+    Included { height: Height, index: u32 },
+    /// Turned away or evicted, with the reason.
+    Rejected { reason: String },
+}
+
+/// `GET /v1/chain/head`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub chain_id: String,
+    pub genesis_hash: Hash,
+    pub height: Height,
+    pub hash: Hash,
+    pub time_ms: u64,
+    pub state_root: Hash,
+}
+
+/// One transaction of a block, summarised.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxSummary {
+    pub hash: Hash,
+    pub signer: Address,
+    pub nonce: u64,
+    pub kind: String,
+}
+
+/// `GET /v1/blocks/{height}`: the header, the transactions, and who signed the commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockInfo {
+    pub height: Height,
+    pub hash: Hash,
+    pub prev_hash: Hash,
+    pub time_ms: u64,
+    pub proposer: Address,
+    pub tx_root: Hash,
+    pub state_root: Hash,
+    pub txs: Vec<TxSummary>,
+    /// Coordinators whose precommits are in the commit certificate.
+    pub committed_by: Vec<Address>,
+    /// The consensus round the block was decided in.
+    pub round: u32,
+}
+
+impl BlockInfo {
+    pub fn new(block: &Block, committed_by: Vec<Address>, round: u32) -> BlockInfo {
+        let h = &block.header;
+        BlockInfo {
+            height: h.height,
+            hash: block.hash(),
+            prev_hash: h.prev_hash,
+            time_ms: h.time_ms,
+            proposer: h.proposer,
+            tx_root: h.tx_root,
+            state_root: h.state_root,
+            txs: block
+                .txs
+                .iter()
+                .map(|t| TxSummary {
+                    hash: t.hash(),
+                    signer: t.tx.signer,
+                    nonce: t.tx.nonce,
+                    kind: t.tx.body.kind().to_string(),
+                })
+                .collect(),
+            committed_by,
+            round,
+        }
+    }
+}
+
+/// `GET /v1/accounts/{address}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountInfo {
+    pub address: Address,
+    pub balance: Amount,
+    pub nonce: u64,
+    pub miner_bond: Amount,
+    pub validator_bond: Amount,
+    pub unbonding: Vec<Unbonding>,
+    pub reputation: Reputation,
+}
+
+/// `GET /v1/tasks/{id}` and the entries of `GET /v1/tasks`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub id: TaskId,
+    /// The phase at the next height (what a transaction sent now would meet).
+    pub phase: Phase,
+    pub task: Task,
+}
+
+/// `GET /v1/queue`: what the operator scales miners by.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queue {
+    pub height: Height,
+    /// Tasks still being worked on (not finalized or failed).
+    pub open: u64,
+    /// Tasks per phase, open or not (`snake_case` phase names).
+    pub by_phase: BTreeMap<String, u64>,
+}
+
+/// Every error body: a stable machine-readable code and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+}
+
+/// The snake_case name of a phase, as used in `?state=` and in [`Queue::by_phase`].
+pub fn phase_name(phase: Phase) -> String {
+    serde_json::to_value(phase)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .expect("phases serialise as strings")
+}

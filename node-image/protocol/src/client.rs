@@ -1,0 +1,179 @@
+//! A typed client for a node's HTTP API: the only module of this crate that does I/O. The CLI,
+//! the operator and the tests talk to nodes through it.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::api::{
+    AccountInfo, ApiError, BlockInfo, Head, Queue, SubmitTx, Submitted, TaskInfo, TxStatus,
+};
+use crate::crypto::Address;
+use crate::hash::Hash;
+use crate::state::Phase;
+use crate::tx::{SignedTx, TaskId};
+use crate::units::Height;
+
+/// Why a call failed: the node said no (with its code and message), or it could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{status} {}: {}", .error.code, .error.message)]
+    Api { status: u16, error: ApiError },
+    #[error("request to {url} failed: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+}
+
+impl ClientError {
+    /// The API's error code, when the node answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { error, .. } => Some(&error.code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `base` is the node's API address, e.g. `http://127.0.0.1:26657`.
+    pub fn new(base: impl Into<String>) -> Client {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("a client without TLS options builds");
+        Client {
+            base: base.into().trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        url: String,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let http = |source| ClientError::Http {
+            url: url.clone(),
+            source,
+        };
+        let resp = req.send().await.map_err(http)?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp.json().await.map_err(http);
+        }
+        let bytes = resp.bytes().await.map_err(http)?;
+        let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
+            code: "http".into(),
+            message: String::from_utf8_lossy(&bytes).into_owned(),
+        });
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            error,
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(url.clone(), self.http.get(&url)).await
+    }
+
+    /// Submit a signed transaction; returns its hash once the node's mempool admitted it.
+    pub async fn submit(&self, stx: &SignedTx) -> Result<Hash, ClientError> {
+        let url = format!("{}/v1/tx", self.base);
+        let req = self.http.post(&url).json(&SubmitTx::new(stx));
+        let s: Submitted = self.send(url, req).await?;
+        Ok(s.hash)
+    }
+
+    pub async fn tx(&self, hash: &Hash) -> Result<TxStatus, ClientError> {
+        self.get(&format!("/v1/tx/{hash}")).await
+    }
+
+    pub async fn head(&self) -> Result<Head, ClientError> {
+        self.get("/v1/chain/head").await
+    }
+
+    pub async fn block(&self, height: Height) -> Result<BlockInfo, ClientError> {
+        self.get(&format!("/v1/blocks/{height}")).await
+    }
+
+    pub async fn account(&self, address: &Address) -> Result<AccountInfo, ClientError> {
+        self.get(&format!("/v1/accounts/{address}")).await
+    }
+
+    /// Tasks, optionally only those in `phase`.
+    pub async fn tasks(&self, phase: Option<Phase>) -> Result<Vec<TaskInfo>, ClientError> {
+        match phase {
+            Some(p) => {
+                self.get(&format!("/v1/tasks?state={}", crate::api::phase_name(p)))
+                    .await
+            }
+            None => self.get("/v1/tasks").await,
+        }
+    }
+
+    pub async fn task(&self, id: &TaskId) -> Result<TaskInfo, ClientError> {
+        self.get(&format!("/v1/tasks/{id}")).await
+    }
+
+    pub async fn queue(&self) -> Result<Queue, ClientError> {
+        self.get("/v1/queue").await
+    }
+
+    /// Poll until the transaction is in a block (or rejected, or `timeout` passes).
+    pub async fn wait_included(
+        &self,
+        hash: &Hash,
+        timeout: Duration,
+    ) -> Result<TxStatus, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.tx(hash).await {
+                Ok(s @ (TxStatus::Included { .. } | TxStatus::Rejected { .. })) => return Ok(s),
+                Ok(TxStatus::Pending) => {}
+                Err(e) if e.code() == Some("not_found") => {}
+                Err(e) => return Err(e),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Timeout(timeout, format!("transaction {hash}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Poll until the chain is at least at `height`.
+    pub async fn wait_height(
+        &self,
+        height: Height,
+        timeout: Duration,
+    ) -> Result<Head, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.head().await {
+                Ok(h) if h.height >= height => return Ok(h),
+                Ok(_) => {}
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Timeout(timeout, format!("height {height}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
