@@ -1,8 +1,9 @@
 //! `pot-e2e`: a real Kubernetes control plane on this machine (etcd, kube-apiserver,
 //! kube-controller-manager, kube-scheduler, built from Go modules) for tests and the demo, and
-//! helpers that drive the project's binaries from outside.
+//! helpers that drive the project's binaries from outside (a local coordinator network).
 
 pub mod control_plane;
+pub mod coordinators;
 pub mod fixture;
 pub mod pki;
 pub mod spawn;

@@ -23,6 +23,7 @@ pub struct Options {
     pub p2p_listen: Multiaddr,
     pub api_listen: SocketAddr,
     pub peers: Vec<Multiaddr>,
+    pub fault: Option<crate::consensus::Fault>,
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -53,6 +54,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             key: opts.key,
             p2p_listen: opts.p2p_listen,
             peers: opts.peers,
+            fault: opts.fault,
         },
         chain,
         metrics,

@@ -185,6 +185,9 @@ struct RunArgs {
     /// coordinator and a funded account, through the same consensus and block path.
     #[arg(long)]
     dev: bool,
+    /// Fault injection for tests: propose faulty blocks.
+    #[arg(long, hide = true, value_enum)]
+    fault: Option<pot_node::consensus::Fault>,
     /// Log as JSON lines (for pods) instead of text.
     #[arg(long, env = "POT_LOG_JSON")]
     log_json: bool,
@@ -506,6 +509,7 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
         p2p_listen: args.p2p_listen,
         api_listen: args.api_listen,
         peers: args.peers,
+        fault: args.fault,
     }))
 }
 

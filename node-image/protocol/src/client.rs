@@ -135,6 +135,17 @@ impl Client {
         self.get("/v1/queue").await
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let url = format!("{}/metrics", self.base);
+        let http = |source| ClientError::Http {
+            url: url.clone(),
+            source,
+        };
+        let resp = self.http.get(&url).send().await.map_err(http)?;
+        resp.text().await.map_err(http)
+    }
+
     /// Poll until the transaction is in a block (or rejected, or `timeout` passes).
     pub async fn wait_included(
         &self,

@@ -17,6 +17,7 @@ use malachitebft_engine::host::Next;
 use pot_protocol::{Block, State, encoding};
 use tracing::{debug, error, info, warn};
 
+use super::Fault;
 use super::codec::BorshCodec;
 use super::context::{BlockId, BlockValue, Height, PotContext, ValidatorAddress, ValidatorSet};
 use super::parts::{self, Assembled, MAX_STREAM_BYTES, Reassembly};
@@ -64,10 +65,16 @@ pub struct App {
     checked: HashMap<BlockId, State>,
     future: BTreeMap<u64, Vec<Assembled>>,
     last_commit: Option<std::time::Instant>,
+    fault: Option<Fault>,
 }
 
 impl App {
-    pub fn new(chain: Arc<Chain>, signer: Arc<Signer>, metrics: Arc<Metrics>) -> App {
+    pub fn new(
+        chain: Arc<Chain>,
+        signer: Arc<Signer>,
+        metrics: Arc<Metrics>,
+        fault: Option<Fault>,
+    ) -> App {
         let validators = ValidatorSet::new(&chain.genesis().coordinators);
         let block_time = Duration::from_millis(chain.genesis().params.block_time_ms);
         App {
@@ -81,6 +88,7 @@ impl App {
             checked: HashMap::new(),
             future: BTreeMap::new(),
             last_commit: None,
+            fault,
         }
     }
 
@@ -250,7 +258,11 @@ impl App {
         let due = self.chain.state().tip.time_ms + self.block_time.as_millis() as u64;
         let wait = Duration::from_millis(due.saturating_sub(now_ms())).min(timeout / 2);
         tokio::time::sleep(wait).await;
-        let (block, after) = self.chain.propose(self.me.0, now_ms());
+        let (mut block, after) = self.chain.propose(self.me.0, now_ms());
+        if let Some(fault) = self.fault {
+            block = corrupt(block, fault, &self.signer);
+            warn!(%height, %round, ?fault, "proposing a deliberately faulty block");
+        }
         debug!(%height, %round, txs = block.txs.len(), "proposing");
         let value = BlockValue::new(block);
         self.store_proposal(height, round, Round::Nil, self.me, true, &value)?;
@@ -432,4 +444,33 @@ impl App {
             certificate,
         }))
     }
+}
+
+/// Break a block the way `fault` says, keeping everything else consistent (the transaction
+/// root matches its transactions) so that only the intended fault is there to be caught.
+fn corrupt(mut block: Block, fault: Fault, signer: &Signer) -> Block {
+    use pot_protocol::tx::{Tx, TxBody};
+    match fault {
+        Fault::WrongStateRoot => {
+            block.header.state_root = pot_protocol::Hash::digest(b"not the state root");
+        }
+        Fault::InvalidTx => {
+            let forger = pot_protocol::SecretKey::from_seed([0xee; 32]);
+            let mut stx = Tx {
+                chain_id: String::new(),
+                signer: forger.address(),
+                nonce: 0,
+                body: TxBody::Transfer {
+                    to: signer.address(),
+                    amount: pot_protocol::Amount(1),
+                },
+            }
+            .sign(&forger);
+            // The forger's signature, claimed for this coordinator's account.
+            stx.tx.signer = signer.address();
+            block.txs.push(stx);
+            block.header.tx_root = pot_protocol::block::tx_root(&block.txs);
+        }
+    }
+    block
 }

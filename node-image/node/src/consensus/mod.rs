@@ -41,6 +41,17 @@ pub struct EngineConfig {
     pub key: SecretKey,
     pub p2p_listen: Multiaddr,
     pub peers: Vec<Multiaddr>,
+    /// Misbehave as a proposer (tests of what honest coordinators do about it).
+    pub fault: Option<Fault>,
+}
+
+/// A deliberate fault in this node's own proposals, for tests only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// Propose blocks whose header claims a state root execution does not give.
+    WrongStateRoot,
+    /// Propose blocks carrying a transaction with a forged signature.
+    InvalidTx,
 }
 
 /// What Malachite reads from a node's configuration.
@@ -214,8 +225,8 @@ pub async fn run(cfg: EngineConfig, chain: Arc<Chain>, metrics: Arc<Metrics>) ->
         validators,
     )
     .await?;
-    let signer = Arc::new(Signer::new(cfg.key, chain.genesis_hash()));
-    let result = app::App::new(chain, signer, metrics)
+    let signer = Arc::new(Signer::new(cfg.key.clone(), chain.genesis_hash()));
+    let result = app::App::new(chain, signer, metrics, cfg.fault)
         .run(&mut channels)
         .await;
     handle.actor.stop(Some("application stopped".into()));

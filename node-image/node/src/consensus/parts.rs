@@ -209,7 +209,9 @@ mod tests {
     use pot_protocol::SecretKey;
 
     fn peer() -> PeerId {
-        let id = libp2p_identity::Keypair::generate_ed25519().public().to_peer_id();
+        let id = libp2p_identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
         PeerId::from_bytes(&id.to_bytes()).expect("a libp2p peer id")
     }
 

@@ -1,0 +1,190 @@
+//! A local network of `pot-node` coordinators as processes on loopback, each with its own key,
+//! data directory, consensus port and API port: start, SIGKILL, restart, and talk to them.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use pot_protocol::client::Client;
+use pot_protocol::genesis::{Coordinator, GenesisBalance};
+use pot_protocol::{Amount, Genesis, Params, SecretKey};
+
+use crate::spawn::Process;
+
+/// Funds of each test account in the genesis.
+pub const ACCOUNT_FUNDS: Amount = Amount(1_000_000);
+
+pub struct Coordinators {
+    pub dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub keys: Vec<SecretKey>,
+    /// Funded accounts for the test to sign with (not coordinators).
+    pub accounts: Vec<SecretKey>,
+    pub genesis: Genesis,
+    p2p_ports: Vec<u16>,
+    api_ports: Vec<u16>,
+    procs: Vec<Option<Process>>,
+    starts: Vec<u32>,
+    extra_args: Vec<Vec<String>>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Write a key file in `pot-node`'s format.
+fn write_key(path: &Path, key: &SecretKey) -> anyhow::Result<()> {
+    let doc = serde_json::json!({
+        "address": key.address(),
+        "secret_key": hex::encode(key.seed()),
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+    Ok(())
+}
+
+impl Coordinators {
+    /// Start `n` coordinators with `block_time_ms` and `accounts` funded accounts.
+    pub fn start(n: usize, block_time_ms: u64, accounts: usize) -> anyhow::Result<Coordinators> {
+        Self::start_with(n, block_time_ms, accounts, vec![Vec::new(); n])
+    }
+
+    /// As `start`, with extra `pot-node run` arguments per coordinator.
+    pub fn start_with(
+        n: usize,
+        block_time_ms: u64,
+        accounts: usize,
+        extra_args: Vec<Vec<String>>,
+    ) -> anyhow::Result<Coordinators> {
+        let bin = crate::workspace_binary("pot-node", "pot-node");
+        let dir = tempfile::tempdir()?;
+        let keys: Vec<SecretKey> = (0..n).map(|_| SecretKey::generate()).collect();
+        let accounts: Vec<SecretKey> = (0..accounts).map(|_| SecretKey::generate()).collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64;
+        let genesis = Genesis {
+            chain_id: "pot-e2e".into(),
+            genesis_time_ms: now,
+            params: Params {
+                block_time_ms,
+                ..Params::default()
+            },
+            balances: accounts
+                .iter()
+                .map(|k| GenesisBalance {
+                    address: k.address(),
+                    amount: ACCOUNT_FUNDS,
+                })
+                .collect(),
+            stakes: vec![],
+            coordinators: keys
+                .iter()
+                .map(|k| Coordinator {
+                    address: k.address(),
+                    power: 1,
+                })
+                .collect(),
+        };
+        genesis.validate()?;
+        std::fs::write(dir.path().join("genesis.yaml"), genesis.to_yaml())?;
+        for (i, k) in keys.iter().enumerate() {
+            write_key(&dir.path().join(format!("node{i}.key")), k)?;
+        }
+        let mut net = Coordinators {
+            dir,
+            bin,
+            keys,
+            accounts,
+            genesis,
+            p2p_ports: (0..n).map(|_| free_port()).collect(),
+            api_ports: (0..n).map(|_| free_port()).collect(),
+            procs: (0..n).map(|_| None).collect(),
+            starts: vec![0; n],
+            extra_args,
+        };
+        for i in 0..n {
+            net.restart(i)?;
+        }
+        Ok(net)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn api_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.api_ports[i])
+    }
+
+    pub fn client(&self, i: usize) -> Client {
+        Client::new(self.api_url(i))
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("node{i}.{}.log", self.starts[i]))
+    }
+
+    /// (Re)start coordinator `i` from its data directory.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let peers: Vec<String> = (0..self.len())
+            .filter(|j| *j != i)
+            .map(|j| format!("/ip4/127.0.0.1/tcp/{}", self.p2p_ports[j]))
+            .collect();
+        let d = self.dir.path();
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("run")
+            .arg("--genesis")
+            .arg(d.join("genesis.yaml"))
+            .arg("--key")
+            .arg(d.join(format!("node{i}.key")))
+            .arg("--data-dir")
+            .arg(d.join(format!("node{i}")))
+            .arg("--p2p-listen")
+            .arg(format!("/ip4/127.0.0.1/tcp/{}", self.p2p_ports[i]))
+            .arg("--api-listen")
+            .arg(format!("127.0.0.1:{}", self.api_ports[i]))
+            .arg("--peers")
+            .arg(peers.join(","))
+            .args(&self.extra_args[i]);
+        // A new log per start; the earlier ones stay for reading.
+        self.starts[i] += 1;
+        let p = Process::start(&format!("coordinator {i}"), cmd, &self.log_path(i))
+            .with_context(|| format!("starting coordinator {i}"))?;
+        self.procs[i] = Some(p);
+        Ok(())
+    }
+
+    /// SIGKILL coordinator `i`: no chance to flush or say goodbye.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.procs[i].take() {
+            crate::spawn::signal(p.pid(), libc::SIGKILL);
+            p.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// The last lines of every coordinator's log, for a failing test's message.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for i in 0..self.len() {
+            let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            out.push_str(&format!("--- coordinator {i} ---\n"));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,201 @@
+//! Coordinators as real processes on loopback, agreeing on blocks with Malachite: agreement,
+//! exactly-once inclusion, crash and catch-up, no progress (and no fork) without a quorum, and
+//! faulty proposals that never get finalized.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pot_e2e::coordinators::Coordinators;
+use pot_protocol::api::{BlockInfo, TxStatus};
+use pot_protocol::client::Client;
+use pot_protocol::tx::{Tx, TxBody};
+use pot_protocol::{Amount, Hash, SecretKey, SignedTx};
+
+const BLOCK_TIME_MS: u64 = 200;
+const WAIT: Duration = Duration::from_secs(90);
+
+async fn wait_height(net: &Coordinators, nodes: &[usize], height: u64) {
+    for &i in nodes {
+        if let Err(e) = net.client(i).wait_height(height, WAIT).await {
+            panic!(
+                "coordinator {i} did not reach height {height}: {e}\n{}",
+                net.log_tails(30)
+            );
+        }
+    }
+}
+
+async fn blocks(client: &Client, upto: u64) -> Vec<BlockInfo> {
+    let mut out = Vec::new();
+    for h in 1..=upto {
+        out.push(client.block(h).await.expect("block"));
+    }
+    out
+}
+
+/// Every listed node has the same blocks (hashes and state roots) up to `upto`.
+async fn assert_same_chain(net: &Coordinators, nodes: &[usize], upto: u64) -> Vec<BlockInfo> {
+    let reference = blocks(&net.client(nodes[0]), upto).await;
+    for &i in &nodes[1..] {
+        let other = blocks(&net.client(i), upto).await;
+        for (a, b) in reference.iter().zip(&other) {
+            assert_eq!(
+                (a.hash, a.state_root),
+                (b.hash, b.state_root),
+                "coordinators {} and {i} differ at height {}",
+                nodes[0],
+                a.height
+            );
+        }
+    }
+    reference
+}
+
+fn transfer(from: &SecretKey, nonce: u64, to: &SecretKey, amount: u64) -> SignedTx {
+    Tx {
+        chain_id: "pot-e2e".into(),
+        signer: from.address(),
+        nonce,
+        body: TxBody::Transfer {
+            to: to.address(),
+            amount: Amount(amount),
+        },
+    }
+    .sign(from)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_coordinators_agree_and_include_each_transaction_once() {
+    let net = Coordinators::start(4, BLOCK_TIME_MS, 5).expect("start");
+    wait_height(&net, &[0, 1, 2, 3], 2).await;
+
+    // Each of four accounts sends through a different coordinator; one transaction is sent to
+    // all four.
+    let mut sent = Vec::new();
+    for (i, from) in net.accounts[..4].iter().enumerate() {
+        for nonce in 0..3 {
+            let tx = transfer(from, nonce, &net.accounts[4], 10 + nonce);
+            net.client(i).submit(&tx).await.expect("admitted");
+            sent.push(tx.hash());
+        }
+    }
+    let everywhere = transfer(&net.accounts[4], 0, &net.accounts[0], 7);
+    for i in 0..4 {
+        net.client(i).submit(&everywhere).await.expect("admitted");
+    }
+    sent.push(everywhere.hash());
+
+    for hash in &sent {
+        match net.client(0).wait_included(hash, WAIT).await {
+            Ok(TxStatus::Included { .. }) => {}
+            other => panic!("{hash}: {other:?}\n{}", net.log_tails(30)),
+        }
+    }
+    wait_height(&net, &[0, 1, 2, 3], 20).await;
+    let chain = assert_same_chain(&net, &[0, 1, 2, 3], 20).await;
+
+    let mut seen: HashMap<Hash, u32> = HashMap::new();
+    for b in &chain {
+        for t in &b.txs {
+            *seen.entry(t.hash).or_default() += 1;
+        }
+        assert!(
+            b.committed_by.len() >= 3,
+            "height {} committed by {} of 4",
+            b.height,
+            b.committed_by.len()
+        );
+    }
+    for hash in &sent {
+        assert_eq!(seen.get(hash), Some(&1), "{hash} included exactly once");
+    }
+    let receiver = net
+        .client(2)
+        .account(&net.accounts[4].address())
+        .await
+        .unwrap();
+    let received: u64 = 4 * (10 + 11 + 12);
+    assert_eq!(
+        receiver.balance,
+        Amount(pot_e2e::coordinators::ACCOUNT_FUNDS.0 + received - 7)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_coordinator_restarts_from_disk_and_catches_up() {
+    let mut net = Coordinators::start(4, BLOCK_TIME_MS, 1).expect("start");
+    wait_height(&net, &[0, 1, 2, 3], 5).await;
+    net.kill(3);
+    let h = net.client(0).head().await.unwrap().height;
+    // The other three keep finalizing.
+    wait_height(&net, &[0, 1, 2], h + 10).await;
+    net.restart(3).expect("restart");
+    let target = net.client(0).head().await.unwrap().height + 3;
+    wait_height(&net, &[0, 1, 2, 3], target).await;
+    assert_same_chain(&net, &[0, 1, 2, 3], target).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_quorum_nothing_is_finalized_and_nothing_forks() {
+    let mut net = Coordinators::start(4, BLOCK_TIME_MS, 1).expect("start");
+    wait_height(&net, &[0, 1, 2, 3], 5).await;
+    net.kill(2);
+    net.kill(3);
+    // A decision in flight may still land; after that, two of four (1/2 < 2/3) cannot decide.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stalled = net.client(0).head().await.unwrap().height;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for i in [0, 1] {
+        let h = net.client(i).head().await.unwrap().height;
+        assert!(
+            h <= stalled + 1,
+            "coordinator {i} moved from {stalled} to {h} without a quorum"
+        );
+    }
+    let h0 = net.client(0).head().await.unwrap().height;
+    let h1 = net.client(1).head().await.unwrap().height;
+    assert_same_chain(&net, &[0, 1], h0.min(h1)).await;
+
+    net.restart(2).expect("restart");
+    net.restart(3).expect("restart");
+    wait_height(&net, &[0, 1, 2, 3], stalled + 5).await;
+    assert_same_chain(&net, &[0, 1, 2, 3], stalled + 5).await;
+}
+
+async fn faulty_proposer_is_never_finalized(fault: &str) {
+    let mut extra = vec![Vec::new(); 4];
+    extra[0] = vec!["--fault".to_string(), fault.to_string()];
+    let net = Coordinators::start_with(4, BLOCK_TIME_MS, 1, extra).expect("start");
+    wait_height(&net, &[1, 2, 3], 12).await;
+    let chain = assert_same_chain(&net, &[1, 2, 3], 12).await;
+    let faulty = net.keys[0].address();
+    for b in &chain {
+        assert_ne!(
+            b.proposer, faulty,
+            "block {} proposed by the faulty coordinator was finalized",
+            b.height
+        );
+    }
+    // Its turns happened and were voted down: some heights needed a second round.
+    assert!(
+        chain.iter().any(|b| b.round > 0),
+        "the faulty coordinator never got a turn"
+    );
+    let metrics = net.client(1).metrics().await.expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pot_rejected_proposals_total") && !l.ends_with(" 0")),
+        "honest coordinators count rejected proposals:\n{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proposal_with_a_wrong_state_root_is_not_finalized() {
+    faulty_proposer_is_never_finalized("wrong-state-root").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proposal_with_an_invalid_transaction_is_not_finalized() {
+    faulty_proposer_is_never_finalized("invalid-tx").await;
+}

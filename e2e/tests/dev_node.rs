@@ -1,0 +1,267 @@
+//! One coordinator (`pot-node run --dev` and a genesis of one): the CLI submits a task and reads
+//! it back, and every rejection path of the API answers 4xx with its reason and changes nothing.
+
+use std::process::Command;
+use std::time::Duration;
+
+use pot_e2e::coordinators::Coordinators;
+use pot_e2e::spawn::Process;
+use pot_protocol::api::{SubmitTx, TxStatus};
+use pot_protocol::client::{Client, ClientError};
+use pot_protocol::tx::{Tx, TxBody};
+use pot_protocol::{Amount, Hash, SecretKey, SignedTx};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn pot_node(bin: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(bin).args(args).output().expect("pot-node");
+    assert!(
+        out.status.success(),
+        "pot-node {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_node_takes_a_task_from_the_cli_and_shows_it() {
+    let bin = pot_e2e::workspace_binary("pot-node", "pot-node");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let api = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{api}");
+    let mut cmd = Command::new(&bin);
+    cmd.args(["run", "--dev", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--p2p-listen",
+            &format!("/ip4/127.0.0.1/tcp/{}", free_port()),
+        ])
+        .args(["--api-listen", &api]);
+    let _node = Process::start("dev node", cmd, &dir.path().join("node.log")).unwrap();
+    let client = Client::new(url.clone());
+    client.wait_height(1, WAIT).await.unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}",
+            std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default()
+        )
+    });
+
+    let key = data.join("coordinator.key");
+    let task_file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../node-image/node/tasks/submit-digits-mlp.yaml"
+    );
+    let secret = dir.path().join("eval-secret.json");
+    let out = pot_node(
+        &bin,
+        &[
+            "tx",
+            "--node",
+            &url,
+            "--key",
+            key.to_str().unwrap(),
+            "submit-task",
+            "--task",
+            task_file,
+            "--secret-out",
+            secret.to_str().unwrap(),
+        ],
+    );
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("task: "))
+        .expect("task id printed")
+        .trim()
+        .to_string();
+    let shown: serde_json::Value =
+        serde_json::from_str(&pot_node(&bin, &["task", "get", &id, "--node", &url])).unwrap();
+    assert_eq!(shown["id"], id.as_str());
+    assert_eq!(shown["phase"], "commit");
+    assert_eq!(shown["task"]["bounty"], 5000);
+    let queue = client.queue().await.unwrap();
+    assert_eq!(queue.open, 1);
+    let head: serde_json::Value =
+        serde_json::from_str(&pot_node(&bin, &["chain", "head", "--node", &url])).unwrap();
+    assert_eq!(head["chain_id"], "pot-dev");
+}
+
+fn tx(key: &SecretKey, chain: &str, nonce: u64, body: TxBody) -> SignedTx {
+    Tx {
+        chain_id: chain.into(),
+        signer: key.address(),
+        nonce,
+        body,
+    }
+    .sign(key)
+}
+
+async fn post_raw(base: &str, body: &str) -> (u16, serde_json::Value) {
+    // The typed client only sends well-formed bodies; these go around it.
+    let resp = reqwest_post(base, body);
+    (resp.0, serde_json::from_str(&resp.1).unwrap_or_default())
+}
+
+/// One raw HTTP/1.1 exchange, for requests the typed client would never send.
+fn raw_http(addr: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status: u16 = out[9..12].parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn reqwest_post(base: &str, body: &str) -> (u16, String) {
+    let addr = base.trim_start_matches("http://");
+    raw_http(
+        addr,
+        &format!(
+            "POST /v1/tx HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_api_rejection_is_a_4xx_with_its_reason_and_changes_nothing() {
+    let net = Coordinators::start(1, 200, 2).expect("start");
+    let c = net.client(0);
+    c.wait_height(2, WAIT).await.unwrap();
+    let alice = &net.accounts[0];
+    let bob = &net.accounts[1];
+    let before = c.account(&alice.address()).await.unwrap();
+
+    let expect = |r: Result<Hash, ClientError>, status: u16, code: &str, words: &str| match r {
+        Err(ClientError::Api { status: s, error }) => {
+            assert_eq!(
+                (s, error.code.as_str()),
+                (status, code),
+                "{}",
+                error.message
+            );
+            assert!(
+                error.message.contains(words),
+                "{code}: {:?} should mention {words:?}",
+                error.message
+            );
+        }
+        other => panic!("expected {status} {code}, got {other:?}"),
+    };
+    let send = |amount| TxBody::Transfer {
+        to: bob.address(),
+        amount: Amount(amount),
+    };
+    expect(
+        c.submit(&tx(alice, "pot-e2e", 5, send(1))).await,
+        400,
+        "tx_rejected",
+        "wrong nonce",
+    );
+    expect(
+        c.submit(&tx(alice, "other-chain", 0, send(1))).await,
+        400,
+        "tx_rejected",
+        "chain",
+    );
+    expect(
+        c.submit(&tx(alice, "pot-e2e", 0, send(10_000_000))).await,
+        400,
+        "tx_rejected",
+        "insufficient funds",
+    );
+    expect(
+        c.submit(&tx(alice, "pot-e2e", 0, send(0))).await,
+        400,
+        "tx_rejected",
+        "positive",
+    );
+    let mut forged = tx(bob, "pot-e2e", 0, send(1));
+    forged.tx.signer = alice.address();
+    expect(c.submit(&forged).await, 400, "tx_rejected", "signature");
+
+    let good = tx(alice, "pot-e2e", 0, send(1));
+    let hex_tx = SubmitTx::new(&good).tx;
+    for (body, code) in [
+        ("{not json", "bad_json"),
+        (r#"{"tx": "zz"}"#, "bad_hex"),
+        (r#"{"tx": "00ff"}"#, "bad_encoding"),
+        (&format!(r#"{{"tx": "{hex_tx}00"}}"#), "bad_encoding"),
+    ] {
+        let (status, err) = post_raw(&net.api_url(0), body).await;
+        assert_eq!((status, err["code"].as_str()), (400, Some(code)), "{body}");
+    }
+
+    let not_found = |r: Result<(), ClientError>, code: &str| match r {
+        Err(ClientError::Api { status, error }) => {
+            assert_eq!(error.code, code, "{}", error.message);
+            assert!(status == 400 || status == 404);
+        }
+        other => panic!("expected {code}, got {other:?}"),
+    };
+    not_found(c.tx(&good.hash()).await.map(|_| ()), "not_found");
+    not_found(c.block(1_000_000).await.map(|_| ()), "not_found");
+    not_found(
+        c.task(&Hash::digest(b"none")).await.map(|_| ()),
+        "not_found",
+    );
+    for path in [
+        "/v1/tx/xyz",
+        "/v1/blocks/minus-one",
+        "/v1/accounts/nothex",
+        "/v1/tasks?state=sleeping",
+        "/v1/nothing",
+    ] {
+        let r: Result<serde_json::Value, _> = get_raw(&c, path).await;
+        assert!(
+            matches!(
+                r,
+                Err(ClientError::Api {
+                    status: 400 | 404,
+                    ..
+                })
+            ),
+            "{path}: {r:?}"
+        );
+    }
+
+    // Nothing changed: no nonce used, no balance moved, nothing pending.
+    c.wait_height(c.head().await.unwrap().height + 2, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(c.account(&alice.address()).await.unwrap(), before);
+    assert!(c.tx(&good.hash()).await.is_err());
+
+    // And the good one still goes through.
+    let h = c.submit(&good).await.unwrap();
+    assert!(matches!(
+        c.wait_included(&h, WAIT).await.unwrap(),
+        TxStatus::Included { .. }
+    ));
+}
+
+async fn get_raw(c: &Client, path: &str) -> Result<serde_json::Value, ClientError> {
+    let addr = c.base().trim_start_matches("http://").to_string();
+    let (status, body) = raw_http(
+        &addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    );
+    if status >= 400 {
+        let error = serde_json::from_str(&body).unwrap_or(pot_protocol::api::ApiError {
+            code: "?".into(),
+            message: body,
+        });
+        return Err(ClientError::Api { status, error });
+    }
+    Ok(serde_json::from_str(&body).unwrap_or_default())
+}
