@@ -30,7 +30,8 @@ pub struct Coordinators {
     extra_args: Vec<Vec<String>>,
 }
 
-fn free_port() -> u16 {
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -4,12 +4,12 @@
 use std::process::Command;
 use std::time::Duration;
 
-use pot_e2e::coordinators::Coordinators;
+use pot_e2e::coordinators::{Coordinators, free_port};
 use pot_e2e::spawn::Process;
 use pot_protocol::api::{SubmitTx, TxStatus};
 use pot_protocol::client::{Client, ClientError};
 use pot_protocol::tx::{Tx, TxBody};
-use pot_protocol::{Amount, Hash, SecretKey, SignedTx};
+use pot_protocol::{Amount, Hash, Phase, SecretKey, SignedTx};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -21,14 +21,6 @@ fn pot_node(bin: &std::path::Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -89,6 +81,18 @@ async fn dev_node_takes_a_task_from_the_cli_and_shows_it() {
     assert_eq!(shown["task"]["bounty"], 5000);
     let queue = client.queue().await.unwrap();
     assert_eq!(queue.open, 1);
+    assert_eq!(queue.by_phase.get(&Phase::Commit), Some(&1));
+    let in_commit = client.tasks(Some(Phase::Commit)).await.unwrap();
+    assert_eq!(in_commit.len(), 1);
+    assert_eq!(in_commit[0].id.to_string(), id);
+    assert!(
+        client
+            .tasks(Some(Phase::Finalized))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(client.tasks(None).await.unwrap().len(), 1);
     let head: serde_json::Value =
         serde_json::from_str(&pot_node(&bin, &["chain", "head", "--node", &url])).unwrap();
     assert_eq!(head["chain_id"], "pot-dev");
@@ -104,33 +108,23 @@ fn tx(key: &SecretKey, chain: &str, nonce: u64, body: TxBody) -> SignedTx {
     .sign(key)
 }
 
-async fn post_raw(base: &str, body: &str) -> (u16, serde_json::Value) {
-    // The typed client only sends well-formed bodies; these go around it.
-    let resp = reqwest_post(base, body);
-    (resp.0, serde_json::from_str(&resp.1).unwrap_or_default())
-}
-
-/// One raw HTTP/1.1 exchange, for requests the typed client would never send.
-fn raw_http(addr: &str, request: &str) -> (u16, String) {
+/// One raw HTTP/1.1 exchange with the node at `base`: for requests the typed client would never
+/// send. Returns the status and the body.
+fn raw_http(base: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status: u16 = out[9..12].parse().unwrap();
     let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (status, body)
-}
-
-fn reqwest_post(base: &str, body: &str) -> (u16, String) {
-    let addr = base.trim_start_matches("http://");
-    raw_http(
-        addr,
-        &format!(
-            "POST /v1/tx HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -198,7 +192,8 @@ async fn every_api_rejection_is_a_4xx_with_its_reason_and_changes_nothing() {
         (r#"{"tx": "00ff"}"#, "bad_encoding"),
         (&format!(r#"{{"tx": "{hex_tx}00"}}"#), "bad_encoding"),
     ] {
-        let (status, err) = post_raw(&net.api_url(0), body).await;
+        let (status, err) = raw_http(&net.api_url(0), "POST", "/v1/tx", body);
+        let err: serde_json::Value = serde_json::from_str(&err).unwrap_or_default();
         assert_eq!((status, err["code"].as_str()), (400, Some(code)), "{body}");
     }
 
@@ -215,23 +210,19 @@ async fn every_api_rejection_is_a_4xx_with_its_reason_and_changes_nothing() {
         c.task(&Hash::digest(b"none")).await.map(|_| ()),
         "not_found",
     );
-    for path in [
-        "/v1/tx/xyz",
-        "/v1/blocks/minus-one",
-        "/v1/accounts/nothex",
-        "/v1/tasks?state=sleeping",
-        "/v1/nothing",
+    for (path, status, code) in [
+        ("/v1/tx/xyz", 400, "bad_hash"),
+        ("/v1/blocks/minus-one", 400, "bad_height"),
+        ("/v1/accounts/nothex", 400, "bad_address"),
+        ("/v1/tasks?state=sleeping", 400, "bad_state"),
+        ("/v1/nothing", 404, "not_found"),
     ] {
-        let r: Result<serde_json::Value, _> = get_raw(&c, path).await;
-        assert!(
-            matches!(
-                r,
-                Err(ClientError::Api {
-                    status: 400 | 404,
-                    ..
-                })
-            ),
-            "{path}: {r:?}"
+        let (got, body) = raw_http(&net.api_url(0), "GET", path, "");
+        let err: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        assert_eq!(
+            (got, err["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {body}"
         );
     }
 
@@ -248,20 +239,4 @@ async fn every_api_rejection_is_a_4xx_with_its_reason_and_changes_nothing() {
         c.wait_included(&h, WAIT).await.unwrap(),
         TxStatus::Included { .. }
     ));
-}
-
-async fn get_raw(c: &Client, path: &str) -> Result<serde_json::Value, ClientError> {
-    let addr = c.base().trim_start_matches("http://").to_string();
-    let (status, body) = raw_http(
-        &addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
-    );
-    if status >= 400 {
-        let error = serde_json::from_str(&body).unwrap_or(pot_protocol::api::ApiError {
-            code: "?".into(),
-            message: body,
-        });
-        return Err(ClientError::Api { status, error });
-    }
-    Ok(serde_json::from_str(&body).unwrap_or_default())
 }

@@ -13,10 +13,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use pot_protocol::api::{
     AccountInfo, ApiError, BlockInfo, Head, Queue, SubmitTx, Submitted, TaskInfo, TxStatus,
-    phase_name,
 };
 use pot_protocol::tx::{Role, limits};
-use pot_protocol::{Address, Hash, SignedTx, State};
+use pot_protocol::{Address, Hash, Phase, SignedTx, State};
 use serde::Deserialize;
 use tower_http::timeout::TimeoutLayer;
 
@@ -119,20 +118,17 @@ async fn tx_status(
     }
 }
 
-fn head_of(api: &Api, state: &State) -> Head {
-    Head {
+async fn head(AxumState(api): AxumState<Api>) -> Json<Head> {
+    let snapshot = api.chain.snapshot();
+    let state = &snapshot.state;
+    Json(Head {
         chain_id: state.chain_id.clone(),
         genesis_hash: api.chain.genesis_hash(),
         height: state.tip.height,
         hash: state.tip.hash,
         time_ms: state.tip.time_ms,
-        state_root: state.state_root(),
-    }
-}
-
-async fn head(AxumState(api): AxumState<Api>) -> Json<Head> {
-    let state = api.chain.state();
-    Json(head_of(&api, &state))
+        state_root: snapshot.state_root,
+    })
 }
 
 async fn block(
@@ -187,7 +183,7 @@ async fn account(
 
 #[derive(Deserialize)]
 struct TaskFilter {
-    state: Option<String>,
+    state: Option<Phase>,
 }
 
 fn task_info(state: &State, id: Hash) -> Option<TaskInfo> {
@@ -203,39 +199,18 @@ async fn tasks(
     AxumState(api): AxumState<Api>,
     filter: Result<Query<TaskFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<TaskInfo>>, Error> {
-    let Query(filter) = filter.map_err(|e| bad_request("bad_query", e.body_text()))?;
+    // `state` is the only parameter, so a query that does not parse names a bad state (serde
+    // lists the valid ones).
+    let Query(filter) = filter.map_err(|e| bad_request("bad_state", e.body_text()))?;
     let state = api.chain.state();
-    let all = state.tasks.keys().filter_map(|id| task_info(&state, *id));
-    let list: Vec<TaskInfo> = match filter.state {
-        None => all.collect(),
-        Some(wanted) => {
-            if !PHASES.contains(&wanted.as_str()) {
-                return Err(bad_request(
-                    "bad_state",
-                    format!(
-                        "unknown task state {wanted:?}; one of {}",
-                        PHASES.join(", ")
-                    ),
-                ));
-            }
-            all.filter(|t| phase_name(t.phase) == wanted).collect()
-        }
-    };
+    let list = state
+        .tasks
+        .keys()
+        .filter_map(|id| task_info(&state, *id))
+        .filter(|t| filter.state.is_none_or(|wanted| t.phase == wanted))
+        .collect();
     Ok(Json(list))
 }
-
-/// Task phases by their API names.
-const PHASES: [&str; 9] = [
-    "commit",
-    "reveal",
-    "eval_reveal",
-    "report_commit",
-    "report_reveal",
-    "challenge",
-    "resolution",
-    "finalized",
-    "failed",
-];
 
 async fn task(
     AxumState(api): AxumState<Api>,
@@ -254,7 +229,7 @@ async fn queue(AxumState(api): AxumState<Api>) -> Json<Queue> {
     let mut by_phase = BTreeMap::new();
     let mut open = 0;
     for task in state.tasks.values() {
-        *by_phase.entry(phase_name(task.phase(next))).or_insert(0) += 1;
+        *by_phase.entry(task.phase(next)).or_insert(0) += 1;
         if task.is_active() {
             open += 1;
         }

@@ -5,6 +5,7 @@ use std::process::Command as Process;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use pot_node::chain::now_ms;
 use pot_node::run_dir::RunDir;
 use pot_node::train::fetch::Cache;
 use pot_node::wallet::{TaskSubmission, Wallet};
@@ -542,11 +543,4 @@ async fn send_tx(signer: SignerArgs, what: TxWhat) -> anyhow::Result<()> {
     println!("tx: {hash}");
     println!("{}", serde_json::to_string(&status)?);
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use pot_protocol::api::TxStatus;
 use pot_protocol::client::Client;
 use pot_protocol::tx::{DatasetRef, TaskSpec, Tx, TxBody, Windows, eval_commitment, task_id};
-use pot_protocol::{Amount, Hash, SecretKey};
+use pot_protocol::{Amount, Hash, SecretKey, SignedTx};
 use serde::{Deserialize, Serialize};
 
 /// A task as a client submits it (YAML): the on-chain spec, the bounty, the eval set it commits
@@ -48,7 +48,16 @@ impl Wallet {
     /// Sign `body` with the next nonce, submit it, and wait for its block.
     pub async fn send(&self, body: TxBody, wait: Duration) -> anyhow::Result<(Hash, TxStatus)> {
         let (stx, _) = self.sign(body).await?;
-        let hash = self.client.submit(&stx).await?;
+        self.submit_and_wait(&stx, wait).await
+    }
+
+    /// Submit a signed transaction and wait until it is in a block; a rejection is an error.
+    async fn submit_and_wait(
+        &self,
+        stx: &SignedTx,
+        wait: Duration,
+    ) -> anyhow::Result<(Hash, TxStatus)> {
+        let hash = self.client.submit(stx).await?;
         let status = self.client.wait_included(&hash, wait).await?;
         if let TxStatus::Rejected { reason } = &status {
             bail!("transaction {hash} was rejected: {reason}");
@@ -57,7 +66,7 @@ impl Wallet {
     }
 
     /// Sign `body` with the account's next nonce; also returns that nonce.
-    pub async fn sign(&self, body: TxBody) -> anyhow::Result<(pot_protocol::SignedTx, u64)> {
+    pub async fn sign(&self, body: TxBody) -> anyhow::Result<(SignedTx, u64)> {
         let head = self.client.head().await?;
         let account = self.client.account(&self.key.address()).await?;
         let tx = Tx {
@@ -83,11 +92,7 @@ impl Wallet {
             windows: sub.windows,
         };
         let (stx, nonce) = self.sign(body).await?;
-        let hash = self.client.submit(&stx).await?;
-        let status = self.client.wait_included(&hash, wait).await?;
-        if let TxStatus::Rejected { reason } = status {
-            bail!("task submission {hash} was rejected: {reason}");
-        }
+        self.submit_and_wait(&stx, wait).await?;
         let task = task_id(&self.key.address(), nonce);
         Ok((
             task,

@@ -59,6 +59,12 @@ impl Workspace {
     }
 }
 
+/// Assert that a command's output (stdout and stderr) says `words`, showing all of it if not.
+fn assert_says(o: &Output, words: &str) {
+    let t = text(o);
+    assert!(t.contains(words), "expected {words:?} in:\n{t}");
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -72,7 +78,7 @@ fn train_verify_eval_and_a_tampered_checkpoint() {
     let ws = Workspace::new(TASK);
     let out = ws.train(&[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("checkpoints:  11"), "{}", text(&out));
+    assert_says(&out, "checkpoints:  11");
     // A second run into the same directory is refused rather than mixed in.
     let again = ws.train(&[]);
     assert!(!again.status.success() && text(&again).contains("already holds a run"));
@@ -99,17 +105,9 @@ fn train_verify_eval_and_a_tampered_checkpoint() {
     .unwrap();
     let bad = ws.verify("4");
     assert!(!bad.status.success());
-    assert!(
-        text(&bad).contains("is not the committed"),
-        "{}",
-        text(&bad)
-    );
+    assert_says(&bad, "is not the committed");
     let bad = ws.verify("10");
-    assert!(
-        text(&bad).contains("segment 10 does not exist"),
-        "{}",
-        text(&bad)
-    );
+    assert_says(&bad, "segment 10 does not exist");
 }
 
 #[test]
@@ -117,11 +115,7 @@ fn a_wrong_dataset_hash_trains_nothing() {
     let ws = Workspace::new(&TASK.replace("09f66e6d", "19f66e6d"));
     let out = ws.train(&[]);
     assert!(!out.status.success());
-    assert!(
-        text(&out).contains("the task says 19f66e6d"),
-        "{}",
-        text(&out)
-    );
+    assert_says(&out, "the task says 19f66e6d");
     assert!(
         !ws.run.exists(),
         "nothing may be written when the data does not match"
@@ -129,19 +123,14 @@ fn a_wrong_dataset_hash_trains_nothing() {
 
     let ws = Workspace::new(&TASK.replace("steps: 200", "steps: 210"));
     let out = ws.train(&[]);
-    assert!(
-        text(&out).contains("checkpoint_interval must be positive and divide steps"),
-        "{}",
-        text(&out)
+    assert_says(
+        &out,
+        "checkpoint_interval must be positive and divide steps",
     );
 
     let ws = Workspace::new(&TASK.replace("model: mlp:32", "model: mlp:32\ncolour: blue"));
     let out = ws.train(&[]);
-    assert!(
-        text(&out).contains("unknown field `colour`"),
-        "{}",
-        text(&out)
-    );
+    assert_says(&out, "unknown field `colour`");
 }
 
 #[test]
@@ -223,5 +212,5 @@ seed: 3
     );
     let ws = Workspace::new(&task.replace("  labels:", "  # labels:"));
     let out = ws.train(&[]);
-    assert!(text(&out).contains("needs `labels"), "{}", text(&out));
+    assert_says(&out, "needs `labels");
 }

@@ -134,8 +134,8 @@ pub struct Queue {
     pub height: Height,
     /// Tasks still being worked on (not finalized or failed).
     pub open: u64,
-    /// Tasks per phase, open or not (`snake_case` phase names).
-    pub by_phase: BTreeMap<String, u64>,
+    /// Tasks per phase, open or not.
+    pub by_phase: BTreeMap<Phase, u64>,
 }
 
 /// Every error body: a stable machine-readable code and a message for people.
@@ -143,12 +143,4 @@ pub struct Queue {
 pub struct ApiError {
     pub code: String,
     pub message: String,
-}
-
-/// The snake_case name of a phase, as used in `?state=` and in [`Queue::by_phase`].
-pub fn phase_name(phase: Phase) -> String {
-    serde_json::to_value(phase)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .expect("phases serialise as strings")
 }

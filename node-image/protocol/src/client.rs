@@ -118,13 +118,9 @@ impl Client {
 
     /// Tasks, optionally only those in `phase`.
     pub async fn tasks(&self, phase: Option<Phase>) -> Result<Vec<TaskInfo>, ClientError> {
-        match phase {
-            Some(p) => {
-                self.get(&format!("/v1/tasks?state={}", crate::api::phase_name(p)))
-                    .await
-            }
-            None => self.get("/v1/tasks").await,
-        }
+        let url = format!("{}/v1/tasks", self.base);
+        let req = self.http.get(&url).query(&[("state", phase)]);
+        self.send(url, req).await
     }
 
     pub async fn task(&self, id: &TaskId) -> Result<TaskInfo, ClientError> {
@@ -175,14 +171,13 @@ impl Client {
     ) -> Result<Head, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match self.head().await {
+            // A node that is still starting may not answer yet; only the last error counts.
+            let head = self.head().await;
+            match head {
                 Ok(h) if h.height >= height => return Ok(h),
-                Ok(_) => {}
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                Err(_) => {}
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ClientError::Timeout(timeout, format!("height {height}")));
+                _ if tokio::time::Instant::now() < deadline => {}
+                Ok(_) => return Err(ClientError::Timeout(timeout, format!("height {height}"))),
+                Err(e) => return Err(e),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -25,7 +25,10 @@ pub use crypto::{Address, SecretKey, Signature};
 pub use error::{BlockError, TxError};
 pub use genesis::{Genesis, Params};
 pub use hash::Hash;
-pub use ledger::{BuiltBlock, TxCtx, apply_block, apply_tx, begin_block, build_block};
+pub use ledger::{
+    BuiltBlock, TxCtx, VerifiedTx, apply_block, apply_tx, apply_verified_tx, begin_block,
+    build_block, build_block_verified,
+};
 pub use state::{Phase, State};
 pub use tx::{SignedTx, Tx, TxBody};
 pub use units::{Amount, Fixed, Height, Ppm};

@@ -123,8 +123,8 @@ impl Schedule {
     }
 }
 
-/// Where a task is in its life cycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a task is in its life cycle (in the API, by its snake_case name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Miners commit claims.

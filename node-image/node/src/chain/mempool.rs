@@ -1,13 +1,14 @@
-//! Transactions waiting for a block. Admission runs the ledger's own `apply_tx` against the
+//! Transactions waiting for a block. Admission runs the ledger's own checks against the
 //! state the next block will start from plus everything already pending, so a transaction is
 //! admitted only if it would apply (signature, chain, nonce, balance, task rules) in the order
 //! it would be proposed. After each block the pending state is rebuilt from the new tip and
-//! whatever no longer applies is evicted, with its reason kept for `GET /v1/tx/{hash}`.
+//! whatever no longer applies is evicted, with its reason kept for `GET /v1/tx/{hash}`. Pending
+//! transactions are held as `VerifiedTx`, so that rebuild never re-checks a signature.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use pot_protocol::ledger::{TxCtx, begin_block};
-use pot_protocol::{Hash, SignedTx, State, TxError, apply_tx};
+use pot_protocol::{Hash, SignedTx, State, TxError, VerifiedTx, apply_verified_tx};
 
 /// Bounds on what the mempool holds.
 #[derive(Clone, Copy, Debug)]
@@ -49,7 +50,7 @@ pub struct Mempool {
     /// The tip state, advanced into the next block, with every pending transaction applied.
     pending_state: State,
     /// Pending transactions in admission order (which is nonce order per sender).
-    queue: Vec<SignedTx>,
+    queue: Vec<VerifiedTx>,
     hashes: HashSet<Hash>,
     bytes: usize,
     rejected: HashMap<Hash, String>,
@@ -94,27 +95,38 @@ impl Mempool {
         if self.hashes.contains(&hash) {
             return Ok(hash);
         }
-        let len = stx.encode().len();
+        // A full pool turns transactions away before paying for their signature check.
+        self.check_room(stx.encode().len())?;
+        self.admit_verified(VerifiedTx::new(stx)?)
+    }
+
+    fn check_room(&self, len: usize) -> Result<(), AdmitError> {
         if self.queue.len() >= self.limits.max_txs || self.bytes + len > self.limits.max_bytes {
             return Err(AdmitError::Full {
                 count: self.queue.len(),
                 bytes: self.bytes,
             });
         }
+        Ok(())
+    }
+
+    /// Admit a checked transaction there is room for.
+    fn admit_verified(&mut self, vtx: VerifiedTx) -> Result<Hash, AdmitError> {
         let ctx = TxCtx {
             height: self.pending_state.tip.height,
             time_ms: self.pending_state.tip.time_ms,
             index: self.queue.len() as u32,
         };
-        apply_tx(&mut self.pending_state, &ctx, &stx)?;
+        apply_verified_tx(&mut self.pending_state, &ctx, &vtx)?;
+        let hash = vtx.hash();
         self.hashes.insert(hash);
-        self.bytes += len;
-        self.queue.push(stx);
+        self.bytes += vtx.len();
+        self.queue.push(vtx);
         Ok(hash)
     }
 
     /// Candidates for the next block, in the order they were admitted.
-    pub fn candidates(&self) -> impl Iterator<Item = &SignedTx> {
+    pub fn candidates(&self) -> impl Iterator<Item = &VerifiedTx> {
         self.queue.iter()
     }
 
@@ -134,12 +146,12 @@ impl Mempool {
         self.bytes = 0;
         self.pending_state = next_block_state(tip, now_ms);
         let mut evicted = 0;
-        for stx in old {
-            let hash = stx.hash();
+        for vtx in old {
+            let hash = vtx.hash();
             if included.contains(&hash) {
                 continue;
             }
-            if let Err(e) = self.admit(stx) {
+            if let Err(e) = self.admit_verified(vtx) {
                 self.remember_rejection(hash, e.to_string());
                 evicted += 1;
             }
@@ -247,6 +259,22 @@ mod tests {
         pool.on_block(&built.state, &[a.hash()], 3_001);
         assert_eq!(pool.len(), 1);
         assert_eq!(pool.seen(&b.hash()), Some(Seen::Pending));
+    }
+
+    #[test]
+    fn a_forged_signature_is_refused() {
+        let state = genesis();
+        let mut pool = Mempool::new(&state, 2_000, Limits::default());
+        let mut forged = transfer(0, 1);
+        forged.tx.body = TxBody::Transfer {
+            to: key(3).address(),
+            amount: Amount(1),
+        };
+        assert!(matches!(
+            pool.admit(forged),
+            Err(AdmitError::Invalid(TxError::BadSignature(_)))
+        ));
+        assert!(pool.is_empty());
     }
 
     #[test]

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pot_protocol::api::TxStatus;
-use pot_protocol::{Address, Block, BlockError, Genesis, Hash, SignedTx, State, build_block};
-use tokio::sync::watch;
+use pot_protocol::{
+    Address, Block, BlockError, Genesis, Hash, SignedTx, State, VerifiedTx, build_block_verified,
+};
 
 use mempool::{AdmitError, Limits, Mempool, Seen};
 use store::{Store, StoreError};
@@ -50,22 +51,20 @@ pub enum ChainError {
     DecidedBlockInvalid { height: u64, error: BlockError },
 }
 
-/// The last decided block, published to whoever waits for the chain to move.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tip {
-    pub height: u64,
-    pub hash: Hash,
-    pub time_ms: u64,
-    pub txs: usize,
+/// The state after the last decided block and its root, swapped together. The root is that
+/// block's `state_root` (checked when the block was applied), so readers never rehash the state.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub state: Arc<State>,
+    pub state_root: Hash,
 }
 
 pub struct Chain {
     genesis: Genesis,
     genesis_hash: Hash,
     store: Store,
-    state: RwLock<Arc<State>>,
+    snapshot: RwLock<Snapshot>,
     mempool: Mutex<Mempool>,
-    tip: watch::Sender<Tip>,
 }
 
 impl Chain {
@@ -78,19 +77,16 @@ impl Chain {
             None => State::from_genesis(&genesis),
         };
         let mempool = Mempool::new(&state, now_ms(), limits);
-        let (tip, _) = watch::channel(Tip {
-            height: state.tip.height,
-            hash: state.tip.hash,
-            time_ms: state.tip.time_ms,
-            txs: 0,
-        });
+        let snapshot = Snapshot {
+            state_root: state.state_root(),
+            state: Arc::new(state),
+        };
         Ok(Chain {
             genesis,
             genesis_hash,
             store,
-            state: RwLock::new(Arc::new(state)),
+            snapshot: RwLock::new(snapshot),
             mempool: Mutex::new(mempool),
-            tip,
         })
     }
 
@@ -106,17 +102,18 @@ impl Chain {
         &self.store
     }
 
-    /// The state after the last decided block (a cheap shared snapshot).
+    /// The state after the last decided block and its root (cheap: shared, not copied).
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.read().expect("state lock").clone()
+    }
+
+    /// The state after the last decided block.
     pub fn state(&self) -> Arc<State> {
-        self.state.read().expect("state lock").clone()
+        self.snapshot().state
     }
 
     pub fn height(&self) -> u64 {
         self.state().tip.height
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<Tip> {
-        self.tip.subscribe()
     }
 
     pub fn mempool_size(&self) -> (usize, usize) {
@@ -152,14 +149,14 @@ impl Chain {
     pub fn propose(&self, proposer: Address, now_ms: u64) -> (Block, State) {
         let state = self.state();
         let time = now_ms.max(state.tip.time_ms + 1);
-        let candidates: Vec<SignedTx> = self
+        let candidates: Vec<VerifiedTx> = self
             .mempool
             .lock()
             .expect("mempool lock")
             .candidates()
             .cloned()
             .collect();
-        let built = build_block(&state, proposer, time, candidates);
+        let built = build_block_verified(&state, proposer, time, candidates);
         if !built.rejected.is_empty() {
             let mut m = self.mempool.lock().expect("mempool lock");
             for (hash, error) in &built.rejected {
@@ -220,18 +217,15 @@ impl Chain {
         };
         self.store.commit(block, certificate, &next)?;
         let next = Arc::new(next);
-        *self.state.write().expect("state lock") = next.clone();
+        *self.snapshot.write().expect("state lock") = Snapshot {
+            state: next.clone(),
+            state_root: block.header.state_root,
+        };
         let included: Vec<Hash> = block.txs.iter().map(SignedTx::hash).collect();
         self.mempool
             .lock()
             .expect("mempool lock")
             .on_block(&next, &included, now_ms());
-        self.tip.send_replace(Tip {
-            height,
-            hash: block.hash(),
-            time_ms: block.header.time_ms,
-            txs: block.txs.len(),
-        });
         Ok(())
     }
 }

@@ -25,6 +25,11 @@ const META_STATE: &str = "state";
 pub enum StoreError {
     #[error("storage: {0}")]
     Db(#[from] redb::Error),
+    #[error("creating the data directory {dir}: {error}")]
+    Io {
+        dir: std::path::PathBuf,
+        error: std::io::Error,
+    },
     #[error("data directory belongs to chain with genesis {found}, not {expected}")]
     OtherChain { expected: Hash, found: Hash },
     #[error("stored {what} does not decode: {error}")]
@@ -58,8 +63,10 @@ pub struct Store {
 impl Store {
     /// Open (or create) the store for the chain with this genesis hash.
     pub fn open(dir: &Path, genesis_hash: Hash) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Db(redb::StorageError::Io(e).into()))?;
+        std::fs::create_dir_all(dir).map_err(|error| StoreError::Io {
+            dir: dir.to_path_buf(),
+            error,
+        })?;
         let db = Database::create(dir.join("chain.redb"))?;
         let w = db.begin_write()?;
         {

@@ -60,9 +60,9 @@ pub struct App {
     block_time: Duration,
     metrics: Arc<Metrics>,
     reassembly: Reassembly,
-    /// States after the proposals checked at the current height, so a decision is not
-    /// executed twice.
-    checked: HashMap<BlockId, State>,
+    /// Proposals checked at the current height, each with the state after it, so a decision is
+    /// neither read back from the store nor executed twice.
+    checked: HashMap<BlockId, (BlockValue, State)>,
     future: BTreeMap<u64, Vec<Assembled>>,
     last_commit: Option<std::time::Instant>,
     fault: Option<Fault>,
@@ -266,7 +266,7 @@ impl App {
         debug!(%height, %round, txs = block.txs.len(), "proposing");
         let value = BlockValue::new(block);
         self.store_proposal(height, round, Round::Nil, self.me, true, &value)?;
-        self.checked.insert(value.id(), after);
+        self.checked.insert(value.id(), (value.clone(), after));
         Ok(value)
     }
 
@@ -330,7 +330,7 @@ impl App {
             .check_proposal(value.block(), a.proposer.0, now_ms())
         {
             Ok(after) => {
-                self.checked.insert(value.id(), after);
+                self.checked.insert(value.id(), (value.clone(), after));
                 true
             }
             Err(e) => {
@@ -408,14 +408,22 @@ impl App {
     fn commit(&mut self, certificate: CommitCertificate<PotContext>) -> eyre::Result<()> {
         let height = certificate.height;
         let id = certificate.value_id;
-        let value = self
-            .stored_proposals(height, None)?
-            .into_iter()
-            .find(|p| p.value.id() == id)
-            .map(|p| p.value)
-            .ok_or_else(|| eyre!("decided value {id} at height {height} was never received"))?;
+        // A value checked at this height is in memory with the state after it; one that came
+        // through sync, or before a restart, is in the store and is executed on commit.
+        let (value, after) = match self.checked.remove(&id) {
+            Some((value, after)) => (value, Some(after)),
+            None => {
+                let stored = self
+                    .stored_proposals(height, None)?
+                    .into_iter()
+                    .find(|p| p.value.id() == id)
+                    .ok_or_else(|| {
+                        eyre!("decided value {id} at height {height} was never received")
+                    })?;
+                (stored.value, None)
+            }
+        };
         let cert_bytes = BorshCodec.encode(&certificate)?;
-        let after = self.checked.remove(&id);
         self.chain.commit(value.block(), &cert_bytes, after)?;
         self.checked.clear();
         let now = std::time::Instant::now();

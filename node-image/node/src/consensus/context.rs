@@ -6,7 +6,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use borsh::{BorshDeserialize, BorshSerialize};
-use bytes::Bytes;
 use malachitebft_core_types as mc;
 use mc::{NilOrVal, Round, SignedExtension, VoteType};
 use pot_protocol::genesis::Coordinator;
@@ -101,10 +100,6 @@ impl BlockValue {
 
     pub fn block(&self) -> &Block {
         &self.block
-    }
-
-    pub fn height(&self) -> u64 {
-        self.block.header.height
     }
 }
 
@@ -258,6 +253,25 @@ pub struct Vote {
     pub extension: Option<SignedExtension<PotContext>>,
 }
 
+impl Vote {
+    pub fn new(
+        vote_type: VoteType,
+        height: Height,
+        round: Round,
+        value: NilOrVal<BlockId>,
+        validator: ValidatorAddress,
+    ) -> Vote {
+        Vote {
+            vote_type,
+            height,
+            round,
+            value,
+            validator,
+            extension: None,
+        }
+    }
+}
+
 impl mc::Vote<PotContext> for Vote {
     fn height(&self) -> Height {
         self.height
@@ -377,14 +391,7 @@ impl mc::Context for PotContext {
         value_id: NilOrVal<BlockId>,
         address: ValidatorAddress,
     ) -> Vote {
-        Vote {
-            vote_type: VoteType::Prevote,
-            height,
-            round,
-            value: value_id,
-            validator: address,
-            extension: None,
-        }
+        Vote::new(VoteType::Prevote, height, round, value_id, address)
     }
 
     fn new_precommit(
@@ -394,20 +401,8 @@ impl mc::Context for PotContext {
         value_id: NilOrVal<BlockId>,
         address: ValidatorAddress,
     ) -> Vote {
-        Vote {
-            vote_type: VoteType::Precommit,
-            height,
-            round,
-            value: value_id,
-            validator: address,
-            extension: None,
-        }
+        Vote::new(VoteType::Precommit, height, round, value_id, address)
     }
-}
-
-/// Bytes of an encoded value, as the sync protocol carries it.
-pub fn encode_value(value: &BlockValue) -> Bytes {
-    Bytes::from(borsh::to_vec(value.block()).expect("blocks encode"))
 }
 
 #[cfg(test)]

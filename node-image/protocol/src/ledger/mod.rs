@@ -44,23 +44,92 @@ impl TxCtx {
     }
 }
 
-/// Apply one signed transaction. On error nothing has changed.
-pub fn apply_tx(state: &mut State, ctx: &TxCtx, stx: &SignedTx) -> Result<(), TxError> {
-    let len = stx.encode().len();
+fn check_size(len: usize) -> Result<(), TxError> {
     if len > limits::MAX_TX_BYTES {
         return Err(TxError::TooLarge {
             len,
             max: limits::MAX_TX_BYTES,
         });
     }
-    let tx = &stx.tx;
-    if tx.chain_id != state.chain_id {
+    Ok(())
+}
+
+fn check_chain(state: &State, stx: &SignedTx) -> Result<(), TxError> {
+    if stx.tx.chain_id != state.chain_id {
         return Err(TxError::WrongChain {
             expected: state.chain_id.clone(),
-            got: tx.chain_id.clone(),
+            got: stx.tx.chain_id.clone(),
         });
     }
+    Ok(())
+}
+
+/// A transaction whose state-independent checks passed: it is within the size limit and its
+/// signature verifies. Neither can change, so whoever holds one (a mempool re-checking pending
+/// transactions after every block, a proposer building from it) never repeats them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedTx {
+    stx: SignedTx,
+    hash: Hash,
+    len: usize,
+}
+
+impl VerifiedTx {
+    pub fn new(stx: SignedTx) -> Result<VerifiedTx, TxError> {
+        Self::check(stx).map_err(|(_, _, e)| e)
+    }
+
+    /// As `new`, keeping the hash and length of a transaction that fails.
+    fn check(stx: SignedTx) -> Result<VerifiedTx, (Hash, usize, TxError)> {
+        let len = stx.encode().len();
+        let checked = check_size(len).and_then(|()| Ok(stx.verify_signature()?));
+        let hash = stx.hash();
+        match checked {
+            Ok(()) => Ok(VerifiedTx { stx, hash, len }),
+            Err(e) => Err((hash, len, e)),
+        }
+    }
+
+    pub fn tx(&self) -> &SignedTx {
+        &self.stx
+    }
+
+    pub fn into_tx(self) -> SignedTx {
+        self.stx
+    }
+
+    pub fn hash(&self) -> Hash {
+        self.hash
+    }
+
+    /// Length of the canonical encoding.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Apply one signed transaction. On error nothing has changed.
+pub fn apply_tx(state: &mut State, ctx: &TxCtx, stx: &SignedTx) -> Result<(), TxError> {
+    check_size(stx.encode().len())?;
+    check_chain(state, stx)?;
     stx.verify_signature()?;
+    apply_body(state, ctx, stx)
+}
+
+/// Apply a transaction whose size and signature were already checked. On error nothing has
+/// changed.
+pub fn apply_verified_tx(state: &mut State, ctx: &TxCtx, vtx: &VerifiedTx) -> Result<(), TxError> {
+    check_chain(state, &vtx.stx)?;
+    apply_body(state, ctx, &vtx.stx)
+}
+
+/// The state-dependent part of a transaction: nonce, then what its body does.
+fn apply_body(state: &mut State, ctx: &TxCtx, stx: &SignedTx) -> Result<(), TxError> {
+    let tx = &stx.tx;
     let expected = state.account(&tx.signer).nonce;
     if tx.nonce != expected || expected == u64::MAX {
         return Err(TxError::WrongNonce {
@@ -189,6 +258,32 @@ pub fn build_block(
     time_ms: u64,
     candidates: impl IntoIterator<Item = SignedTx>,
 ) -> BuiltBlock {
+    build(
+        state,
+        proposer,
+        time_ms,
+        candidates.into_iter().map(VerifiedTx::check),
+    )
+}
+
+/// [`build_block`] from transactions whose size and signature were already checked.
+pub fn build_block_verified(
+    state: &State,
+    proposer: Address,
+    time_ms: u64,
+    candidates: impl IntoIterator<Item = VerifiedTx>,
+) -> BuiltBlock {
+    build(state, proposer, time_ms, candidates.into_iter().map(Ok))
+}
+
+/// A candidate is a verified transaction, or one that failed its stateless checks (with its
+/// hash and encoded length, which still count against the block limits in the given order).
+fn build(
+    state: &State,
+    proposer: Address,
+    time_ms: u64,
+    candidates: impl Iterator<Item = Result<VerifiedTx, (Hash, usize, TxError)>>,
+) -> BuiltBlock {
     let height = state.tip.height + 1;
     let prev_hash = state.tip.hash;
     let mut next = state.clone();
@@ -196,22 +291,32 @@ pub fn build_block(
     let mut txs = Vec::new();
     let mut bytes = 0;
     let mut rejected = Vec::new();
-    for stx in candidates {
-        let len = stx.encode().len();
+    for candidate in candidates {
+        let len = match &candidate {
+            Ok(v) => v.len,
+            Err((_, len, _)) => *len,
+        };
         if txs.len() == block_limits::MAX_TXS || bytes + len > block_limits::MAX_TX_BYTES_TOTAL {
             break;
         }
+        let vtx = match candidate {
+            Ok(v) => v,
+            Err((hash, _, e)) => {
+                rejected.push((hash, e));
+                continue;
+            }
+        };
         let ctx = TxCtx {
             height,
             time_ms,
             index: txs.len() as u32,
         };
-        match apply_tx(&mut next, &ctx, &stx) {
+        match apply_verified_tx(&mut next, &ctx, &vtx) {
             Ok(()) => {
                 bytes += len;
-                txs.push(stx);
+                txs.push(vtx.into_tx());
             }
-            Err(e) => rejected.push((stx.hash(), e)),
+            Err(e) => rejected.push((vtx.hash, e)),
         }
     }
     let header = BlockHeader {
