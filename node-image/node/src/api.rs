@@ -59,9 +59,14 @@ fn internal(e: impl ToString) -> Error {
     Error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
 
-fn parse_hash(what: &str, s: &str) -> Result<Hash, Error> {
+/// Parse a path parameter; a bad one is a 400 with `code`, naming the parameter and why.
+fn parse<T>(code: &'static str, what: &str, s: &str) -> Result<T, Error>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
     s.parse()
-        .map_err(|e| bad_request("bad_hash", format!("{what} {s:?}: {e}")))
+        .map_err(|e| bad_request(code, format!("{what} {s:?}: {e}")))
 }
 
 pub fn router(api: Api) -> Router {
@@ -109,7 +114,7 @@ async fn tx_status(
     AxumState(api): AxumState<Api>,
     Path(hash): Path<String>,
 ) -> Result<Json<TxStatus>, Error> {
-    let hash = parse_hash("transaction hash", &hash)?;
+    let hash = parse("bad_hash", "transaction hash", &hash)?;
     match api.chain.tx_status(&hash).map_err(internal)? {
         Some(s) => Ok(Json(s)),
         None => Err(not_found(format!(
@@ -135,9 +140,7 @@ async fn block(
     AxumState(api): AxumState<Api>,
     Path(height): Path<String>,
 ) -> Result<Json<BlockInfo>, Error> {
-    let height: u64 = height
-        .parse()
-        .map_err(|_| bad_request("bad_height", format!("height {height:?} is not a number")))?;
+    let height: u64 = parse("bad_height", "height", &height)?;
     let store = api.chain.store();
     let block = store
         .block(height)
@@ -155,9 +158,7 @@ async fn account(
     AxumState(api): AxumState<Api>,
     Path(address): Path<String>,
 ) -> Result<Json<AccountInfo>, Error> {
-    let address: Address = address
-        .parse()
-        .map_err(|e| bad_request("bad_address", format!("address {address:?}: {e}")))?;
+    let address: Address = parse("bad_address", "address", &address)?;
     let state = api.chain.state();
     let acct = state.account(&address);
     let stake = |role| {
@@ -216,7 +217,7 @@ async fn task(
     AxumState(api): AxumState<Api>,
     Path(id): Path<String>,
 ) -> Result<Json<TaskInfo>, Error> {
-    let id = parse_hash("task id", &id)?;
+    let id = parse("bad_hash", "task id", &id)?;
     let state = api.chain.state();
     task_info(&state, id)
         .map(Json)
