@@ -24,6 +24,7 @@ pub struct Coordinators {
     pub accounts: Vec<SecretKey>,
     pub genesis: Genesis,
     p2p_ports: Vec<u16>,
+    gossip_ports: Vec<u16>,
     api_ports: Vec<u16>,
     procs: Vec<Option<Process>>,
     starts: Vec<u32>,
@@ -103,6 +104,7 @@ impl Coordinators {
             accounts,
             genesis,
             p2p_ports: (0..n).map(|_| free_port()).collect(),
+            gossip_ports: (0..n).map(|_| free_port()).collect(),
             api_ports: (0..n).map(|_| free_port()).collect(),
             procs: (0..n).map(|_| None).collect(),
             starts: vec![0; n],
@@ -138,10 +140,13 @@ impl Coordinators {
 
     /// (Re)start coordinator `i` from its data directory.
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
-        let peers: Vec<String> = (0..self.len())
-            .filter(|j| *j != i)
-            .map(|j| format!("/ip4/127.0.0.1/tcp/{}", self.p2p_ports[j]))
-            .collect();
+        let others = |ports: &[u16]| -> String {
+            (0..self.len())
+                .filter(|j| *j != i)
+                .map(|j| format!("/ip4/127.0.0.1/tcp/{}", ports[j]))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let d = self.dir.path();
         let mut cmd = Command::new(&self.bin);
         cmd.arg("run")
@@ -156,7 +161,11 @@ impl Coordinators {
             .arg("--api-listen")
             .arg(format!("127.0.0.1:{}", self.api_ports[i]))
             .arg("--peers")
-            .arg(peers.join(","))
+            .arg(others(&self.p2p_ports))
+            .arg("--gossip-listen")
+            .arg(format!("/ip4/127.0.0.1/tcp/{}", self.gossip_ports[i]))
+            .arg("--gossip-peers")
+            .arg(others(&self.gossip_ports))
             .args(&self.extra_args[i]);
         // A new log per start; the earlier ones stay for reading.
         self.starts[i] += 1;

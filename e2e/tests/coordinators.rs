@@ -122,6 +122,54 @@ async fn four_coordinators_agree_and_include_each_transaction_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_sent_to_one_coordinator_is_pending_at_the_others_before_its_block() {
+    // Long blocks leave a window in which the transaction can only be at the other
+    // coordinators by gossip: without it they learn of it when it is in a block.
+    let net = Coordinators::start(4, 3_000, 1).expect("start");
+    wait_height(&net, &[0, 1, 2, 3], 1).await;
+    // Gossip connections come up within a redial period or two; then submit just after a
+    // block, so the next one is a whole block time away.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let h = net.client(0).head().await.unwrap().height;
+    wait_height(&net, &[0], h + 1).await;
+    let tx = transfer(&net.accounts[0], 0, &net.keys[0], 1);
+    net.client(0).submit(&tx).await.expect("admitted");
+    let mut pending_at = Vec::new();
+    for i in 1..4 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match net.client(i).tx(&tx.hash()).await {
+                Ok(TxStatus::Pending) => {
+                    pending_at.push(i);
+                    break;
+                }
+                _ if tokio::time::Instant::now() > deadline => break,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+    assert_eq!(
+        pending_at,
+        vec![1, 2, 3],
+        "gossip reached only these\n{}",
+        net.log_tails(20)
+    );
+    // A second transaction from the same account may now go to another coordinator: its
+    // mempool already holds nonce 0.
+    let next = transfer(&net.accounts[0], 1, &net.keys[0], 1);
+    net.client(2)
+        .submit(&next)
+        .await
+        .expect("nonce 1 admitted after gossip");
+    for hash in [tx.hash(), next.hash()] {
+        assert!(matches!(
+            net.client(3).wait_included(&hash, WAIT).await,
+            Ok(TxStatus::Included { .. })
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_killed_coordinator_restarts_from_disk_and_catches_up() {
     let mut net = Coordinators::start(4, BLOCK_TIME_MS, 1).expect("start");
     wait_height(&net, &[0, 1, 2, 3], 5).await;

@@ -23,6 +23,7 @@ use crate::chain::mempool::AdmitError;
 use crate::chain::{Chain, now_ms};
 use crate::consensus::certificate_signers;
 use crate::metrics::Metrics;
+use crate::p2p::TxGossip;
 
 /// Largest request body: one hex-encoded transaction in JSON, with room to spare.
 pub const MAX_BODY_BYTES: usize = 2 * limits::MAX_TX_BYTES + 1024;
@@ -32,6 +33,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Api {
     pub chain: Arc<Chain>,
     pub metrics: Arc<Metrics>,
+    /// Where admitted transactions go on to the other coordinators (none on a lone node).
+    pub gossip: Option<TxGossip>,
 }
 
 /// An error response.
@@ -99,7 +102,7 @@ async fn submit_tx(
     let bytes = hex::decode(body.tx.trim())
         .map_err(|e| bad_request("bad_hex", format!("tx is not hex: {e}")))?;
     let stx = SignedTx::decode(&bytes).map_err(|e| bad_request("bad_encoding", e))?;
-    let hash = api.chain.submit(stx).map_err(|e| match e {
+    let hash = api.chain.submit(stx.clone()).map_err(|e| match e {
         AdmitError::Invalid(e) => bad_request("tx_rejected", e),
         full @ AdmitError::Full { .. } => Error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -107,6 +110,9 @@ async fn submit_tx(
             full.to_string(),
         ),
     })?;
+    if let Some(g) = &api.gossip {
+        g.publish(&stx);
+    }
     Ok(Json(Submitted { hash }))
 }
 

@@ -15,6 +15,7 @@ use crate::chain::Chain;
 use crate::chain::mempool::Limits;
 use crate::consensus::{self, EngineConfig};
 use crate::metrics::Metrics;
+use crate::p2p;
 
 pub struct Options {
     pub genesis: Genesis,
@@ -23,6 +24,9 @@ pub struct Options {
     pub p2p_listen: Multiaddr,
     pub api_listen: SocketAddr,
     pub peers: Vec<Multiaddr>,
+    /// Where to listen for transaction gossip, and the other coordinators' gossip addresses;
+    /// without it, a transaction waits for this node's turn to propose.
+    pub gossip: Option<(Multiaddr, Vec<Multiaddr>)>,
     pub fault: Option<crate::consensus::Fault>,
 }
 
@@ -42,9 +46,23 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         address = %opts.key.address(),
         "coordinator starting"
     );
+    let (gossip, gossip_loop) = match opts.gossip {
+        Some((listen, peers)) => {
+            let (handle, run) = p2p::start(chain.clone(), &opts.key, listen, peers)?;
+            (Some(handle), Some(run))
+        }
+        None => (None, None),
+    };
+    let gossip_loop = async move {
+        match gossip_loop {
+            Some(run) => run.await,
+            None => std::future::pending().await,
+        }
+    };
     let router = api::router(Api {
         chain: chain.clone(),
         metrics: metrics.clone(),
+        gossip,
     });
     let server = axum::serve(listener, router);
     let engine = consensus::run(
@@ -61,6 +79,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     tokio::select! {
         r = server => r.context("the API server stopped"),
+        r = gossip_loop => r.context("transaction gossip stopped"),
         r = engine => r.map_err(|e| anyhow::anyhow!("consensus stopped: {e:#}")),
         () = shutdown() => {
             info!("stopping on signal");

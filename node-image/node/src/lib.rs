@@ -10,6 +10,7 @@ pub mod coordinator;
 pub mod genesis_builder;
 pub mod keyfile;
 pub mod metrics;
+pub mod p2p;
 pub mod run_dir;
 pub mod train;
 pub mod verify;

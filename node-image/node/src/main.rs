@@ -182,6 +182,17 @@ struct RunArgs {
     /// Other coordinators' libp2p addresses (comma-separated or repeated).
     #[arg(long, env = "POT_PEERS", value_delimiter = ',')]
     peers: Vec<multiaddr::Multiaddr>,
+    /// libp2p listen address for transaction gossip between coordinators (off when unset).
+    #[arg(long, env = "POT_GOSSIP_LISTEN")]
+    gossip_listen: Option<multiaddr::Multiaddr>,
+    /// Other coordinators' gossip addresses (comma-separated or repeated).
+    #[arg(
+        long,
+        env = "POT_GOSSIP_PEERS",
+        value_delimiter = ',',
+        requires = "gossip_listen"
+    )]
+    gossip_peers: Vec<multiaddr::Multiaddr>,
     /// One coordinator on this machine: a genesis with this node's key as the only
     /// coordinator and a funded account, through the same consensus and block path.
     #[arg(long)]
@@ -510,6 +521,7 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
         p2p_listen: args.p2p_listen,
         api_listen: args.api_listen,
         peers: args.peers,
+        gossip: args.gossip_listen.map(|l| (l, args.gossip_peers)),
         fault: args.fault,
     }))
 }
