@@ -32,11 +32,13 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-## bench: measure pot-node against PyTorch in Python and plain training; writes BENCHMARKS.md
+## bench: measure pot-node against PyTorch in Python and plain training, and the coordinators'
+## finality and throughput; writes BENCHMARKS.md
 ## (creates a ~4.7 GB venv with torch==2.11.0 once; takes several minutes; not part of `make test`)
 bench: setup
-	$(CARGO) build --release --locked -p pot-node
-	"$$(bench/setup-venv.sh)" bench/run.py --pot-node "$(CARGO_TARGET_DIR)/release/pot-node"
+	$(CARGO) build --release --locked -p pot-node -p pot-e2e
+	"$$(bench/setup-venv.sh)" bench/run.py --pot-node "$(CARGO_TARGET_DIR)/release/pot-node" \
+		--pot-e2e "$(CARGO_TARGET_DIR)/release/pot-e2e"
 
 ## fmt: format the code
 fmt:

@@ -25,6 +25,9 @@ pub struct Coordinators {
     pub genesis: Genesis,
     p2p_ports: Vec<u16>,
     gossip_ports: Vec<u16>,
+    /// Where the others reach each node: its own ports, or relays in front of them.
+    p2p_dial: Vec<u16>,
+    gossip_dial: Vec<u16>,
     api_ports: Vec<u16>,
     procs: Vec<Option<Process>>,
     starts: Vec<u32>,
@@ -63,6 +66,41 @@ impl Coordinators {
         extra_args: Vec<Vec<String>>,
     ) -> anyhow::Result<Coordinators> {
         let bin = crate::workspace_binary("pot-node", "pot-node");
+        let mut net = Self::prepare(bin, n, block_time_ms, accounts, extra_args)?;
+        for i in 0..n {
+            net.restart(i)?;
+        }
+        Ok(net)
+    }
+
+    /// Start `n` coordinators of the `pot-node` at `bin` whose consensus and gossip links each
+    /// pass through a relay that delays every byte by `link_delay` (for benchmarks).
+    pub async fn start_delayed(
+        bin: PathBuf,
+        n: usize,
+        block_time_ms: u64,
+        accounts: usize,
+        link_delay: Duration,
+    ) -> anyhow::Result<Coordinators> {
+        let mut net = Self::prepare(bin, n, block_time_ms, accounts, vec![Vec::new(); n])?;
+        for i in 0..n {
+            net.p2p_dial[i] = crate::link_delay::relay(net.p2p_ports[i], link_delay).await?;
+            net.gossip_dial[i] = crate::link_delay::relay(net.gossip_ports[i], link_delay).await?;
+        }
+        for i in 0..n {
+            net.restart(i)?;
+        }
+        Ok(net)
+    }
+
+    /// Keys, genesis and ports for a network; nothing started.
+    fn prepare(
+        bin: PathBuf,
+        n: usize,
+        block_time_ms: u64,
+        accounts: usize,
+        extra_args: Vec<Vec<String>>,
+    ) -> anyhow::Result<Coordinators> {
         let dir = tempfile::tempdir()?;
         let keys: Vec<SecretKey> = (0..n).map(|_| SecretKey::generate()).collect();
         let accounts: Vec<SecretKey> = (0..accounts).map(|_| SecretKey::generate()).collect();
@@ -97,23 +135,23 @@ impl Coordinators {
         for (i, k) in keys.iter().enumerate() {
             write_key(&dir.path().join(format!("node{i}.key")), k)?;
         }
-        let mut net = Coordinators {
+        let p2p_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let gossip_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        Ok(Coordinators {
             dir,
             bin,
             keys,
             accounts,
             genesis,
-            p2p_ports: (0..n).map(|_| free_port()).collect(),
-            gossip_ports: (0..n).map(|_| free_port()).collect(),
+            p2p_dial: p2p_ports.clone(),
+            gossip_dial: gossip_ports.clone(),
+            p2p_ports,
+            gossip_ports,
             api_ports: (0..n).map(|_| free_port()).collect(),
             procs: (0..n).map(|_| None).collect(),
             starts: vec![0; n],
             extra_args,
-        };
-        for i in 0..n {
-            net.restart(i)?;
-        }
-        Ok(net)
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -161,11 +199,11 @@ impl Coordinators {
             .arg("--api-listen")
             .arg(format!("127.0.0.1:{}", self.api_ports[i]))
             .arg("--peers")
-            .arg(others(&self.p2p_ports))
+            .arg(others(&self.p2p_dial))
             .arg("--gossip-listen")
             .arg(format!("/ip4/127.0.0.1/tcp/{}", self.gossip_ports[i]))
             .arg("--gossip-peers")
-            .arg(others(&self.gossip_ports))
+            .arg(others(&self.gossip_dial))
             .args(&self.extra_args[i]);
         // A new log per start; the earlier ones stay for reading.
         self.starts[i] += 1;

@@ -5,6 +5,8 @@
 pub mod control_plane;
 pub mod coordinators;
 pub mod fixture;
+pub mod ledger_bench;
+pub mod link_delay;
 pub mod pki;
 pub mod spawn;
 pub mod tools;

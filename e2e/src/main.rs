@@ -20,6 +20,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Top {
+    /// Finality latency and throughput of a local coordinator network under load (JSON on
+    /// standard output; `make bench` runs it).
+    #[command(hide = true)]
+    BenchLedger {
+        /// The (release) pot-node binary.
+        #[arg(long)]
+        pot_node: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Emulated one-way latency of every link between coordinators.
+        #[arg(long, default_value_t = 0)]
+        link_delay_ms: u64,
+        #[arg(long, default_value_t = 1000)]
+        block_time_ms: u64,
+        /// Offered transactions per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Run a local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler).
     Cluster {
         #[command(subcommand)]
@@ -52,7 +72,30 @@ fn default_dir(dir: Option<PathBuf>) -> PathBuf {
 }
 
 fn main() -> anyhow::Result<()> {
-    let Top::Cluster { action } = Cli::parse().command;
+    let action = match Cli::parse().command {
+        Top::Cluster { action } => action,
+        Top::BenchLedger {
+            pot_node,
+            nodes,
+            link_delay_ms,
+            block_time_ms,
+            rate,
+            seconds,
+        } => {
+            let report = tokio::runtime::Runtime::new()?.block_on(pot_e2e::ledger_bench::run(
+                pot_e2e::ledger_bench::Config {
+                    pot_node,
+                    nodes,
+                    link_delay: Duration::from_millis(link_delay_ms),
+                    block_time_ms,
+                    rate,
+                    seconds,
+                },
+            ))?;
+            println!("{}", serde_json::to_string(&report)?);
+            return Ok(());
+        }
+    };
     match action {
         Cluster::Up { dir } => up(&default_dir(dir)),
         Cluster::Down { dir } => down(&default_dir(dir)),

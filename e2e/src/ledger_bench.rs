@@ -1,0 +1,172 @@
+//! Finality latency and sustained throughput of a local coordinator network under load, for
+//! `make bench`: signed transfers offered at a fixed rate through every coordinator's API, and
+//! each one timed from its submission to the first sight of its block.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pot_protocol::tx::{Tx, TxBody};
+use pot_protocol::{Amount, Hash, SignedTx};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::coordinators::Coordinators;
+
+pub struct Config {
+    pub pot_node: PathBuf,
+    pub nodes: usize,
+    pub link_delay: Duration,
+    pub block_time_ms: u64,
+    /// Offered load, transactions per second, for `seconds`.
+    pub rate: u64,
+    pub seconds: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub nodes: usize,
+    pub link_delay_ms: u64,
+    pub offered_tps: u64,
+    /// Included transactions per second, from the first submission to the last inclusion.
+    pub tps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub included: usize,
+    pub submitted: usize,
+    pub refused: usize,
+    pub blocks: u64,
+}
+
+/// Senders per coordinator; each sends through one coordinator, in nonce order.
+const ACCOUNTS_PER_NODE: usize = 16;
+
+pub async fn run(cfg: Config) -> anyhow::Result<Report> {
+    let n = cfg.nodes;
+    let accounts = n * ACCOUNTS_PER_NODE;
+    let net = Coordinators::start_delayed(
+        cfg.pot_node.clone(),
+        n,
+        cfg.block_time_ms,
+        accounts,
+        cfg.link_delay,
+    )
+    .await?;
+    for i in 0..n {
+        net.client(i)
+            .wait_height(2, Duration::from_secs(120))
+            .await
+            .map_err(|e| anyhow::anyhow!("coordinator {i}: {e}\n{}", net.log_tails(20)))?;
+    }
+    let start_height = net.client(0).head().await?.height;
+
+    // Sign everything first so signing does not compete with the network for the CPU.
+    let total = (cfg.rate * cfg.seconds) as usize;
+    let txs: Vec<SignedTx> = (0..total)
+        .map(|k| {
+            let from = &net.accounts[k % accounts];
+            Tx {
+                chain_id: net.genesis.chain_id.clone(),
+                signer: from.address(),
+                nonce: (k / accounts) as u64,
+                body: TxBody::Transfer {
+                    to: net.accounts[(k + 1) % accounts].address(),
+                    amount: Amount(1),
+                },
+            }
+            .sign(from)
+        })
+        .collect();
+
+    let submitted: Arc<Mutex<HashMap<Hash, Instant>>> = Arc::default();
+    let refused = Arc::new(Mutex::new(0usize));
+    let begin = Instant::now();
+    // One sequential submitter per coordinator keeps each account's nonces in order.
+    let mut senders = Vec::new();
+    for i in 0..n {
+        let client = net.client(i);
+        let mine: Vec<(usize, SignedTx)> = txs
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| (k % accounts) % n == i)
+            .map(|(k, t)| (k, t.clone()))
+            .collect();
+        let (submitted, refused, rate) = (submitted.clone(), refused.clone(), cfg.rate);
+        senders.push(tokio::spawn(async move {
+            for (k, tx) in mine {
+                // Transaction k is due k/rate seconds after the start.
+                tokio::time::sleep_until(begin + Duration::from_secs_f64(k as f64 / rate as f64))
+                    .await;
+                // Recorded before the call, so that a block seen before the reply still counts.
+                let hash = tx.hash();
+                submitted.lock().unwrap().insert(hash, Instant::now());
+                if client.submit(&tx).await.is_err() {
+                    submitted.lock().unwrap().remove(&hash);
+                    *refused.lock().unwrap() += 1;
+                }
+            }
+        }));
+    }
+
+    // Watch one coordinator's blocks and time every transaction in them.
+    let mut latencies = Vec::new();
+    let mut height = start_height;
+    let mut last_inclusion = begin;
+    let deadline = begin + Duration::from_secs(cfg.seconds + 60);
+    let client = net.client(0);
+    loop {
+        let senders_done = senders.iter().all(|s| s.is_finished());
+        let pending = submitted.lock().unwrap().len();
+        if senders_done && pending == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        // An overloaded node may answer late or not at all; the watcher just asks again.
+        let Ok(head) = client.head().await.map(|h| h.height) else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        while height < head {
+            let Ok(block) = client.block(height + 1).await else {
+                break;
+            };
+            height += 1;
+            let seen = Instant::now();
+            let mut map = submitted.lock().unwrap();
+            for t in &block.txs {
+                if let Some(at) = map.remove(&t.hash) {
+                    latencies.push(seen - at);
+                    last_inclusion = seen;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for s in senders {
+        s.await?;
+    }
+    latencies.sort();
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i].as_secs_f64() * 1000.0
+    };
+    let refused = *refused.lock().unwrap();
+    Ok(Report {
+        nodes: n,
+        link_delay_ms: cfg.link_delay.as_millis() as u64,
+        offered_tps: cfg.rate,
+        tps: latencies.len() as f64 / (last_inclusion - begin).as_secs_f64().max(1e-9),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        included: latencies.len(),
+        submitted: total - refused,
+        refused,
+        blocks: height - start_height,
+    })
+}
