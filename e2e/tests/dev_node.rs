@@ -157,7 +157,7 @@ async fn every_api_rejection_is_a_4xx_with_its_reason_and_changes_nothing() {
         amount: Amount(amount),
     };
     expect(
-        c.submit(&tx(alice, "pot-e2e", 5, send(1))).await,
+        c.submit(&tx(alice, "pot-e2e", 1_000, send(1))).await,
         400,
         "tx_rejected",
         "wrong nonce",
@@ -239,4 +239,23 @@ async fn every_api_rejection_is_a_4xx_with_its_reason_and_changes_nothing() {
         c.wait_included(&h, WAIT).await.unwrap(),
         TxStatus::Included { .. }
     ));
+
+    // A nonce a little ahead is queued until the gap fills, then both are included; another
+    // transaction for the queued nonce is refused.
+    let ahead = tx(alice, "pot-e2e", 2, send(1));
+    let h2 = c.submit(&ahead).await.unwrap();
+    assert_eq!(c.tx(&h2).await.unwrap(), TxStatus::Queued { next_nonce: 1 });
+    expect(
+        c.submit(&tx(alice, "pot-e2e", 2, send(2))).await,
+        400,
+        "tx_rejected",
+        "already queued",
+    );
+    let h1 = c.submit(&tx(alice, "pot-e2e", 1, send(1))).await.unwrap();
+    for h in [h1, h2] {
+        assert!(matches!(
+            c.wait_included(&h, WAIT).await.unwrap(),
+            TxStatus::Included { .. }
+        ));
+    }
 }

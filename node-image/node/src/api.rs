@@ -104,6 +104,7 @@ async fn submit_tx(
     let stx = SignedTx::decode(&bytes).map_err(|e| bad_request("bad_encoding", e))?;
     let hash = api.chain.submit(stx.clone()).map_err(|e| match e {
         AdmitError::Invalid(e) => bad_request("tx_rejected", e),
+        taken @ AdmitError::NonceTaken { .. } => bad_request("tx_rejected", taken),
         full @ AdmitError::Full { .. } => Error(
             StatusCode::SERVICE_UNAVAILABLE,
             "mempool_full",

@@ -35,8 +35,11 @@ pub struct Submitted {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum TxStatus {
-    /// In this node's mempool.
+    /// In this node's mempool, ready for the next block.
     Pending,
+    /// In this node's mempool, held until its sender's next nonce (`next_nonce`) reaches its
+    /// own: an earlier transaction from the same sender has not arrived yet.
+    Queued { next_nonce: u64 },
     /// In a decided block.
     Included { height: Height, index: u32 },
     /// Turned away or evicted, with the reason.

@@ -152,7 +152,7 @@ impl Client {
         loop {
             match self.tx(hash).await {
                 Ok(s @ (TxStatus::Included { .. } | TxStatus::Rejected { .. })) => return Ok(s),
-                Ok(TxStatus::Pending) => {}
+                Ok(TxStatus::Pending | TxStatus::Queued { .. }) => {}
                 Err(e) if e.code() == Some("not_found") => {}
                 Err(e) => return Err(e),
             }

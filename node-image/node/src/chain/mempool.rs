@@ -4,19 +4,30 @@
 //! it would be proposed. After each block the pending state is rebuilt from the new tip and
 //! whatever no longer applies is evicted, with its reason kept for `GET /v1/tx/{hash}`. Pending
 //! transactions are held as `VerifiedTx`, so that rebuild never re-checks a signature.
+//!
+//! A transaction whose nonce is a little ahead of its sender's next one is held aside as
+//! *queued* until the gap fills: gossip between coordinators does not keep one sender's
+//! transactions in order, and a coordinator that turned away nonce n+1 because n was still in
+//! flight would never see it again (gossip delivers each message once).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use pot_protocol::ledger::{TxCtx, begin_block};
-use pot_protocol::{Hash, SignedTx, State, TxError, VerifiedTx, apply_verified_tx};
+use pot_protocol::{Address, Hash, SignedTx, State, TxError, VerifiedTx, apply_verified_tx};
+
+/// How far ahead of its sender's next nonce a transaction may be and still be queued.
+pub const MAX_NONCE_GAP: u64 = 64;
 
 /// Bounds on what the mempool holds.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// Pending and queued transactions together.
     pub max_txs: usize,
     pub max_bytes: usize,
     /// Rejections remembered for status queries.
     pub remembered_rejections: usize,
+    /// Blocks a queued transaction waits for its gap to fill before it is dropped.
+    pub queued_for_blocks: u64,
 }
 
 impl Default for Limits {
@@ -25,6 +36,7 @@ impl Default for Limits {
             max_txs: 50_000,
             max_bytes: 64 * 1024 * 1024,
             remembered_rejections: 10_000,
+            queued_for_blocks: 100,
         }
     }
 }
@@ -36,13 +48,26 @@ pub enum AdmitError {
     Invalid(#[from] TxError),
     #[error("mempool is full ({count} transactions, {bytes} bytes)")]
     Full { count: usize, bytes: usize },
+    #[error("another transaction from {signer} with nonce {nonce} is already queued")]
+    NonceTaken { signer: Address, nonce: u64 },
 }
 
 /// What happened to a transaction the mempool saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
     Pending,
+    /// Held until its sender's next nonce (given) reaches its own.
+    Queued {
+        next_nonce: u64,
+    },
     Rejected(String),
+}
+
+/// A transaction held until its sender's earlier nonces arrive.
+struct Queued {
+    vtx: VerifiedTx,
+    /// Height of the block it was meant for when it was queued.
+    since: u64,
 }
 
 pub struct Mempool {
@@ -52,6 +77,10 @@ pub struct Mempool {
     /// Pending transactions in admission order (which is nonce order per sender).
     queue: Vec<VerifiedTx>,
     hashes: HashSet<Hash>,
+    /// Transactions ahead of their sender's next nonce, by sender and nonce.
+    queued: BTreeMap<(Address, u64), Queued>,
+    queued_hashes: HashMap<Hash, (Address, u64)>,
+    /// Bytes of pending and queued transactions.
     bytes: usize,
     rejected: HashMap<Hash, String>,
     rejected_order: VecDeque<Hash>,
@@ -71,58 +100,108 @@ impl Mempool {
             pending_state: next_block_state(tip, now_ms),
             queue: Vec::new(),
             hashes: HashSet::new(),
+            queued: BTreeMap::new(),
+            queued_hashes: HashMap::new(),
             bytes: 0,
             rejected: HashMap::new(),
             rejected_order: VecDeque::new(),
         }
     }
 
+    /// Pending and queued transactions.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.queued.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.len() == 0
+    }
+
+    /// Transactions that could go into the next block.
+    pub fn pending(&self) -> usize {
+        self.queue.len()
     }
 
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
-    /// Admit a transaction. Submitting one that is already pending is not an error.
+    /// Admit a transaction. Submitting one that is already pending or queued is not an error.
     pub fn admit(&mut self, stx: SignedTx) -> Result<Hash, AdmitError> {
         let hash = stx.hash();
-        if self.hashes.contains(&hash) {
+        if self.hashes.contains(&hash) || self.queued_hashes.contains_key(&hash) {
             return Ok(hash);
         }
         // A full pool turns transactions away before paying for their signature check.
         self.check_room(stx.encode().len())?;
-        self.admit_verified(VerifiedTx::new(stx)?)
+        let vtx = VerifiedTx::new(stx)?;
+        let since = self.pending_state.tip.height;
+        self.admit_verified(vtx, since)
     }
 
     fn check_room(&self, len: usize) -> Result<(), AdmitError> {
-        if self.queue.len() >= self.limits.max_txs || self.bytes + len > self.limits.max_bytes {
+        if self.len() >= self.limits.max_txs || self.bytes + len > self.limits.max_bytes {
             return Err(AdmitError::Full {
-                count: self.queue.len(),
+                count: self.len(),
                 bytes: self.bytes,
             });
         }
         Ok(())
     }
 
-    /// Admit a checked transaction there is room for.
-    fn admit_verified(&mut self, vtx: VerifiedTx) -> Result<Hash, AdmitError> {
+    /// Admit a checked transaction there is room for: pending if it applies now, queued if
+    /// only its sender's earlier nonces are missing. `since` is when it was first queued.
+    fn admit_verified(&mut self, vtx: VerifiedTx, since: u64) -> Result<Hash, AdmitError> {
         let ctx = TxCtx {
             height: self.pending_state.tip.height,
             time_ms: self.pending_state.tip.time_ms,
             index: self.queue.len() as u32,
         };
-        apply_verified_tx(&mut self.pending_state, &ctx, &vtx)?;
         let hash = vtx.hash();
-        self.hashes.insert(hash);
-        self.bytes += vtx.len();
-        self.queue.push(vtx);
-        Ok(hash)
+        match apply_verified_tx(&mut self.pending_state, &ctx, &vtx) {
+            Ok(()) => {
+                let signer = vtx.tx().tx.signer;
+                self.hashes.insert(hash);
+                self.bytes += vtx.len();
+                self.queue.push(vtx);
+                self.promote(signer);
+                Ok(hash)
+            }
+            Err(TxError::WrongNonce {
+                signer,
+                expected,
+                got,
+            }) if got > expected && got - expected <= MAX_NONCE_GAP => {
+                if self.queued.contains_key(&(signer, got)) {
+                    return Err(AdmitError::NonceTaken { signer, nonce: got });
+                }
+                self.bytes += vtx.len();
+                self.queued_hashes.insert(hash, (signer, got));
+                self.queued.insert((signer, got), Queued { vtx, since });
+                Ok(hash)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Move `signer`'s queued transactions that are now next in line into the pending queue.
+    fn promote(&mut self, signer: Address) {
+        let next = self.pending_state.account(&signer).nonce;
+        let Some(q) = self.take_queued(&(signer, next)) else {
+            return;
+        };
+        let hash = q.vtx.hash();
+        // Admitting it promotes the one after it in turn.
+        if let Err(e) = self.admit_verified(q.vtx, q.since) {
+            self.remember_rejection(hash, e.to_string());
+        }
+    }
+
+    fn take_queued(&mut self, key: &(Address, u64)) -> Option<Queued> {
+        let q = self.queued.remove(key)?;
+        self.queued_hashes.remove(&q.vtx.hash());
+        self.bytes -= q.vtx.len();
+        Some(q)
     }
 
     /// Candidates for the next block, in the order they were admitted.
@@ -134,27 +213,69 @@ impl Mempool {
         if self.hashes.contains(hash) {
             return Some(Seen::Pending);
         }
+        if let Some((signer, _)) = self.queued_hashes.get(hash) {
+            let next_nonce = self.pending_state.account(signer).nonce;
+            return Some(Seen::Queued { next_nonce });
+        }
         self.rejected.get(hash).map(|r| Seen::Rejected(r.clone()))
     }
 
     /// A block was decided: drop what it included, rebuild the pending state on the new tip,
-    /// and evict what no longer applies. Returns how many were evicted.
+    /// evict what no longer applies, and promote or expire queued transactions. Returns how
+    /// many were evicted.
     pub fn on_block(&mut self, tip: &State, included: &[Hash], now_ms: u64) -> usize {
         let included: HashSet<&Hash> = included.iter().collect();
         let old = std::mem::take(&mut self.queue);
         self.hashes.clear();
-        self.bytes = 0;
+        self.bytes = self.queued.values().map(|q| q.vtx.len()).sum();
         self.pending_state = next_block_state(tip, now_ms);
+        let height = self.pending_state.tip.height;
         let mut evicted = 0;
         for vtx in old {
             let hash = vtx.hash();
             if included.contains(&hash) {
                 continue;
             }
-            if let Err(e) = self.admit_verified(vtx) {
+            // A transaction evicted from the middle of a sender's run leaves the rest of the
+            // run with a gap: they are queued again, as of now.
+            if let Err(e) = self.admit_verified(vtx, height) {
                 self.remember_rejection(hash, e.to_string());
                 evicted += 1;
             }
+        }
+        // Queued transactions another coordinator's block included are done; the rest are
+        // dropped once their nonce is used up or they have waited too long.
+        for hash in &included {
+            if let Some(key) = self.queued_hashes.get(*hash).copied() {
+                self.take_queued(&key);
+            }
+        }
+        let keys: Vec<(Address, u64)> = self.queued.keys().copied().collect();
+        for (signer, nonce) in keys {
+            let next = self.pending_state.account(&signer).nonce;
+            let since = self.queued[&(signer, nonce)].since;
+            let reason = if nonce < next {
+                format!("nonce {nonce} of {signer} was used by another transaction")
+            } else if height.saturating_sub(since) > self.limits.queued_for_blocks {
+                format!(
+                    "queued for {} blocks waiting for nonce {next} of {signer}, which never came",
+                    self.limits.queued_for_blocks
+                )
+            } else {
+                continue;
+            };
+            if let Some(q) = self.take_queued(&(signer, nonce)) {
+                self.remember_rejection(q.vtx.hash(), reason);
+                evicted += 1;
+            }
+        }
+        let senders: Vec<Address> = {
+            let mut s: Vec<Address> = self.queued.keys().map(|(a, _)| *a).collect();
+            s.dedup();
+            s
+        };
+        for signer in senders {
+            self.promote(signer);
         }
         evicted
     }
@@ -178,6 +299,7 @@ mod tests {
     use pot_protocol::genesis::{Coordinator, GenesisBalance};
     use pot_protocol::tx::{Tx, TxBody};
     use pot_protocol::{Amount, Genesis, SecretKey, build_block};
+    use proptest::prelude::{Just, Strategy};
 
     fn key(i: u8) -> SecretKey {
         SecretKey::from_seed([i; 32])
@@ -225,14 +347,109 @@ mod tests {
             pool.admit(transfer(1, 60)),
             Err(AdmitError::Invalid(TxError::InsufficientFunds { .. }))
         ));
-        // A nonce gap is refused, the next nonce is fine, a resubmission is idempotent.
+        // A nonce too far ahead is refused, the next nonce is fine, a resubmission is idempotent.
         assert!(matches!(
-            pool.admit(transfer(5, 1)),
+            pool.admit(transfer(2 + MAX_NONCE_GAP, 1)),
             Err(AdmitError::Invalid(TxError::WrongNonce { .. }))
         ));
         let h = pool.admit(transfer(1, 40)).unwrap();
         assert_eq!(pool.admit(transfer(1, 40)).unwrap(), h);
         assert_eq!(pool.len(), 2);
+    }
+
+    fn nonces(pool: &Mempool) -> Vec<u64> {
+        pool.candidates().map(|v| v.tx().tx.nonce).collect()
+    }
+
+    #[test]
+    fn a_nonce_ahead_is_queued_until_the_gap_fills() {
+        let state = genesis();
+        let mut pool = Mempool::new(&state, 2_000, Limits::default());
+        let (t0, t1, t2) = (transfer(0, 1), transfer(1, 1), transfer(2, 1));
+        pool.admit(t2.clone()).unwrap();
+        pool.admit(t1.clone()).unwrap();
+        assert_eq!(pool.pending(), 0);
+        assert_eq!(pool.len(), 2);
+        assert_eq!(pool.seen(&t2.hash()), Some(Seen::Queued { next_nonce: 0 }));
+        // Another transaction for a queued nonce is refused; the queued one is kept.
+        assert!(matches!(
+            pool.admit(transfer(2, 5)),
+            Err(AdmitError::NonceTaken { nonce: 2, .. })
+        ));
+        pool.admit(t0).unwrap();
+        assert_eq!(nonces(&pool), vec![0, 1, 2]);
+        assert_eq!(pool.seen(&t2.hash()), Some(Seen::Pending));
+    }
+
+    #[test]
+    fn a_queued_transaction_is_dropped_when_its_nonce_is_used_or_it_waits_too_long() {
+        let state = genesis();
+        let limits = Limits {
+            queued_for_blocks: 3,
+            ..Limits::default()
+        };
+        let mut pool = Mempool::new(&state, 2_000, limits);
+        let (t1, t2) = (transfer(1, 1), transfer(2, 1));
+        pool.admit(t1.clone()).unwrap();
+        pool.admit(t2.clone()).unwrap();
+        // A block spends nonces 0 and 1 with other transactions: t1 is stale, t2 now pending.
+        let built = build_block(
+            &state,
+            key(9).address(),
+            3_000,
+            [transfer(0, 2), transfer(1, 2)],
+        );
+        assert_eq!(built.block.txs.len(), 2);
+        let included: Vec<Hash> = built.block.txs.iter().map(SignedTx::hash).collect();
+        assert_eq!(pool.on_block(&built.state, &included, 3_001), 1);
+        assert!(matches!(pool.seen(&t1.hash()), Some(Seen::Rejected(r)) if r.contains("used")));
+        assert_eq!(pool.seen(&t2.hash()), Some(Seen::Pending));
+
+        // A gap that never fills: dropped after `queued_for_blocks` blocks, with the reason.
+        let t9 = transfer(9, 1);
+        pool.admit(t9.clone()).unwrap();
+        let mut tip = built.state;
+        for i in 0..4 {
+            let empty = build_block(&tip, key(9).address(), 4_000 + i, []);
+            tip = empty.state;
+            pool.on_block(&tip, &[], 4_001 + i);
+        }
+        assert!(
+            matches!(pool.seen(&t9.hash()), Some(Seen::Rejected(r)) if r.contains("never came"))
+        );
+        assert_eq!(nonces(&pool), vec![2]);
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn a_queued_transaction_included_by_another_proposer_leaves_quietly() {
+        let state = genesis();
+        let mut pool = Mempool::new(&state, 2_000, Limits::default());
+        let (t0, t1) = (transfer(0, 1), transfer(1, 1));
+        pool.admit(t1.clone()).unwrap();
+        let built = build_block(&state, key(9).address(), 3_000, [t0.clone(), t1.clone()]);
+        assert_eq!(
+            pool.on_block(&built.state, &[t0.hash(), t1.hash()], 3_001),
+            0
+        );
+        assert!(pool.is_empty());
+        assert_eq!(pool.bytes(), 0);
+        assert_eq!(pool.seen(&t1.hash()), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever order a sender's transactions arrive in (gossip does not keep it), once
+        /// they have all arrived they are all pending, in nonce order.
+        #[test]
+        fn any_arrival_order_ends_in_nonce_order(order in Just((0..12u64).collect::<Vec<_>>()).prop_shuffle()) {
+            let state = genesis();
+            let mut pool = Mempool::new(&state, 2_000, Limits::default());
+            for n in &order {
+                pool.admit(transfer(*n, 1)).unwrap();
+            }
+            proptest::prop_assert_eq!(nonces(&pool), (0..12).collect::<Vec<_>>());
+            proptest::prop_assert_eq!(pool.len(), 12);
+        }
     }
 
     #[test]

@@ -139,6 +139,7 @@ impl Chain {
         Ok(
             match self.mempool.lock().expect("mempool lock").seen(hash) {
                 Some(Seen::Pending) => Some(TxStatus::Pending),
+                Some(Seen::Queued { next_nonce }) => Some(TxStatus::Queued { next_nonce }),
                 Some(Seen::Rejected(reason)) => Some(TxStatus::Rejected { reason }),
                 None => None,
             },
