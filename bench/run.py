@@ -45,25 +45,26 @@ def machine() -> str:
 def ledger_rows(pot_e2e: str, pot_node: str) -> list[dict]:
     """Finality and throughput for 4, 7 and 10 coordinators, with and without 100 ms links."""
     rows = []
-    for delay in (0, 100):
-        for nodes in (4, 7, 10):
-            r = run_json([pot_e2e, "bench-ledger", "--pot-node", pot_node, "--nodes", str(nodes),
-                          "--link-delay-ms", str(delay), "--rate", "1000", "--seconds", "10"])
-            print(r, file=sys.stderr)
-            rows.append(r)
+    # The six comparable runs at 1,000 tx/s, then 4 coordinators at twice the goal's load.
+    runs = [(nodes, delay, 1000) for delay in (0, 100) for nodes in (4, 7, 10)] + [(4, 0, 2000)]
+    for nodes, delay, rate in runs:
+        r = run_json([pot_e2e, "bench-ledger", "--pot-node", pot_node, "--nodes", str(nodes),
+                      "--link-delay-ms", str(delay), "--rate", str(rate), "--seconds", "10"])
+        print(r, file=sys.stderr)
+        rows.append(r)
     return rows
 
 
 def plot_ledger(rows: list[dict]) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    labels = [f"{r['nodes']} nodes\n{r['link_delay_ms']} ms" for r in rows]
+    labels = [f"{r['nodes']} nodes\n{r['link_delay_ms']} ms\n{r['offered_tps']:,} tx/s" for r in rows]
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [r["p50_ms"] / 1000 for r in rows], 0.4, label="p50")
     ax.bar([x + 0.2 for x in xs], [r["p99_ms"] / 1000 for r in rows], 0.4, label="p99")
     ax.axhline(1.5, color="grey", linestyle="--", linewidth=1, label="goal p99 (4 nodes): 1.5 s")
     ax.set_xticks(list(xs), labels, fontsize=8)
     ax.set_ylabel("finality (s)")
-    ax.set_title("Submission to block, 1,000 tx/s offered, 1 s blocks")
+    ax.set_title("Submission to block, 1 s blocks")
     ax.legend()
     fig.tight_layout()
     fig.savefig(PLOTS / "ledger_finality.png", dpi=110)
@@ -186,10 +187,12 @@ def main() -> None:
         "## Ledger: finality and throughput of the coordinators",
         "",
         "N `pot-node` coordinators (release build) on loopback agree on blocks with Malachite (1 s block time), with",
-        "transaction gossip; signed transfers are offered at 1,000 tx/s for 10 s through every coordinator's HTTP API",
+        "transaction gossip; signed transfers are offered at a fixed rate for 10 s through every coordinator's HTTP API",
         "(16 senders per coordinator, each in nonce order), and each transaction is timed from its submission to the",
-        "first sight of its block at one coordinator (polled every 20 ms). Achieved tx/s counts included transactions",
-        "from the first submission to the last inclusion. Emulated latency: every consensus and gossip link passes a",
+        "first sight of its block at one coordinator (polled every 20 ms). Achieved tx/s counts the transactions in the",
+        "blocks decided while load was offered, over the time those blocks span (a chain that falls behind shows less",
+        "than it was offered); \"submitting took\" is how long the senders needed for 10 s of load (longer when the",
+        "coordinators' APIs could not take the rate, with every process on the same 2 cores). Emulated latency: every consensus and gossip link passes a",
         "relay that delays each byte by that much in each direction (this kernel has no `netem`). All coordinators and",
         "the load generator share this machine's cores. Goal (4 coordinators, no added latency): ≥ 1,000 tx/s and",
         "p99 finality ≤ 1.5 s; the ratio columns are achieved ÷ goal (higher is better) and goal ÷ p99.",
@@ -199,12 +202,12 @@ def main() -> None:
         "",
         "![ledger finality](bench/plots/ledger_finality.png)",
         "",
-        "| coordinators | link latency | offered tx/s | achieved tx/s | ÷ 1,000 | p50 finality | p99 finality | 1.5 s ÷ p99 | refused |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| coordinators | link latency | offered tx/s | submitting took | achieved tx/s | ÷ 1,000 | p50 finality | p99 finality | 1.5 s ÷ p99 | refused |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in ledger:
         lines.append(
-            f"| {r['nodes']} | {r['link_delay_ms']} ms | {r['offered_tps']:,} | {r['tps']:,.0f} | **{r['tps'] / 1000:.2f}** | "
+            f"| {r['nodes']} | {r['link_delay_ms']} ms | {r['offered_tps']:,} | {r['submit_seconds']:.1f} s | {r['tps']:,.0f} | **{r['tps'] / 1000:.2f}** | "
             f"{r['p50_ms'] / 1000:.2f} s | {r['p99_ms'] / 1000:.2f} s | **{1500 / r['p99_ms']:.2f}** | {r['refused']} |"
         )
     lines += [

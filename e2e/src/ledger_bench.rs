@@ -31,6 +31,9 @@ pub struct Report {
     pub offered_tps: u64,
     /// Included transactions per second while the load was offered (see [`sustained_tps`]).
     pub tps: f64,
+    /// How long submitting took: more than `seconds` when the coordinators' APIs could not
+    /// take the offered rate.
+    pub submit_seconds: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub included: usize,
@@ -114,10 +117,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
     let mut height = start_height;
     // Blocks seen while the load was still being offered: (when, transactions).
     let mut during_load: Vec<(Instant, usize)> = Vec::new();
+    let mut load_end = None;
     let deadline = begin + Duration::from_secs(cfg.seconds + 60);
     let client = net.client(0);
     loop {
         let senders_done = senders.iter().all(|s| s.is_finished());
+        if senders_done && load_end.is_none() {
+            load_end = Some(Instant::now());
+        }
         let pending = submitted.lock().unwrap().len();
         if senders_done && pending == 0 {
             break;
@@ -165,6 +172,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
         link_delay_ms: cfg.link_delay.as_millis() as u64,
         offered_tps: cfg.rate,
         tps: sustained_tps(&during_load),
+        submit_seconds: (load_end.unwrap_or_else(Instant::now) - begin).as_secs_f64(),
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         included: latencies.len(),

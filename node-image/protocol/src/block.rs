@@ -45,5 +45,10 @@ impl Block {
 /// The transaction root of a list of transactions.
 pub fn tx_root(txs: &[SignedTx]) -> Hash {
     let ids: Vec<Hash> = txs.iter().map(SignedTx::hash).collect();
-    merkle::root(&ids)
+    tx_root_of_ids(&ids)
+}
+
+/// [`tx_root`] from the transactions' ids, for a caller that needs the ids anyway.
+pub fn tx_root_of_ids(ids: &[Hash]) -> Hash {
+    merkle::root(ids)
 }

@@ -26,8 +26,8 @@ pub use error::{BlockError, TxError};
 pub use genesis::{Genesis, Params};
 pub use hash::Hash;
 pub use ledger::{
-    BuiltBlock, TxCtx, VerifiedTx, apply_block, apply_tx, apply_verified_tx, begin_block,
-    build_block, build_block_verified,
+    BuiltBlock, TxCtx, VerifiedTx, apply_block, apply_block_known, apply_tx, apply_verified_tx,
+    begin_block, build_block, build_block_verified,
 };
 pub use state::{Phase, State};
 pub use tx::{SignedTx, Tx, TxBody};

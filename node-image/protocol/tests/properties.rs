@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use common::*;
 use pot_protocol::tx::{InvalidReason, Role, TaskId, TxBody, task_id};
 use pot_protocol::{
-    Address, Amount, Hash, Params, Phase, SignedTx, State, TxCtx, TxError, apply_block, apply_tx,
-    begin_block, build_block,
+    Address, Amount, Hash, Params, Phase, SignedTx, State, TxCtx, TxError, apply_block,
+    apply_block_known, apply_tx, begin_block, build_block,
 };
 use proptest::prelude::*;
 
@@ -508,6 +508,8 @@ fn commit_body(id: &TaskId, miner: &str, c: &pot_protocol::tx::Claim) -> TxBody 
 fn run(blocks: &[Vec<Action>]) -> Vec<Hash> {
     let mut chain = genesis_chain();
     let mut replica: State = chain.state.clone();
+    // A replica whose mempool had already checked every transaction it is given.
+    let mut known_replica: State = chain.state.clone();
     let mut mem = Memory::default();
     let mut roots = Vec::new();
     for actions in blocks {
@@ -551,6 +553,9 @@ fn run(blocks: &[Vec<Action>]) -> Vec<Hash> {
             apply_block(&replica, &built.block).expect("a built block applies on another node");
         assert_eq!(replica.state_root(), chain.state.state_root());
         assert_eq!(replica, chain.state);
+        known_replica = apply_block_known(&known_replica, &built.block, |h| included.contains(h))
+            .expect("a built block applies with its transactions known");
+        assert_eq!(known_replica, chain.state);
 
         // Invariant 1.
         chain.assert_supply_conserved();

@@ -868,6 +868,22 @@ fn block_rejections_leave_the_state_unchanged() {
             ..
         }
     ));
+    // A forged transaction is refused by a node that knows (has checked) only the others:
+    // skipping checks is only for what was really checked.
+    let mut b = good.clone();
+    let mut forged = b.txs[0].clone();
+    forged.tx.nonce += 1;
+    b.txs.push(forged);
+    b.header.tx_root = pot_protocol::block::tx_root(&b.txs);
+    let known = b.txs[0].hash();
+    assert!(matches!(
+        pot_protocol::apply_block_known(&c.state, &b, |h| *h == known),
+        Err(BlockError::Tx {
+            index: 1,
+            error: TxError::BadSignature(_),
+            ..
+        })
+    ));
     // And the good block applies.
     c.state.apply_block(&good).unwrap();
     assert_eq!(c.balance("bob"), 6);

@@ -209,6 +209,11 @@ impl Mempool {
         self.queue.iter()
     }
 
+    /// Whether the transaction with this id is held here (so its signature was checked).
+    pub fn holds(&self, hash: &Hash) -> bool {
+        self.hashes.contains(hash) || self.queued_hashes.contains_key(hash)
+    }
+
     pub fn seen(&self, hash: &Hash) -> Option<Seen> {
         if self.hashes.contains(hash) {
             return Some(Seen::Pending);

@@ -6,13 +6,15 @@
 pub mod mempool;
 pub mod store;
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pot_protocol::api::TxStatus;
 use pot_protocol::{
-    Address, Block, BlockError, Genesis, Hash, SignedTx, State, VerifiedTx, build_block_verified,
+    Address, Block, BlockError, Genesis, Hash, SignedTx, State, VerifiedTx, apply_block_known,
+    build_block_verified,
 };
 
 use mempool::{AdmitError, Limits, Mempool, Seen};
@@ -194,7 +196,17 @@ impl Chain {
                 now_ms,
             });
         }
-        Ok(pot_protocol::apply_block(&state, block)?)
+        // Transactions this node's mempool holds had their signatures checked on admission.
+        let known: HashSet<Hash> = {
+            let m = self.mempool.lock().expect("mempool lock");
+            block
+                .txs
+                .iter()
+                .map(SignedTx::hash)
+                .filter(|h| m.holds(h))
+                .collect()
+        };
+        Ok(apply_block_known(&state, block, |h| known.contains(h))?)
     }
 
     /// Record a decided block. `after` is the state after it when the caller already executed
