@@ -10,7 +10,7 @@ export CARGO_TERM_COLOR ?= never
 # The libtorch `make setup` unpacks; fixed, because a change rebuilds torch-sys (minutes).
 export LIBTORCH ?= $(POT_CACHE_DIR)/libtorch/2.11.0-cpu
 
-.PHONY: test lint fmt demo setup k8s-tools bench
+.PHONY: test lint fmt demo setup k8s-tools bench setup-cuda build-cuda gpu-bundle
 
 ## test: everything CI runs — formatting, lints, the whole test suite, and a check that no
 ## control-plane process outlived it
@@ -26,6 +26,23 @@ k8s-tools:
 ## setup: unpack libtorch 2.11.0 (CPU) from the PyPI torch wheel into $(POT_CACHE_DIR)/libtorch
 setup:
 	node-image/setup-libtorch.sh
+
+## setup-cuda: unpack the full CUDA 13.0 libtorch 2.11.0 (~4 GB) from PyPI wheels into
+## $(POT_CACHE_DIR)/libtorch/2.11.0-cu130 (for GPU builds; not needed by test, demo or bench)
+setup-cuda:
+	node-image/setup-libtorch.sh cuda
+
+## build-cuda: release pot-node with the `cuda` feature, against that libtorch, in its own
+## target directory ($(POT_CACHE_DIR)/target-cuda) so the CPU build is not rebuilt
+build-cuda: setup-cuda
+	LIBTORCH="$(POT_CACHE_DIR)/libtorch/2.11.0-cu130" CARGO_TARGET_DIR="$(POT_CACHE_DIR)/target-cuda" \
+		$(CARGO) build --release --locked -p pot-node --features cuda
+
+## gpu-bundle: copy the stripped CUDA pot-node to .gpu/ (ignored by git) for
+## node-image/gpu-check.sh on a GPU machine
+gpu-bundle: build-cuda
+	mkdir -p .gpu
+	strip -o .gpu/pot-node "$(POT_CACHE_DIR)/target-cuda/release/pot-node"
 
 ## lint: rustfmt check and clippy with warnings as errors
 lint: setup

@@ -214,7 +214,11 @@ def main() -> None:
         "",
         "## CUDA",
         "",
-        "Unproven: the `cuda` build has not yet been run on a GPU machine (none was lent to the session that wrote this).",
+        "Unproven: the `cuda` build (`make build-cuda`: `pot-node` with the `cuda` feature against the full CUDA 13.0",
+        "libtorch from `make setup-cuda`) links and runs on the CPU, but has not yet been run on a GPU machine (none was",
+        "lent to the sessions so far). `node-image/gpu-check.sh` is the prepared check and benchmark for one: W_0 equal to",
+        "the CPU's, held-out accuracy, GPU replay within the task's tolerance, a tampered checkpoint failing, and training",
+        "steps/s of `pot-node` against PyTorch on the same GPU.",
         "",
     ]
     pathlib.Path(a.out).write_text("\n".join(lines))

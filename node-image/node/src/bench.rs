@@ -12,6 +12,16 @@ use crate::train::optim::{OptimizerConfig, OptimizerKind};
 use crate::train::{RunSpec, Trainer, checkpoint};
 
 fn spec(model: &str, batch: i64, steps: u64, k: u64) -> anyhow::Result<RunSpec> {
+    spec_on(model, batch, steps, k, tch::Device::Cpu)
+}
+
+fn spec_on(
+    model: &str,
+    batch: i64,
+    steps: u64,
+    k: u64,
+    device: tch::Device,
+) -> anyhow::Result<RunSpec> {
     Ok(RunSpec {
         loss: Default::default(),
         model: model.parse()?,
@@ -24,6 +34,7 @@ fn spec(model: &str, batch: i64, steps: u64, k: u64) -> anyhow::Result<RunSpec> 
         steps,
         checkpoint_interval: k,
         run_seed: Hash::digest(b"bench"),
+        device,
     })
 }
 
@@ -36,6 +47,7 @@ pub struct Throughput {
     pub model: String,
     pub batch: i64,
     pub threads: i32,
+    pub device: String,
     pub steps_per_second: f64,
 }
 
@@ -47,10 +59,11 @@ pub fn throughput(
     threads: i32,
     steps: u64,
     repeats: usize,
+    device: tch::Device,
 ) -> anyhow::Result<Throughput> {
     tch::set_num_threads(threads);
     let d = data();
-    let s = spec(model, batch, steps, steps)?;
+    let s = spec_on(model, batch, steps, steps, device)?;
     let mut t = Trainer::new(&s, &d)?;
     t.train_steps(&d, 20);
     let mut rates: Vec<f64> = (0..repeats)
@@ -65,6 +78,7 @@ pub fn throughput(
         model: model.into(),
         batch,
         threads,
+        device: crate::commands::device_name(device),
         steps_per_second: rates[rates.len() / 2],
     })
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use pot_protocol::{Address, Hash};
+use tch::Device;
 
 use crate::run_dir::{Manifest, RunDir};
 use crate::train::Trainer;
@@ -21,6 +22,42 @@ pub fn cpu_capability() -> String {
     std::env::var("ATEN_CPU_CAPABILITY").unwrap_or_else(|_| "native".into())
 }
 
+/// `--device`: `cpu` (the default: bit-identical replays), `cuda` or `cuda:N` (an NVIDIA GPU;
+/// needs a build with the `cuda` feature), or `auto` (the first GPU if there is one).
+pub fn parse_device(s: &str) -> anyhow::Result<Device> {
+    let device = match s {
+        "cpu" => Device::Cpu,
+        "auto" => Device::cuda_if_available(),
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Device::Cuda(n),
+            _ => bail!("unknown device {other:?}: expected cpu, cuda, cuda:N or auto"),
+        },
+    };
+    if let Device::Cuda(n) = device {
+        let count = tch::Cuda::device_count();
+        if (n as i64) >= count {
+            bail!(
+                "device {s:?} asked for GPU {n}, but libtorch sees {count} CUDA device(s){}",
+                if cfg!(feature = "cuda") {
+                    ""
+                } else {
+                    " (this pot-node was built without the `cuda` feature)"
+                }
+            );
+        }
+    }
+    Ok(device)
+}
+
+/// How a device is written in a manifest.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(n) => format!("cuda:{n}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 /// Train the task in `task` as `miner` with `salt`, writing the run into `out`.
 pub fn train(
     task: &Path,
@@ -28,6 +65,7 @@ pub fn train(
     miner: Address,
     salt: Hash,
     threads: i32,
+    device: Device,
     cache: &Cache,
 ) -> anyhow::Result<Manifest> {
     let tf = TaskFile::read(task)?;
@@ -38,7 +76,8 @@ pub fn train(
         );
     }
     tch::set_num_threads(threads);
-    let spec = tf.run_spec(&miner, &salt, cache)?;
+    let mut spec = tf.run_spec(&miner, &salt, cache)?;
+    spec.device = device;
     let (train, held_out) = tf.load_data(cache)?;
     let run = RunDir::new(out);
     let bar = ProgressBar::new(spec.steps).with_style(
@@ -73,6 +112,7 @@ pub fn train(
         libtorch: LIBTORCH_VERSION.into(),
         cpu_capability: cpu_capability(),
         threads,
+        device: device_name(device),
         train_seconds: seconds,
     };
     run.write_manifest(&manifest)?;
@@ -80,12 +120,19 @@ pub fn train(
 }
 
 /// Verify the run in `dir` against `task`, replaying `segments`.
-pub fn verify(task: &Path, dir: &Path, segments: &[u32], cache: &Cache) -> anyhow::Result<Report> {
+pub fn verify(
+    task: &Path,
+    dir: &Path,
+    segments: &[u32],
+    device: Device,
+    cache: &Cache,
+) -> anyhow::Result<Report> {
     let tf = TaskFile::read(task)?;
     let run = RunDir::new(dir);
     let m = run.read_manifest()?;
     tch::set_num_threads(m.threads);
-    let spec = tf.run_spec(&m.miner, &m.salt, cache)?;
+    let mut spec = tf.run_spec(&m.miner, &m.salt, cache)?;
+    spec.device = device;
     let (train, held_out) = tf.load_data(cache)?;
     verify::verify(
         &spec,
@@ -98,11 +145,12 @@ pub fn verify(task: &Path, dir: &Path, segments: &[u32], cache: &Cache) -> anyho
 }
 
 /// Accuracy of the run's final model on the task's held-out data.
-pub fn eval(task: &Path, dir: &Path, cache: &Cache) -> anyhow::Result<f64> {
+pub fn eval(task: &Path, dir: &Path, device: Device, cache: &Cache) -> anyhow::Result<f64> {
     let tf = TaskFile::read(task)?;
     let run = RunDir::new(dir);
     let m = run.read_manifest()?;
-    let spec = tf.run_spec(&m.miner, &m.salt, cache)?;
+    let mut spec = tf.run_spec(&m.miner, &m.salt, cache)?;
+    spec.device = device;
     let (train, held_out) = tf.load_data(cache)?;
     let last = run.read_checkpoint(&m, m.checkpoints.len() - 1)?;
     let t = Trainer::from_checkpoint(&spec, &train, &last).context("loading the final model")?;

@@ -78,6 +78,8 @@ enum Command {
         #[arg(long, env = "POT_CPU_CAPABILITY", default_value = "avx2")]
         cpu_capability: String,
         #[command(flatten)]
+        device: DeviceArg,
+        #[command(flatten)]
         cache: CacheArg,
     },
     /// Verify a run: its first checkpoint, its last, sampled segments replayed, and accuracy.
@@ -89,6 +91,8 @@ enum Command {
         /// Segment indices to replay, comma-separated.
         #[arg(long, value_delimiter = ',')]
         segments: Vec<u32>,
+        #[command(flatten)]
+        device: DeviceArg,
         #[command(flatten)]
         cache: CacheArg,
     },
@@ -125,6 +129,8 @@ enum Command {
         #[arg(long)]
         run: PathBuf,
         #[command(flatten)]
+        device: DeviceArg,
+        #[command(flatten)]
         cache: CacheArg,
     },
 }
@@ -141,6 +147,8 @@ enum BenchWhat {
         threads: i32,
         #[arg(long, default_value_t = 300)]
         steps: u64,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Checkpointing and verification cost against plain training.
     Overhead {
@@ -277,6 +285,20 @@ fn parse_role(s: &str) -> Result<pot_protocol::tx::Role, String> {
 }
 
 #[derive(clap::Args)]
+struct DeviceArg {
+    /// Where to train: `cpu` (bit-identical replays), `cuda`, `cuda:N` (needs a build with the
+    /// `cuda` feature; replays need the task's replay_tolerance), or `auto`.
+    #[arg(long, env = "POT_DEVICE", default_value = "cpu")]
+    device: String,
+}
+
+impl DeviceArg {
+    fn device(&self) -> anyhow::Result<tch::Device> {
+        commands::parse_device(&self.device)
+    }
+}
+
+#[derive(clap::Args)]
 struct CacheArg {
     /// Content-addressed cache of fetched datasets (default ~/.cache/pot-k8s/data).
     #[arg(long = "data-cache", env = "POT_DATA_CACHE")]
@@ -373,10 +395,13 @@ fn main() -> anyhow::Result<()> {
             salt,
             threads,
             cpu_capability,
+            device,
             cache,
         } => {
             pin_cpu_capability(&cpu_capability)?;
-            let m = commands::train(&spec, &out, miner, salt, threads, &cache.cache())?;
+            let device = device.device()?;
+            let m = commands::train(&spec, &out, miner, salt, threads, device, &cache.cache())?;
+            println!("device:       {}", m.device);
             println!("checkpoints:  {}", m.checkpoints.len());
             println!("merkle_root:  {}", m.merkle_root);
             println!("model_hash:   {}", m.model_hash);
@@ -392,11 +417,13 @@ fn main() -> anyhow::Result<()> {
             spec,
             run,
             segments,
+            device,
             cache,
         } => {
             let m = RunDir::new(&run).read_manifest()?;
             pin_cpu_capability(&m.cpu_capability)?;
-            let report = commands::verify(&spec, &run, &segments, &cache.cache())?;
+            let report =
+                commands::verify(&spec, &run, &segments, device.device()?, &cache.cache())?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if !report.valid {
                 anyhow::bail!("the run is not valid");
@@ -410,8 +437,14 @@ fn main() -> anyhow::Result<()> {
                     batch,
                     threads,
                     steps,
+                    device,
                 } => serde_json::to_string(&pot_node::bench::throughput(
-                    &model, batch, threads, steps, 5,
+                    &model,
+                    batch,
+                    threads,
+                    steps,
+                    5,
+                    device.device()?,
                 )?)?,
                 BenchWhat::Overhead {
                     model,
@@ -438,8 +471,13 @@ fn main() -> anyhow::Result<()> {
             let head = runtime()?.block_on(Client::new(api.node).head())?;
             println!("{}", serde_json::to_string_pretty(&head)?);
         }
-        Command::Eval { spec, run, cache } => {
-            let acc = commands::eval(&spec, &run, &cache.cache())?;
+        Command::Eval {
+            spec,
+            run,
+            device,
+            cache,
+        } => {
+            let acc = commands::eval(&spec, &run, device.device()?, &cache.cache())?;
             println!("accuracy: {acc:.4}");
         }
     }

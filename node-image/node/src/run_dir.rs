@@ -27,7 +27,14 @@ pub struct Manifest {
     pub libtorch: String,
     pub cpu_capability: String,
     pub threads: i32,
+    /// Where it trained (`cpu`, `cuda:0`); runs made before this was recorded were on the CPU.
+    #[serde(default = "cpu")]
+    pub device: String,
     pub train_seconds: f64,
+}
+
+fn cpu() -> String {
+    "cpu".into()
 }
 
 pub struct RunDir {

@@ -79,6 +79,8 @@ fn train_verify_eval_and_a_tampered_checkpoint() {
     let out = ws.train(&[]);
     assert!(out.status.success(), "{}", text(&out));
     assert_says(&out, "checkpoints:  11");
+    // The default device is the CPU, and the manifest says where the run trained.
+    assert_says(&out, "device:       cpu");
     // A second run into the same directory is refused rather than mixed in.
     let again = ws.train(&[]);
     assert!(!again.status.success() && text(&again).contains("already holds a run"));
@@ -131,6 +133,22 @@ fn a_wrong_dataset_hash_trains_nothing() {
     let ws = Workspace::new(&TASK.replace("model: mlp:32", "model: mlp:32\ncolour: blue"));
     let out = ws.train(&[]);
     assert_says(&out, "unknown field `colour`");
+}
+
+#[test]
+fn a_device_that_is_not_there_is_refused_before_anything_is_written() {
+    let ws = Workspace::new(TASK);
+    let out = ws.train(&["--device", "tpu"]);
+    assert!(!out.status.success());
+    assert_says(
+        &out,
+        "unknown device \"tpu\": expected cpu, cuda, cuda:N or auto",
+    );
+    // A GPU beyond the ones libtorch sees (none at all on a CPU machine or a CPU build).
+    let out = ws.train(&["--device", "cuda:7"]);
+    assert!(!out.status.success());
+    assert_says(&out, "asked for GPU 7, but libtorch sees");
+    assert!(!ws.run.exists());
 }
 
 #[test]

@@ -21,6 +21,7 @@ fn spec(seed: &str, kind: OptimizerKind) -> RunSpec {
         steps: 60,
         checkpoint_interval: 10,
         run_seed: Hash::digest(seed.as_bytes()),
+        device: tch::Device::Cpu,
     }
 }
 
@@ -175,6 +176,7 @@ fn digits_accuracy(model: &str, kind: OptimizerKind, lr: f64, steps: u64) -> f64
         steps,
         checkpoint_interval: steps,
         run_seed: Hash::digest(model.as_bytes()),
+        device: tch::Device::Cpu,
     };
     let mut t = Trainer::new(&s, &train).unwrap();
     t.train_steps(&train, steps);
@@ -221,6 +223,7 @@ fn resnet_small_trains_on_digits_and_replays_exactly() {
         steps: 400,
         checkpoint_interval: 100,
         run_seed: Hash::digest(b"resnet"),
+        device: tch::Device::Cpu,
     };
     let (rec, ckpts) = run(&s, &train);
     // Batch-norm running statistics are part of the checkpoint, so the replay is exact too.
@@ -261,6 +264,7 @@ fn tiny_mlp_spec(cache: &pot_node::train::fetch::Cache, seed: &str) -> RunSpec {
         steps: 600,
         checkpoint_interval: 100,
         run_seed: Hash::digest(seed.as_bytes()),
+        device: tch::Device::Cpu,
     }
 }
 
@@ -331,4 +335,37 @@ fn mse_loss_learns_the_spirals_deterministically() {
     t.train_steps(&d, 1500);
     let acc = t.accuracy(&d);
     assert!(acc > 0.9, "spirals accuracy with MSE {acc}");
+}
+
+/// On an NVIDIA GPU, with a build that has the `cuda` feature: `W_0` is byte for byte the CPU's
+/// (initialised there, then moved), the run learns, and a segment replayed on the GPU lands
+/// within a small normalised distance of the committed checkpoint. Not run by `make test` (no
+/// GPU there); `node-image/gpu-check.sh` runs it on a GPU machine.
+#[test]
+#[ignore = "needs an NVIDIA GPU and a build with the cuda feature (node-image/gpu-check.sh)"]
+fn cuda_runs_start_from_the_cpu_w0_learn_and_replay_within_tolerance() {
+    assert!(tch::Cuda::is_available(), "libtorch sees no CUDA device");
+    let d = data();
+    let cpu = spec("gpu", SGD);
+    let gpu = RunSpec {
+        device: tch::Device::Cuda(0),
+        steps: 200,
+        checkpoint_interval: 20,
+        ..cpu.clone()
+    };
+    let (cpu_run, _) = run(&cpu, &d);
+    let (gpu_run, ckpts) = run(&gpu, &d);
+    assert_eq!(
+        gpu_run.checkpoints[0], cpu_run.checkpoints[0],
+        "W_0 differs"
+    );
+    let trained = Trainer::from_checkpoint(&gpu, &d, ckpts.last().unwrap()).unwrap();
+    let accuracy = trained.accuracy(&d);
+    assert!(accuracy > 0.95, "GPU run reached only {accuracy}");
+    for i in [0, 4, 9] {
+        let mut t = Trainer::from_checkpoint(&gpu, &d, &ckpts[i]).unwrap();
+        t.train_steps(&d, gpu.checkpoint_interval);
+        let d = pot_node::verify::distance(&t.checkpoint(), &ckpts[i + 1]).unwrap();
+        assert!(d <= 1e-4, "segment {i} replayed {d} away");
+    }
 }

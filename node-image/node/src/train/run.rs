@@ -34,6 +34,11 @@ pub struct RunSpec {
     pub checkpoint_interval: u64,
     /// `H(task seed ‖ miner ‖ salt)`: initial parameters and data order come from it.
     pub run_seed: Hash,
+    /// Where the tensors live while training. Not part of what the run commits to: `W_0` is
+    /// always initialised on the CPU and then moved, so it is the same on every device; but
+    /// GPU kernels are not bit-identical to CPU ones, so replays across devices need the
+    /// task's `replay_tolerance`.
+    pub device: Device,
 }
 
 /// What a run produced: the hash of each checkpoint `W_0..=W_n` and their Merkle root.
@@ -58,7 +63,7 @@ impl Trainer {
     pub fn new(spec: &RunSpec, data: &Dataset) -> anyhow::Result<Trainer> {
         // libtorch's generator initialises the parameters; seed it from the run seed.
         tch::manual_seed(spec.run_seed.low_u64() as i64 & i64::MAX);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let mut vs = nn::VarStore::new(Device::Cpu);
         let model = build(
             &spec.model,
             &vs.root(),
@@ -68,6 +73,13 @@ impl Trainer {
         )?;
         if matches!(spec.model, ModelSpec::TorchScript(_)) {
             reinitialise(&params(&vs));
+        }
+        if spec.device != Device::Cpu {
+            if spec.device.is_cuda() {
+                // cuDNN's autotuner picks kernels by timing them: runs would differ.
+                tch::Cuda::cudnn_set_benchmark(false);
+            }
+            vs.set_device(spec.device);
         }
         let optimizer = Optimizer::new(spec.optimizer, &params(&vs));
         Ok(Trainer {
@@ -168,6 +180,7 @@ impl Trainer {
                 idx.iter().cycle().skip(b * bs).take(bs).copied().collect()
             };
             let (x, y) = data.batch(&batch);
+            let (x, y) = (x.to_device(self.spec.device), y.to_device(self.spec.device));
             for p in params.values() {
                 let mut g = p.grad();
                 if g.defined() {
@@ -193,9 +206,10 @@ impl Trainer {
     /// Accuracy on `data`.
     pub fn accuracy(&self, data: &Dataset) -> f64 {
         tch::no_grad(|| {
+            let device = self.spec.device;
             self.model
-                .forward_t(&data.x, false)
-                .accuracy_for_logits(&data.y)
+                .forward_t(&data.x.to_device(device), false)
+                .accuracy_for_logits(&data.y.to_device(device))
                 .double_value(&[])
         })
     }

@@ -188,6 +188,7 @@ impl TaskFile {
             steps: self.steps,
             checkpoint_interval: self.checkpoint_interval,
             run_seed: pot_protocol::tx::run_seed(self.seed, miner, salt),
+            device: tch::Device::Cpu,
         })
     }
 

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Proves the `cuda` build on an NVIDIA GPU machine and times it against PyTorch there. Run on
+# the GPU machine from the repository root, with a pot-node built here by `make build-cuda`
+# (copied to .gpu/pot-node by `make gpu-bundle`); libtorch and the CUDA libraries come from
+# that machine's own torch 2.11.0+cu130, the same build `make setup-cuda` unpacks.
+#
+# Checks, each printed as a JSON line (and written to $OUT/gpu-check.jsonl when OUT is set):
+#   - libtorch in pot-node sees the GPU (`--device cuda` is accepted);
+#   - a GPU run's W_0 is byte for byte the CPU run's (initialised on the CPU, then moved);
+#   - the GPU run reaches >= 95 % held-out accuracy and verifies on the GPU within the task's
+#     replay_tolerance, while a tampered checkpoint still fails;
+#   - training steps/s of pot-node and of PyTorch on the GPU, same model, batch and data.
+set -euo pipefail
+bin="${1:-.gpu/pot-node}"
+out="${OUT:-$(mktemp -d)}"
+log="$out/gpu-check.jsonl"
+: >"$log"
+say() { echo "$1" | tee -a "$log"; }
+
+site=$(python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
+LD_LIBRARY_PATH="$site/torch/lib:$(ls -d "$site"/nvidia/*/lib | paste -sd:)"
+export LD_LIBRARY_PATH
+say "{\"gpu\": \"$(nvidia-smi -L | head -n 1)\", \"torch\": \"$(python3 -c 'import torch; print(torch.__version__)')\"}"
+
+work=$(mktemp -d)
+cat >"$work/task.yaml" <<'YAML'
+model: mlp:64,32
+dataset:
+  locator: builtin:digits
+  sha256: 09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22
+optimizer: {kind: sgd, lr: 0.05, momentum: 0.9}
+batch_size: 64
+steps: 1000
+checkpoint_interval: 100
+seed: 7
+replay_tolerance: 0.0001
+YAML
+"$bin" train --spec "$work/task.yaml" --out "$work/gpu" --device cuda --data-cache "$work/cache"
+"$bin" train --spec "$work/task.yaml" --out "$work/cpu" --device cpu --data-cache "$work/cache"
+w0() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["checkpoints"][0])' "$1/manifest.json"; }
+acc() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["held_out_accuracy"])' "$1/manifest.json"; }
+say "{\"check\": \"w0_same_on_gpu_and_cpu\", \"ok\": $([ "$(w0 "$work/gpu")" = "$(w0 "$work/cpu")" ] && echo true || echo false)}"
+say "{\"check\": \"gpu_held_out_accuracy\", \"value\": $(acc "$work/gpu")}"
+if "$bin" verify --spec "$work/task.yaml" --run "$work/gpu" --segments 0,4,9 --device cuda \
+  --data-cache "$work/cache" >"$work/verify.json"; then ok=true; else ok=false; fi
+say "{\"check\": \"gpu_run_verifies_on_gpu\", \"ok\": $ok, \"report\": $(tr -d '\n' <"$work/verify.json")}"
+cp "$work/gpu/checkpoints/000003.safetensors" "$work/gpu/checkpoints/000004.safetensors"
+if "$bin" verify --spec "$work/task.yaml" --run "$work/gpu" --segments 4 --device cuda \
+  --data-cache "$work/cache" >/dev/null 2>&1; then ok=false; else ok=true; fi
+say "{\"check\": \"tampered_checkpoint_fails\", \"ok\": $ok}"
+
+for model in mlp:128,64 lenet5; do
+  for batch in 64 256; do
+    ours=$("$bin" bench throughput --model "$model" --batch "$batch" --threads 1 --device cuda)
+    ref=$(python3 bench/train_steps.py --model "$model" --batch "$batch" --threads 1 --device cuda)
+    say "{\"bench\": \"train_steps_cuda\", \"pot_node\": $ours, \"pytorch\": $ref}"
+  done
+done
