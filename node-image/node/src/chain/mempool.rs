@@ -28,6 +28,9 @@ pub struct Limits {
     pub remembered_rejections: usize,
     /// Blocks a queued transaction waits for its gap to fill before it is dropped.
     pub queued_for_blocks: u64,
+    /// Queued transactions at most (they count toward `max_txs` too), so that transactions
+    /// which may never apply cannot crowd out ones that do.
+    pub max_queued: usize,
 }
 
 impl Default for Limits {
@@ -37,6 +40,7 @@ impl Default for Limits {
             max_bytes: 64 * 1024 * 1024,
             remembered_rejections: 10_000,
             queued_for_blocks: 100,
+            max_queued: 10_000,
         }
     }
 }
@@ -167,13 +171,24 @@ impl Mempool {
                 self.promote(signer);
                 Ok(hash)
             }
+            // Only senders the ledger knows (ones that were ever paid) may queue: a fresh key
+            // costs nothing, and its transactions could not pay for anything anyway.
             Err(TxError::WrongNonce {
                 signer,
                 expected,
                 got,
-            }) if got > expected && got - expected <= MAX_NONCE_GAP => {
+            }) if got > expected
+                && got - expected <= MAX_NONCE_GAP
+                && self.pending_state.accounts.contains_key(&signer) =>
+            {
                 if self.queued.contains_key(&(signer, got)) {
                     return Err(AdmitError::NonceTaken { signer, nonce: got });
+                }
+                if self.queued.len() >= self.limits.max_queued {
+                    return Err(AdmitError::Full {
+                        count: self.len(),
+                        bytes: self.bytes,
+                    });
                 }
                 self.bytes += vtx.len();
                 self.queued_hashes.insert(hash, (signer, got));
@@ -376,6 +391,21 @@ mod tests {
         assert_eq!(pool.pending(), 0);
         assert_eq!(pool.len(), 2);
         assert_eq!(pool.seen(&t2.hash()), Some(Seen::Queued { next_nonce: 0 }));
+        // A sender the ledger has never seen cannot queue.
+        let stranger = Tx {
+            chain_id: "test".into(),
+            signer: key(7).address(),
+            nonce: 1,
+            body: TxBody::Transfer {
+                to: key(2).address(),
+                amount: Amount(1),
+            },
+        }
+        .sign(&key(7));
+        assert!(matches!(
+            pool.admit(stranger),
+            Err(AdmitError::Invalid(TxError::WrongNonce { .. }))
+        ));
         // Another transaction for a queued nonce is refused; the queued one is kept.
         assert!(matches!(
             pool.admit(transfer(2, 5)),
@@ -497,6 +527,25 @@ mod tests {
             Err(AdmitError::Invalid(TxError::BadSignature(_)))
         ));
         assert!(pool.is_empty());
+    }
+
+    #[test]
+    fn queued_transactions_have_their_own_bound() {
+        let state = genesis();
+        let limits = Limits {
+            max_queued: 2,
+            ..Limits::default()
+        };
+        let mut pool = Mempool::new(&state, 2_000, limits);
+        pool.admit(transfer(1, 1)).unwrap();
+        pool.admit(transfer(2, 1)).unwrap();
+        assert!(matches!(
+            pool.admit(transfer(3, 1)),
+            Err(AdmitError::Full { count: 2, .. })
+        ));
+        // Ready transactions are still taken, and promote the queued ones.
+        pool.admit(transfer(0, 1)).unwrap();
+        assert_eq!(nonces(&pool), vec![0, 1, 2]);
     }
 
     #[test]
