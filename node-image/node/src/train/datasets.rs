@@ -27,13 +27,54 @@ fn bad(format: &'static str, why: impl Into<String>) -> DatasetError {
 
 /// The digits CSV shipped in the repository (see `data/digits/README.md`).
 pub const DIGITS_CSV_GZ: &[u8] = include_bytes!("../../data/digits/digits.csv.gz");
+/// The MNIST subset shipped in the repository (see `data/mnist-5k/README.md`).
+pub const MNIST_5K_CSV_GZ: &[u8] = include_bytes!("../../data/mnist-5k/mnist-5k.csv.gz");
+
+/// A dataset compiled into `pot-node`, named by the locator `builtin:<name>`; its bytes are
+/// still checked against the SHA-256 a task names, like any other locator's.
+pub struct Builtin {
+    pub name: &'static str,
+    /// CSV (pixels, then the label), gzip-compressed.
+    pub csv_gz: &'static [u8],
+    /// The largest pixel value: features are divided by it to lie in [0, 1].
+    pub max_pixel: f64,
+    pub image: [i64; 3],
+}
+
+pub const BUILTINS: &[Builtin] = &[
+    // UCI digits: 1,797 images of 8×8 pixels, values 0..16.
+    Builtin {
+        name: "digits",
+        csv_gz: DIGITS_CSV_GZ,
+        max_pixel: 16.0,
+        image: [1, 8, 8],
+    },
+    // MNIST: 5,000 images of 28×28 pixels, values 0..255, 500 per class.
+    Builtin {
+        name: "mnist-5k",
+        csv_gz: MNIST_5K_CSV_GZ,
+        max_pixel: 255.0,
+        image: [1, 28, 28],
+    },
+];
+
+/// The built-in dataset called `name`.
+pub fn builtin(name: &str) -> Option<&'static Builtin> {
+    BUILTINS.iter().find(|b| b.name == name)
+}
+
+impl Builtin {
+    pub fn load(&self) -> Dataset {
+        let mut d = from_csv(self.csv_gz).expect("a shipped CSV is valid");
+        d.x /= self.max_pixel;
+        d.image = Some(self.image);
+        d
+    }
+}
 
 /// The built-in UCI digits: 1,797 images of 8×8 pixels scaled to [0, 1], ten classes.
 pub fn digits() -> Dataset {
-    let mut d = from_csv(DIGITS_CSV_GZ).expect("the shipped digits CSV is valid");
-    d.x /= 16.0;
-    d.image = Some([1, 8, 8]);
-    d
+    builtin("digits").expect("digits is built in").load()
 }
 
 /// Decompress if the bytes are gzip.
@@ -286,6 +327,22 @@ mod tests {
         let (train, test) = split(&d, 200, 1);
         assert_eq!(train.len() + test.len(), 1797);
         assert_eq!(test.len(), 359);
+    }
+
+    #[test]
+    fn mnist_5k_is_the_shipped_subset() {
+        let d = builtin("mnist-5k").unwrap().load();
+        assert_eq!(d.x.size(), vec![5000, 784]);
+        assert_eq!(d.classes, 10);
+        assert_eq!(d.image, Some([1, 28, 28]));
+        assert_eq!(
+            Hash::digest(MNIST_5K_CSV_GZ).to_hex(),
+            "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
+        );
+        assert_eq!(d.x.max().double_value(&[]), 1.0);
+        // 500 of each class.
+        let counts = d.y.bincount(None::<&tch::Tensor>, 10);
+        assert_eq!(Vec::<i64>::try_from(&counts).unwrap(), vec![500; 10]);
     }
 
     #[test]

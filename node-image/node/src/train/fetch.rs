@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use pot_protocol::Hash;
 
-use super::datasets::DIGITS_CSV_GZ;
+use super::datasets::{BUILTINS, builtin};
 
 /// Largest download accepted (a bound on what a malicious locator can make a node store).
 pub const MAX_DOWNLOAD: u64 = 2 * 1024 * 1024 * 1024;
@@ -21,7 +21,7 @@ pub enum FetchError {
     },
     #[error("{locator}: {why}")]
     Unavailable { locator: String, why: String },
-    #[error("unknown built-in dataset {0:?} (known: builtin:digits)")]
+    #[error("unknown built-in dataset {0:?} (known: {known})", known = known_builtins())]
     UnknownBuiltin(String),
 }
 
@@ -62,6 +62,14 @@ impl Cache {
     }
 }
 
+fn known_builtins() -> String {
+    let names: Vec<String> = BUILTINS
+        .iter()
+        .map(|b| format!("builtin:{}", b.name))
+        .collect();
+    names.join(", ")
+}
+
 /// The bytes at `locator`, which must hash to `sha256`.
 pub fn fetch(locator: &str, sha256: &Hash, cache: &Cache) -> Result<Vec<u8>, FetchError> {
     let unavailable = |why: String| FetchError::Unavailable {
@@ -72,9 +80,9 @@ pub fn fetch(locator: &str, sha256: &Hash, cache: &Cache) -> Result<Vec<u8>, Fet
         return Ok(bytes);
     }
     let bytes = if let Some(name) = locator.strip_prefix("builtin:") {
-        match name {
-            "digits" => DIGITS_CSV_GZ.to_vec(),
-            other => return Err(FetchError::UnknownBuiltin(other.to_string())),
+        match builtin(name) {
+            Some(b) => b.csv_gz.to_vec(),
+            None => return Err(FetchError::UnknownBuiltin(name.to_string())),
         }
     } else if locator.starts_with("http://") || locator.starts_with("https://") {
         let mut resp = ureq::get(locator)
@@ -160,15 +168,20 @@ mod tests {
         assert!(fetch(file.to_str().unwrap(), &h, &cache).is_ok());
         assert_eq!(std::fs::read(cache.path(&h)).unwrap(), b"5,6,1\n");
 
+        use crate::train::datasets::DIGITS_CSV_GZ;
         let digits = Hash::digest(DIGITS_CSV_GZ);
         assert_eq!(
             fetch("builtin:digits", &digits, &cache).unwrap().len(),
             DIGITS_CSV_GZ.len()
         );
-        assert!(matches!(
-            fetch("builtin:mnist", &Hash::ZERO, &cache),
-            Err(FetchError::UnknownBuiltin(_))
-        ));
+        let unknown = fetch("builtin:mnist", &Hash::ZERO, &cache).unwrap_err();
+        assert!(matches!(unknown, FetchError::UnknownBuiltin(_)));
+        assert!(
+            unknown
+                .to_string()
+                .contains("known: builtin:digits, builtin:mnist-5k"),
+            "{unknown}"
+        );
         assert!(matches!(
             fetch("/no/such/file", &Hash::ZERO, &cache),
             Err(FetchError::Unavailable { .. })

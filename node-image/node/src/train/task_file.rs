@@ -51,7 +51,7 @@ fn default_holdout() -> u32 {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetFile {
-    /// A path, an http(s) URL, or `builtin:digits`.
+    /// A path, an http(s) URL, `builtin:digits` or `builtin:mnist-5k`.
     pub locator: String,
     pub sha256: Hash,
     /// `csv`, `safetensors` or `idx` (ignored for built-ins). For `idx` the locator holds the
@@ -196,8 +196,12 @@ impl TaskFile {
     pub fn load_data(&self, cache: &Cache) -> anyhow::Result<(Dataset, Dataset)> {
         let d = &self.dataset;
         let bytes = fetch(&d.locator, &d.sha256, cache)?;
-        let mut data = if d.locator == "builtin:digits" {
-            datasets::digits()
+        let builtin = d
+            .locator
+            .strip_prefix("builtin:")
+            .and_then(datasets::builtin);
+        let mut data = if let Some(b) = builtin {
+            b.load()
         } else {
             let mut data = match d.format.as_str() {
                 "csv" => datasets::from_csv(&bytes)?,
