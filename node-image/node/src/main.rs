@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pot_node::chain::now_ms;
 use pot_node::run_dir::RunDir;
+use pot_node::train::allocator::keep_freed_memory_for_reuse;
 use pot_node::train::fetch::Cache;
 use pot_node::wallet::{TaskSubmission, Wallet};
 use pot_node::{commands, genesis_builder, keyfile};
@@ -399,6 +400,7 @@ fn main() -> anyhow::Result<()> {
             cache,
         } => {
             pin_cpu_capability(&cpu_capability)?;
+            keep_freed_memory_for_reuse();
             let device = device.device()?;
             let m = commands::train(&spec, &out, miner, salt, threads, device, &cache.cache())?;
             println!("device:       {}", m.device);
@@ -422,6 +424,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let m = RunDir::new(&run).read_manifest()?;
             pin_cpu_capability(&m.cpu_capability)?;
+            keep_freed_memory_for_reuse();
             let report =
                 commands::verify(&spec, &run, &segments, device.device()?, &cache.cache())?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -431,6 +434,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench { what } => {
             pin_cpu_capability("avx2")?;
+            keep_freed_memory_for_reuse();
             let json = match what {
                 BenchWhat::Throughput {
                     model,
@@ -477,6 +481,7 @@ fn main() -> anyhow::Result<()> {
             device,
             cache,
         } => {
+            keep_freed_memory_for_reuse();
             let acc = commands::eval(&spec, &run, device.device()?, &cache.cache())?;
             println!("accuracy: {acc:.4}");
         }

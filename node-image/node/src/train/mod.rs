@@ -3,6 +3,7 @@
 //! part of every checkpoint), canonical checkpoint bytes, and runs that can be replayed from any
 //! checkpoint.
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod data;
 pub mod datasets;
