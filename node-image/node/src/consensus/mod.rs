@@ -90,9 +90,11 @@ impl Settings {
                 listen_addr: cfg.p2p_listen.clone(),
                 persistent_peers: cfg.peers.clone(),
                 discovery: DiscoveryConfig::default(),
-                // Direct broadcast: for a small coordinator set it decides about three times
-                // faster than GossipSub.
-                protocol: PubSubProtocol::Broadcast,
+                // GossipSub keeps one stream per peer. Malachite's `Broadcast` (libp2p-scatter)
+                // opens and negotiates a new stream for every message, a round trip each: with
+                // 100 ms links a block took ~920 ms from build to commit, and p99 finality was
+                // 2.1 s against GossipSub's 1.5 s (4 coordinators; the same on loopback).
+                protocol: PubSubProtocol::GossipSub(Default::default()),
                 pubsub_max_size: ByteSize::mib(8),
                 rpc_max_size: ByteSize::mib(16),
             },
