@@ -11,11 +11,7 @@ use crate::train::datasets;
 use crate::train::optim::{OptimizerConfig, OptimizerKind};
 use crate::train::{RunSpec, Trainer, checkpoint};
 
-fn spec(model: &str, batch: i64, steps: u64, k: u64) -> anyhow::Result<RunSpec> {
-    spec_on(model, batch, steps, k, tch::Device::Cpu)
-}
-
-fn spec_on(
+fn spec(
     model: &str,
     batch: i64,
     steps: u64,
@@ -63,7 +59,7 @@ pub fn throughput(
 ) -> anyhow::Result<Throughput> {
     tch::set_num_threads(threads);
     let d = data();
-    let s = spec_on(model, batch, steps, steps, device)?;
+    let s = spec(model, batch, steps, steps, device)?;
     let mut t = Trainer::new(&s, &d)?;
     t.train_steps(&d, 20);
     let mut rates: Vec<f64> = (0..repeats)
@@ -104,7 +100,7 @@ pub struct Overhead {
 pub fn overhead(model: &str, steps: u64, k: u64, segments: u32) -> anyhow::Result<Overhead> {
     tch::set_num_threads(1);
     let d = data();
-    let s = spec(model, 64, steps, k)?;
+    let s = spec(model, 64, steps, k, tch::Device::Cpu)?;
     let dir = tempfile::tempdir()?;
     let path = |i: usize| dir.path().join(format!("{i}.safetensors"));
     // Warm libtorch up on a throw-away trainer, then time a fresh run from W_0.

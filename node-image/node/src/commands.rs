@@ -76,8 +76,7 @@ pub fn train(
         );
     }
     tch::set_num_threads(threads);
-    let mut spec = tf.run_spec(&miner, &salt, cache)?;
-    spec.device = device;
+    let spec = tf.run_spec(&miner, &salt, device, cache)?;
     let (train, held_out) = tf.load_data(cache)?;
     let run = RunDir::new(out);
     let bar = ProgressBar::new(spec.steps).with_style(
@@ -131,8 +130,7 @@ pub fn verify(
     let run = RunDir::new(dir);
     let m = run.read_manifest()?;
     tch::set_num_threads(m.threads);
-    let mut spec = tf.run_spec(&m.miner, &m.salt, cache)?;
-    spec.device = device;
+    let spec = tf.run_spec(&m.miner, &m.salt, device, cache)?;
     let (train, held_out) = tf.load_data(cache)?;
     verify::verify(
         &spec,
@@ -149,8 +147,7 @@ pub fn eval(task: &Path, dir: &Path, device: Device, cache: &Cache) -> anyhow::R
     let tf = TaskFile::read(task)?;
     let run = RunDir::new(dir);
     let m = run.read_manifest()?;
-    let mut spec = tf.run_spec(&m.miner, &m.salt, cache)?;
-    spec.device = device;
+    let spec = tf.run_spec(&m.miner, &m.salt, device, cache)?;
     let (train, held_out) = tf.load_data(cache)?;
     let last = run.read_checkpoint(&m, m.checkpoints.len() - 1)?;
     let t = Trainer::from_checkpoint(&spec, &train, &last).context("loading the final model")?;

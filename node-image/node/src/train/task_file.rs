@@ -153,8 +153,15 @@ impl TaskFile {
         Ok(())
     }
 
-    /// The run spec for `miner` with `salt` (fetching a TorchScript model through `cache`).
-    pub fn run_spec(&self, miner: &Address, salt: &Hash, cache: &Cache) -> anyhow::Result<RunSpec> {
+    /// The run spec for `miner` with `salt`, training on `device` (fetching a TorchScript model
+    /// through `cache`).
+    pub fn run_spec(
+        &self,
+        miner: &Address,
+        salt: &Hash,
+        device: tch::Device,
+        cache: &Cache,
+    ) -> anyhow::Result<RunSpec> {
         let optimizer = match self.optimizer {
             OptimizerFile::Sgd {
                 lr,
@@ -188,7 +195,7 @@ impl TaskFile {
             steps: self.steps,
             checkpoint_interval: self.checkpoint_interval,
             run_seed: pot_protocol::tx::run_seed(self.seed, miner, salt),
-            device: tch::Device::Cpu,
+            device,
         })
     }
 
