@@ -122,13 +122,7 @@ impl Coordinators {
                 })
                 .collect(),
             stakes: vec![],
-            coordinators: keys
-                .iter()
-                .map(|k| Coordinator {
-                    address: k.address(),
-                    power: 1,
-                })
-                .collect(),
+            coordinators: keys.iter().map(Coordinator::for_key).collect(),
         };
         genesis.validate()?;
         std::fs::write(dir.path().join("genesis.yaml"), genesis.to_yaml())?;

@@ -73,6 +73,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
                 chain_id: net.genesis.chain_id.clone(),
                 signer: from.address(),
                 nonce: (k / accounts) as u64,
+                fee: net.genesis.params.tx_fee,
                 body: TxBody::Transfer {
                     to: net.accounts[(k + 1) % accounts].address(),
                     amount: Amount(1),

@@ -56,6 +56,7 @@ fn transfer(from: &SecretKey, nonce: u64, to: &SecretKey, amount: u64) -> Signed
         chain_id: "pot-e2e".into(),
         signer: from.address(),
         nonce,
+        fee: pot_protocol::Params::default().tx_fee,
         body: TxBody::Transfer {
             to: to.address(),
             amount: Amount(amount),
@@ -117,7 +118,12 @@ async fn four_coordinators_agree_and_include_each_transaction_once() {
     let received: u64 = 4 * (10 + 11 + 12);
     assert_eq!(
         receiver.balance,
-        Amount(pot_e2e::coordinators::ACCOUNT_FUNDS.0 + received - 7)
+        // It sent 7 and paid one fee.
+        Amount(
+            pot_e2e::coordinators::ACCOUNT_FUNDS.0 + received
+                - 7
+                - pot_protocol::Params::default().tx_fee.0
+        )
     );
 }
 

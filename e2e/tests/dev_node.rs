@@ -103,6 +103,7 @@ fn tx(key: &SecretKey, chain: &str, nonce: u64, body: TxBody) -> SignedTx {
         chain_id: chain.into(),
         signer: key.address(),
         nonce,
+        fee: pot_protocol::Params::default().tx_fee,
         body,
     }
     .sign(key)

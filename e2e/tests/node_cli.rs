@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use pot_protocol::tx::TxBody;
-use pot_protocol::{Amount, Genesis, State, Tx, build_block};
+use pot_protocol::{Amount, Genesis, ProposerKey, State, Tx, build_block};
 
 fn run(bin: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new(bin)
@@ -67,16 +67,30 @@ fn keygen_genesis_and_a_first_block() {
         chain_id: "pot-e2e".into(),
         signer: key.address(),
         nonce: 0,
+        fee: genesis.params.tx_fee,
         body: TxBody::Transfer {
             to: genesis.coordinators[0].address,
             amount: Amount(1200),
         },
     }
     .sign(&key);
-    let built = build_block(&state, genesis.coordinators[0].address, 2000, [tx]);
+    // The coordinator's key file proposes (its VRF key is the one the genesis names).
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&coord).unwrap()).unwrap();
+    let coord_key: pot_protocol::SecretKey = doc["secret_key"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        genesis.coordinators[0].vrf_key,
+        coord_key.vrf().public(),
+        "the genesis names the coordinator's VRF key"
+    );
+    let built = build_block(&state, &ProposerKey::new(&coord_key), 2000, [tx]);
     assert!(built.rejected.is_empty(), "{:?}", built.rejected);
     state.apply_block(&built.block).unwrap();
-    assert_eq!(state.balance(&key.address()), Amount(3800));
+    // 5,000 less 1,200 sent and the fee, burned.
+    assert_eq!(
+        state.balance(&key.address()),
+        Amount(3800 - genesis.params.tx_fee.0)
+    );
 }
 
 #[test]

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::chain::mempool::AdmitError;
+use crate::chain::store::StoreError;
 use crate::chain::{Chain, now_ms};
 use crate::consensus::certificate_signers;
 use crate::metrics::Metrics;
@@ -105,6 +106,11 @@ async fn submit_tx(
     let hash = api.chain.submit(stx.clone()).map_err(|e| match e {
         AdmitError::Invalid(e) => bad_request("tx_rejected", e),
         taken @ AdmitError::NonceTaken { .. } => bad_request("tx_rejected", taken),
+        busy @ AdmitError::SenderFull { .. } => Error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "sender_full",
+            busy.to_string(),
+        ),
         full @ AdmitError::Full { .. } => Error(
             StatusCode::SERVICE_UNAVAILABLE,
             "mempool_full",
@@ -140,6 +146,8 @@ async fn head(AxumState(api): AxumState<Api>) -> Json<Head> {
         hash: state.tip.hash,
         time_ms: state.tip.time_ms,
         state_root: snapshot.state_root,
+        beacon: state.tip.beacon,
+        tx_fee: state.params.tx_fee,
     })
 }
 
@@ -184,6 +192,8 @@ async fn account(
         nonce: acct.nonce,
         miner_bond: miner.bonded,
         validator_bond: validator.bonded,
+        miner_reserved: miner.reserved,
+        validator_reserved: validator.reserved,
         unbonding,
         reputation: state.reputation_of(&address),
     }))
@@ -201,6 +211,19 @@ fn task_info(state: &State, id: Hash) -> Option<TaskInfo> {
         phase: task.phase(state.tip.height + 1),
         task: task.clone(),
     })
+}
+
+/// An active task from the state, or one that has ended from the store.
+fn any_task_info(chain: &Chain, id: Hash) -> Result<Option<TaskInfo>, StoreError> {
+    let state = chain.state();
+    if let Some(info) = task_info(&state, id) {
+        return Ok(Some(info));
+    }
+    Ok(chain.store().ended_task(&id)?.map(|task| TaskInfo {
+        id,
+        phase: task.phase(state.tip.height + 1),
+        task,
+    }))
 }
 
 async fn tasks(
@@ -225,8 +248,8 @@ async fn task(
     Path(id): Path<String>,
 ) -> Result<Json<TaskInfo>, Error> {
     let id = parse("bad_hash", "task id", &id)?;
-    let state = api.chain.state();
-    task_info(&state, id)
+    any_task_info(&api.chain, id)
+        .map_err(internal)?
         .map(Json)
         .ok_or_else(|| not_found(format!("no task {id}")))
 }

@@ -3,7 +3,7 @@
 use anyhow::{Context, bail};
 use pot_protocol::genesis::{Coordinator, GenesisBalance, GenesisStake};
 use pot_protocol::tx::Role;
-use pot_protocol::{Address, Amount, Genesis, Params};
+use pot_protocol::{Amount, Genesis, Params, SecretKey};
 
 /// Parse `ADDRESS=AMOUNT`.
 pub fn parse_balance(s: &str) -> anyhow::Result<GenesisBalance> {
@@ -36,12 +36,13 @@ pub fn parse_stake(s: &str) -> anyhow::Result<GenesisStake> {
     })
 }
 
-/// Assemble and validate a genesis.
+/// Assemble and validate a genesis. Each coordinator is named by its key, from which its
+/// address and VRF public key come.
 pub fn build(
     chain_id: String,
     genesis_time_ms: u64,
     params: Params,
-    coordinators: Vec<Address>,
+    coordinators: &[SecretKey],
     balances: Vec<GenesisBalance>,
     stakes: Vec<GenesisStake>,
 ) -> anyhow::Result<Genesis> {
@@ -51,10 +52,7 @@ pub fn build(
         params,
         balances,
         stakes,
-        coordinators: coordinators
-            .into_iter()
-            .map(|address| Coordinator { address, power: 1 })
-            .collect(),
+        coordinators: coordinators.iter().map(Coordinator::for_key).collect(),
     };
     g.validate()?;
     Ok(g)
@@ -69,7 +67,7 @@ pub fn dev(key: &pot_protocol::SecretKey, genesis_time_ms: u64) -> anyhow::Resul
         "pot-dev".into(),
         genesis_time_ms,
         Params::default(),
-        vec![key.address()],
+        std::slice::from_ref(key),
         vec![GenesisBalance {
             address: key.address(),
             amount: DEV_FUNDS,
@@ -81,7 +79,6 @@ pub fn dev(key: &pot_protocol::SecretKey, genesis_time_ms: u64) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pot_protocol::SecretKey;
 
     #[test]
     fn parses_pieces_and_names_errors() {

@@ -231,6 +231,10 @@ struct SignerArgs {
     /// How long to wait for the transaction's block, in seconds.
     #[arg(long, default_value_t = 60)]
     wait: u64,
+    /// The fee to offer (burned); default: the chain's minimum `tx_fee`. A full mempool keeps
+    /// the transactions that offer more.
+    #[arg(long)]
+    fee: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -370,7 +374,7 @@ fn main() -> anyhow::Result<()> {
             };
             let coordinators = coordinator_keys
                 .iter()
-                .map(|p| keyfile::read(p).map(|k| k.address()))
+                .map(|p| keyfile::read(p))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let balances = balances
                 .iter()
@@ -382,7 +386,7 @@ fn main() -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let time_ms = time_ms.unwrap_or_else(now_ms);
             let g =
-                genesis_builder::build(chain_id, time_ms, params, coordinators, balances, stakes)?;
+                genesis_builder::build(chain_id, time_ms, params, &coordinators, balances, stakes)?;
             match out {
                 Some(p) => std::fs::write(&p, g.to_yaml())
                     .with_context(|| format!("writing {}", p.display()))?,
@@ -574,6 +578,7 @@ async fn send_tx(signer: SignerArgs, what: TxWhat) -> anyhow::Result<()> {
     let wallet = Wallet {
         client: Client::new(signer.api.node),
         key: keyfile::read(&signer.key)?,
+        fee: signer.fee.map(pot_protocol::Amount),
     };
     let wait = std::time::Duration::from_secs(signer.wait);
     let body = match what {

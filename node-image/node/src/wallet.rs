@@ -42,6 +42,8 @@ pub struct EvalSecret {
 pub struct Wallet {
     pub client: Client,
     pub key: SecretKey,
+    /// The fee to offer; `None` offers the chain's minimum.
+    pub fee: Option<Amount>,
 }
 
 impl Wallet {
@@ -73,6 +75,7 @@ impl Wallet {
             chain_id: head.chain_id,
             signer: self.key.address(),
             nonce: account.nonce,
+            fee: self.fee.unwrap_or(head.tx_fee),
             body,
         };
         Ok((tx.sign(&self.key), account.nonce))
@@ -88,7 +91,7 @@ impl Wallet {
         let body = TxBody::SubmitTask {
             spec: sub.spec,
             bounty: sub.bounty,
-            eval_commit: eval_commitment(&sub.eval_set.sha256, &salt),
+            eval_commit: eval_commitment(&sub.eval_set, &salt),
             windows: sub.windows,
         };
         let (stx, nonce) = self.sign(body).await?;

@@ -55,6 +55,10 @@ pub struct Head {
     pub hash: Hash,
     pub time_ms: u64,
     pub state_root: Hash,
+    /// The last block's randomness beacon.
+    pub beacon: Hash,
+    /// The least fee a transaction must offer (the chain's `tx_fee`).
+    pub tx_fee: Amount,
 }
 
 /// One transaction of a block, summarised.
@@ -63,6 +67,8 @@ pub struct TxSummary {
     pub hash: Hash,
     pub signer: Address,
     pub nonce: u64,
+    /// The fee it paid (burned).
+    pub fee: Amount,
     pub kind: String,
 }
 
@@ -74,6 +80,8 @@ pub struct BlockInfo {
     pub prev_hash: Hash,
     pub time_ms: u64,
     pub proposer: Address,
+    /// The block's randomness beacon (checked against the proposer's VRF proof).
+    pub beacon: Hash,
     pub tx_root: Hash,
     pub state_root: Hash,
     pub txs: Vec<TxSummary>,
@@ -92,6 +100,7 @@ impl BlockInfo {
             prev_hash: h.prev_hash,
             time_ms: h.time_ms,
             proposer: h.proposer,
+            beacon: h.beacon,
             tx_root: h.tx_root,
             state_root: h.state_root,
             txs: block
@@ -101,6 +110,7 @@ impl BlockInfo {
                     hash: t.hash(),
                     signer: t.tx.signer,
                     nonce: t.tx.nonce,
+                    fee: t.tx.fee,
                     kind: t.tx.body.kind().to_string(),
                 })
                 .collect(),
@@ -118,6 +128,9 @@ pub struct AccountInfo {
     pub nonce: u64,
     pub miner_bond: Amount,
     pub validator_bond: Amount,
+    /// The part of each bond reserved as collateral by active tasks (not unbondable).
+    pub miner_reserved: Amount,
+    pub validator_reserved: Amount,
     pub unbonding: Vec<Unbonding>,
     pub reputation: Reputation,
 }

@@ -2,6 +2,7 @@
 
 use borsh::{BorshDeserialize, BorshSerialize};
 
+use crate::beacon::VrfProof;
 use crate::crypto::Address;
 use crate::hash::Hash;
 use crate::merkle;
@@ -16,6 +17,10 @@ pub struct BlockHeader {
     /// Proposal time, Unix milliseconds; strictly increasing.
     pub time_ms: u64,
     pub proposer: Address,
+    /// The proposer's VRF proof over `(chain id, height, previous beacon)`.
+    pub vrf_proof: VrfProof,
+    /// This block's randomness beacon, `H(previous beacon ‖ VRF output)` (see `beacon`).
+    pub beacon: Hash,
     /// Merkle root over the transaction ids, in block order.
     pub tx_root: Hash,
     /// State root after applying this block.
@@ -23,8 +28,7 @@ pub struct BlockHeader {
 }
 
 impl BlockHeader {
-    /// The block id. It is also the randomness beacon for tasks whose reveal deadline is this
-    /// height: nobody knows it while claims can still be committed.
+    /// The block id.
     pub fn hash(&self) -> Hash {
         Hash::of_value("pot/block", self)
     }

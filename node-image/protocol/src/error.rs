@@ -21,6 +21,8 @@ pub enum TxError {
         expected: u64,
         got: u64,
     },
+    #[error("fee {got} is below the chain's minimum transaction fee {min}")]
+    FeeTooLow { min: Amount, got: Amount },
     #[error("amount must be positive")]
     ZeroAmount,
     #[error("insufficient funds: need {need}, balance is {have}")]
@@ -32,12 +34,13 @@ pub enum TxError {
         have: Amount,
     },
     #[error(
-        "stake is engaged in an active task: unbonding would leave {remaining}, below the minimum {min}"
+        "{role:?} stake is reserved by active tasks: {free} of {bonded} bonded is free to unbond, asked for {asked}"
     )]
     StakeLocked {
         role: Role,
-        remaining: Amount,
-        min: Amount,
+        asked: Amount,
+        free: Amount,
+        bonded: Amount,
     },
     #[error("too many pending unbondings (at most {max})")]
     TooManyUnbondings { max: usize },
@@ -103,8 +106,17 @@ pub enum TxError {
     InconsistentReport,
     #[error("validator {validator} revealed no report on the claim of {miner}")]
     UnknownReport { validator: Address, miner: Address },
-    #[error("segment {0} is not in the challenged report")]
-    SegmentNotReported(u32),
+    #[error("the challenged report states no {0:?}")]
+    FactNotReported(crate::tx::Fact),
+    #[error("{fact:?} cannot be disputed here: {why}")]
+    NotDisputable {
+        fact: crate::tx::Fact,
+        why: &'static str,
+    },
+    #[error("{0} validates the disputed claim and cannot challenge it")]
+    ChallengerAssigned(Address),
+    #[error("challenge {challenge} was committed by {challenger}, not by this account")]
+    NotYourChallenge { challenge: u32, challenger: Address },
     #[error("a validator cannot challenge its own report")]
     SelfChallenge,
     #[error("task already has the maximum of {max} challenges")]
@@ -138,6 +150,12 @@ pub enum BlockError {
         hash: Hash,
         error: TxError,
     },
+    #[error("block proposer {0} is not a coordinator")]
+    UnknownProposer(Address),
+    #[error("block beacon: {0}")]
+    BadBeacon(#[from] crate::beacon::BeaconError),
+    #[error("block beacon {header} is not the one its VRF proof gives ({computed})")]
+    WrongBeacon { header: Hash, computed: Hash },
     #[error("state root mismatch: header says {header}, execution gives {computed}")]
     StateRootMismatch { header: Hash, computed: Hash },
 }

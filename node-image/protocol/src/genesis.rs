@@ -4,12 +4,14 @@
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 
+use crate::beacon::VrfPublicKey;
 use crate::crypto::Address;
 use crate::hash::Hash;
 use crate::tx::{Role, limits};
 use crate::units::{Amount, Ppm};
 
-/// Rules every node must agree on. Fractions are parts per million.
+/// Rules every node must agree on. Fractions are parts per million. The economic rules these
+/// feed are written at the top of `ledger/finalize.rs`.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Params {
@@ -20,21 +22,40 @@ pub struct Params {
     /// Shortest and longest allowed phase window, in blocks.
     pub min_window: u32,
     pub max_window: u32,
-    /// Part of a bounty paid to validators whose verdict matched the outcome.
+    /// The least fee a transaction may offer. Fees are burned (never paid to the proposer, who
+    /// could otherwise fill its own blocks for free).
+    pub tx_fee: Amount,
+    /// Part of a bounty burned when the task is submitted, on top of the escrowed bounty.
+    pub task_burn: Ppm,
+    /// The mining reward: new supply paid to a task's winner, this part of the bounty. At most
+    /// `task_burn`, so a task never mints more than it burned and cannot be farmed.
+    pub mint_rate: Ppm,
+    /// Most new supply all tasks finalized in one block may mint together.
+    pub max_mint_per_block: Amount,
+    /// Part of a bounty paid to validators whose reports matched their claims' outcomes,
+    /// whether or not the task has a winner.
     pub validator_share: Ppm,
-    /// New supply paid to each task's winner: the mining reward.
-    pub mint_per_task: Amount,
-    /// Part of a miner's bond taken when its claim is judged invalid.
-    pub miner_slash: Ppm,
-    /// Part of a validator's bond taken when it commits and does not reveal, or loses a challenge.
+    /// Part of an assignment's collateral taken from a validator that never committed or never
+    /// revealed its report.
     pub validator_slash: Ppm,
-    /// Part of a slashed validator's loss paid to the challenger who proved it wrong.
+    /// Part of the losers' loss in an upheld challenge paid to the challenger who proved them
+    /// wrong; with `committee_reward` below one whole, so challenging one's own validator
+    /// always loses.
     pub challenger_reward: Ppm,
+    /// Part of the loser's loss (the slashed validators', or a rejected challenger's deposit)
+    /// shared by the committee members whose votes matched the outcome.
+    pub committee_reward: Ppm,
     /// Deposit escrowed by a challenger, lost to the challenged validator if it is wrong.
     pub challenge_deposit: Amount,
+    /// Least deposit escrowed with a claim commitment (it is at least the bounty over
+    /// `max_claims_per_task` too): back when the claim is revealed, burned when it never is,
+    /// so claim slots cannot be squatted cheaply.
+    pub claim_deposit: Amount,
     pub min_miner_bond: Amount,
     pub min_validator_bond: Amount,
     pub min_bounty: Amount,
+    /// Shortest training run a task may ask for, in steps (minimum work).
+    pub min_steps: u64,
     /// Validators assigned to each claim (`v`); also the size of a challenge committee.
     pub validators_per_claim: u32,
     /// Segments each validator replays per claim (`s`).
@@ -52,21 +73,33 @@ impl Default for Params {
             unbonding_blocks: 100,
             min_window: 1,
             max_window: 10_000,
+            tx_fee: Amount(10),
+            task_burn: Ppm(50_000),
+            mint_rate: Ppm(40_000),
+            max_mint_per_block: Amount(10_000_000),
             validator_share: Ppm(100_000),
-            mint_per_task: Amount(1_000),
-            miner_slash: Ppm(100_000),
-            validator_slash: Ppm(50_000),
+            validator_slash: Ppm(100_000),
             challenger_reward: Ppm(500_000),
+            committee_reward: Ppm(200_000),
             challenge_deposit: Amount(100),
+            claim_deposit: Amount(100),
             min_miner_bond: Amount(1_000),
             min_validator_bond: Amount(1_000),
-            min_bounty: Amount(1),
+            min_bounty: Amount(1_000),
+            min_steps: 100,
             validators_per_claim: 3,
             segments_per_claim: 5,
             max_claims_per_task: 32,
             max_challenges_per_task: 16,
             max_steps: 10_000_000,
         }
+    }
+}
+
+impl Params {
+    /// Reports that decide a claim: a strict majority of the `v` assigned validators.
+    pub fn quorum(&self) -> u32 {
+        self.validators_per_claim / 2 + 1
     }
 }
 
@@ -89,6 +122,8 @@ pub enum GenesisError {
     NoCoordinators,
     #[error("coordinator {0} has zero voting power")]
     ZeroPower(Address),
+    #[error("coordinator {0} has an invalid vrf_key (not a ristretto255 point)")]
+    BadVrfKey(Address),
     #[error("total supply overflows")]
     SupplyOverflow,
 }
@@ -108,13 +143,26 @@ pub struct GenesisStake {
     pub amount: Amount,
 }
 
-/// A member of the coordinator set, with its voting power in consensus.
+/// A member of the coordinator set, with its voting power in consensus and the VRF key its
+/// blocks' beacons must verify under.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Coordinator {
     pub address: Address,
     #[serde(default = "one")]
     pub power: u64,
+    pub vrf_key: VrfPublicKey,
+}
+
+impl Coordinator {
+    /// The coordinator entry for an account key, power one.
+    pub fn for_key(key: &crate::SecretKey) -> Coordinator {
+        Coordinator {
+            address: key.address(),
+            power: 1,
+            vrf_key: key.vrf().public(),
+        }
+    }
 }
 
 fn one() -> u64 {
@@ -201,6 +249,9 @@ impl Genesis {
             if c.power == 0 {
                 return Err(GenesisError::ZeroPower(c.address));
             }
+            if !c.vrf_key.is_valid() {
+                return Err(GenesisError::BadVrfKey(c.address));
+            }
         }
         self.total_supply()?;
         Ok(())
@@ -224,14 +275,49 @@ impl Params {
             }
         }
         for (name, p) in [
+            ("task_burn", self.task_burn),
+            ("mint_rate", self.mint_rate),
             ("validator_share", self.validator_share),
-            ("miner_slash", self.miner_slash),
             ("validator_slash", self.validator_slash),
             ("challenger_reward", self.challenger_reward),
+            ("committee_reward", self.committee_reward),
         ] {
             if !p.is_valid() {
                 return Err(bad(name, p.0, "a fraction in ppm must be at most 1000000"));
             }
+        }
+        if self.mint_rate > self.task_burn {
+            return Err(bad(
+                "mint_rate",
+                self.mint_rate.0,
+                "must not exceed task_burn: a task may not mint more than it burned, or posting \
+                 and winning one's own tasks would pay",
+            ));
+        }
+        if u64::from(self.challenger_reward.0) + u64::from(self.committee_reward.0) >= 1_000_000 {
+            return Err(bad(
+                "challenger_reward",
+                self.challenger_reward.0,
+                "plus committee_reward must be below 1000000, or challenging one's own \
+                 validator would pay",
+            ));
+        }
+        if self.max_challenges_per_task > 32 {
+            return Err(bad(
+                "max_challenges_per_task",
+                self.max_challenges_per_task,
+                "must be at most 32 (each challenge's deposit doubles)",
+            ));
+        }
+        if self.min_bounty == Amount::ZERO {
+            return Err(bad("min_bounty", 0, "must be positive"));
+        }
+        if self.min_steps == 0 || self.min_steps > self.max_steps {
+            return Err(bad(
+                "min_steps",
+                self.min_steps,
+                "must be at least 1 and at most max_steps",
+            ));
         }
         if self.block_time_ms == 0 {
             return Err(bad("block_time_ms", 0, "must be positive"));
@@ -282,10 +368,7 @@ mod tests {
                 role: Role::Validator,
                 amount: Amount(2_000),
             }],
-            coordinators: vec![Coordinator {
-                address: addr(3),
-                power: 1,
-            }],
+            coordinators: vec![Coordinator::for_key(&SecretKey::from_seed([3; 32]))],
         }
     }
 
@@ -300,9 +383,10 @@ mod tests {
 
     #[test]
     fn minimal_yaml_uses_default_params() {
+        let c = Coordinator::for_key(&SecretKey::from_seed([3; 32]));
         let yaml = format!(
-            "chain_id: dev\ngenesis_time_ms: 0\ncoordinators:\n  - address: {}\n",
-            addr(3)
+            "chain_id: dev\ngenesis_time_ms: 0\ncoordinators:\n  - address: {}\n    vrf_key: {}\n",
+            c.address, c.vrf_key
         );
         let g = Genesis::from_yaml(&yaml).unwrap();
         assert_eq!(g.params, Params::default());
@@ -344,6 +428,28 @@ mod tests {
         let mut g = sample();
         g.balances[0].amount = Amount(u64::MAX);
         assert_eq!(g.validate(), Err(GenesisError::SupplyOverflow));
+
+        let mut g = sample();
+        g.params.mint_rate = Ppm(g.params.task_burn.0 + 1);
+        let err = g.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("mint_rate") && err.contains("task_burn"),
+            "{err}"
+        );
+
+        let mut g = sample();
+        g.params.challenger_reward = Ppm(1_000_000);
+        assert!(matches!(
+            g.validate(),
+            Err(GenesisError::BadParam {
+                name: "challenger_reward",
+                ..
+            })
+        ));
+
+        let mut g = sample();
+        g.coordinators[0].vrf_key = VrfPublicKey([0; 32]);
+        assert_eq!(g.validate(), Err(GenesisError::BadVrfKey(addr(3))));
 
         let bad_addr = "chain_id: dev\ngenesis_time_ms: 0\ncoordinators:\n  - address: xyz\n";
         let err = Genesis::from_yaml(bad_addr).unwrap_err().to_string();

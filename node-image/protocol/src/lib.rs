@@ -1,11 +1,12 @@
 //! `pot-protocol`: the Proof-of-Training ledger.
 //!
 //! Types (keys, hashes, transactions, blocks), the canonical encoding, the genesis file, the
-//! Merkle tree over checkpoints, beacon sampling, and the ledger state machine — a pure,
+//! Merkle tree over checkpoints, the VRF beacon and sampling from it, and the ledger state machine — a pure,
 //! deterministic function from a state and a block to the next state; the JSON types of a node's
 //! HTTP API and a typed client for it. Nothing but `client` does I/O.
 
 pub mod api;
+pub mod beacon;
 pub mod block;
 pub mod client;
 pub mod crypto;
@@ -26,8 +27,8 @@ pub use error::{BlockError, TxError};
 pub use genesis::{Genesis, Params};
 pub use hash::Hash;
 pub use ledger::{
-    BuiltBlock, TxCtx, VerifiedTx, apply_block, apply_block_known, apply_tx, apply_verified_tx,
-    begin_block, build_block, build_block_verified,
+    BuiltBlock, ProposerKey, TxCtx, VerifiedTx, apply_block, apply_block_known, apply_tx,
+    apply_verified_tx, begin_block, build_block, build_block_verified,
 };
 pub use state::{Phase, State};
 pub use tx::{SignedTx, Tx, TxBody};

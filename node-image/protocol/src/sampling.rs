@@ -1,5 +1,5 @@
-//! Deterministic, unbiased sampling from a randomness beacon (a block hash nobody could know
-//! when claims were committed). Every node derives the same validator assignments and segment
+//! Deterministic, unbiased sampling from the randomness beacon (see `beacon`; nobody could
+//! know it when claims were committed or revealed). Every node derives the same validator assignments and segment
 //! indices from the same beacon.
 
 use crate::crypto::Address;
@@ -64,15 +64,20 @@ pub fn assign_validators(
     pick(seed, eligible, v)
 }
 
-/// The `s` segment indices (of `segments`) every validator of `miner`'s claim replays.
+/// The `s` segment indices (of `segments`) that `validator` replays for `miner`'s claim: each
+/// validator its own sample, so no replay can be shared among them.
 pub fn sample_segments(
     beacon: &Hash,
     task: &TaskId,
     miner: &Address,
+    validator: &Address,
     segments: u64,
     s: u32,
 ) -> Vec<u32> {
-    let seed = Hash::tagged("pot/segments", &[&beacon.0, &task.0, &miner.0]);
+    let seed = Hash::tagged(
+        "pot/segments",
+        &[&beacon.0, &task.0, &miner.0, &validator.0],
+    );
     BeaconRng::new(seed)
         .distinct(segments, u64::from(s))
         .into_iter()
@@ -161,7 +166,14 @@ mod tests {
 
         #[test]
         fn segments_are_in_range(beacon: [u8; 32], n in 1u64..1_000_000, s in 1u32..20) {
-            let segs = sample_segments(&Hash(beacon), &Hash::ZERO, &Address::default(), n, s);
+            let segs = sample_segments(
+                &Hash(beacon),
+                &Hash::ZERO,
+                &Address::default(),
+                &Address([1; 32]),
+                n,
+                s,
+            );
             prop_assert_eq!(segs.len() as u64, u64::from(s).min(n));
             prop_assert!(segs.iter().all(|&i| u64::from(i) < n));
         }

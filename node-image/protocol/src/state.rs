@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::Address;
 use crate::genesis::{Coordinator, Genesis, Params};
 use crate::hash::Hash;
-use crate::tx::{Claim, DatasetRef, Report, Role, TaskId, TaskSpec, Windows};
+use crate::tx::{Claim, DatasetRef, Dispute, Report, Role, TaskId, TaskSpec, Windows};
 use crate::units::{Amount, Fixed, Height};
 
 #[derive(
@@ -28,16 +28,25 @@ pub struct Unbonding {
     pub release_height: Height,
 }
 
-/// The stake an account holds in one role. Unbonding funds stay slashable until released.
+/// The stake an account holds in one role. Part of the bonded stake is *reserved* as collateral
+/// for claims and validation assignments of active tasks: it cannot be unbonded until those
+/// tasks end, and slashes are taken from it, so stake can never leave before its slash.
 #[derive(
     Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
 )]
 pub struct Stake {
     pub bonded: Amount,
+    /// The part of `bonded` that backs active tasks (never more than `bonded`).
+    pub reserved: Amount,
     pub unbonding: Vec<Unbonding>,
 }
 
 impl Stake {
+    /// Bonded stake not reserved by any task: what can be unbonded or newly reserved.
+    pub fn free(&self) -> Amount {
+        self.bonded.saturating_sub(self.reserved)
+    }
+
     /// Bonded plus unbonding: what a slash is computed from.
     pub fn total(&self) -> Amount {
         self.unbonding
@@ -98,7 +107,9 @@ pub struct Schedule {
     pub report_commit_end: Height,
     pub report_reveal_end: Height,
     pub challenge_end: Height,
-    pub resolution_end: Height,
+    pub challenge_reveal_end: Height,
+    pub vote_end: Height,
+    pub vote_reveal_end: Height,
 }
 
 impl Schedule {
@@ -109,7 +120,9 @@ impl Schedule {
         let report_commit_end = eval_end + u64::from(w.report_commit);
         let report_reveal_end = report_commit_end + u64::from(w.report_reveal);
         let challenge_end = report_reveal_end + u64::from(w.challenge);
-        let resolution_end = challenge_end + u64::from(w.resolution);
+        let challenge_reveal_end = challenge_end + u64::from(w.challenge_reveal);
+        let vote_end = challenge_reveal_end + u64::from(w.vote);
+        let vote_reveal_end = vote_end + u64::from(w.vote_reveal);
         Schedule {
             submitted,
             commit_end,
@@ -118,7 +131,9 @@ impl Schedule {
             report_commit_end,
             report_reveal_end,
             challenge_end,
-            resolution_end,
+            challenge_reveal_end,
+            vote_end,
+            vote_reveal_end,
         }
     }
 }
@@ -135,9 +150,14 @@ pub enum Phase {
     EvalReveal,
     ReportCommit,
     ReportReveal,
+    /// Anyone commits to a challenge.
     Challenge,
-    /// A challenge committee votes.
-    Resolution,
+    /// Challengers reveal their disputes.
+    ChallengeReveal,
+    /// Challenge committees commit their votes.
+    Vote,
+    /// Challenge committees reveal their votes.
+    VoteReveal,
     Finalized,
     Failed,
 }
@@ -149,30 +169,67 @@ pub struct ReportEntry {
     pub report: Option<Report>,
 }
 
+/// A validator assigned to a claim: the segments it alone must replay, and the stake it
+/// reserved as collateral.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Assignment {
+    pub validator: Address,
+    /// Segment indices this validator replays, ascending; every validator of a claim has its
+    /// own sample, so one replay cannot be shared among them off chain.
+    pub segments: Vec<u32>,
+    pub collateral: Amount,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct ClaimEntry {
     pub commitment: Hash,
     pub committed_at: TxPosition,
+    /// Escrowed with the commitment: returned if the claim is revealed, burned if not.
+    pub deposit: Amount,
+    /// Miner stake reserved until the task ends; an invalid claim loses all of it.
+    pub collateral: Amount,
     pub claim: Option<Claim>,
     /// The salt revealed with the claim; the run seed derives from it.
     pub salt: Option<Hash>,
-    /// Validators assigned from the beacon, ascending.
-    pub assigned: Vec<Address>,
-    /// Segment indices every assigned validator replays, ascending.
-    pub segments: Vec<u32>,
+    /// Validators assigned from the beacon, ascending by address.
+    pub assigned: Vec<Assignment>,
     pub reports: BTreeMap<Address, ReportEntry>,
+}
+
+impl ClaimEntry {
+    /// The assignment of `validator`, if it is assigned to this claim.
+    pub fn assignment(&self, validator: &Address) -> Option<&Assignment> {
+        self.assigned.iter().find(|a| a.validator == *validator)
+    }
+}
+
+/// A committee member's seat: the stake it reserved for it.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Seat {
+    pub member: Address,
+    pub collateral: Amount,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct VoteEntry {
+    pub commitment: Hash,
+    /// The revealed vote: the disputed fact is not as the report says.
+    pub upheld: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct ChallengeEntry {
     pub challenger: Address,
-    pub miner: Address,
-    pub validator: Address,
-    pub segment: u32,
+    pub commitment: Hash,
+    pub committed_at: TxPosition,
+    /// Escrowed at commitment; each challenge on a task costs twice the one before it.
     pub deposit: Amount,
-    /// Chosen from the beacon when the challenge window closes.
-    pub committee: Vec<Address>,
-    pub votes: BTreeMap<Address, bool>,
+    /// What it disputes, once revealed.
+    pub dispute: Option<Dispute>,
+    /// Drawn from the beacon when the reveal window closes, for the first-committed challenge
+    /// of each disputed fact.
+    pub committee: Vec<Seat>,
+    pub votes: BTreeMap<Address, VoteEntry>,
 }
 
 #[derive(
@@ -180,12 +237,17 @@ pub struct ChallengeEntry {
 )]
 #[serde(rename_all = "snake_case")]
 pub enum ChallengeResult {
-    /// The committee disagreed with the validator: the validator is slashed, the challenger paid.
+    /// A quorum of the committee found the fact other than reported: every validator that
+    /// reported it so is slashed; the challenger and the voters who said so are paid.
     Upheld,
-    /// The committee agreed with the validator: the deposit goes to the validator.
+    /// A quorum agreed with the report: the deposit pays those voters, the rest is burned.
     Rejected,
-    /// No majority voted: the deposit is returned.
+    /// No quorum: the deposit is returned.
     Void,
+    /// The same fact was disputed by an earlier commitment: the deposit is returned.
+    Duplicate,
+    /// Never revealed: the deposit is burned.
+    Unrevealed,
 }
 
 #[derive(
@@ -203,10 +265,12 @@ pub enum PayoutKind {
     Refund,
     /// A right challenger's deposit back plus its part of the slash.
     ChallengeWon,
-    /// A wrong challenger's deposit, paid to the validator it accused.
-    ChallengeForfeit,
-    /// A void challenge's deposit back.
+    /// A void or duplicate challenge's deposit back.
     ChallengeReturned,
+    /// A committee member's part of the loser's loss, for a vote that matched the outcome.
+    CommitteeReward,
+    /// A revealed claim's commitment deposit back.
+    DepositReturned,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
@@ -222,8 +286,12 @@ pub struct Payout {
 #[serde(rename_all = "snake_case")]
 pub enum SlashReason {
     InvalidClaim,
+    /// An assigned validator committed no report.
+    ReportNotCommitted,
     ReportNotRevealed,
     LostChallenge,
+    /// A committee member did not commit or reveal its vote, or voted against the outcome.
+    CommitteeVote,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
@@ -237,6 +305,9 @@ pub struct Slash {
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct ClaimOutcome {
     pub miner: Address,
+    /// A quorum (a strict majority of the assigned validators) agreed, or a challenge proved
+    /// fraud. Without it the claim is neither paid nor slashed.
+    pub decided: bool,
     pub valid: bool,
     pub valid_reports: u32,
     pub invalid_reports: u32,
@@ -256,6 +327,10 @@ pub struct Outcome {
     pub challenges: Vec<ChallengeResult>,
     pub payouts: Vec<Payout>,
     pub slashes: Vec<Slash>,
+    /// New supply paid to the winner (the mining reward).
+    pub minted: Amount,
+    /// Everything this finalization burned (slashes not paid out, forfeited deposits).
+    pub burned: Amount,
 }
 
 #[derive(
@@ -309,7 +384,9 @@ impl Task {
             TaskStatus::Active if height <= s.report_commit_end => Phase::ReportCommit,
             TaskStatus::Active if height <= s.report_reveal_end => Phase::ReportReveal,
             TaskStatus::Active if height <= s.challenge_end => Phase::Challenge,
-            TaskStatus::Active => Phase::Resolution,
+            TaskStatus::Active if height <= s.challenge_reveal_end => Phase::ChallengeReveal,
+            TaskStatus::Active if height <= s.vote_end => Phase::Vote,
+            TaskStatus::Active => Phase::VoteReveal,
         }
     }
 
@@ -317,13 +394,24 @@ impl Task {
         matches!(self.status, TaskStatus::Active)
     }
 
-    /// Funds this task holds in escrow: the bounty while active, plus challenge deposits.
+    /// Whether challenge `i` is revealed and the first-committed to dispute its fact (a later
+    /// challenge of the same fact is a duplicate: no committee, deposit returned).
+    pub fn is_primary_challenge(&self, i: usize) -> bool {
+        let Some(d) = self.challenges[i].dispute else {
+            return false;
+        };
+        !self.challenges[..i].iter().any(|c| c.dispute == Some(d))
+    }
+
+    /// Funds this task holds in escrow: the bounty while active, plus claim and challenge
+    /// deposits.
     pub fn escrow(&self) -> Amount {
         if !self.is_active() {
             return Amount::ZERO;
         }
-        let deposits: u64 = self.challenges.iter().map(|c| c.deposit.0).sum();
-        Amount(self.bounty.0 + deposits)
+        let challenges: u64 = self.challenges.iter().map(|c| c.deposit.0).sum();
+        let claims: u64 = self.claims.values().map(|c| c.deposit.0).sum();
+        Amount(self.bounty.0 + challenges + claims)
     }
 }
 
@@ -334,6 +422,8 @@ pub struct Tip {
     /// Hash of the last block's header (the genesis hash at height 0).
     pub hash: Hash,
     pub time_ms: u64,
+    /// The last block's randomness beacon (see `beacon`).
+    pub beacon: Hash,
 }
 
 /// The whole ledger state.
@@ -344,7 +434,13 @@ pub struct State {
     pub tip: Tip,
     pub accounts: BTreeMap<Address, Account>,
     pub stakes: BTreeMap<(Address, Role), Stake>,
+    /// Active tasks. A task leaves this map in the block that finalizes or fails it, so state
+    /// does not grow with the chain's history.
     pub tasks: BTreeMap<TaskId, Task>,
+    /// Tasks that ended in the last block, with their outcomes. Replaced every block: the state
+    /// root of the block that ended a task commits to its outcome, and nodes keep it in their
+    /// stores for queries.
+    pub ended: Vec<Task>,
     pub reputation: BTreeMap<Address, Reputation>,
     pub coordinators: Vec<Coordinator>,
     pub supply: Supply,
@@ -369,6 +465,7 @@ impl State {
                 (s.address, s.role),
                 Stake {
                     bonded: s.amount,
+                    reserved: Amount::ZERO,
                     unbonding: Vec::new(),
                 },
             );
@@ -380,10 +477,12 @@ impl State {
                 height: 0,
                 hash: g.hash(),
                 time_ms: g.genesis_time_ms,
+                beacon: crate::beacon::genesis_beacon(&g.hash()),
             },
             accounts,
             stakes,
             tasks: BTreeMap::new(),
+            ended: Vec::new(),
             reputation: BTreeMap::new(),
             coordinators: g.coordinators.clone(),
             supply: Supply {
@@ -407,10 +506,12 @@ impl State {
                     height,
                     hash: _,
                     time_ms,
+                    beacon,
                 },
             accounts,
             stakes,
             tasks,
+            ended,
             reputation,
             coordinators,
             supply,
@@ -422,9 +523,11 @@ impl State {
                 params,
                 height,
                 time_ms,
+                beacon,
                 accounts,
                 stakes,
                 tasks,
+                ended,
                 reputation,
                 coordinators,
                 supply,
@@ -448,6 +551,14 @@ impl State {
         self.stakes
             .get(&(*a, role))
             .map(|s| s.bonded)
+            .unwrap_or_default()
+    }
+
+    /// Bonded stake not reserved by active tasks.
+    pub fn free_stake(&self, a: &Address, role: Role) -> Amount {
+        self.stakes
+            .get(&(*a, role))
+            .map(Stake::free)
             .unwrap_or_default()
     }
 

@@ -149,22 +149,29 @@ pub struct Windows {
     pub report_commit: u32,
     /// Validators reveal reports.
     pub report_reveal: u32,
-    /// Anyone may challenge a revealed report.
+    /// Anyone may commit to a challenge of a revealed report (the fact stays hidden).
     pub challenge: u32,
-    /// A challenge committee votes (only used when there was a challenge).
-    pub resolution: u32,
+    /// Challengers reveal what they dispute (only used when there was a challenge).
+    pub challenge_reveal: u32,
+    /// Challenge committees commit their votes (only used when a challenge was revealed).
+    pub vote: u32,
+    /// Challenge committees reveal their votes.
+    pub vote_reveal: u32,
 }
 
 impl Windows {
-    pub fn all(&self) -> [u32; 7] {
+    /// Every window with its name, in phase order.
+    pub fn named(&self) -> [(&'static str, u32); 9] {
         [
-            self.commit,
-            self.reveal,
-            self.eval_reveal,
-            self.report_commit,
-            self.report_reveal,
-            self.challenge,
-            self.resolution,
+            ("commit", self.commit),
+            ("reveal", self.reveal),
+            ("eval_reveal", self.eval_reveal),
+            ("report_commit", self.report_commit),
+            ("report_reveal", self.report_reveal),
+            ("challenge", self.challenge),
+            ("challenge_reveal", self.challenge_reveal),
+            ("vote", self.vote),
+            ("vote_reveal", self.vote_reveal),
         ]
     }
 }
@@ -246,6 +253,72 @@ impl Report {
     }
 }
 
+/// One fact of a validator's report that a challenge disputes. Every fact a report states can
+/// be disputed.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    BorshSerialize,
+    BorshDeserialize,
+    Serialize,
+    Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Fact {
+    /// Whether sampled segment `i` replays (`SegmentResult::ok`).
+    Segment(u32),
+    /// Whether `W_0` is the initialisation bound to the miner's seed (`init_ok`).
+    Init,
+    /// Whether the last checkpoint is the claimed model (`final_ok`).
+    Final,
+    /// Whether the claim's artifacts could be fetched and matched the Merkle root (a report
+    /// says not exactly when its verdict is `ArtifactsUnavailable`).
+    Artifacts,
+    /// The claimed model's metric on the eval set.
+    Metric,
+}
+
+impl Fact {
+    /// What `report` says this fact is: passed (`true`) or failed. `None` for the metric (a
+    /// value, not a check) and for a segment the report does not cover.
+    pub fn passed_in(&self, report: &Report) -> Option<bool> {
+        match self {
+            Fact::Segment(i) => report.segments.iter().find(|s| s.index == *i).map(|s| s.ok),
+            Fact::Init => Some(report.init_ok),
+            Fact::Final => Some(report.final_ok),
+            Fact::Artifacts => {
+                Some(report.verdict != Verdict::Invalid(InvalidReason::ArtifactsUnavailable))
+            }
+            Fact::Metric => None,
+        }
+    }
+}
+
+/// What a challenge disputes: one fact of `validator`'s report on `miner`'s claim.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    BorshSerialize,
+    BorshDeserialize,
+    Serialize,
+    Deserialize,
+)]
+pub struct Dispute {
+    pub miner: Address,
+    pub validator: Address,
+    pub fact: Fact,
+}
+
 /// Identifies a task: `H(client ‖ nonce of the SubmitTask)`, unique and known before inclusion.
 pub type TaskId = Hash;
 
@@ -268,7 +341,7 @@ pub enum TxBody {
     SubmitTask {
         spec: TaskSpec,
         bounty: Amount,
-        /// `eval_commitment(eval set sha256, salt)`.
+        /// `eval_commitment(eval set, salt)`.
         eval_commit: Hash,
         windows: Windows,
     },
@@ -300,18 +373,34 @@ pub enum TxBody {
         report: Report,
         salt: Hash,
     },
-    /// Dispute `validator`'s result for `segment` of `miner`'s claim; a deposit is escrowed.
+    /// Commit to disputing one fact of a report; a deposit is escrowed. The dispute stays
+    /// hidden until the reveal, so nobody can copy it and take its reward.
     Challenge {
         task: TaskId,
-        miner: Address,
-        validator: Address,
-        segment: u32,
+        /// `challenge_commitment(task, challenger, dispute, salt)`.
+        commitment: Hash,
     },
-    /// A challenge committee member's replay result for the disputed segment.
-    ChallengeVote {
+    /// Reveal the dispute behind challenge number `challenge` (the challenger's own).
+    RevealChallenge {
         task: TaskId,
         challenge: u32,
-        segment_ok: bool,
+        dispute: Dispute,
+        salt: Hash,
+    },
+    /// A committee member commits to its vote on challenge number `challenge`.
+    CommitVote {
+        task: TaskId,
+        challenge: u32,
+        /// `vote_commitment(task, challenge, member, upheld, salt)`.
+        commitment: Hash,
+    },
+    /// A committee member reveals its vote: `upheld` when it found the disputed fact to be
+    /// other than the report says (or, for the metric, outside the task's tolerance).
+    RevealVote {
+        task: TaskId,
+        challenge: u32,
+        upheld: bool,
+        salt: Hash,
     },
 }
 
@@ -329,7 +418,9 @@ impl TxBody {
             TxBody::CommitReport { .. } => "commit_report",
             TxBody::RevealReport { .. } => "reveal_report",
             TxBody::Challenge { .. } => "challenge",
-            TxBody::ChallengeVote { .. } => "challenge_vote",
+            TxBody::RevealChallenge { .. } => "reveal_challenge",
+            TxBody::CommitVote { .. } => "commit_vote",
+            TxBody::RevealVote { .. } => "reveal_vote",
         }
     }
 }
@@ -342,6 +433,9 @@ pub struct Tx {
     pub signer: Address,
     /// Must equal the signer's account nonce; replays are rejected.
     pub nonce: u64,
+    /// Burned when the transaction is included; at least the chain's `tx_fee`. A full mempool
+    /// keeps the transactions that offer more.
+    pub fee: Amount,
     pub body: TxBody,
 }
 
@@ -421,9 +515,33 @@ pub fn report_commitment(
     Hash::of_value("pot/report-commit", &(task, miner, validator, report, salt))
 }
 
-/// The client's commitment to its hidden eval set: `H(eval set sha256 ‖ salt)`.
-pub fn eval_commitment(eval_sha256: &Hash, salt: &Hash) -> Hash {
-    Hash::tagged("pot/eval-commit", &[&eval_sha256.0, &salt.0])
+/// A challenger's commitment to its dispute. It binds the challenger, so a copied commitment
+/// can never be revealed by anyone else.
+pub fn challenge_commitment(
+    task: &TaskId,
+    challenger: &Address,
+    dispute: &Dispute,
+    salt: &Hash,
+) -> Hash {
+    Hash::of_value("pot/challenge-commit", &(task, challenger, dispute, salt))
+}
+
+/// A committee member's commitment to its vote on a challenge.
+pub fn vote_commitment(
+    task: &TaskId,
+    challenge: u32,
+    member: &Address,
+    upheld: bool,
+    salt: &Hash,
+) -> Hash {
+    Hash::of_value("pot/vote-commit", &(task, challenge, member, upheld, salt))
+}
+
+/// The client's commitment to its hidden eval set: `H(locator ‖ sha256 ‖ salt)`. It binds the
+/// locator too, so a client cannot reveal a dead locator for the committed hash after seeing
+/// the claims.
+pub fn eval_commitment(eval_set: &DatasetRef, salt: &Hash) -> Hash {
+    Hash::of_value("pot/eval-commit", &(eval_set, salt))
 }
 
 /// The run seed of a miner's training run: `H(task seed ‖ miner ‖ salt)`. Initial parameters

@@ -68,15 +68,27 @@ fn spec() -> impl Strategy<Value = TaskSpec> {
         )
 }
 fn windows() -> impl Strategy<Value = Windows> {
-    any::<[u32; 7]>().prop_map(|w| Windows {
+    any::<[u32; 9]>().prop_map(|w| Windows {
         commit: w[0],
         reveal: w[1],
         eval_reveal: w[2],
         report_commit: w[3],
         report_reveal: w[4],
         challenge: w[5],
-        resolution: w[6],
+        challenge_reveal: w[6],
+        vote: w[7],
+        vote_reveal: w[8],
     })
+}
+fn fact() -> impl Strategy<Value = pot_protocol::tx::Fact> {
+    use pot_protocol::tx::Fact;
+    prop_oneof![
+        any::<u32>().prop_map(Fact::Segment),
+        Just(Fact::Init),
+        Just(Fact::Final),
+        Just(Fact::Artifacts),
+        Just(Fact::Metric),
+    ]
 }
 fn claim() -> impl Strategy<Value = Claim> {
     (
@@ -161,36 +173,50 @@ fn body() -> impl Strategy<Value = TxBody> {
                 salt,
             }
         }),
-        (hash(), address(), address(), any::<u32>()).prop_map(
-            |(task, miner, validator, segment)| TxBody::Challenge {
-                task,
-                miner,
-                validator,
-                segment
-            }
-        ),
-        (hash(), any::<u32>(), any::<bool>()).prop_map(|(task, challenge, segment_ok)| {
-            TxBody::ChallengeVote {
+        (hash(), hash()).prop_map(|(task, commitment)| TxBody::Challenge { task, commitment }),
+        (hash(), any::<u32>(), address(), address(), fact(), hash()).prop_map(
+            |(task, challenge, miner, validator, fact, salt)| TxBody::RevealChallenge {
                 task,
                 challenge,
-                segment_ok,
+                dispute: pot_protocol::tx::Dispute {
+                    miner,
+                    validator,
+                    fact,
+                },
+                salt,
+            }
+        ),
+        (hash(), any::<u32>(), hash()).prop_map(|(task, challenge, commitment)| {
+            TxBody::CommitVote {
+                task,
+                challenge,
+                commitment,
             }
         }),
+        (hash(), any::<u32>(), any::<bool>(), hash()).prop_map(
+            |(task, challenge, upheld, salt)| TxBody::RevealVote {
+                task,
+                challenge,
+                upheld,
+                salt,
+            }
+        ),
     ]
 }
 fn signed_tx() -> impl Strategy<Value = SignedTx> {
     (
         text(),
         address(),
-        any::<u64>(),
+        (any::<u64>(), any::<u64>()),
         body(),
         prop::collection::vec(any::<u8>(), 64),
     )
-        .prop_map(|(chain_id, signer, nonce, body, sig)| SignedTx {
+        .prop_map(|(chain_id, signer, (nonce, fee), body, sig)| SignedTx {
             tx: Tx {
                 chain_id,
                 signer,
                 nonce,
+                fee: Amount(fee),
                 body,
             },
             signature: Signature(sig.try_into().unwrap()),
@@ -201,17 +227,26 @@ fn block() -> impl Strategy<Value = Block> {
         any::<(u64, u64)>(),
         hash(),
         address(),
-        hash(),
-        hash(),
+        (hash(), hash(), hash()),
+        prop::collection::vec(any::<u8>(), 80),
         prop::collection::vec(signed_tx(), 0..4),
     )
         .prop_map(
-            |((height, time_ms), prev_hash, proposer, tx_root, state_root, txs)| Block {
+            |(
+                (height, time_ms),
+                prev_hash,
+                proposer,
+                (tx_root, state_root, beacon),
+                proof,
+                txs,
+            )| Block {
                 header: BlockHeader {
                     height,
                     prev_hash,
                     time_ms,
                     proposer,
+                    vrf_proof: pot_protocol::beacon::VrfProof(proof.try_into().unwrap()),
+                    beacon,
                     tx_root,
                     state_root,
                 },
@@ -263,8 +298,10 @@ proptest! {
         bytes[i] ^= flip;
         match decode::<SignedTx>(&bytes) {
             Ok(other) => {
+                // A changed byte is a changed transaction, with its own id: no transaction has
+                // two encodings that a node could tell apart only by id.
                 prop_assert_ne!(&other, &stx);
-                prop_assert_eq!(encode(&other), bytes);
+                prop_assert_ne!(other.hash(), stx.hash());
             }
             Err(DecodeError::Malformed(_)) | Err(DecodeError::NonCanonical) => {}
             Err(e) => prop_assert!(false, "unexpected {e:?}"),
@@ -274,20 +311,21 @@ proptest! {
 
 #[test]
 fn unknown_variants_and_oversized_input_are_rejected() {
-    // TxBody has 11 variants; tag 11 is unknown. Build a Tx with a valid prefix and a bad tag.
+    // TxBody has 13 variants; tag 13 is unknown. Build a Tx with a valid prefix and a bad tag.
     let tx = Tx {
         chain_id: "c".into(),
         signer: Address::default(),
         nonce: 0,
+        fee: Amount(0),
         body: TxBody::Bond {
             role: Role::Miner,
             amount: Amount(1),
         },
     };
     let mut bytes = encode(&tx);
-    let tag_at = 4 + 1 + 32 + 8;
+    let tag_at = 4 + 1 + 32 + 8 + 8;
     assert_eq!(bytes[tag_at], 1);
-    bytes[tag_at] = 11;
+    bytes[tag_at] = 13;
     assert!(matches!(
         decode::<Tx>(&bytes),
         Err(DecodeError::Malformed(_))
@@ -313,18 +351,72 @@ fn same_value_same_bytes() {
         chain_id: "pot".into(),
         signer: Address([1; 32]),
         nonce: 9,
+        fee: Amount(10),
         body: TxBody::Transfer {
             to: Address([2; 32]),
             amount: Amount(3),
         },
     };
-    assert_eq!(encode(&tx), encode(&tx.clone()));
-    // The exact layout: length-prefixed chain id, signer, nonce, variant tag, fields.
+    // The exact layout: length-prefixed chain id, signer, nonce, fee, variant tag, fields.
     let mut expected = vec![3, 0, 0, 0, b'p', b'o', b't'];
     expected.extend([1; 32]);
     expected.extend(9u64.to_le_bytes());
+    expected.extend(10u64.to_le_bytes());
     expected.push(0);
     expected.extend([2; 32]);
     expected.extend(3u64.to_le_bytes());
     assert_eq!(encode(&tx), expected);
+}
+
+/// A state's maps encode in key order, whatever order their entries were made in, and a map
+/// encoded out of order is refused: two nodes that built the same state differently agree on
+/// its bytes and its root, and no second encoding of a state decodes.
+#[test]
+fn maps_encode_in_key_order_and_out_of_order_maps_are_refused() {
+    use pot_protocol::genesis::{Coordinator, GenesisBalance};
+    use pot_protocol::{Genesis, Params, SecretKey};
+    let keys: Vec<SecretKey> = (1..=3u8).map(|i| SecretKey::from_seed([i; 32])).collect();
+    let genesis = |order: &[usize]| Genesis {
+        chain_id: "c".into(),
+        genesis_time_ms: 0,
+        params: Params::default(),
+        balances: order
+            .iter()
+            .map(|&i| GenesisBalance {
+                address: keys[i].address(),
+                amount: Amount(100 + i as u64),
+            })
+            .collect(),
+        stakes: vec![],
+        coordinators: vec![Coordinator::for_key(&keys[0])],
+    };
+    let a = State::from_genesis(&genesis(&[0, 1, 2]));
+    let mut b = State::from_genesis(&genesis(&[2, 0, 1]));
+    b.tip = a.tip.clone(); // the genesis hash covers the list order; the state must not
+    assert_eq!(encode(&a), encode(&b));
+    assert_eq!(a.state_root(), b.state_root());
+
+    // Swap the first two account entries in the encoding: the map is then out of order.
+    let bytes = encode(&a);
+    let entry = |i: usize| {
+        let addr = keys[i].address();
+        let mut e = addr.0.to_vec();
+        e.extend(encode(&a.accounts[&addr]));
+        e
+    };
+    let mut sorted: Vec<usize> = vec![0, 1, 2];
+    sorted.sort_by_key(|&i| keys[i].address());
+    let (first, second) = (entry(sorted[0]), entry(sorted[1]));
+    let at = bytes
+        .windows(first.len())
+        .position(|w| w == first.as_slice())
+        .expect("the first account's entry is in the encoding");
+    let mut swapped = bytes.clone();
+    swapped[at..at + second.len()].copy_from_slice(&second);
+    swapped[at + second.len()..at + second.len() + first.len()].copy_from_slice(&first);
+    assert_ne!(swapped, bytes);
+    assert!(matches!(
+        decode::<State>(&swapped),
+        Err(DecodeError::NonCanonical) | Err(DecodeError::Malformed(_))
+    ));
 }

@@ -7,19 +7,23 @@ use common::*;
 use pot_protocol::state::{
     ChallengeResult, FailReason, PayoutKind, Phase, SlashReason, TaskStatus,
 };
-use pot_protocol::tx::{InvalidReason, Role, TxBody};
+use pot_protocol::tx::{Dispute, Fact, InvalidReason, Role, TxBody};
 use pot_protocol::{Amount, Fixed, Params, Ppm};
 
 const W: u32 = 2;
 
+/// Fees are zero here so that the payout arithmetic is about the task alone; `economics.rs`
+/// runs the default parameters, fees included.
 fn scenario_params() -> Params {
     Params {
+        tx_fee: Amount(0),
+        task_burn: Ppm(50_000),
+        mint_rate: Ppm(50_000),
         validator_share: Ppm(100_000),
-        mint_per_task: Amount(50_000),
-        miner_slash: Ppm(100_000),
         validator_slash: Ppm(50_000),
         challenger_reward: Ppm(500_000),
         challenge_deposit: Amount(5_000),
+        claim_deposit: Amount(1_000),
         min_miner_bond: Amount(10_000),
         min_validator_bond: Amount(20_000),
         validators_per_claim: 5,
@@ -28,16 +32,40 @@ fn scenario_params() -> Params {
     }
 }
 
+const BOUNTY: u64 = 100_000;
+/// Miner collateral per claim: the bounty. Validator collateral per assignment: the bounty
+/// over the quorum of 3, rounded up.
+const MINER_STAKE: u64 = 150_000;
+const VALIDATOR_STAKE: u64 = 120_000;
+const V_COLLATERAL: u64 = 33_334;
+
 const MINERS: [&str; 3] = ["honest", "lazy", "copycat"];
 const VALIDATORS: [&str; 5] = ["v1", "v2", "v3", "v4", "v5"];
 
 fn scenario_chain(params: Params) -> Chain {
-    let mut stakes: Vec<(&str, Role, u64)> =
-        MINERS.iter().map(|m| (*m, Role::Miner, 10_000)).collect();
-    stakes.extend(VALIDATORS.iter().map(|v| (*v, Role::Validator, 20_000)));
+    let mut stakes: Vec<(&str, Role, u64)> = MINERS
+        .iter()
+        .map(|m| (*m, Role::Miner, MINER_STAKE))
+        .collect();
+    stakes.extend(
+        VALIDATORS
+            .iter()
+            .map(|v| (*v, Role::Validator, VALIDATOR_STAKE)),
+    );
     Chain::new(
         params,
-        &[("client", 2_000_000), ("challenger", 10_000)],
+        &[
+            ("client", 2_000_000),
+            ("challenger", 10_000),
+            ("j1", VALIDATOR_STAKE),
+            ("j2", VALIDATOR_STAKE),
+            ("j3", VALIDATOR_STAKE),
+            ("j4", VALIDATOR_STAKE),
+            ("j5", VALIDATOR_STAKE),
+            ("honest", 10_000),
+            ("lazy", 10_000),
+            ("copycat", 10_000),
+        ],
         &stakes,
     )
 }
@@ -45,7 +73,7 @@ fn scenario_chain(params: Params) -> Chain {
 /// Submit, commit and reveal the three claims; eval set revealed; returns the task id at the
 /// start of the report-commit window.
 fn up_to_reports(chain: &mut Chain) -> pot_protocol::Hash {
-    let id = chain.submit_task("client", 1_000_000, W);
+    let id = chain.submit_task("client", BOUNTY, W);
     let s = chain.task(&id).schedule.clone();
     let honest = claim("honest-run");
     let lazy = claim("lazy-run");
@@ -78,14 +106,21 @@ fn three_miners_five_validators_exact_payouts() {
     let id = up_to_reports(&mut chain);
     let s = chain.task(&id).schedule.clone();
 
-    // Every validator is assigned to every claim (v = 5 of 5; none is a miner or the client).
+    // Every validator is assigned to every claim (v = 5 of 5; none is a miner or the client),
+    // each with its own segments and 33,334 of its stake reserved per claim.
     for m in MINERS {
-        let mut assigned = chain.assigned(&id, m);
-        assigned.sort();
         let mut all: Vec<_> = VALIDATORS.iter().map(|v| addr(v)).collect();
         all.sort();
-        assert_eq!(assigned, all);
-        assert_eq!(chain.segments(&id, m).len(), 3);
+        assert_eq!(chain.assigned(&id, m), all);
+        for v in VALIDATORS {
+            assert_eq!(chain.segments(&id, v, m).len(), 3);
+        }
+    }
+    for v in VALIDATORS {
+        assert_eq!(
+            chain.state.free_stake(&addr(v), Role::Validator).0,
+            VALIDATOR_STAKE - 3 * V_COLLATERAL
+        );
     }
 
     // What each validator finds. v4 is sloppy and passes the lazy claim; v5 commits and vanishes.
@@ -93,16 +128,19 @@ fn three_miners_five_validators_exact_payouts() {
     let mut reports = Vec::new();
     for (i, v) in VALIDATORS.iter().enumerate() {
         let honest = valid_report(
-            &chain.segments(&id, "honest"),
+            &chain.segments(&id, v, "honest"),
             *metrics.get(i).unwrap_or(&0),
         );
-        let lazy_segs = chain.segments(&id, "lazy");
+        let lazy_segs = chain.segments(&id, v, "lazy");
         let lazy = if *v == "v4" {
             valid_report(&lazy_segs, 990_000)
         } else {
             invalid_report(&lazy_segs, InvalidReason::SegmentMismatch)
         };
-        let copy = invalid_report(&chain.segments(&id, "copycat"), InvalidReason::InitMismatch);
+        let copy = invalid_report(
+            &chain.segments(&id, v, "copycat"),
+            InvalidReason::InitMismatch,
+        );
         reports.extend([
             (*v, "honest", honest),
             (*v, "lazy", lazy),
@@ -112,51 +150,74 @@ fn three_miners_five_validators_exact_payouts() {
     chain.report_round(&id, &reports, &["v5"]);
     chain.advance_to(s.challenge_end + 1);
 
-    let TaskStatus::Finalized(outcome) = &chain.task(&id).status else {
-        panic!("task not finalized: {:?}", chain.task(&id).status);
-    };
-    print_payout_table(&chain, outcome);
+    let outcome = chain.outcome(&id).clone();
+    print_payout_table(&chain, &outcome);
 
     // The honest miner wins with the conservative median of four accuracies.
     assert_eq!(outcome.winner, Some(addr("honest")));
     assert_eq!(outcome.winning_metric, Some(Fixed(970_800)));
-    let valid: Vec<_> = outcome.claims.iter().map(|c| (c.miner, c.valid)).collect();
-    assert!(valid.contains(&(addr("honest"), true)));
-    assert!(valid.contains(&(addr("lazy"), false)));
-    assert!(valid.contains(&(addr("copycat"), false)));
+    let judged: Vec<_> = outcome
+        .claims
+        .iter()
+        .map(|c| (c.miner, c.decided, c.valid))
+        .collect();
+    assert!(judged.contains(&(addr("honest"), true, true)));
+    assert!(judged.contains(&(addr("lazy"), true, false)));
+    assert!(judged.contains(&(addr("copycat"), true, false)));
 
-    // Pool = 10% of 1,000,000 = 100,000 over 11 matching reports (v4 missed the lazy one):
-    // v1..v3 get 100,000*3/11 = 27,272; v4 gets 100,000*2/11 = 18,181; 3 left over go to the
-    // winner, who gets 1,000,000 - 99,997 = 900,003 plus the 50,000 mint.
-    assert_eq!(chain.balance("honest"), 950_003);
+    // Pool = 10% of 100,000 = 10,000 over 11 matching reports (v4 missed the lazy one):
+    // v1..v3 get 10,000*3/11 = 2,727; v4 gets 10,000*2/11 = 1,818; the winner gets the other
+    // 90,001, the 5% mint (5,000) and its claim deposit back.
+    assert_eq!(chain.balance("honest"), 10_000 + 90_001 + 5_000);
     for v in ["v1", "v2", "v3"] {
-        assert_eq!(chain.balance(v), 27_272, "{v}");
+        assert_eq!(chain.balance(v), 2_727, "{v}");
     }
-    assert_eq!(chain.balance("v4"), 18_181);
+    assert_eq!(chain.balance("v4"), 1_818);
     assert_eq!(chain.balance("v5"), 0);
-    assert_eq!(chain.balance("client"), 1_000_000);
+    // The client paid the bounty and the 5% burn.
+    assert_eq!(chain.balance("client"), 2_000_000 - BOUNTY - 5_000);
+    // Revealed claims get their deposits back, even invalid ones.
+    assert_eq!(chain.balance("lazy"), 10_000);
 
-    // Slashes: 10% of each bad miner's 10,000; v5 loses 5% once per unrevealed report,
-    // compounding: 1,000 + 950 + 902.
-    assert_eq!(chain.bonded("lazy", Role::Miner), 9_000);
-    assert_eq!(chain.bonded("copycat", Role::Miner), 9_000);
-    assert_eq!(chain.bonded("honest", Role::Miner), 10_000);
-    assert_eq!(chain.bonded("v5", Role::Validator), 17_148);
+    // Slashes: each invalid claim loses its whole collateral (the bounty); v5 loses 5% of each
+    // of its three assignments' collateral (1,666 each).
+    assert_eq!(chain.bonded("lazy", Role::Miner), MINER_STAKE - BOUNTY);
+    assert_eq!(chain.bonded("copycat", Role::Miner), MINER_STAKE - BOUNTY);
+    assert_eq!(chain.bonded("honest", Role::Miner), MINER_STAKE);
+    assert_eq!(
+        chain.bonded("v5", Role::Validator),
+        VALIDATOR_STAKE - 3 * 1_666
+    );
     for v in ["v1", "v2", "v3", "v4"] {
-        assert_eq!(chain.bonded(v, Role::Validator), 20_000);
+        assert_eq!(chain.bonded(v, Role::Validator), VALIDATOR_STAKE);
+    }
+    // Every reservation is released.
+    for stake in chain.state.stakes.values() {
+        assert_eq!(stake.reserved, Amount::ZERO);
     }
     let slashed: Vec<_> = outcome
         .slashes
         .iter()
         .map(|s| (s.who, s.amount.0, s.reason))
         .collect();
-    assert_eq!(slashed.iter().map(|s| s.1).sum::<u64>(), 4_852);
-    assert!(slashed.contains(&(addr("lazy"), 1_000, SlashReason::InvalidClaim)));
-    assert!(slashed.contains(&(addr("copycat"), 1_000, SlashReason::InvalidClaim)));
-    assert!(slashed.contains(&(addr("v5"), 902, SlashReason::ReportNotRevealed)));
+    assert_eq!(slashed.len(), 5, "{slashed:?}");
+    assert!(slashed.contains(&(addr("lazy"), BOUNTY, SlashReason::InvalidClaim)));
+    assert!(slashed.contains(&(addr("copycat"), BOUNTY, SlashReason::InvalidClaim)));
+    assert_eq!(
+        slashed
+            .iter()
+            .filter(|s| *s == &(addr("v5"), 1_666, SlashReason::ReportNotRevealed))
+            .count(),
+        3
+    );
 
-    assert_eq!(chain.state.supply.minted, Amount(50_000));
-    assert_eq!(chain.state.supply.burned, Amount(4_852));
+    assert_eq!(chain.state.supply.minted, Amount(5_000));
+    assert_eq!(
+        chain.state.supply.burned,
+        Amount(5_000 + 2 * BOUNTY + 3 * 1_666)
+    );
+    assert_eq!(outcome.minted, Amount(5_000));
+    assert_eq!(outcome.burned, Amount(2 * BOUNTY + 3 * 1_666));
     chain.assert_supply_conserved();
 
     let rep = |n: &str| chain.state.reputation_of(&addr(n));
@@ -167,7 +228,8 @@ fn three_miners_five_validators_exact_payouts() {
     assert_eq!(rep("v1").reports_against_majority, 0);
     assert_eq!(rep("v5").reports_missed, 3);
 
-    // Finalized stays finalized; late transactions are refused.
+    // A finalized task has left the state; late transactions are refused.
+    assert!(!chain.state.tasks.contains_key(&id));
     let late = chain.try_tx(
         "v5",
         Chain::report_reveal_body(
@@ -181,13 +243,7 @@ fn three_miners_five_validators_exact_payouts() {
                 .2,
         ),
     );
-    assert!(matches!(
-        late,
-        Err(pot_protocol::TxError::WrongPhase {
-            actual: Phase::Finalized,
-            ..
-        })
-    ));
+    assert_eq!(late, Err(pot_protocol::TxError::UnknownTask(id)));
 }
 
 fn print_payout_table(chain: &Chain, outcome: &pot_protocol::state::Outcome) {
@@ -262,7 +318,7 @@ fn run_reports(chain: &mut Chain, id: &pot_protocol::Hash, liar: Option<&str>, c
     let mut all = Vec::new();
     for v in VALIDATORS {
         for m in MINERS {
-            let segs = chain.segments(id, m);
+            let segs = chain.segments(id, v, m);
             let r = match m {
                 "honest" if Some(v) == liar => {
                     invalid_report(&segs, InvalidReason::SegmentMismatch)
@@ -279,25 +335,45 @@ fn run_reports(chain: &mut Chain, id: &pot_protocol::Hash, liar: Option<&str>, c
     chain.advance_to(s.report_reveal_end);
 }
 
-/// Committee members of challenge `i` vote `ok` on the disputed segment.
-fn committee_votes(chain: &mut Chain, id: &pot_protocol::Hash, i: u32, ok: bool) {
-    let committee = chain.task(id).challenges[i as usize].committee.clone();
+/// Validators bonded after the claims were assigned, so none of them validates a claim: they
+/// sit on challenge committees.
+const JUDGES: [&str; 5] = ["j1", "j2", "j3", "j4", "j5"];
+
+fn bond_judges(chain: &mut Chain) {
+    chain.all_ok(
+        JUDGES
+            .iter()
+            .map(|j| {
+                (
+                    *j,
+                    TxBody::Bond {
+                        role: Role::Validator,
+                        amount: Amount(VALIDATOR_STAKE),
+                    },
+                )
+            })
+            .collect(),
+    );
+}
+
+fn dispute(miner: &str, validator: &str, fact: Fact) -> Dispute {
+    Dispute {
+        miner: addr(miner),
+        validator: addr(validator),
+        fact,
+    }
+}
+
+/// Every member of challenge `i`'s committee votes `upheld`.
+fn all_vote(chain: &mut Chain, id: &pot_protocol::Hash, i: u32, upheld: bool) {
+    let seated = chain.task(id).schedule.challenge_reveal_end + 1;
+    if chain.height() < seated {
+        chain.advance_to(seated);
+    }
+    let committee = chain.committee(id, i, &JUDGES);
     assert!(!committee.is_empty());
-    let votes = committee
-        .iter()
-        .map(|member| {
-            let name = VALIDATORS.into_iter().find(|v| addr(v) == *member).unwrap();
-            (
-                name,
-                TxBody::ChallengeVote {
-                    task: *id,
-                    challenge: i,
-                    segment_ok: ok,
-                },
-            )
-        })
-        .collect();
-    chain.all_ok(votes);
+    let votes: Vec<(&str, bool)> = committee.iter().map(|m| (*m, upheld)).collect();
+    chain.vote_round(id, i, &votes, &[]);
 }
 
 #[test]
@@ -306,6 +382,7 @@ fn a_lying_validator_loses_a_challenge() {
     params.validators_per_claim = 3;
     let mut chain = scenario_chain(params.clone());
     let id = up_to_reports(&mut chain);
+    bond_judges(&mut chain);
     // With v = 3 of 5 the liar must be one of honest's assigned validators.
     let liar_addr = chain.assigned(&id, "honest")[0];
     let liar = VALIDATORS
@@ -316,9 +393,9 @@ fn a_lying_validator_loses_a_challenge() {
     let s = chain.task(&id).schedule.clone();
     let mut reveals = Vec::new();
     for m in MINERS {
-        let segs = chain.segments(&id, m);
         for v_addr in chain.assigned(&id, m) {
             let v = VALIDATORS.into_iter().find(|v| addr(v) == v_addr).unwrap();
+            let segs = chain.segments(&id, v, m);
             let r = match m {
                 "honest" if v == liar => invalid_report(&segs, InvalidReason::SegmentMismatch),
                 "honest" => valid_report(&segs, 970_000),
@@ -331,153 +408,305 @@ fn a_lying_validator_loses_a_challenge() {
     chain.report_round(&id, &reveals, &[]);
     chain.advance_to(s.report_reveal_end);
 
-    let disputed = chain.segments(&id, "honest")[0];
+    let disputed = chain.segments(&id, liar, "honest")[0];
     let before = chain.bonded(liar, Role::Validator);
-    chain.ok(
+    let judges_before: u64 = JUDGES.iter().map(|j| chain.balance(j)).sum();
+    chain.challenge_round(
+        &id,
         "challenger",
-        TxBody::Challenge {
-            task: id,
-            miner: addr("honest"),
-            validator: liar_addr,
-            segment: disputed,
-        },
+        &[dispute("honest", liar, Fact::Segment(disputed))],
     );
     assert_eq!(chain.balance("challenger"), 5_000);
-    chain.advance_to(s.challenge_end + 1);
-    let committee = chain.task(&id).challenges[0].committee.clone();
-    assert_eq!(committee.len(), 3);
-    assert!(!committee.contains(&liar_addr) && !committee.contains(&addr("honest")));
-    committee_votes(&mut chain, &id, 0, true);
-    chain.advance_to(s.resolution_end + 1);
+    chain.advance_to(s.challenge_reveal_end + 1);
+    let committee = chain.committee(&id, 0, &JUDGES);
+    assert_eq!(committee.len(), 3, "a committee of v = 3, all judges");
+    all_vote(&mut chain, &id, 0, true);
+    chain.advance_to(s.vote_reveal_end + 1);
 
-    let TaskStatus::Finalized(outcome) = &chain.task(&id).status else {
-        panic!("not finalized")
-    };
+    let outcome = chain.outcome(&id).clone();
     assert_eq!(outcome.challenges, vec![ChallengeResult::Upheld]);
     assert_eq!(outcome.winner, Some(addr("honest")));
-    // 5% of 20,000 = 1,000 slashed; half to the challenger with its deposit back.
-    assert_eq!(chain.bonded(liar, Role::Validator), before - 1_000);
-    assert_eq!(chain.balance("challenger"), 10_000 + 500);
-    // The liar's discarded report earns nothing for the honest claim.
+    // The liar loses that assignment's whole collateral (100,000 over the quorum of 2); half
+    // goes to the challenger with its deposit back, a fifth of the deposit to the three judges
+    // who voted (as much as a rejected challenge would have paid them).
+    let collateral = 50_000;
+    assert_eq!(chain.bonded(liar, Role::Validator), before - collateral);
+    assert_eq!(chain.balance("challenger"), 10_000 + collateral / 2);
+    let judges_after: u64 = JUDGES.iter().map(|j| chain.balance(j)).sum();
+    assert_eq!(judges_after - judges_before, 3 * (5_000 / 5 / 3));
+    let slashed: Vec<_> = outcome
+        .slashes
+        .iter()
+        .filter(|s| s.role == Role::Validator)
+        .map(|s| (s.who, s.amount.0, s.reason))
+        .collect();
+    assert_eq!(
+        slashed,
+        vec![(liar_addr, collateral, SlashReason::LostChallenge)]
+    );
+    // The liar's discarded report earns nothing for the honest claim: it is paid only for its
+    // matching reports on the other claims.
+    let liar_pay: Vec<_> = outcome
+        .payouts
+        .iter()
+        .filter(|p| p.to == liar_addr)
+        .map(|p| p.kind)
+        .collect();
+    assert!(liar_pay.iter().all(|k| *k == PayoutKind::Validation));
+    let liar_reports = MINERS
+        .iter()
+        .filter(|m| chain.assigned(&id, m).contains(&liar_addr))
+        .count();
+    let matching_total = MINERS
+        .iter()
+        .map(|m| chain.assigned(&id, m).len())
+        .sum::<usize>()
+        - 1;
+    let liar_earned: u64 = outcome
+        .payouts
+        .iter()
+        .filter(|p| p.to == liar_addr)
+        .map(|p| p.amount.0)
+        .sum();
+    assert_eq!(
+        liar_earned,
+        10_000 * (liar_reports as u64 - 1) / matching_total as u64
+    );
+    for stake in chain.state.stakes.values() {
+        assert_eq!(
+            stake.reserved,
+            Amount::ZERO,
+            "every seat and assignment released"
+        );
+    }
+    chain.assert_supply_conserved();
+}
+
+#[test]
+fn a_wrong_challenge_pays_the_committee_and_burns_the_rest() {
+    let mut chain = scenario_chain(scenario_params());
+    let id = up_to_reports(&mut chain);
+    bond_judges(&mut chain);
+    run_reports(&mut chain, &id, None, &[]);
+    let s = chain.task(&id).schedule.clone();
+    let segment = chain.segments(&id, "v2", "honest")[1];
+    chain.challenge_round(
+        &id,
+        "challenger",
+        &[dispute("honest", "v2", Fact::Segment(segment))],
+    );
+    chain.advance_to(s.challenge_reveal_end + 1);
+    assert_eq!(chain.committee(&id, 0, &JUDGES).len(), 5);
+    let v2_before = chain.balance("v2");
+    all_vote(&mut chain, &id, 0, false);
+    chain.advance_to(s.vote_reveal_end + 1);
+    let outcome = chain.outcome(&id).clone();
+    assert_eq!(outcome.challenges, vec![ChallengeResult::Rejected]);
+    assert_eq!(chain.balance("challenger"), 5_000);
+    // A fifth of the 5,000 deposit to the five judges, the rest burned; nothing to the accused
+    // (who could be the challenger's own).
+    for j in JUDGES {
+        assert_eq!(chain.balance(j), 200, "{j}");
+    }
     assert!(
         outcome
             .payouts
             .iter()
-            .all(|p| p.to != liar_addr || p.kind == PayoutKind::Validation)
+            .all(|p| p.to != addr("v2") || p.kind == PayoutKind::Validation)
     );
+    assert!(chain.balance("v2") >= v2_before);
+    assert!(outcome.burned >= Amount(4_000));
     chain.assert_supply_conserved();
 }
 
 #[test]
-fn a_wrong_challenge_forfeits_the_deposit() {
+fn a_challenge_proves_fraud_and_slashes_everyone_who_passed_the_fact() {
     let mut chain = scenario_chain(scenario_params());
     let id = up_to_reports(&mut chain);
-    run_reports(&mut chain, &id, None, &[]);
-    let s = chain.task(&id).schedule.clone();
-    let segment = chain.segments(&id, "honest")[1];
-    chain.ok(
-        "challenger",
-        TxBody::Challenge {
-            task: id,
-            miner: addr("honest"),
-            validator: addr("v2"),
-            segment,
-        },
-    );
-    chain.advance_to(s.challenge_end + 1);
-    // v = 5 but three are excluded (miner is not a validator; v2 is): committee of 4.
-    assert_eq!(chain.task(&id).challenges[0].committee.len(), 4);
-    committee_votes(&mut chain, &id, 0, true);
-    let v2_before = chain.balance("v2");
-    chain.advance_to(s.resolution_end + 1);
-    let TaskStatus::Finalized(outcome) = &chain.task(&id).status else {
-        panic!()
-    };
-    assert_eq!(outcome.challenges, vec![ChallengeResult::Rejected]);
-    assert_eq!(chain.balance("challenger"), 5_000);
-    let forfeit = outcome
-        .payouts
-        .iter()
-        .find(|p| p.kind == PayoutKind::ChallengeForfeit)
-        .unwrap();
-    assert_eq!((forfeit.to, forfeit.amount), (addr("v2"), Amount(5_000)));
-    assert!(chain.balance("v2") >= v2_before + 5_000);
-    chain.assert_supply_conserved();
-}
-
-#[test]
-fn a_challenge_proves_fraud_that_a_colluding_majority_passed() {
-    let mut chain = scenario_chain(scenario_params());
-    let id = up_to_reports(&mut chain);
+    bond_judges(&mut chain);
     // v1..v3 collude to pass the lazy claim (3 of 5 say valid), and it has the best metric.
     run_reports(&mut chain, &id, None, &["v1", "v2", "v3"]);
     let s = chain.task(&id).schedule.clone();
-    let segment = chain.segments(&id, "lazy")[0];
-    chain.ok(
+    let segment = chain.segments(&id, "v1", "lazy")[0];
+    chain.challenge_round(
+        &id,
         "challenger",
-        TxBody::Challenge {
-            task: id,
-            miner: addr("lazy"),
-            validator: addr("v1"),
-            segment,
-        },
+        &[dispute("lazy", "v1", Fact::Segment(segment))],
     );
-    chain.advance_to(s.challenge_end + 1);
-    committee_votes(&mut chain, &id, 0, false);
-    chain.advance_to(s.resolution_end + 1);
-    let TaskStatus::Finalized(outcome) = &chain.task(&id).status else {
-        panic!()
-    };
+    all_vote(&mut chain, &id, 0, true);
+    chain.advance_to(s.vote_reveal_end + 1);
+    let outcome = chain.outcome(&id).clone();
     assert_eq!(outcome.challenges, vec![ChallengeResult::Upheld]);
     let lazy = outcome
         .claims
         .iter()
         .find(|c| c.miner == addr("lazy"))
         .unwrap();
-    assert!(lazy.fraud_proven && !lazy.valid);
+    assert!(lazy.fraud_proven && lazy.decided && !lazy.valid);
     assert_eq!(outcome.winner, Some(addr("honest")));
-    assert_eq!(chain.bonded("lazy", Role::Miner), 9_000);
+    assert_eq!(chain.bonded("lazy", Role::Miner), MINER_STAKE - BOUNTY);
+    // Every validator whose report said that segment replays is slashed, not only v1.
+    let passed: Vec<_> = VALIDATORS
+        .iter()
+        .filter(|v| {
+            let r = chain.task(&id).claims[&addr("lazy")].reports[&addr(v)]
+                .report
+                .clone()
+                .unwrap();
+            Fact::Segment(segment).passed_in(&r) == Some(true)
+        })
+        .map(|v| addr(v))
+        .collect();
+    assert!(passed.contains(&addr("v1")));
+    let lost: Vec<_> = outcome
+        .slashes
+        .iter()
+        .filter(|s| s.reason == SlashReason::LostChallenge)
+        .map(|s| s.who)
+        .collect();
+    assert_eq!(lost, passed);
     chain.assert_supply_conserved();
 }
 
 #[test]
-fn a_void_challenge_returns_the_deposit() {
+fn a_single_committee_vote_is_no_quorum_and_returns_the_deposit() {
     let mut chain = scenario_chain(scenario_params());
     let id = up_to_reports(&mut chain);
+    bond_judges(&mut chain);
     run_reports(&mut chain, &id, None, &[]);
     let s = chain.task(&id).schedule.clone();
-    let segment = chain.segments(&id, "honest")[0];
-    chain.ok(
+    let segment = chain.segments(&id, "v1", "honest")[0];
+    chain.challenge_round(
+        &id,
         "challenger",
-        TxBody::Challenge {
-            task: id,
-            miner: addr("honest"),
-            validator: addr("v1"),
-            segment,
+        &[dispute("honest", "v1", Fact::Segment(segment))],
+    );
+    // One committee member of five votes: a single vote is no quorum (three of five).
+    chain.advance_to(s.challenge_reveal_end + 1);
+    let member = chain.committee(&id, 0, &JUDGES)[0];
+    chain.vote_round(&id, 0, &[(member, true)], &[]);
+    chain.advance_to(s.vote_reveal_end + 1);
+    let outcome = chain.outcome(&id).clone();
+    assert_eq!(outcome.challenges, vec![ChallengeResult::Void]);
+    // The honest claim still wins: one vote proved nothing.
+    assert_eq!(outcome.winner, Some(addr("honest")));
+    assert_eq!(chain.balance("challenger"), 10_000);
+    // The four members who did not vote lose `validator_slash` (5%) of their seat's collateral.
+    let silent: Vec<_> = outcome
+        .slashes
+        .iter()
+        .filter(|s| s.reason == SlashReason::CommitteeVote)
+        .map(|s| s.who)
+        .collect();
+    assert_eq!(silent.len(), 4);
+    assert!(!silent.contains(&addr(member)));
+    chain.assert_supply_conserved();
+}
+
+#[test]
+fn duplicate_and_unrevealed_challenges() {
+    let mut chain = scenario_chain(scenario_params());
+    let id = up_to_reports(&mut chain);
+    bond_judges(&mut chain);
+    run_reports(&mut chain, &id, None, &[]);
+    let s = chain.task(&id).schedule.clone();
+    let segment = chain.segments(&id, "v1", "honest")[0];
+    let d = dispute("honest", "v1", Fact::Segment(segment));
+    // The challenger commits twice to the same dispute and once to one it never reveals.
+    let c = |i: u32, d: &Dispute| {
+        pot_protocol::tx::challenge_commitment(
+            &id,
+            &addr("challenger"),
+            d,
+            &salt(&format!("challenger challenge {i}")),
+        )
+    };
+    let hidden = dispute("honest", "v2", Fact::Final);
+    chain.ok(
+        "client",
+        TxBody::Transfer {
+            to: addr("challenger"),
+            amount: Amount(40_000),
         },
     );
-    // Nobody on the committee votes.
-    chain.advance_to(s.resolution_end + 1);
-    let TaskStatus::Finalized(outcome) = &chain.task(&id).status else {
-        panic!()
-    };
-    assert_eq!(outcome.challenges, vec![ChallengeResult::Void]);
-    assert_eq!(chain.balance("challenger"), 10_000);
+    chain.all_ok(vec![
+        (
+            "challenger",
+            TxBody::Challenge {
+                task: id,
+                commitment: c(0, &d),
+            },
+        ),
+        (
+            "challenger",
+            TxBody::Challenge {
+                task: id,
+                commitment: c(1, &d),
+            },
+        ),
+        (
+            "challenger",
+            TxBody::Challenge {
+                task: id,
+                commitment: c(2, &hidden),
+            },
+        ),
+    ]);
+    // 5,000 + 10,000 + 20,000 escrowed: each costs twice the one before.
+    assert_eq!(chain.balance("challenger"), 10_000 + 40_000 - 35_000);
+    chain.advance_to(s.challenge_end);
+    chain.all_ok(
+        [0, 1]
+            .into_iter()
+            .map(|i| {
+                (
+                    "challenger",
+                    TxBody::RevealChallenge {
+                        task: id,
+                        challenge: i,
+                        dispute: d,
+                        salt: salt(&format!("challenger challenge {i}")),
+                    },
+                )
+            })
+            .collect(),
+    );
+    chain.advance_to(s.challenge_reveal_end + 1);
+    let t = chain.task(&id);
+    assert_eq!(t.challenges[0].committee.len(), 5);
+    assert!(
+        t.challenges[1].committee.is_empty(),
+        "no second committee for the same fact"
+    );
+    assert!(t.challenges[2].committee.is_empty());
+    all_vote(&mut chain, &id, 0, false);
+    chain.advance_to(s.vote_reveal_end + 1);
+    let outcome = chain.outcome(&id).clone();
+    assert_eq!(
+        outcome.challenges,
+        vec![
+            ChallengeResult::Rejected,
+            ChallengeResult::Duplicate,
+            ChallengeResult::Unrevealed
+        ]
+    );
+    // Of the duplicate's 10,000 only the 5,000 base comes back; the rejected 5,000 and the
+    // unrevealed 20,000 do not.
+    assert_eq!(chain.balance("challenger"), 50_000 - 5_000 - 5_000 - 20_000);
     chain.assert_supply_conserved();
 }
 
 #[test]
 fn no_claims_refunds_the_bounty() {
     let mut chain = scenario_chain(scenario_params());
-    let id = chain.submit_task("client", 1_000_000, W);
+    let id = chain.submit_task("client", BOUNTY, W);
     let s = chain.task(&id).schedule.clone();
-    assert_eq!(chain.balance("client"), 1_000_000);
+    assert_eq!(chain.balance("client"), 2_000_000 - BOUNTY - 5_000);
     chain.advance_to(s.reveal_end + 1);
-    let TaskStatus::Finalized(outcome) = &chain.task(&id).status else {
-        panic!()
-    };
+    let outcome = chain.outcome(&id).clone();
     assert_eq!(outcome.winner, None);
-    assert_eq!(chain.balance("client"), 2_000_000);
+    // The bounty comes back; the 5% burned at submission does not.
+    assert_eq!(chain.balance("client"), 2_000_000 - 5_000);
     assert_eq!(chain.state.supply.minted, Amount(0));
     chain.assert_supply_conserved();
 }
@@ -492,29 +721,33 @@ fn no_valid_claim_refunds_the_bounty_and_slashes_the_miners() {
     let mut reveals = Vec::new();
     for v in VALIDATORS {
         for m in MINERS {
-            let r = invalid_report(&chain.segments(&id, m), InvalidReason::ArtifactsUnavailable);
+            let r = invalid_report(
+                &chain.segments(&id, v, m),
+                InvalidReason::ArtifactsUnavailable,
+            );
             reveals.push((v, m, r));
         }
     }
     chain.report_round(&id, &reveals, &[]);
     chain.advance_to(s.challenge_end + 1);
-    let TaskStatus::Finalized(outcome) = &chain.task(&id).status else {
-        panic!()
-    };
+    let outcome = chain.outcome(&id).clone();
     assert_eq!(outcome.winner, None);
-    assert_eq!(chain.balance("client"), 2_000_000);
     for m in MINERS {
-        assert_eq!(chain.bonded(m, Role::Miner), 9_000);
+        assert_eq!(chain.bonded(m, Role::Miner), MINER_STAKE - BOUNTY);
     }
-    // Validators are not paid from a refunded bounty.
-    assert_eq!(chain.balance("v1"), 0);
+    // Validators are paid for their work without a winner too: 10,000 over 15 matching
+    // reports, 3 each: 2,000 each. The client gets the rest of the bounty back.
+    for v in VALIDATORS {
+        assert_eq!(chain.balance(v), 2_000, "{v}");
+    }
+    assert_eq!(chain.balance("client"), 2_000_000 - 5_000 - 10_000);
     chain.assert_supply_conserved();
 }
 
 #[test]
 fn a_withheld_eval_set_fails_the_task_and_burns_the_bounty() {
     let mut chain = scenario_chain(scenario_params());
-    let id = chain.submit_task("client", 1_000_000, W);
+    let id = chain.submit_task("client", BOUNTY, W);
     let s = chain.task(&id).schedule.clone();
     let c = claim("honest-run");
     chain.ok("honest", chain.commit_body(&id, "honest", &c));
@@ -522,16 +755,22 @@ fn a_withheld_eval_set_fails_the_task_and_burns_the_bounty() {
     chain.ok("honest", Chain::reveal_body(&id, "honest", &c));
     chain.advance_to(s.eval_end + 1);
     assert!(matches!(
-        chain.task(&id).status,
+        chain.ended_task(&id).status,
         TaskStatus::Failed {
             reason: FailReason::EvalSetNotRevealed,
-            burned: Amount(1_000_000),
+            burned: Amount(BOUNTY),
             ..
         }
     ));
-    assert_eq!(chain.task(&id).phase(chain.height()), Phase::Failed);
-    assert_eq!(chain.balance("client"), 1_000_000);
-    assert_eq!(chain.state.supply.burned, Amount(1_000_000));
+    assert_eq!(chain.ended_task(&id).phase(chain.height()), Phase::Failed);
+    assert_eq!(chain.balance("client"), 2_000_000 - BOUNTY - 5_000);
+    assert_eq!(chain.state.supply.burned, Amount(BOUNTY + 5_000));
+    // The miner did nothing wrong: its deposit and collateral are back.
+    assert_eq!(chain.balance("honest"), 10_000);
+    assert_eq!(
+        chain.state.free_stake(&addr("honest"), Role::Miner),
+        Amount(MINER_STAKE)
+    );
     chain.assert_supply_conserved();
 }
 
@@ -545,8 +784,8 @@ fn loss_metric_prefers_the_lower_median_and_ties_go_to_the_earlier_commit() {
         "client",
         TxBody::SubmitTask {
             spec,
-            bounty: Amount(1_000_000),
-            eval_commit: pot_protocol::tx::eval_commitment(&eval_set().sha256, &eval_salt()),
+            bounty: Amount(BOUNTY),
+            eval_commit: pot_protocol::tx::eval_commitment(&eval_set(), &eval_salt()),
             windows: windows(W),
         },
     );
@@ -582,15 +821,13 @@ fn loss_metric_prefers_the_lower_median_and_ties_go_to_the_earlier_commit() {
     let mut reveals = Vec::new();
     for (i, v) in VALIDATORS.iter().enumerate() {
         for (m, _) in &runs {
-            let r = valid_report(&chain.segments(&id, m), loss(m, i));
+            let r = valid_report(&chain.segments(&id, v, m), loss(m, i));
             reveals.push((*v, *m, r));
         }
     }
     chain.report_round(&id, &reveals, &[]);
     chain.advance_to(s.challenge_end + 1);
-    let TaskStatus::Finalized(outcome) = &chain.task(&id).status else {
-        panic!()
-    };
+    let outcome = chain.outcome(&id).clone();
     assert_eq!(
         outcome.winner,
         Some(addr("lazy")),

@@ -17,7 +17,10 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use pot_protocol::tx::{InvalidReason, Role, TaskId, TxBody, task_id};
+use pot_protocol::tx::{
+    Dispute, Fact, InvalidReason, Role, TaskId, TxBody, challenge_commitment, task_id,
+    vote_commitment,
+};
 use pot_protocol::{
     Address, Amount, Hash, Params, Phase, SignedTx, State, TxCtx, TxError, apply_block,
     apply_block_known, apply_tx, begin_block, build_block,
@@ -69,9 +72,17 @@ enum Action {
         who: usize,
         task: usize,
     },
+    RevealChallenges {
+        task: usize,
+        skip: u8,
+    },
     Vote {
         task: usize,
         ok: bool,
+    },
+    RevealVotes {
+        task: usize,
+        skip: u8,
     },
     /// Whatever the task's current phase calls for, with choices drawn from `seed`.
     Progress {
@@ -100,14 +111,16 @@ fn action() -> impl Strategy<Value = Action> {
         3 => (who.clone(), who.clone(), 0u64..30_000).prop_map(|(from, to, amount)| Action::Transfer { from, to, amount }),
         2 => (who.clone(), role(), 0u64..8_000).prop_map(|(who, role, amount)| Action::Bond { who, role, amount }),
         1 => (who.clone(), role(), 0u64..8_000).prop_map(|(who, role, amount)| Action::Unbond { who, role, amount }),
-        1 => (who.clone(), 0u64..40_000).prop_map(|(who, bounty)| Action::Submit { who, bounty }),
+        1 => (who.clone(), 0u64..2_500).prop_map(|(who, bounty)| Action::Submit { who, bounty }),
         6 => (who.clone(), 0usize..2).prop_map(|(who, task)| Action::Commit { who, task }),
         5 => (0usize..2).prop_map(|task| Action::RevealClaims { task }),
         4 => (0usize..2).prop_map(|task| Action::RevealEval { task }),
         5 => (0usize..2, any::<u64>()).prop_map(|(task, seed)| Action::CommitReports { task, seed }),
         5 => (0usize..2, any::<u8>()).prop_map(|(task, skip)| Action::RevealReports { task, skip }),
         1 => (who.clone(), 0usize..2).prop_map(|(who, task)| Action::Challenge { who, task }),
+        1 => (0usize..2, any::<u8>()).prop_map(|(task, skip)| Action::RevealChallenges { task, skip }),
         1 => (0usize..2, any::<bool>()).prop_map(|(task, ok)| Action::Vote { task, ok }),
+        1 => (0usize..2, any::<u8>()).prop_map(|(task, skip)| Action::RevealVotes { task, skip }),
         12 => (0usize..2, any::<u64>()).prop_map(|(task, seed)| Action::Progress { task, seed }),
         1 => (who.clone(), who.clone(), 1u64..100).prop_map(|(signer, by, amount)| Action::Forged { signer, by, amount }),
         1 => any::<usize>().prop_map(|pick| Action::Replay { pick }),
@@ -132,7 +145,8 @@ fn params() -> Params {
         validators_per_claim: 2,
         segments_per_claim: 2,
         challenge_deposit: Amount(500),
-        mint_per_task: Amount(777),
+        claim_deposit: Amount(50),
+        min_bounty: Amount(100),
         ..Params::default()
     }
 }
@@ -151,6 +165,8 @@ fn genesis_chain() -> Chain {
         ("e", Role::Validator, 3_000),
         ("f", Role::Validator, 3_000),
         ("g", Role::Validator, 3_000),
+        ("h", Role::Validator, 3_000),
+        ("c", Role::Validator, 3_000),
     ];
     Chain::new(params(), &balances, &stakes)
 }
@@ -161,7 +177,19 @@ struct Memory {
     tasks: Vec<TaskId>,
     claims: BTreeMap<(TaskId, Address), String>,
     reports: BTreeMap<(TaskId, Address, Address), (String, pot_protocol::tx::Report)>,
+    /// (task, challenge index) -> challenger and dispute.
+    challenges: BTreeMap<(TaskId, u32), (Address, pot_protocol::tx::Dispute)>,
+    /// (task, challenge index, member) -> vote.
+    votes: BTreeMap<(TaskId, u32, Address), bool>,
     included: Vec<SignedTx>,
+}
+
+fn challenge_salt(id: &TaskId, index: u32) -> Hash {
+    Hash::of_value("test/challenge-salt", &(id, index))
+}
+
+fn vote_salt(id: &TaskId, index: u32, member: &Address) -> Hash {
+    Hash::of_value("test/vote-salt", &(id, index, member))
 }
 
 fn name_of(a: &Address) -> &'static str {
@@ -183,7 +211,8 @@ fn make_txs(
 ) -> (Vec<SignedTx>, Vec<(Hash, &'static str)>) {
     let height = state.height() + 1;
     let probe = std::cell::RefCell::new(state.clone());
-    begin_block(&mut probe.borrow_mut(), height, time_ms, state.tip.hash);
+    let beacon = pot_protocol::beacon::prove(&proposer().vrf, CHAIN, height, &state.tip.beacon).1;
+    begin_block(&mut probe.borrow_mut(), height, time_ms, beacon);
     let txs = std::cell::RefCell::new(Vec::<SignedTx>::new());
     let mut must_fail = Vec::new();
     let peek = |a: &Address| probe.borrow().account(a).nonce;
@@ -218,6 +247,7 @@ fn make_txs(
                 chain_id: CHAIN.into(),
                 signer: a,
                 nonce: peek(&a),
+                fee: params().tx_fee,
                 body,
             }
             .sign(&key(name)),
@@ -264,10 +294,7 @@ fn make_txs(
                     TxBody::SubmitTask {
                         spec: spec(),
                         bounty: Amount(*bounty),
-                        eval_commit: pot_protocol::tx::eval_commitment(
-                            &eval_set().sha256,
-                            &eval_salt(),
-                        ),
+                        eval_commit: pot_protocol::tx::eval_commitment(&eval_set(), &eval_salt()),
                         windows: w,
                     },
                 )
@@ -315,14 +342,15 @@ fn make_txs(
                 };
                 let mut bit = 0;
                 for (miner, entry) in &t.claims {
-                    for v in &entry.assigned {
+                    for a in &entry.assigned {
+                        let v = &a.validator;
                         // Three reports in four say valid.
                         let valid = (seed >> ((2 * bit) % 64)) & 3 != 0;
                         bit += 1;
                         let r = if valid {
-                            valid_report(&entry.segments, (seed % 1_000_000) as i64 + bit as i64)
+                            valid_report(&a.segments, (seed % 1_000_000) as i64 + bit as i64)
                         } else {
-                            invalid_report(&entry.segments, InvalidReason::SegmentMismatch)
+                            invalid_report(&a.segments, InvalidReason::SegmentMismatch)
                         };
                         let (vn, mn) = (name_of(v), name_of(miner));
                         // Keep the first report chosen: a later commit attempt is a duplicate.
@@ -359,21 +387,66 @@ fn make_txs(
                 let Some(t) = chain_state.tasks.get(&id) else {
                     continue;
                 };
+                // Dispute some fact of some revealed report: which one follows the challenger.
+                let facts = [Fact::Init, Fact::Final, Fact::Artifacts, Fact::Metric];
                 let target = t.claims.iter().find_map(|(m, e)| {
                     e.reports.iter().find_map(|(v, r)| {
-                        r.report
-                            .as_ref()
-                            .map(|rep| (*m, *v, rep.segments.first().map(|s| s.index).unwrap_or(0)))
+                        r.report.as_ref().map(|rep| {
+                            let fact = match who % 3 {
+                                0 => rep
+                                    .segments
+                                    .first()
+                                    .map(|s| Fact::Segment(s.index))
+                                    .unwrap_or(Fact::Init),
+                                _ => facts[*who % facts.len()],
+                            };
+                            Dispute {
+                                miner: *m,
+                                validator: *v,
+                                fact,
+                            }
+                        })
                     })
                 });
-                if let Some((miner, validator, segment)) = target {
+                if let Some(d) = target {
+                    let challenger = addr(NAMES[*who]);
+                    let index = t.challenges.len() as u32;
+                    mem.challenges.insert((id, index), (challenger, d));
                     sign(
                         NAMES[*who],
                         TxBody::Challenge {
                             task: id,
-                            miner,
-                            validator,
-                            segment,
+                            commitment: challenge_commitment(
+                                &id,
+                                &challenger,
+                                &d,
+                                &challenge_salt(&id, index),
+                            ),
+                        },
+                    );
+                }
+            }
+            Action::RevealChallenges { task, skip } => {
+                let Some(id) = task_at(mem, *task) else {
+                    continue;
+                };
+                let mine: Vec<_> = mem
+                    .challenges
+                    .iter()
+                    .filter(|((t, _), _)| *t == id)
+                    .map(|((_, i), (c, d))| (*i, *c, *d))
+                    .collect();
+                for (k, (index, challenger, dispute)) in mine.into_iter().enumerate() {
+                    if (skip >> (k % 8)) & 1 == 1 {
+                        continue;
+                    }
+                    sign(
+                        name_of(&challenger),
+                        TxBody::RevealChallenge {
+                            task: id,
+                            challenge: index,
+                            dispute,
+                            salt: challenge_salt(&id, index),
                         },
                     );
                 }
@@ -386,16 +459,52 @@ fn make_txs(
                     continue;
                 };
                 for (i, c) in t.challenges.iter().enumerate() {
-                    for m in &c.committee {
+                    for (k, seat) in c.committee.iter().enumerate() {
+                        // Most members vote `ok`; every third the other way.
+                        let upheld = if k % 3 == 2 { !*ok } else { *ok };
+                        let m = seat.member;
+                        mem.votes.entry((id, i as u32, m)).or_insert(upheld);
+                        let upheld = mem.votes[&(id, i as u32, m)];
                         sign(
-                            name_of(m),
-                            TxBody::ChallengeVote {
+                            name_of(&m),
+                            TxBody::CommitVote {
                                 task: id,
                                 challenge: i as u32,
-                                segment_ok: *ok,
+                                commitment: vote_commitment(
+                                    &id,
+                                    i as u32,
+                                    &m,
+                                    upheld,
+                                    &vote_salt(&id, i as u32, &m),
+                                ),
                             },
                         );
                     }
+                }
+            }
+            Action::RevealVotes { task, skip } => {
+                let Some(id) = task_at(mem, *task) else {
+                    continue;
+                };
+                let mine: Vec<_> = mem
+                    .votes
+                    .iter()
+                    .filter(|((t, _, _), _)| *t == id)
+                    .map(|((_, i, m), up)| (*i, *m, *up))
+                    .collect();
+                for (k, (index, member, upheld)) in mine.into_iter().enumerate() {
+                    if (skip >> (k % 8)) & 1 == 1 {
+                        continue;
+                    }
+                    sign(
+                        name_of(&member),
+                        TxBody::RevealVote {
+                            task: id,
+                            challenge: index,
+                            upheld,
+                            salt: vote_salt(&id, index, &member),
+                        },
+                    );
                 }
             }
             Action::Progress { .. } => unreachable!("expanded above"),
@@ -409,6 +518,7 @@ fn make_txs(
                     chain_id: CHAIN.into(),
                     signer: a,
                     nonce: n,
+                    fee: params().tx_fee,
                     body: TxBody::Transfer {
                         to: addr(NAMES[*by]),
                         amount: Amount(*amount),
@@ -436,6 +546,7 @@ fn make_txs(
                     chain_id: CHAIN.into(),
                     signer: a,
                     nonce: n + 1,
+                    fee: params().tx_fee,
                     body: TxBody::Transfer {
                         to: a,
                         amount: Amount(1),
@@ -485,13 +596,21 @@ fn expand(state: &State, height: u64, a: &Action) -> Vec<Action> {
             task,
             skip: (seed >> 8) as u8 & (seed >> 16) as u8,
         }],
-        Phase::Challenge if seed % 3 == 0 => vec![Action::Challenge {
+        Phase::Challenge if seed % 3 != 0 => vec![Action::Challenge {
             who: (seed >> 4) as usize % NAMES.len(),
             task,
         }],
-        Phase::Resolution => vec![Action::Vote {
+        Phase::ChallengeReveal => vec![Action::RevealChallenges {
+            task,
+            skip: (seed >> 8) as u8 & (seed >> 16) as u8 & (seed >> 24) as u8,
+        }],
+        Phase::Vote => vec![Action::Vote {
             task,
             ok: seed % 2 == 0,
+        }],
+        Phase::VoteReveal => vec![Action::RevealVotes {
+            task,
+            skip: (seed >> 8) as u8 & (seed >> 16) as u8 & (seed >> 24) as u8,
         }],
         _ => vec![],
     }
@@ -518,7 +637,7 @@ fn run(blocks: &[Vec<Action>]) -> Vec<Hash> {
 
         let before = chain.state.clone();
         chain.time_ms = time;
-        let built = build_block(&chain.state, addr("coordinator"), time, txs);
+        let built = build_block(&chain.state, &proposer(), time, txs);
         let included: std::collections::BTreeSet<Hash> =
             built.block.txs.iter().map(SignedTx::hash).collect();
 
@@ -587,6 +706,7 @@ fn random_runs_reach_finalization_payouts_and_slashes() {
         TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
     );
     let (mut finalized, mut with_winner, mut slashed, mut failed) = (0, 0, 0, 0);
+    let mut resolved = 0;
     let mut errs = BTreeMap::new();
     let mut kinds = BTreeMap::new();
     for _ in 0..60 {
@@ -596,7 +716,7 @@ fn random_runs_reach_finalization_payouts_and_slashes() {
         for actions in &blocks {
             chain.time_ms += 1_000;
             let (txs, _) = make_txs(&chain.state, chain.time_ms, &mut mem, actions);
-            let built = build_block(&chain.state, addr("coordinator"), chain.time_ms, txs);
+            let built = build_block(&chain.state, &proposer(), chain.time_ms, txs);
             for (_, e) in &built.rejected {
                 let k = format!("{e:?}");
                 *errs
@@ -613,28 +733,37 @@ fn random_runs_reach_finalization_payouts_and_slashes() {
             }
             chain.state = built.state;
             mem.included.extend(built.block.txs);
-        }
-        for t in chain.state.tasks.values() {
-            match &t.status {
-                pot_protocol::state::TaskStatus::Finalized(o) => {
-                    finalized += 1;
-                    with_winner += usize::from(o.winner.is_some());
-                    slashed += usize::from(!o.slashes.is_empty());
+            // Ended tasks leave the state in the block that ends them: count them there.
+            for t in &chain.state.ended {
+                match &t.status {
+                    pot_protocol::state::TaskStatus::Finalized(o) => {
+                        finalized += 1;
+                        with_winner += usize::from(o.winner.is_some());
+                        slashed += usize::from(!o.slashes.is_empty());
+                        resolved += o
+                            .challenges
+                            .iter()
+                            .filter(|c| **c != pot_protocol::state::ChallengeResult::Void)
+                            .count();
+                    }
+                    pot_protocol::state::TaskStatus::Failed { .. } => failed += 1,
+                    _ => {}
                 }
-                pot_protocol::state::TaskStatus::Failed { .. } => failed += 1,
-                _ => {}
             }
         }
     }
     println!("rejections {errs:?}\nincluded {kinds:?}");
     println!(
-        "finalized {finalized}, with winner {with_winner}, with slashes {slashed}, failed {failed}"
+        "finalized {finalized}, with winner {with_winner}, with slashes {slashed}, failed {failed}, challenges resolved {resolved}"
     );
     assert!(
         kinds.get("challenge").copied().unwrap_or(0) > 0
+            && kinds.get("reveal_challenge").copied().unwrap_or(0) > 0
+            && kinds.get("reveal_vote").copied().unwrap_or(0) > 0
             && kinds.get("reveal_report").copied().unwrap_or(0) > 0,
         "{kinds:?}"
     );
+    assert!(resolved > 0, "no challenge was upheld or rejected");
     assert!(
         finalized >= 20 && with_winner >= 5 && slashed >= 5 && failed >= 3,
         "finalized {finalized}, with winner {with_winner}, with slashes {slashed}, failed {failed}"

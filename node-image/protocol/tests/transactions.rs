@@ -11,8 +11,12 @@ use pot_protocol::{
 
 const W: u32 = 20;
 
+/// Fees and claim deposits are zero here so that each test is about its transaction alone;
+/// `economics.rs` covers them.
 fn params() -> Params {
     Params {
+        tx_fee: Amount(0),
+        claim_deposit: Amount(0),
         min_miner_bond: Amount(1_000),
         min_validator_bond: Amount(1_000),
         validators_per_claim: 2,
@@ -34,15 +38,20 @@ fn chain() -> Chain {
             ("alice", 10_000),
             ("poor", 50),
             ("challenger", 1_000),
+            // Claim deposits: a third of a 10,000 bounty, with 3 claim slots.
+            ("m1", 10_000),
+            ("m2", 10_000),
+            ("m3", 10_000),
+            ("m4", 10_000),
         ],
         &[
-            ("m1", Role::Miner, 2_000),
-            ("m2", Role::Miner, 2_000),
-            ("m3", Role::Miner, 2_000),
-            ("m4", Role::Miner, 2_000),
-            ("v1", Role::Validator, 5_000),
-            ("v2", Role::Validator, 5_000),
-            ("v3", Role::Validator, 5_000),
+            ("m1", Role::Miner, 20_000),
+            ("m2", Role::Miner, 20_000),
+            ("m3", Role::Miner, 20_000),
+            ("m4", Role::Miner, 20_000),
+            ("v1", Role::Validator, 50_000),
+            ("v2", Role::Validator, 50_000),
+            ("v3", Role::Validator, 50_000),
         ],
     )
 }
@@ -283,7 +292,9 @@ fn too_many_unbondings() {
 fn submit_task() {
     let mut c = chain();
     let id = c.submit_task("client", 10_000, W);
-    assert_eq!(c.balance("client"), 990_000);
+    // The bounty is escrowed and 5% of it burned.
+    assert_eq!(c.balance("client"), 1_000_000 - 10_000 - 500);
+    assert_eq!(c.state.supply.burned, Amount(500));
     let t = c.task(&id);
     assert_eq!(t.bounty, Amount(10_000));
     assert_eq!(t.phase(c.height()), Phase::Commit);
@@ -310,6 +321,14 @@ fn submit_task() {
         }
     };
     spec_err("steps")(c.try_tx("client", bad_spec(|s| s.steps = 0)));
+    // Below the chain's minimum work (100 steps), even with a checkpoint interval that divides.
+    spec_err("steps")(c.try_tx(
+        "client",
+        bad_spec(|s| {
+            s.steps = 50;
+            s.checkpoint_interval = 10;
+        }),
+    ));
     spec_err("steps")(c.try_tx("client", bad_spec(|s| s.steps = 10_000_001)));
     spec_err("checkpoint_interval")(c.try_tx("client", bad_spec(|s| s.checkpoint_interval = 7)));
     spec_err("checkpoint_interval")(c.try_tx("client", bad_spec(|s| s.checkpoint_interval = 0)));
@@ -358,12 +377,12 @@ fn submit_task() {
     assert_eq!(
         c.try_tx("client", submit(spec(), 0, windows(W))),
         Err(TxError::BountyTooSmall {
-            min: Amount(1),
+            min: Amount(1_000),
             got: Amount(0)
         })
     );
     assert!(matches!(
-        c.try_tx("poor", submit(spec(), 51, windows(W))),
+        c.try_tx("poor", submit(spec(), 1_000, windows(W))),
         Err(TxError::InsufficientFunds { .. })
     ));
 }
@@ -380,9 +399,10 @@ fn commit_claim() {
     );
     assert_eq!(
         c.try_tx("alice", c.commit_body(&id, "alice", &claim)),
+        // A claim reserves the bounty as collateral.
         Err(TxError::InsufficientBond {
             role: Role::Miner,
-            need: Amount(1_000),
+            need: Amount(10_000),
             have: Amount(0)
         })
     );
@@ -581,7 +601,7 @@ fn commit_and_reveal_reports() {
         .into_iter()
         .find(|v| *v != va && *v != vb)
         .unwrap();
-    let segs = c.segments(&id, "m1");
+    let segs = c.segments(&id, va, "m1");
     assert_eq!(segs.len(), 2);
     let report = valid_report(&segs, 950_000);
 
@@ -670,11 +690,16 @@ fn commit_and_reveal_reports() {
 
 #[test]
 fn challenges_and_votes() {
+    use pot_protocol::tx::{Dispute, Fact, challenge_commitment, vote_commitment};
     let (mut c, id) = at_report_commit();
     let s = c.task(&id).schedule.clone();
     let assigned = c.assigned(&id, "m1");
     let (va, vb) = (validator_name(&assigned[0]), validator_name(&assigned[1]));
-    let segs = c.segments(&id, "m1");
+    let outsider = ["v1", "v2", "v3"]
+        .into_iter()
+        .find(|v| *v != va && *v != vb)
+        .unwrap();
+    let segs = c.segments(&id, va, "m1");
     let report = valid_report(&segs, 950_000);
     c.all_ok(vec![(
         va,
@@ -683,27 +708,70 @@ fn challenges_and_votes() {
     c.advance_to(s.report_commit_end);
     c.ok(va, Chain::report_reveal_body(&id, va, "m1", &report));
 
-    let challenge = |validator: &str, segment| TxBody::Challenge {
-        task: id,
+    let dispute = |validator: &str, fact| Dispute {
         miner: addr("m1"),
         validator: addr(validator),
-        segment,
+        fact,
     };
+    let d = dispute(va, Fact::Segment(segs[0]));
+    let commit = |who: &str, d: &Dispute, salt: &Hash| TxBody::Challenge {
+        task: id,
+        commitment: challenge_commitment(&id, &addr(who), d, salt),
+    };
+    let salt1 = Hash::digest(b"challenge salt");
     // Too early: the challenge window opens after the report reveals.
     assert!(matches!(
-        c.try_tx("challenger", challenge(va, segs[0])),
+        c.try_tx("challenger", commit("challenger", &d, &salt1)),
         Err(TxError::WrongPhase {
             expected: Phase::Challenge,
             ..
         })
     ));
     c.advance_to(s.report_reveal_end);
+    assert!(matches!(
+        c.try_tx("poor", commit("poor", &d, &salt1)),
+        Err(TxError::InsufficientFunds { .. })
+    ));
+    c.ok("challenger", commit("challenger", &d, &salt1));
+    assert_eq!(c.balance("challenger"), 900);
     assert_eq!(
-        c.try_tx(va, challenge(va, segs[0])),
-        Err(TxError::SelfChallenge)
+        c.try_tx("challenger", commit("challenger", &d, &salt1)),
+        Err(TxError::Duplicate("challenge commitment"))
     );
     assert_eq!(
-        c.try_tx("challenger", challenge(vb, segs[0])),
+        c.try_tx("challenger", commit("challenger", &d, &Hash::ZERO)),
+        Err(TxError::TooManyChallenges { max: 1 })
+    );
+
+    // Reveals: only in their window, only by the challenger, only of a fact a revealed report
+    // states, only as committed, once.
+    let reveal = |index, d: Dispute, salt| TxBody::RevealChallenge {
+        task: id,
+        challenge: index,
+        dispute: d,
+        salt,
+    };
+    assert!(matches!(
+        c.try_tx("challenger", reveal(0, d, salt1)),
+        Err(TxError::WrongPhase {
+            expected: Phase::ChallengeReveal,
+            ..
+        })
+    ));
+    c.advance_to(s.challenge_end);
+    assert_eq!(
+        c.try_tx("alice", reveal(0, d, salt1)),
+        Err(TxError::NotYourChallenge {
+            challenge: 0,
+            challenger: addr("challenger")
+        })
+    );
+    assert_eq!(
+        c.try_tx("challenger", reveal(7, d, salt1)),
+        Err(TxError::UnknownChallenge(7))
+    );
+    assert_eq!(
+        c.try_tx("challenger", reveal(0, dispute(vb, Fact::Init), salt1)),
         Err(TxError::UnknownReport {
             validator: addr(vb),
             miner: addr("m1")
@@ -711,82 +779,117 @@ fn challenges_and_votes() {
     );
     let unsampled = (0..10).find(|i| !segs.contains(i)).unwrap();
     assert_eq!(
-        c.try_tx("challenger", challenge(va, unsampled)),
-        Err(TxError::SegmentNotReported(unsampled))
+        c.try_tx(
+            "challenger",
+            reveal(0, dispute(va, Fact::Segment(unsampled)), salt1)
+        ),
+        Err(TxError::FactNotReported(Fact::Segment(unsampled)))
     );
+    assert_eq!(
+        c.try_tx("challenger", reveal(0, dispute(va, Fact::Final), salt1)),
+        Err(TxError::RevealMismatch("challenge"))
+    );
+    // Artifact availability is not disputable (the miner controls it).
     assert!(matches!(
-        c.try_tx("poor", challenge(va, segs[0])),
-        Err(TxError::InsufficientFunds { .. })
+        c.try_tx("challenger", reveal(0, dispute(va, Fact::Artifacts), salt1)),
+        Err(TxError::NotDisputable {
+            fact: Fact::Artifacts,
+            ..
+        })
     ));
-    c.ok("challenger", challenge(va, segs[0]));
-    assert_eq!(c.balance("challenger"), 900);
+    c.ok("challenger", reveal(0, d, salt1));
     assert_eq!(
-        c.try_tx("challenger", challenge(va, segs[0])),
-        Err(TxError::Duplicate("challenge"))
-    );
-    assert_eq!(
-        c.try_tx("challenger", challenge(va, segs[1])),
-        Err(TxError::TooManyChallenges { max: 1 })
+        c.try_tx("challenger", reveal(0, d, salt1)),
+        Err(TxError::Duplicate("challenge reveal"))
     );
     c.assert_supply_conserved();
 
-    // Votes: only during resolution, only by the committee, once each.
-    let vote = |i, ok| TxBody::ChallengeVote {
+    // Votes: committed then revealed, only by the committee, once each.
+    let vsalt = Hash::digest(b"vote salt");
+    let commit_vote = |who: &str, index, upheld| TxBody::CommitVote {
         task: id,
-        challenge: i,
-        segment_ok: ok,
+        challenge: index,
+        commitment: vote_commitment(&id, index, &addr(who), upheld, &vsalt),
+    };
+    let reveal_vote = |index, upheld| TxBody::RevealVote {
+        task: id,
+        challenge: index,
+        upheld,
+        salt: vsalt,
     };
     assert!(matches!(
-        c.try_tx(vb, vote(0, true)),
+        c.try_tx(outsider, commit_vote(outsider, 0, false)),
         Err(TxError::WrongPhase { .. })
     ));
-    c.advance_to(s.challenge_end + 1);
-    let committee = c.task(&id).challenges[0].committee.clone();
-    // Excludes the challenged validator; the remaining two bonded validators form it.
-    assert!(!committee.contains(&addr(va)));
-    assert_eq!(committee.len(), 2);
-    let member = validator_name(&committee[0]);
+    c.advance_to(s.challenge_reveal_end + 1);
+    // Neither of the claim's validators sits, nor the miner or the challenger: the one
+    // validator left forms it.
+    let committee: Vec<_> = c.task(&id).challenges[0]
+        .committee
+        .iter()
+        .map(|seat| seat.member)
+        .collect();
+    assert_eq!(committee, vec![addr(outsider)]);
     assert_eq!(
-        c.try_tx(va, vote(0, true)),
+        c.try_tx(va, commit_vote(va, 0, false)),
         Err(TxError::NotOnCommittee(addr(va)))
     );
     assert_eq!(
-        c.try_tx(member, vote(7, true)),
+        c.try_tx(outsider, commit_vote(outsider, 7, false)),
         Err(TxError::UnknownChallenge(7))
     );
-    c.ok(member, vote(0, true));
+    c.ok(outsider, commit_vote(outsider, 0, false));
     assert_eq!(
-        c.try_tx(member, vote(0, false)),
-        Err(TxError::Duplicate("challenge vote"))
+        c.try_tx(outsider, commit_vote(outsider, 0, false)),
+        Err(TxError::Duplicate("vote commitment"))
+    );
+    assert!(matches!(
+        c.try_tx(outsider, reveal_vote(0, false)),
+        Err(TxError::WrongPhase {
+            expected: Phase::VoteReveal,
+            ..
+        })
+    ));
+    c.advance_to(s.vote_end);
+    assert_eq!(
+        c.try_tx(outsider, reveal_vote(0, true)),
+        Err(TxError::RevealMismatch("vote"))
+    );
+    c.ok(outsider, reveal_vote(0, false));
+    assert_eq!(
+        c.try_tx(outsider, reveal_vote(0, false)),
+        Err(TxError::Duplicate("vote reveal"))
     );
     c.assert_supply_conserved();
 }
 
 #[test]
-fn engaged_stake_cannot_be_unbonded_below_the_minimum() {
+fn reserved_stake_cannot_be_unbonded() {
     let mut c = chain();
     let id = c.submit_task("client", 10_000, W);
+    // The claim reserves 10,000 (the bounty) of m1's 20,000.
     c.ok("m1", c.commit_body(&id, "m1", &claim("r")));
     assert_eq!(
         c.try_tx(
             "m1",
             TxBody::Unbond {
                 role: Role::Miner,
-                amount: Amount(1_001)
+                amount: Amount(10_001)
             }
         ),
         Err(TxError::StakeLocked {
             role: Role::Miner,
-            remaining: Amount(999),
-            min: Amount(1_000)
+            asked: Amount(10_001),
+            free: Amount(10_000),
+            bonded: Amount(20_000),
         })
     );
-    // Above the minimum is fine.
+    // The free part may go.
     c.ok(
         "m1",
         TxBody::Unbond {
             role: Role::Miner,
-            amount: Amount(1_000),
+            amount: Amount(10_000),
         },
     );
     // A miner with no claim may leave entirely.
@@ -794,7 +897,7 @@ fn engaged_stake_cannot_be_unbonded_below_the_minimum() {
         "m2",
         TxBody::Unbond {
             role: Role::Miner,
-            amount: Amount(2_000),
+            amount: Amount(20_000),
         },
     );
 }
@@ -811,7 +914,7 @@ fn block_rejections_leave_the_state_unchanged() {
     );
     let good = build_block(
         &c.state,
-        addr("coordinator"),
+        &proposer(),
         c.time_ms + 1_000,
         [c.sign(
             "alice",
@@ -852,6 +955,7 @@ fn block_rejections_leave_the_state_unchanged() {
         chain_id: CHAIN.into(),
         signer: addr("poor"),
         nonce: 0,
+        fee: Amount(0),
         body: TxBody::Transfer {
             to: addr("bob"),
             amount: Amount(1_000_000),
@@ -891,22 +995,23 @@ fn block_rejections_leave_the_state_unchanged() {
 }
 
 #[test]
-fn a_miner_who_also_validates_is_never_assigned_to_its_own_claim() {
+fn miners_competing_for_a_task_never_validate_each_other() {
     // m1 and m2 are bonded as validators too, and v is larger than the validator set, so every
-    // eligible validator is assigned: the only one left out of a claim is its own miner.
+    // eligible validator is assigned: a miner with a claim on the task judges no claim of it.
     let mut p = params();
     p.validators_per_claim = 10;
     let mut c = Chain::new(
         p,
-        &[("client", 1_000_000)],
+        &[("client", 1_000_000), ("m1", 10_000), ("m2", 10_000)],
         &[
-            ("m1", Role::Miner, 2_000),
-            ("m2", Role::Miner, 2_000),
-            ("m1", Role::Validator, 2_000),
-            ("m2", Role::Validator, 2_000),
-            ("v1", Role::Validator, 2_000),
-            // Below the minimum validator bond: never assigned.
-            ("v2", Role::Validator, 999),
+            ("m1", Role::Miner, 20_000),
+            ("m2", Role::Miner, 20_000),
+            ("m1", Role::Validator, 20_000),
+            ("m2", Role::Validator, 20_000),
+            ("v1", Role::Validator, 20_000),
+            // Free stake below the collateral (10,000 over the quorum of 6: 1,667): never
+            // assigned.
+            ("v2", Role::Validator, 1_666),
         ],
     );
     let id = c.submit_task("client", 10_000, W);
@@ -921,14 +1026,10 @@ fn a_miner_who_also_validates_is_never_assigned_to_its_own_claim() {
         ("m2", Chain::reveal_body(&id, "m2", &claim("b"))),
     ]);
     c.advance_to(s.reveal_end + 1);
-    let mut expect_m1 = vec![addr("m2"), addr("v1")];
-    expect_m1.sort();
-    let mut expect_m2 = vec![addr("m1"), addr("v1")];
-    expect_m2.sort();
-    assert_eq!(c.assigned(&id, "m1"), expect_m1);
-    assert_eq!(c.assigned(&id, "m2"), expect_m2);
+    assert_eq!(c.assigned(&id, "m1"), vec![addr("v1")]);
+    assert_eq!(c.assigned(&id, "m2"), vec![addr("v1")]);
     // s = 2 distinct segments of the 10.
-    let segs = c.segments(&id, "m1");
+    let segs = c.segments(&id, "v1", "m1");
     assert_eq!(segs.len(), 2);
     assert!(segs[0] < segs[1] && segs[1] < 10);
 }

@@ -13,8 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use pot_protocol::api::TxStatus;
 use pot_protocol::{
-    Address, Block, BlockError, Genesis, Hash, SignedTx, State, VerifiedTx, apply_block_known,
-    build_block_verified,
+    Address, Block, BlockError, Genesis, Hash, ProposerKey, SignedTx, State, VerifiedTx,
+    apply_block_known, build_block_verified,
 };
 
 use mempool::{AdmitError, Limits, Mempool, Seen};
@@ -149,7 +149,7 @@ impl Chain {
     }
 
     /// Build the next block from the mempool, as `proposer`, with the state after it.
-    pub fn propose(&self, proposer: Address, now_ms: u64) -> (Block, State) {
+    pub fn propose(&self, proposer: &ProposerKey, now_ms: u64) -> (Block, State) {
         let state = self.state();
         let time = now_ms.max(state.tip.time_ms + 1);
         let candidates: Vec<VerifiedTx> = self

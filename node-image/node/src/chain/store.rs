@@ -16,6 +16,9 @@ const TX_INDEX: TableDefinition<&[u8; 32], (u64, u32)> = TableDefinition::new("t
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// (height, round, value id) -> the proposal record the consensus layer wrote.
 const UNDECIDED: TableDefinition<(u64, u32, &[u8; 32]), &[u8]> = TableDefinition::new("undecided");
+/// task id -> the task as it ended (finalized or failed), borsh: the ledger drops ended tasks
+/// from its state, and queries read them here.
+const ENDED_TASKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("ended_tasks");
 
 const META_GENESIS: &str = "genesis_hash";
 const META_STATE: &str = "state";
@@ -93,6 +96,7 @@ impl Store {
             w.open_table(CERTIFICATES)?;
             w.open_table(TX_INDEX)?;
             w.open_table(UNDECIDED)?;
+            w.open_table(ENDED_TASKS)?;
         }
         w.commit()?;
         Ok(Store { db })
@@ -134,11 +138,32 @@ impl Store {
                 META_STATE,
                 borsh::to_vec(state).expect("encodes").as_slice(),
             )?;
+            let mut ended = w.open_table(ENDED_TASKS)?;
+            for task in &state.ended {
+                ended.insert(
+                    task.id.as_bytes(),
+                    borsh::to_vec(task).expect("encodes").as_slice(),
+                )?;
+            }
             let mut undecided = w.open_table(UNDECIDED)?;
             undecided.retain_in(..=(height, u32::MAX, &[0xff; 32]), |_, _| false)?;
         }
         w.commit()?;
         Ok(())
+    }
+
+    /// A task that has ended (finalized or failed), as the block that ended it left it.
+    pub fn ended_task(&self, id: &Hash) -> Result<Option<pot_protocol::state::Task>, StoreError> {
+        let r = self.db.begin_read()?;
+        let Some(bytes) = r.open_table(ENDED_TASKS)?.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        borsh::from_slice(bytes.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                what: "ended task",
+                error: encoding::DecodeError::Malformed(e.to_string()),
+            })
     }
 
     pub fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
@@ -252,6 +277,8 @@ mod tests {
                 prev_hash: Hash::ZERO,
                 time_ms: 1,
                 proposer: Default::default(),
+                vrf_proof: Default::default(),
+                beacon: Hash::ZERO,
                 tx_root: Hash::ZERO,
                 state_root: Hash::ZERO,
             },

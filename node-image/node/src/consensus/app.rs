@@ -63,6 +63,7 @@ pub struct App {
     /// Proposals checked at the current height, each with the state after it, so a decision is
     /// neither read back from the store nor executed twice.
     checked: HashMap<BlockId, (BlockValue, State)>,
+    proposer_key: pot_protocol::ProposerKey,
     future: BTreeMap<u64, Vec<Assembled>>,
     last_commit: Option<std::time::Instant>,
     fault: Option<Fault>,
@@ -79,6 +80,7 @@ impl App {
         let block_time = Duration::from_millis(chain.genesis().params.block_time_ms);
         App {
             me: ValidatorAddress(signer.address()),
+            proposer_key: signer.proposer_key(),
             chain,
             signer,
             validators,
@@ -258,7 +260,7 @@ impl App {
         let due = self.chain.state().tip.time_ms + self.block_time.as_millis() as u64;
         let wait = Duration::from_millis(due.saturating_sub(now_ms())).min(timeout / 2);
         tokio::time::sleep(wait).await;
-        let (mut block, after) = self.chain.propose(self.me.0, now_ms());
+        let (mut block, after) = self.chain.propose(&self.proposer_key, now_ms());
         if let Some(fault) = self.fault {
             block = corrupt(block, fault, &self.signer);
             warn!(%height, %round, ?fault, "proposing a deliberately faulty block");
@@ -468,6 +470,7 @@ fn corrupt(mut block: Block, fault: Fault, signer: &Signer) -> Block {
                 chain_id: String::new(),
                 signer: forger.address(),
                 nonce: 0,
+                fee: pot_protocol::Amount(0),
                 body: TxBody::Transfer {
                     to: signer.address(),
                     amount: pot_protocol::Amount(1),

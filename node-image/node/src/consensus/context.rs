@@ -413,10 +413,7 @@ mod tests {
 
     fn set(n: u8) -> ValidatorSet {
         let coordinators: Vec<Coordinator> = (0..n)
-            .map(|i| Coordinator {
-                address: SecretKey::from_seed([i + 1; 32]).address(),
-                power: 1,
-            })
+            .map(|i| Coordinator::for_key(&SecretKey::from_seed([i + 1; 32])))
             .collect();
         ValidatorSet::new(&coordinators)
     }
@@ -444,6 +441,7 @@ mod tests {
             .map(|v| Coordinator {
                 address: v.public_key,
                 power: v.power,
+                vrf_key: Default::default(),
             })
             .collect();
         coordinators.reverse();

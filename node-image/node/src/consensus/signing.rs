@@ -87,6 +87,11 @@ impl Signer {
     pub fn address(&self) -> Address {
         self.key.address()
     }
+
+    /// The address and VRF key this node proposes blocks with.
+    pub fn proposer_key(&self) -> pot_protocol::ProposerKey {
+        pot_protocol::ProposerKey::new(&self.key)
+    }
 }
 
 fn verifies(public_key: &Address, digest: &Hash, signature: &Signature) -> bool {

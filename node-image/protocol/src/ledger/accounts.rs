@@ -2,9 +2,10 @@
 
 use crate::crypto::Address;
 use crate::error::TxError;
+use crate::genesis::Params;
 use crate::state::{State, Unbonding};
 use crate::tx::Role;
-use crate::units::{Amount, Height, Ppm};
+use crate::units::{Amount, Height};
 
 use super::TxCtx;
 
@@ -56,20 +57,19 @@ pub(super) fn unbond(
         return Err(TxError::ZeroAmount);
     }
     let stake = state.stakes.get(&(who, role)).cloned().unwrap_or_default();
-    let remaining = stake
-        .bonded
-        .checked_sub(amount)
-        .ok_or(TxError::InsufficientBond {
+    if amount > stake.bonded {
+        return Err(TxError::InsufficientBond {
             role,
             need: amount,
             have: stake.bonded,
-        })?;
-    let min = min_bond(state, role);
-    if remaining < min && is_engaged(state, &who, role) {
+        });
+    }
+    if amount > stake.free() {
         return Err(TxError::StakeLocked {
             role,
-            remaining,
-            min,
+            asked: amount,
+            free: stake.free(),
+            bonded: stake.bonded,
         });
     }
     if stake.unbonding.len() >= MAX_UNBONDINGS {
@@ -79,37 +79,12 @@ pub(super) fn unbond(
     }
     let release_height = ctx.height.saturating_add(state.params.unbonding_blocks);
     let stake = state.stakes.get_mut(&(who, role)).expect("checked above");
-    stake.bonded = remaining;
+    stake.bonded = Amount(stake.bonded.0 - amount.0);
     stake.unbonding.push(Unbonding {
         amount,
         release_height,
     });
     Ok(())
-}
-
-pub(crate) fn min_bond(state: &State, role: Role) -> Amount {
-    match role {
-        Role::Miner => state.params.min_miner_bond,
-        Role::Validator => state.params.min_validator_bond,
-    }
-}
-
-/// Whether `who` has obligations in an active task that its stake in `role` must back: a claim
-/// (miner), an assignment, a report under challenge or a committee seat (validator).
-pub(crate) fn is_engaged(state: &State, who: &Address, role: Role) -> bool {
-    state
-        .tasks
-        .values()
-        .filter(|t| t.is_active())
-        .any(|t| match role {
-            Role::Miner => t.claims.contains_key(who),
-            Role::Validator => {
-                t.claims.values().any(|c| c.assigned.contains(who))
-                    || t.challenges
-                        .iter()
-                        .any(|c| c.validator == *who || c.committee.contains(who))
-            }
-        })
 }
 
 /// Return matured unbondings to their owners' balances.
@@ -137,23 +112,48 @@ pub(super) fn release_unbondings(state: &mut State, height: Height) {
         .retain(|_, s| s.bonded > Amount::ZERO || !s.unbonding.is_empty());
 }
 
-/// Take `fraction` of `who`'s stake in `role` (bonded first, then the newest unbondings) and
-/// return how much was taken. The caller decides where it goes.
-pub(crate) fn slash(state: &mut State, who: Address, role: Role, fraction: Ppm) -> Amount {
+/// Reserve `amount` of `who`'s free stake in `role` as collateral. The caller has checked that
+/// enough is free.
+pub(crate) fn reserve(state: &mut State, who: Address, role: Role, amount: Amount) {
+    let stake = state
+        .stakes
+        .get_mut(&(who, role))
+        .expect("reserving from an existing stake");
+    debug_assert!(stake.free() >= amount, "reservation was validated");
+    stake.reserved = Amount(stake.reserved.0 + amount.0);
+}
+
+/// End a reservation of `collateral`, first taking `slash` of it (at most all of it) out of
+/// the stake; returns what was taken. The caller decides where it goes.
+pub(crate) fn settle_reservation(
+    state: &mut State,
+    who: Address,
+    role: Role,
+    collateral: Amount,
+    slash: Amount,
+) -> Amount {
     let Some(stake) = state.stakes.get_mut(&(who, role)) else {
+        debug_assert!(
+            collateral == Amount::ZERO,
+            "a reservation outlived its stake"
+        );
         return Amount::ZERO;
     };
-    let amount = fraction.of(stake.total());
-    let mut left = amount;
-    let from_bond = left.min(stake.bonded);
-    stake.bonded = Amount(stake.bonded.0 - from_bond.0);
-    left = Amount(left.0 - from_bond.0);
-    for u in stake.unbonding.iter_mut().rev() {
-        let take = left.min(u.amount);
-        u.amount = Amount(u.amount.0 - take.0);
-        left = Amount(left.0 - take.0);
-    }
-    stake.unbonding.retain(|u| u.amount > Amount::ZERO);
-    debug_assert_eq!(left, Amount::ZERO);
-    amount
+    let taken = slash.min(collateral).min(stake.bonded);
+    stake.reserved = stake.reserved.saturating_sub(collateral);
+    stake.bonded = Amount(stake.bonded.0 - taken.0);
+    taken
+}
+
+/// The collateral a validator reserves per assignment: enough that the quorum needed to pass a
+/// claim loses at least the bounty between them, and never less than the minimum bond.
+pub(crate) fn validator_collateral(params: &Params, bounty: Amount) -> Amount {
+    let q = u64::from(params.quorum());
+    Amount(bounty.0.div_ceil(q)).max(params.min_validator_bond)
+}
+
+/// The collateral a miner reserves per claim: the bounty (an invalid claim loses at least what
+/// it tried to win), and never less than the minimum bond.
+pub(crate) fn miner_collateral(params: &Params, bounty: Amount) -> Amount {
+    bounty.max(params.min_miner_bond)
 }

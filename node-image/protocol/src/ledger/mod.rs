@@ -12,8 +12,9 @@ mod lifecycle;
 mod reports;
 mod tasks;
 
+use crate::beacon::{self, VrfSecretKey};
 use crate::block::{Block, BlockHeader, tx_root, tx_root_of_ids};
-use crate::crypto::Address;
+use crate::crypto::{Address, SecretKey};
 use crate::error::{BlockError, TxError};
 use crate::hash::Hash;
 use crate::state::{State, TxPosition};
@@ -127,7 +128,9 @@ pub fn apply_verified_tx(state: &mut State, ctx: &TxCtx, vtx: &VerifiedTx) -> Re
     apply_body(state, ctx, &vtx.stx)
 }
 
-/// The state-dependent part of a transaction: nonce, then what its body does.
+/// The state-dependent part of a transaction: nonce and fee, then what its body does. The fee
+/// is taken before the body runs (the body spends what is left) and burned; a body that fails
+/// gives it back, so a rejected transaction changes nothing.
 fn apply_body(state: &mut State, ctx: &TxCtx, stx: &SignedTx) -> Result<(), TxError> {
     let tx = &stx.tx;
     let expected = state.account(&tx.signer).nonce;
@@ -138,6 +141,31 @@ fn apply_body(state: &mut State, ctx: &TxCtx, stx: &SignedTx) -> Result<(), TxEr
             got: tx.nonce,
         });
     }
+    let who = tx.signer;
+    if tx.fee < state.params.tx_fee {
+        return Err(TxError::FeeTooLow {
+            min: state.params.tx_fee,
+            got: tx.fee,
+        });
+    }
+    state.require_funds(&who, tx.fee)?;
+    if tx.fee > Amount::ZERO {
+        state.debit(who, tx.fee);
+    }
+    if let Err(e) = apply_effect(state, ctx, stx) {
+        if tx.fee > Amount::ZERO {
+            state.credit(who, tx.fee);
+        }
+        return Err(e);
+    }
+    state.supply.burned = Amount(state.supply.burned.0 + tx.fee.0);
+    state.accounts.entry(who).or_default().nonce += 1;
+    Ok(())
+}
+
+/// What a transaction's body does. On error nothing has changed.
+fn apply_effect(state: &mut State, ctx: &TxCtx, stx: &SignedTx) -> Result<(), TxError> {
+    let tx = &stx.tx;
     let who = tx.signer;
     match &tx.body {
         TxBody::Transfer { to, amount } => accounts::transfer(state, who, *to, *amount),
@@ -180,20 +208,27 @@ fn apply_body(state: &mut State, ctx: &TxCtx, stx: &SignedTx) -> Result<(), TxEr
             report,
             salt,
         } => reports::reveal_report(state, ctx, who, task, miner, report, *salt),
-        TxBody::Challenge {
-            task,
-            miner,
-            validator,
-            segment,
-        } => reports::challenge(state, ctx, who, task, miner, validator, *segment),
-        TxBody::ChallengeVote {
+        TxBody::Challenge { task, commitment } => {
+            reports::challenge(state, ctx, who, task, *commitment)
+        }
+        TxBody::RevealChallenge {
             task,
             challenge,
-            segment_ok,
-        } => reports::vote(state, ctx, who, task, *challenge, *segment_ok),
-    }?;
-    state.accounts.entry(who).or_default().nonce += 1;
-    Ok(())
+            dispute,
+            salt,
+        } => reports::reveal_challenge(state, ctx, who, task, *challenge, dispute, *salt),
+        TxBody::CommitVote {
+            task,
+            challenge,
+            commitment,
+        } => reports::commit_vote(state, ctx, who, task, *challenge, *commitment),
+        TxBody::RevealVote {
+            task,
+            challenge,
+            upheld,
+            salt,
+        } => reports::reveal_vote(state, ctx, who, task, *challenge, *upheld, *salt),
+    }
 }
 
 /// Apply a block to `state`, giving the next state. Checks the header against the tip, the
@@ -224,7 +259,7 @@ pub fn apply_block_known(
         });
     }
     let mut next = state.clone();
-    begin_block(&mut next, h.height, h.time_ms, h.prev_hash);
+    begin_block(&mut next, h.height, h.time_ms, h.beacon);
     for (i, (stx, id)) in block.txs.iter().zip(&ids).enumerate() {
         let ctx = TxCtx {
             height: h.height,
@@ -269,11 +304,27 @@ pub struct BuiltBlock {
     pub rejected: Vec<(Hash, TxError)>,
 }
 
+/// What a proposer signs its blocks' beacons with: its address and VRF key.
+#[derive(Clone, Debug)]
+pub struct ProposerKey {
+    pub address: Address,
+    pub vrf: VrfSecretKey,
+}
+
+impl ProposerKey {
+    pub fn new(key: &SecretKey) -> ProposerKey {
+        ProposerKey {
+            address: key.address(),
+            vrf: key.vrf(),
+        }
+    }
+}
+
 /// Build the next block from candidate transactions, in the order given: each one that applies
 /// is included, each one that does not is reported, and the block limits are respected.
 pub fn build_block(
     state: &State,
-    proposer: Address,
+    proposer: &ProposerKey,
     time_ms: u64,
     candidates: impl IntoIterator<Item = SignedTx>,
 ) -> BuiltBlock {
@@ -288,7 +339,7 @@ pub fn build_block(
 /// [`build_block`] from transactions whose size and signature were already checked.
 pub fn build_block_verified(
     state: &State,
-    proposer: Address,
+    proposer: &ProposerKey,
     time_ms: u64,
     candidates: impl IntoIterator<Item = VerifiedTx>,
 ) -> BuiltBlock {
@@ -299,14 +350,16 @@ pub fn build_block_verified(
 /// hash and encoded length, which still count against the block limits in the given order).
 fn build(
     state: &State,
-    proposer: Address,
+    proposer: &ProposerKey,
     time_ms: u64,
     candidates: impl Iterator<Item = Result<VerifiedTx, (Hash, usize, TxError)>>,
 ) -> BuiltBlock {
     let height = state.tip.height + 1;
     let prev_hash = state.tip.hash;
+    let (vrf_proof, beacon) =
+        beacon::prove(&proposer.vrf, &state.chain_id, height, &state.tip.beacon);
     let mut next = state.clone();
-    begin_block(&mut next, height, time_ms, prev_hash);
+    begin_block(&mut next, height, time_ms, beacon);
     let mut txs = Vec::new();
     let mut bytes = 0;
     let mut rejected = Vec::new();
@@ -342,7 +395,9 @@ fn build(
         height,
         prev_hash,
         time_ms,
-        proposer,
+        proposer: proposer.address,
+        vrf_proof,
+        beacon,
         tx_root: tx_root(&txs),
         state_root: next.state_root(),
     };
@@ -373,6 +428,24 @@ fn check_header(state: &State, h: &BlockHeader) -> Result<(), BlockError> {
             got: h.time_ms,
         });
     }
+    let coordinator = state
+        .coordinators
+        .iter()
+        .find(|c| c.address == h.proposer)
+        .ok_or(BlockError::UnknownProposer(h.proposer))?;
+    let computed = beacon::verify(
+        &coordinator.vrf_key,
+        &state.chain_id,
+        h.height,
+        &state.tip.beacon,
+        &h.vrf_proof,
+    )?;
+    if computed != h.beacon {
+        return Err(BlockError::WrongBeacon {
+            header: h.beacon,
+            computed,
+        });
+    }
     Ok(())
 }
 
@@ -393,18 +466,22 @@ fn check_block_limits(txs: &[SignedTx]) -> Result<(), BlockError> {
     Ok(())
 }
 
-/// Work done at the start of every block, before its transactions: advance the tip, release
-/// matured unbondings, and move tasks whose phase ends here (assignment, failure,
-/// committees, finalization). `prev_hash` is the beacon for whatever is sampled now.
-/// `apply_block` and `build_block` call it; it is public so a mempool can check transactions
-/// against the state the next block will see.
-pub fn begin_block(state: &mut State, height: Height, time_ms: u64, prev_hash: Hash) {
-    // `tip.hash` already is `prev_hash` (checked by `apply_block`, taken from it by
-    // `build_block`); it becomes this block's hash once the header exists.
+/// Work done at the start of every block, before its transactions: advance the tip, move tasks
+/// whose phase ends here (assignment, failure, committees, finalization), then release matured
+/// unbondings — after finalization, so stake a task slashes in this block is still there.
+/// `beacon` is this block's beacon (checked against the proposer's VRF proof by
+/// `apply_block`): whatever is sampled now uses it, and nobody knew it before the previous
+/// block was decided. `apply_block` and `build_block` call it; it is public so a mempool can
+/// check transactions against the state the next block will see.
+pub fn begin_block(state: &mut State, height: Height, time_ms: u64, beacon: Hash) {
+    // `tip.hash` already is the previous block's hash (checked by `apply_block`, taken from it
+    // by `build_block`); it becomes this block's hash once the header exists.
     state.tip.height = height;
     state.tip.time_ms = time_ms;
+    state.tip.beacon = beacon;
+    state.ended.clear();
+    lifecycle::advance_tasks(state, height, &beacon);
     accounts::release_unbondings(state, height);
-    lifecycle::advance_tasks(state, height, &prev_hash);
 }
 
 /// Ledger-internal balance moves. Callers have already validated; a credit cannot overflow

@@ -14,6 +14,7 @@ use crate::tx::{
 use crate::units::{Amount, Fixed};
 
 use super::TxCtx;
+use super::accounts::{miner_collateral, reserve};
 
 /// The task `id`, which must be in phase `expected` at `ctx.height`.
 pub(super) fn task_in_phase<'a>(
@@ -66,8 +67,11 @@ fn check_spec(state: &State, spec: &TaskSpec) -> Result<(), TxError> {
     }
     check_dataset("dataset", &spec.dataset)?;
     check_hyper_ranges(&spec.hyper)?;
-    if spec.steps == 0 || spec.steps > state.params.max_steps {
-        return bad("steps", "must be between 1 and the chain's max_steps");
+    if spec.steps < state.params.min_steps || spec.steps > state.params.max_steps {
+        return bad(
+            "steps",
+            "must be between the chain's min_steps and max_steps",
+        );
     }
     if spec.checkpoint_interval == 0 || !spec.steps.is_multiple_of(spec.checkpoint_interval) {
         return bad("checkpoint_interval", "must be positive and divide steps");
@@ -118,17 +122,8 @@ fn check_hyper_ranges(hyper: &[HyperRange]) -> Result<(), TxError> {
 }
 
 fn check_windows(state: &State, w: &Windows) -> Result<(), TxError> {
-    let names = [
-        "commit",
-        "reveal",
-        "eval_reveal",
-        "report_commit",
-        "report_reveal",
-        "challenge",
-        "resolution",
-    ];
     let (min, max) = (state.params.min_window, state.params.max_window);
-    for (name, value) in names.into_iter().zip(w.all()) {
+    for (name, value) in w.named() {
         if !(min..=max).contains(&value) {
             return Err(TxError::BadWindow {
                 name,
@@ -160,12 +155,15 @@ pub(super) fn submit(
             got: bounty,
         });
     }
-    state.require_funds(&client, bounty)?;
+    let burn = state.params.task_burn.of(bounty);
+    let need = bounty.checked_add(burn).ok_or(TxError::Overflow)?;
+    state.require_funds(&client, need)?;
     let id = task_id(&client, nonce);
     if state.tasks.contains_key(&id) {
         return Err(TxError::Duplicate("task"));
     }
-    state.debit(client, bounty);
+    state.debit(client, need);
+    state.supply.burned = Amount(state.supply.burned.0 + burn.0);
     state.tasks.insert(
         id,
         Task {
@@ -183,6 +181,16 @@ pub(super) fn submit(
         },
     );
     Ok(())
+}
+
+/// The deposit a claim commitment escrows: at least `claim_deposit`, and at least the bounty
+/// over the number of claim slots, so that filling every slot without revealing burns about
+/// the bounty itself.
+pub(crate) fn claim_deposit(params: &crate::genesis::Params, bounty: Amount) -> Amount {
+    let share = bounty
+        .0
+        .div_ceil(u64::from(params.max_claims_per_task.max(1)));
+    params.claim_deposit.max(Amount(share))
 }
 
 pub(super) fn commit_claim(
@@ -203,25 +211,31 @@ pub(super) fn commit_claim(
     if task.claims.len() >= max as usize {
         return Err(TxError::TooManyClaims { max });
     }
-    let need = state.params.min_miner_bond;
-    let have = state.bonded(&miner, Role::Miner);
-    if have < need {
+    let bounty = task.bounty;
+    let collateral = miner_collateral(&state.params, bounty);
+    let have = state.free_stake(&miner, Role::Miner);
+    if have < collateral {
         return Err(TxError::InsufficientBond {
             role: Role::Miner,
-            need,
+            need: collateral,
             have,
         });
     }
+    let deposit = claim_deposit(&state.params, bounty);
+    state.require_funds(&miner, deposit)?;
+    state.debit(miner, deposit);
+    reserve(state, miner, Role::Miner, collateral);
     let task = state.tasks.get_mut(id).expect("checked above");
     task.claims.insert(
         miner,
         ClaimEntry {
             commitment,
             committed_at: ctx.position(),
+            deposit,
+            collateral,
             claim: None,
             salt: None,
             assigned: Vec::new(),
-            segments: Vec::new(),
             reports: BTreeMap::new(),
         },
     );
@@ -309,7 +323,7 @@ pub(super) fn reveal_eval_set(
         return Err(TxError::Duplicate("eval set reveal"));
     }
     check_dataset("eval_set", eval_set)?;
-    if eval_commitment(&eval_set.sha256, &salt) != task.eval_commit {
+    if eval_commitment(eval_set, &salt) != task.eval_commit {
         return Err(TxError::RevealMismatch("eval set"));
     }
     state.tasks.get_mut(id).expect("checked above").eval_set = Some(eval_set.clone());

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use pot_protocol::genesis::{Coordinator, GenesisBalance, GenesisStake};
 use pot_protocol::tx::{Role, TxBody};
 use pot_protocol::{
-    Address, Amount, Genesis, Hash, Params, SecretKey, SignedTx, State, Tx, TxCtx, TxError,
-    apply_tx, begin_block, build_block,
+    Address, Amount, Genesis, Hash, Params, ProposerKey, SecretKey, SignedTx, State, Tx, TxCtx,
+    TxError, apply_tx, begin_block, build_block,
 };
 
 pub const CHAIN: &str = "pot-test";
@@ -20,6 +20,8 @@ pub struct Chain {
     pub time_ms: u64,
     queued: Vec<SignedTx>,
     pub genesis: Genesis,
+    /// Every task that has ended, as a node's store keeps them (state drops them).
+    pub archive: BTreeMap<pot_protocol::tx::TaskId, pot_protocol::state::Task>,
 }
 
 /// A deterministic key per name.
@@ -29,6 +31,11 @@ pub fn key(name: &str) -> SecretKey {
 
 pub fn addr(name: &str) -> Address {
     key(name).address()
+}
+
+/// The test chains' one coordinator, which proposes every block.
+pub fn proposer() -> ProposerKey {
+    ProposerKey::new(&key("coordinator"))
 }
 
 impl Chain {
@@ -52,10 +59,7 @@ impl Chain {
                     amount: Amount(*a),
                 })
                 .collect(),
-            coordinators: vec![Coordinator {
-                address: addr("coordinator"),
-                power: 1,
-            }],
+            coordinators: vec![Coordinator::for_key(&key("coordinator"))],
         };
         genesis.validate().expect("test genesis is valid");
         let mut keys = BTreeMap::new();
@@ -72,6 +76,7 @@ impl Chain {
             time_ms: 1_000_000,
             queued: Vec::new(),
             genesis,
+            archive: BTreeMap::new(),
         }
     }
 
@@ -91,6 +96,7 @@ impl Chain {
             chain_id: CHAIN.into(),
             signer: k.address(),
             nonce: self.state.account(&k.address()).nonce + pending,
+            fee: self.state.params.tx_fee,
             body,
         }
         .sign(&k)
@@ -107,11 +113,14 @@ impl Chain {
     pub fn block(&mut self) -> Vec<(Hash, TxError)> {
         self.time_ms += 1_000;
         let txs = std::mem::take(&mut self.queued);
-        let built = build_block(&self.state, addr("coordinator"), self.time_ms, txs);
+        let built = build_block(&self.state, &proposer(), self.time_ms, txs);
         let next =
             pot_protocol::apply_block(&self.state, &built.block).expect("built block applies");
         assert_eq!(next, built.state, "builder and applier agree");
         self.state = next;
+        for t in &self.state.ended {
+            self.archive.insert(t.id, t.clone());
+        }
         built.rejected
     }
 
@@ -131,16 +140,30 @@ impl Chain {
         self.try_signed(stx)
     }
 
+    /// What applying `body` signed by `name` in the next block would give, without making a
+    /// block (the state is left as it is).
+    pub fn probe(&self, name: &str, body: TxBody) -> Result<(), TxError> {
+        let stx = self.sign(name, body);
+        let height = self.height() + 1;
+        let mut probe = self.state.clone();
+        let beacon =
+            pot_protocol::beacon::prove(&proposer().vrf, CHAIN, height, &self.state.tip.beacon).1;
+        begin_block(&mut probe, height, self.time_ms + 1_000, beacon);
+        let ctx = TxCtx {
+            height,
+            time_ms: self.time_ms + 1_000,
+            index: 0,
+        };
+        apply_tx(&mut probe, &ctx, &stx)
+    }
+
     pub fn try_signed(&mut self, stx: SignedTx) -> Result<(), TxError> {
         assert!(self.queued.is_empty());
         let height = self.height() + 1;
         let mut probe = self.state.clone();
-        begin_block(
-            &mut probe,
-            height,
-            self.time_ms + 1_000,
-            self.state.tip.hash,
-        );
+        let beacon =
+            pot_protocol::beacon::prove(&proposer().vrf, CHAIN, height, &self.state.tip.beacon).1;
+        begin_block(&mut probe, height, self.time_ms + 1_000, beacon);
         let before = probe.clone();
         let ctx = TxCtx {
             height,
@@ -246,7 +269,9 @@ pub fn windows(w: u32) -> Windows {
         report_commit: w,
         report_reveal: w,
         challenge: w,
-        resolution: w,
+        challenge_reveal: w,
+        vote: w,
+        vote_reveal: w,
     }
 }
 
@@ -326,15 +351,20 @@ impl Chain {
             TxBody::SubmitTask {
                 spec: spec(),
                 bounty: Amount(bounty),
-                eval_commit: eval_commitment(&eval_set().sha256, &eval_salt()),
+                eval_commit: eval_commitment(&eval_set(), &eval_salt()),
                 windows: windows(w),
             },
         );
         task_id(&addr(client), nonce)
     }
 
+    /// Task `id`, active or ended.
     pub fn task(&self, id: &TaskId) -> &Task {
-        &self.state.tasks[id]
+        self.state
+            .tasks
+            .get(id)
+            .or_else(|| self.archive.get(id))
+            .unwrap_or_else(|| panic!("no task {id}"))
     }
 
     pub fn commit_body(&self, id: &TaskId, miner: &str, c: &Claim) -> TxBody {
@@ -399,12 +429,139 @@ impl Chain {
         assert!(rejected.is_empty(), "{rejected:?}");
     }
 
-    /// The segments sampled for `miner`'s claim.
-    pub fn segments(&self, id: &TaskId, miner: &str) -> Vec<u32> {
-        self.task(id).claims[&addr(miner)].segments.clone()
+    /// Challenges by `challenger`, one per dispute: committed in one block now (the task must be
+    /// in its challenge window), then revealed in one block once that window has closed.
+    /// Returns their indices.
+    pub fn challenge_round(
+        &mut self,
+        id: &TaskId,
+        challenger: &str,
+        disputes: &[pot_protocol::tx::Dispute],
+    ) -> Vec<u32> {
+        let first = self.task(id).challenges.len() as u32;
+        for (k, d) in disputes.iter().enumerate() {
+            let s = salt(&format!("{challenger} challenge {}", first + k as u32));
+            let commitment = pot_protocol::tx::challenge_commitment(id, &addr(challenger), d, &s);
+            self.queue(
+                challenger,
+                TxBody::Challenge {
+                    task: *id,
+                    commitment,
+                },
+            );
+        }
+        let rejected = self.block();
+        assert!(rejected.is_empty(), "{rejected:?}");
+        self.advance_to(self.task(id).schedule.challenge_end);
+        let indices: Vec<u32> = (first..first + disputes.len() as u32).collect();
+        for (i, d) in indices.iter().zip(disputes) {
+            self.queue(
+                challenger,
+                TxBody::RevealChallenge {
+                    task: *id,
+                    challenge: *i,
+                    dispute: *d,
+                    salt: salt(&format!("{challenger} challenge {i}")),
+                },
+            );
+        }
+        let rejected = self.block();
+        assert!(rejected.is_empty(), "{rejected:?}");
+        indices
     }
 
+    /// The committee of challenge `index`, by test name from `names`.
+    pub fn committee<'a>(&self, id: &TaskId, index: u32, names: &[&'a str]) -> Vec<&'a str> {
+        self.task(id).challenges[index as usize]
+            .committee
+            .iter()
+            .map(|seat| {
+                *names
+                    .iter()
+                    .find(|n| addr(n) == seat.member)
+                    .expect("a committee member among the names given")
+            })
+            .collect()
+    }
+
+    /// Committee votes on challenge `index`: committed in one block once the challenge-reveal
+    /// window has closed, revealed in one block once the vote window has, except `withheld`.
+    pub fn vote_round(
+        &mut self,
+        id: &TaskId,
+        index: u32,
+        votes: &[(&str, bool)],
+        withheld: &[&str],
+    ) {
+        let s = self.task(id).schedule.clone();
+        if self.height() < s.challenge_reveal_end {
+            self.advance_to(s.challenge_reveal_end);
+        }
+        let vs = |m: &str| salt(&format!("{m} votes on {index}"));
+        for (m, upheld) in votes {
+            let commitment =
+                pot_protocol::tx::vote_commitment(id, index, &addr(m), *upheld, &vs(m));
+            self.queue(
+                m,
+                TxBody::CommitVote {
+                    task: *id,
+                    challenge: index,
+                    commitment,
+                },
+            );
+        }
+        let rejected = self.block();
+        assert!(rejected.is_empty(), "{rejected:?}");
+        self.advance_to(s.vote_end);
+        for (m, upheld) in votes.iter().filter(|(m, _)| !withheld.contains(m)) {
+            self.queue(
+                m,
+                TxBody::RevealVote {
+                    task: *id,
+                    challenge: index,
+                    upheld: *upheld,
+                    salt: vs(m),
+                },
+            );
+        }
+        let rejected = self.block();
+        assert!(rejected.is_empty(), "{rejected:?}");
+    }
+
+    /// The segments sampled for `validator` on `miner`'s claim.
+    pub fn segments(&self, id: &TaskId, validator: &str, miner: &str) -> Vec<u32> {
+        self.task(id).claims[&addr(miner)]
+            .assignment(&addr(validator))
+            .unwrap_or_else(|| panic!("{validator} is not assigned to {miner}"))
+            .segments
+            .clone()
+    }
+
+    /// The validators assigned to `miner`'s claim, ascending.
     pub fn assigned(&self, id: &TaskId, miner: &str) -> Vec<Address> {
-        self.task(id).claims[&addr(miner)].assigned.clone()
+        self.task(id).claims[&addr(miner)]
+            .assigned
+            .iter()
+            .map(|a| a.validator)
+            .collect()
+    }
+
+    /// The outcome of finalized task `id`.
+    pub fn outcome(&self, id: &TaskId) -> &pot_protocol::state::Outcome {
+        match &self.ended_task(id).status {
+            pot_protocol::state::TaskStatus::Finalized(o) => o,
+            other => panic!("task not finalized: {other:?}"),
+        }
+    }
+
+    /// A task that has ended (it left the state in the block that ended it).
+    pub fn ended_task(&self, id: &TaskId) -> &Task {
+        assert!(
+            !self.state.tasks.contains_key(id),
+            "task {id} is still active"
+        );
+        self.archive
+            .get(id)
+            .unwrap_or_else(|| panic!("task {id} never ended"))
     }
 }
