@@ -38,14 +38,14 @@ pub struct Params {
     /// Part of an assignment's collateral taken from a validator that never committed or never
     /// revealed its report.
     pub validator_slash: Ppm,
-    /// Part of the losers' loss in an upheld challenge paid to the challenger who proved them
-    /// wrong; with `committee_reward` below one whole, so challenging one's own validator
-    /// always loses.
+    /// Part of the disputed validator's loss in an upheld challenge paid to the challenger who
+    /// proved it wrong; below one whole, so challenging one's own validator always loses.
     pub challenger_reward: Ppm,
-    /// Part of the loser's loss (the slashed validators', or a rejected challenger's deposit)
-    /// shared by the committee members whose votes matched the outcome.
+    /// Part of a challenge's deposit shared by the committee members whose votes matched the
+    /// outcome, upheld or rejected alike.
     pub committee_reward: Ppm,
-    /// Deposit escrowed by a challenger, lost to the challenged validator if it is wrong.
+    /// Deposit escrowed by a challenge, doubled for each challenge the task already has (the
+    /// rules of what it pays are in `ledger/finalize.rs`).
     pub challenge_deposit: Amount,
     /// Least deposit escrowed with a claim commitment (it is at least the bounty over
     /// `max_claims_per_task` too): back when the claim is revealed, burned when it never is,
@@ -294,12 +294,11 @@ impl Params {
                  and winning one's own tasks would pay",
             ));
         }
-        if u64::from(self.challenger_reward.0) + u64::from(self.committee_reward.0) >= 1_000_000 {
+        if self.challenger_reward.0 >= 1_000_000 {
             return Err(bad(
                 "challenger_reward",
                 self.challenger_reward.0,
-                "plus committee_reward must be below 1000000, or challenging one's own \
-                 validator would pay",
+                "must be below 1000000, or challenging one's own validator would pay",
             ));
         }
         if self.max_challenges_per_task > 32 {

@@ -299,6 +299,22 @@ impl Fact {
     }
 }
 
+impl Fact {
+    /// What `report` really states about this fact, for judging who stated it the same way:
+    /// nothing for the metric (a value) and artifact availability (the miner's to control),
+    /// and nothing at all in a report that found the artifacts unavailable (its other fields
+    /// are placeholders).
+    pub fn stated_in(&self, report: &Report) -> Option<bool> {
+        if report.verdict == Verdict::Invalid(InvalidReason::ArtifactsUnavailable) {
+            return None;
+        }
+        match self {
+            Fact::Metric | Fact::Artifacts => None,
+            _ => self.passed_in(report),
+        }
+    }
+}
+
 /// What a challenge disputes: one fact of `validator`'s report on `miner`'s claim.
 #[derive(
     Clone,

@@ -314,6 +314,17 @@ fn print_payout_table(chain: &Chain, outcome: &pot_protocol::state::Outcome) {
 
 /// All reveal honestly except `liar`, who reports honest's first segment as failing.
 fn run_reports(chain: &mut Chain, id: &pot_protocol::Hash, liar: Option<&str>, colluders: &[&str]) {
+    run_reports_with(chain, id, liar, colluders, &[])
+}
+
+/// As `run_reports`, with `unavailable` finding the lazy claim's artifacts unavailable.
+fn run_reports_with(
+    chain: &mut Chain,
+    id: &pot_protocol::Hash,
+    liar: Option<&str>,
+    colluders: &[&str],
+    unavailable: &[&str],
+) {
     let s = chain.task(id).schedule.clone();
     let mut all = Vec::new();
     for v in VALIDATORS {
@@ -325,6 +336,9 @@ fn run_reports(chain: &mut Chain, id: &pot_protocol::Hash, liar: Option<&str>, c
                 }
                 "honest" => valid_report(&segs, 970_000),
                 "lazy" if colluders.contains(&v) => valid_report(&segs, 999_000),
+                "lazy" if unavailable.contains(&v) => {
+                    invalid_report(&segs, InvalidReason::ArtifactsUnavailable)
+                }
                 "lazy" => invalid_report(&segs, InvalidReason::SegmentMismatch),
                 _ => invalid_report(&segs, InvalidReason::InitMismatch),
             };
@@ -431,7 +445,11 @@ fn a_lying_validator_loses_a_challenge() {
     // who voted (as much as a rejected challenge would have paid them).
     let collateral = 50_000;
     assert_eq!(chain.bonded(liar, Role::Validator), before - collateral);
-    assert_eq!(chain.balance("challenger"), 10_000 + collateral / 2);
+    // Its deposit back less the judges' fifth of it, and half the liar's loss.
+    assert_eq!(
+        chain.balance("challenger"),
+        10_000 + collateral / 2 - 3 * (5_000 / 5 / 3)
+    );
     let judges_after: u64 = JUDGES.iter().map(|j| chain.balance(j)).sum();
     assert_eq!(judges_after - judges_before, 3 * (5_000 / 5 / 3));
     let slashed: Vec<_> = outcome
@@ -524,8 +542,10 @@ fn a_challenge_proves_fraud_and_slashes_everyone_who_passed_the_fact() {
     let mut chain = scenario_chain(scenario_params());
     let id = up_to_reports(&mut chain);
     bond_judges(&mut chain);
-    // v1..v3 collude to pass the lazy claim (3 of 5 say valid), and it has the best metric.
-    run_reports(&mut chain, &id, None, &["v1", "v2", "v3"]);
+    // v1..v3 collude to pass the lazy claim (3 of 5 say valid), and it has the best metric. v5
+    // could not fetch its artifacts: its report states nothing about segments (they are
+    // placeholders saying "ok").
+    run_reports_with(&mut chain, &id, None, &["v1", "v2", "v3"], &["v5"]);
     let s = chain.task(&id).schedule.clone();
     let segment = chain.segments(&id, "v1", "lazy")[0];
     chain.challenge_round(
@@ -553,7 +573,7 @@ fn a_challenge_proves_fraud_and_slashes_everyone_who_passed_the_fact() {
                 .report
                 .clone()
                 .unwrap();
-            Fact::Segment(segment).passed_in(&r) == Some(true)
+            Fact::Segment(segment).stated_in(&r) == Some(true)
         })
         .map(|v| addr(v))
         .collect();
@@ -565,6 +585,10 @@ fn a_challenge_proves_fraud_and_slashes_everyone_who_passed_the_fact() {
         .map(|s| s.who)
         .collect();
     assert_eq!(lost, passed);
+    assert!(
+        !lost.contains(&addr("v5")),
+        "a report that states nothing is not co-slashed"
+    );
     chain.assert_supply_conserved();
 }
 

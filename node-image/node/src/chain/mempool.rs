@@ -260,7 +260,13 @@ impl Mempool {
         let mut trial = if victim.queued {
             self.pending_state.clone()
         } else {
-            self.replayed_without(&victim.hash)
+            // Evicting one transaction must not push out others that depended on it (a
+            // transfer that funds another sender's run, say) for the price of one fee.
+            let (state, broken) = self.replayed_without(&victim.hash);
+            if broken > 0 {
+                return Err(self.full());
+            }
+            state
         };
         let ctx = TxCtx {
             height: trial.tip.height,
@@ -287,9 +293,11 @@ impl Mempool {
         Ok(())
     }
 
-    /// The pending state as it would be without the pending transaction `victim`.
-    fn replayed_without(&self, victim: &Hash) -> State {
+    /// The pending state as it would be without the pending transaction `victim`, and how
+    /// many other pending transactions would then no longer apply.
+    fn replayed_without(&self, victim: &Hash) -> (State, usize) {
         let mut state = self.base_state.clone();
+        let mut broken = 0;
         for (i, vtx) in self
             .queue
             .iter()
@@ -301,10 +309,11 @@ impl Mempool {
                 time_ms: state.tip.time_ms,
                 index: i as u32,
             };
-            // What no longer applies would be evicted or queued again by the rebuild.
-            let _ = apply_verified_tx(&mut state, &ctx, vtx);
+            if apply_verified_tx(&mut state, &ctx, vtx).is_err() {
+                broken += 1;
+            }
         }
-        state
+        (state, broken)
     }
 
     /// The encoded length of a held transaction.
@@ -731,6 +740,40 @@ mod tests {
         ));
         assert_eq!(pool.seen(&funding.hash()), Some(Seen::Pending));
         assert_eq!(pool.len(), 3);
+    }
+
+    #[test]
+    fn an_eviction_that_would_break_other_transactions_is_refused() {
+        let state = genesis();
+        let limits = Limits {
+            max_txs: 3,
+            ..Limits::default()
+        };
+        let mut pool = Mempool::new(&state, 2_000, limits);
+        // key 7 has nothing but what `funding` (the cheapest, fee 11) gives it.
+        let funding = Tx {
+            chain_id: "test".into(),
+            signer: key(3).address(),
+            nonce: 0,
+            fee: Amount(11),
+            body: TxBody::Transfer {
+                to: key(7).address(),
+                amount: Amount(500),
+            },
+        }
+        .sign(&key(3));
+        let dependent = paying(7, 0, 100);
+        for t in [paying(1, 0, 50), funding.clone(), dependent.clone()] {
+            pool.admit(t).unwrap();
+        }
+        // Evicting `funding` for 12 would push out `dependent` (100) too: refused.
+        assert!(matches!(
+            pool.admit(paying(4, 0, 12)),
+            Err(AdmitError::Full { .. })
+        ));
+        for t in [&funding, &dependent] {
+            assert_eq!(pool.seen(&t.hash()), Some(Seen::Pending));
+        }
     }
 
     #[test]

@@ -32,12 +32,12 @@
 //!    their votes. A quorum `q` of the committee's `v` seats decides. *Upheld*: every
 //!    validator of the claim that stated the fact the same way as the disputed report (for
 //!    the metric, the disputed validator alone) loses that assignment's whole collateral and
-//!    its report is discarded; from the disputed validator's loss the challenger gets its
-//!    deposit back plus `challenger_reward` of it and the matching voters `committee_reward`
-//!    of the deposit; everything else is burned (so challenging one's own validator always
-//!    loses); a fact reported passed that is not proves the claim fraudulent. *Rejected*: the
-//!    matching voters share `committee_reward` of the deposit and the rest is burned — voters
-//!    earn the same whichever way they vote. *No quorum*: the deposit is returned. Members who
+//!    its report is discarded; the matching voters share `committee_reward` of the deposit,
+//!    the challenger gets the rest of its deposit back plus `challenger_reward` of the
+//!    disputed validator's own loss, and everything else is burned (so challenging one's own
+//!    validator always loses); a fact reported passed that is not proves the claim
+//!    fraudulent. *Rejected*: the matching voters share `committee_reward` of the deposit and
+//!    the rest is burned — voters earn the same whichever way they vote. *No quorum*: the deposit is returned. Members who
 //!    voted against a decided outcome, or did not vote, lose `validator_slash` of their seat's
 //!    collateral (for a void challenge only those who did not vote).
 //! 2. A revealed claim is *decided* when `q` of its counted reports agree, or fraud is proven:
@@ -208,8 +208,6 @@ struct Lost {
     /// (miner, validator) -> the upheld challenges that proved this validator wrong.
     assignments: BTreeMap<(Address, Address), Vec<usize>>,
     fraud: BTreeSet<Address>,
-    /// Per upheld challenge, the committee members whose votes matched.
-    upheld_by: BTreeMap<usize, Vec<Address>>,
 }
 
 impl Lost {
@@ -243,7 +241,6 @@ fn resolve_challenges(
     let mut lost = Lost {
         assignments: BTreeMap::new(),
         fraud: BTreeSet::new(),
-        upheld_by: BTreeMap::new(),
     };
     for (i, c) in task.challenges.iter().enumerate() {
         let Some(d) = c.dispute else {
@@ -278,19 +275,27 @@ fn resolve_challenges(
         };
         match result {
             ChallengeResult::Upheld => {
-                settle.pay(c.challenger, c.deposit, PayoutKind::ChallengeWon);
+                // Voters get `committee_reward` of the deposit whichever way they voted; the
+                // challenger the rest of it back (and its reward from the loss, later).
+                let to_voters = state.params.committee_reward.of(c.deposit);
+                let paid = pay_equally(settle, &matching, to_voters, PayoutKind::CommitteeReward);
+                settle.pay(
+                    c.challenger,
+                    Amount(c.deposit.0 - paid.0),
+                    PayoutKind::ChallengeWon,
+                );
                 let claim = &task.claims[&d.miner];
                 let disputed = claim.reports[&d.validator]
                     .report
                     .as_ref()
                     .expect("challenges dispute revealed reports");
-                let stated = d.fact.passed_in(disputed);
+                let stated = d.fact.stated_in(disputed);
                 // Every validator of this claim that stated the fact the same way is as wrong
                 // as the one disputed (the metric is a value: only the disputed report).
                 for (v, r) in &claim.reports {
                     let Some(rep) = &r.report else { continue };
                     let same =
-                        *v == d.validator || (stated.is_some() && d.fact.passed_in(rep) == stated);
+                        *v == d.validator || (stated.is_some() && d.fact.stated_in(rep) == stated);
                     if same {
                         lost.assignments.entry((d.miner, *v)).or_default().push(i);
                     }
@@ -299,7 +304,6 @@ fn resolve_challenges(
                 if stated == Some(true) {
                     lost.fraud.insert(d.miner);
                 }
-                lost.upheld_by.insert(i, matching.clone());
             }
             ChallengeResult::Rejected => {
                 let pool = state.params.committee_reward.of(c.deposit);
@@ -472,16 +476,13 @@ fn settle_collateral(
                 slash,
                 reason,
             );
-            let Some(challenges) = upheld else {
+            if upheld.is_none() {
                 settle.burn(taken);
                 continue;
-            };
-            let _ = challenges;
+            }
             // Only the disputed validator's own loss pays: its challengers share
-            // `challenger_reward` of it and each challenge's matching voters get
-            // `committee_reward` of that challenge's deposit — the same as for a rejected
-            // challenge, so voting "upheld" pays no better than voting "rejected". What
-            // validators co-slashed for stating the same fact lose is burned whole.
+            // `challenger_reward` of it. What validators co-slashed for stating the same fact
+            // lose is burned whole, so a validator cannot profit by challenging a fellow one.
             let aimed = lost.aimed_at(task, miner, &a.validator);
             let mut paid = Amount::ZERO;
             if !aimed.is_empty() {
@@ -494,18 +495,7 @@ fn settle_collateral(
                         to_challenger,
                         PayoutKind::ChallengeWon,
                     );
-                    let to_voters = state
-                        .params
-                        .committee_reward
-                        .of(task.challenges[i].deposit)
-                        .min(Amount(part.0 - to_challenger.0));
-                    let to_voters = pay_equally(
-                        settle,
-                        &lost.upheld_by[&i],
-                        to_voters,
-                        PayoutKind::CommitteeReward,
-                    );
-                    paid = Amount(paid.0 + to_challenger.0 + to_voters.0);
+                    paid = Amount(paid.0 + to_challenger.0);
                 }
             }
             settle.burn(Amount(taken.0 - paid.0));

@@ -122,8 +122,8 @@ fn assign(state: &mut State, id: &TaskId, beacon: &Hash) {
 
 /// Seat a committee of `v` for each primary challenge (the first-committed of each disputed
 /// fact), each seat reserving the same collateral as a validation assignment. Nobody with a
-/// stake in the outcome sits: the client, every claimant, the challenger, and every validator
-/// assigned to the task. Challenges are served in commitment order, each seeing the
+/// stake in the outcome sits: the client, every claimant, every challenger, and every
+/// validator assigned to the task. Challenges are served in commitment order, each seeing the
 /// reservations made for the ones before it.
 fn form_committees(state: &mut State, id: &TaskId, beacon: &Hash) {
     let v = state.params.validators_per_claim;
@@ -132,14 +132,16 @@ fn form_committees(state: &mut State, id: &TaskId, beacon: &Hash) {
     let primary: Vec<(usize, Vec<Address>)> = (0..task.challenges.len())
         .filter(|i| task.is_primary_challenge(*i))
         .map(|i| {
-            let c = &task.challenges[i];
             // Every validator of the task, not only of the disputed claim: discarding a
             // report changes how the validators' pool is shared.
             let mut exclude: Vec<Address> = task.claims.keys().copied().collect();
             for claim in task.claims.values() {
                 exclude.extend(claim.assigned.iter().map(|a| a.validator));
             }
-            exclude.extend([c.challenger, task.client]);
+            // Every challenger of the task too: one aimed at the same validator would share
+            // the reward.
+            exclude.extend(task.challenges.iter().map(|c| c.challenger));
+            exclude.push(task.client);
             (i, exclude)
         })
         .collect();
