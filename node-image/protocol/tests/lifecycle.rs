@@ -721,6 +721,77 @@ fn duplicate_and_unrevealed_challenges() {
 }
 
 #[test]
+fn no_challenger_of_the_task_sits_on_a_committee() {
+    let mut chain = scenario_chain(scenario_params());
+    let id = up_to_reports(&mut chain);
+    bond_judges(&mut chain);
+    run_reports(&mut chain, &id, None, &[]);
+    let s = chain.task(&id).schedule.clone();
+    // j1, a bonded validator with no assignment on the task, challenges v1 too (another
+    // fact): it would share the reward if v1 lost, so it must not judge the other challenge.
+    chain.ok(
+        "client",
+        TxBody::Transfer {
+            to: addr("j1"),
+            amount: Amount(50_000),
+        },
+    );
+    let segment = chain.segments(&id, "v1", "honest")[0];
+    let disputes = [
+        (
+            "challenger",
+            dispute("honest", "v1", Fact::Segment(segment)),
+        ),
+        ("j1", dispute("honest", "v1", Fact::Init)),
+    ];
+    let c = |i: usize| {
+        let (who, d) = disputes[i];
+        pot_protocol::tx::challenge_commitment(
+            &id,
+            &addr(who),
+            &d,
+            &salt(&format!("{who} challenge {i}")),
+        )
+    };
+    chain.all_ok(
+        (0..2)
+            .map(|i| {
+                (
+                    disputes[i].0,
+                    TxBody::Challenge {
+                        task: id,
+                        commitment: c(i),
+                    },
+                )
+            })
+            .collect(),
+    );
+    chain.advance_to(s.challenge_end);
+    chain.all_ok(
+        (0..2)
+            .map(|i| {
+                let (who, d) = disputes[i];
+                (
+                    who,
+                    TxBody::RevealChallenge {
+                        task: id,
+                        challenge: i as u32,
+                        dispute: d,
+                        salt: salt(&format!("{who} challenge {i}")),
+                    },
+                )
+            })
+            .collect(),
+    );
+    chain.advance_to(s.challenge_reveal_end + 1);
+    for i in 0..2 {
+        let committee = chain.committee(&id, i, &JUDGES);
+        assert_eq!(committee.len(), 4, "challenge {i}: {committee:?}");
+        assert!(!committee.contains(&"j1"), "challenge {i}: {committee:?}");
+    }
+}
+
+#[test]
 fn no_claims_refunds_the_bounty() {
     let mut chain = scenario_chain(scenario_params());
     let id = chain.submit_task("client", BOUNTY, W);
