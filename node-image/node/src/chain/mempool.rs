@@ -257,17 +257,19 @@ impl Mempool {
         if !fits {
             return Err(self.full());
         }
-        let mut trial = if victim.queued {
-            self.pending_state.clone()
+        // The pending state without the victim: unchanged for a queued one; replayed for a
+        // pending one, which must not push out others that depended on it (a transfer that
+        // funds another sender's run, say) for the price of one fee.
+        let without = if victim.queued {
+            None
         } else {
-            // Evicting one transaction must not push out others that depended on it (a
-            // transfer that funds another sender's run, say) for the price of one fee.
             let (state, broken) = self.replayed_without(&victim.hash);
             if broken > 0 {
                 return Err(self.full());
             }
-            state
+            Some(state)
         };
+        let mut trial = without.as_ref().unwrap_or(&self.pending_state).clone();
         let ctx = TxCtx {
             height: trial.tip.height,
             time_ms: trial.tip.time_ms,
@@ -279,9 +281,11 @@ impl Mempool {
                 e => e.into(),
             });
         }
-        if self.evict(&victim.hash) {
-            let height = self.pending_state.tip.height;
-            self.rebuild(height);
+        self.evict(&victim.hash);
+        // Every other pending transaction still applies (checked above): the replayed state
+        // is the rebuilt one, so nothing needs rebuilding.
+        if let Some(state) = without {
+            self.pending_state = state;
         }
         self.remember_rejection(
             victim.hash,
@@ -711,16 +715,9 @@ mod tests {
         assert!(matches!(pool.seen(&a1.hash()), Some(Seen::Rejected(_))));
     }
 
-    #[test]
-    fn a_newcomer_that_needs_its_victim_evicts_nothing() {
-        let state = genesis();
-        let limits = Limits {
-            max_txs: 3,
-            ..Limits::default()
-        };
-        let mut pool = Mempool::new(&state, 2_000, limits);
-        // b0 funds key 7; key 7's transaction is valid only while b0 is there.
-        let funding = Tx {
+    /// Key 3 gives key 7 (which has nothing) 500, offering 11.
+    fn funding_of_key_7() -> SignedTx {
+        Tx {
             chain_id: "test".into(),
             signer: key(3).address(),
             nonce: 0,
@@ -730,7 +727,19 @@ mod tests {
                 amount: Amount(500),
             },
         }
-        .sign(&key(3));
+        .sign(&key(3))
+    }
+
+    #[test]
+    fn a_newcomer_that_needs_its_victim_evicts_nothing() {
+        let state = genesis();
+        let limits = Limits {
+            max_txs: 3,
+            ..Limits::default()
+        };
+        let mut pool = Mempool::new(&state, 2_000, limits);
+        // b0 funds key 7; key 7's transaction is valid only while b0 is there.
+        let funding = funding_of_key_7();
         for t in [paying(1, 0, 10), paying(1, 1, 12), funding.clone()] {
             pool.admit(t).unwrap();
         }
@@ -751,17 +760,7 @@ mod tests {
         };
         let mut pool = Mempool::new(&state, 2_000, limits);
         // key 7 has nothing but what `funding` (the cheapest, fee 11) gives it.
-        let funding = Tx {
-            chain_id: "test".into(),
-            signer: key(3).address(),
-            nonce: 0,
-            fee: Amount(11),
-            body: TxBody::Transfer {
-                to: key(7).address(),
-                amount: Amount(500),
-            },
-        }
-        .sign(&key(3));
+        let funding = funding_of_key_7();
         let dependent = paying(7, 0, 100);
         for t in [paying(1, 0, 50), funding.clone(), dependent.clone()] {
             pool.admit(t).unwrap();
