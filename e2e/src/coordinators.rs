@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use pot_protocol::api::BlockInfo;
 use pot_protocol::client::Client;
 use pot_protocol::genesis::{Coordinator, GenesisBalance};
 use pot_protocol::{Amount, Genesis, Params, SecretKey};
@@ -32,14 +33,60 @@ pub struct Coordinators {
     procs: Vec<Option<Process>>,
     starts: Vec<u32>,
     extra_args: Vec<Vec<String>>,
+    /// Whether `bin` is the test build (`fault-injection`): then every node logs its
+    /// signatures for [`Coordinators::assert_nothing_signed_twice`].
+    test_build: bool,
 }
 
-/// A loopback port nobody listens on right now.
+/// Ports handed to tests come from below the kernel's ephemeral range (32768 and up by
+/// default), so no outgoing connection of any process is ever given one.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port reserved for this test process until it exits. A port taken from the
+/// kernel with `bind(0)` and released is fair game for the next outgoing connection of any
+/// process, and for the next test; so ports come from below the ephemeral range, and each is
+/// claimed with an exclusive lock on a file under the system's temporary directory that is held
+/// for this process's life, so concurrent test binaries never pick the same one. A node
+/// restarted later gets its port back for sure.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::os::fd::AsRawFd;
+    use std::sync::Mutex;
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("pot-e2e-ports");
+    std::fs::create_dir_all(&dir).expect("port lock directory");
+    let span = (PORTS.end - PORTS.start) as u32;
+    let start = (std::process::id().wrapping_mul(7919) ^ now_nanos()) % span;
+    for i in 0..span {
+        let port = PORTS.start + ((start + i) % span) as u16;
+        let Ok(lock) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{port}.lock")))
+        else {
+            continue;
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: flock(2) on a file descriptor this function owns; no memory is involved.
+        let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if !locked {
+            continue;
+        }
+        // Someone outside the tests may be listening there.
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        HELD.lock().expect("port locks").push(lock);
+        return port;
+    }
+    panic!("no free loopback port in {PORTS:?}");
+}
+
+fn now_nanos() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
 }
 
 /// Write a key file in `pot-node`'s format.
@@ -65,8 +112,9 @@ impl Coordinators {
         accounts: usize,
         extra_args: Vec<Vec<String>>,
     ) -> anyhow::Result<Coordinators> {
-        let bin = crate::workspace_binary("pot-node", "pot-node");
+        let bin = crate::pot_node_binary();
         let mut net = Self::prepare(bin, n, block_time_ms, accounts, extra_args)?;
+        net.test_build = true;
         for i in 0..n {
             net.restart(i)?;
         }
@@ -145,6 +193,7 @@ impl Coordinators {
             procs: (0..n).map(|_| None).collect(),
             starts: vec![0; n],
             extra_args,
+            test_build: false,
         })
     }
 
@@ -199,12 +248,107 @@ impl Coordinators {
             .arg("--gossip-peers")
             .arg(others(&self.gossip_dial))
             .args(&self.extra_args[i]);
+        if self.test_build {
+            cmd.arg("--signature-log").arg(self.signature_log(i));
+        }
         // A new log per start; the earlier ones stay for reading.
         self.starts[i] += 1;
         let p = Process::start(&format!("coordinator {i}"), cmd, &self.log_path(i))
             .with_context(|| format!("starting coordinator {i}"))?;
         self.procs[i] = Some(p);
         Ok(())
+    }
+
+    /// Replace the extra `pot-node run` arguments coordinator `i` gets at its next start.
+    pub fn set_args(&mut self, i: usize, args: Vec<String>) {
+        self.extra_args[i] = args;
+    }
+
+    fn signature_log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}.signatures"))
+    }
+
+    /// Check every signature each coordinator's key made, across all its starts: never two
+    /// different values for one (height, round, step). Returns how many were checked.
+    pub fn assert_nothing_signed_twice(&self, nodes: &[usize]) -> usize {
+        use std::collections::HashMap;
+        let mut checked = 0;
+        for &i in nodes {
+            let text = std::fs::read_to_string(self.signature_log(i)).unwrap_or_default();
+            let mut seen: HashMap<(String, String, String), String> = HashMap::new();
+            for line in text.lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let [h, r, step, value] = f[..] else {
+                    panic!("coordinator {i}: malformed signature log line {line:?}");
+                };
+                checked += 1;
+                let place = (h.to_string(), r.to_string(), step.to_string());
+                if let Some(earlier) = seen.insert(place, value.to_string()) {
+                    assert_eq!(
+                        earlier, value,
+                        "coordinator {i} signed two different {step}s at height {h} round {r}"
+                    );
+                }
+            }
+        }
+        checked
+    }
+
+    /// Wait until every listed coordinator has decided `height`; panics with their logs if one
+    /// does not within `wait`.
+    pub async fn wait_height(&self, nodes: &[usize], height: u64, wait: Duration) {
+        for &i in nodes {
+            if let Err(e) = self.client(i).wait_height(height, wait).await {
+                panic!(
+                    "coordinator {i} did not reach height {height}: {e}\n{}",
+                    self.log_tails(30)
+                );
+            }
+        }
+    }
+
+    /// Every listed coordinator has the same blocks (hashes and state roots) up to `upto`;
+    /// returns them as the first one serves them.
+    pub async fn assert_same_chain(&self, nodes: &[usize], upto: u64) -> Vec<BlockInfo> {
+        let reference = self.blocks(nodes[0], upto).await;
+        for &i in &nodes[1..] {
+            let other = self.blocks(i, upto).await;
+            for (a, b) in reference.iter().zip(&other) {
+                assert_eq!(
+                    (a.hash, a.state_root),
+                    (b.hash, b.state_root),
+                    "coordinators {} and {i} differ at height {}",
+                    nodes[0],
+                    a.height
+                );
+            }
+        }
+        reference
+    }
+
+    /// Blocks 1..=upto as coordinator `i` serves them.
+    pub async fn blocks(&self, i: usize, upto: u64) -> Vec<BlockInfo> {
+        let client = self.client(i);
+        let mut out = Vec::new();
+        for h in 1..=upto {
+            out.push(client.block(h).await.expect("block"));
+        }
+        out
+    }
+
+    /// The data directory of coordinator `i`.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}"))
+    }
+
+    /// The exit status of coordinator `i` if its process has exited.
+    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.procs[i].as_mut().and_then(|p| p.exited())
+    }
+
+    /// The log of coordinator `i`'s current (or last) start.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
     }
 
     /// SIGKILL coordinator `i`: no chance to flush or say goodbye.

@@ -17,14 +17,27 @@ pub use fixture::{TestEnv, shared};
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The `pot-node` the tests drive: built with the `fault-injection` feature, so a test can make
+/// one coordinator Byzantine. Every test uses this one build, so no two tests ever rebuild (and
+/// replace) the binary under each other; shipped binaries are built without the feature.
+pub fn pot_node_binary() -> PathBuf {
+    workspace_binary_with("pot-node", "pot-node", &["fault-injection"])
+}
+
 /// The path of a binary of this workspace, built first (a no-op when it is up to date) with the
 /// same cargo and profile as the running test.
 pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
+    workspace_binary_with(package, name, &[])
+}
+
+fn workspace_binary_with(package: &str, name: &str, features: &[&str]) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--bin", name])
-        .status()
-        .expect("running cargo build");
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", package, "--bin", name]);
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
+    }
+    let status = cmd.status().expect("running cargo build");
     assert!(
         status.success(),
         "cargo build -p {package} --bin {name} failed"

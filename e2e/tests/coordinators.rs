@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use pot_e2e::coordinators::Coordinators;
 use pot_protocol::api::{BlockInfo, TxStatus};
-use pot_protocol::client::Client;
 use pot_protocol::tx::{Tx, TxBody};
 use pot_protocol::{Amount, Hash, SecretKey, SignedTx};
 
@@ -15,40 +14,11 @@ const BLOCK_TIME_MS: u64 = 200;
 const WAIT: Duration = Duration::from_secs(90);
 
 async fn wait_height(net: &Coordinators, nodes: &[usize], height: u64) {
-    for &i in nodes {
-        if let Err(e) = net.client(i).wait_height(height, WAIT).await {
-            panic!(
-                "coordinator {i} did not reach height {height}: {e}\n{}",
-                net.log_tails(30)
-            );
-        }
-    }
+    net.wait_height(nodes, height, WAIT).await
 }
 
-async fn blocks(client: &Client, upto: u64) -> Vec<BlockInfo> {
-    let mut out = Vec::new();
-    for h in 1..=upto {
-        out.push(client.block(h).await.expect("block"));
-    }
-    out
-}
-
-/// Every listed node has the same blocks (hashes and state roots) up to `upto`.
 async fn assert_same_chain(net: &Coordinators, nodes: &[usize], upto: u64) -> Vec<BlockInfo> {
-    let reference = blocks(&net.client(nodes[0]), upto).await;
-    for &i in &nodes[1..] {
-        let other = blocks(&net.client(i), upto).await;
-        for (a, b) in reference.iter().zip(&other) {
-            assert_eq!(
-                (a.hash, a.state_root),
-                (b.hash, b.state_root),
-                "coordinators {} and {i} differ at height {}",
-                nodes[0],
-                a.height
-            );
-        }
-    }
-    reference
+    net.assert_same_chain(nodes, upto).await
 }
 
 fn transfer(from: &SecretKey, nonce: u64, to: &SecretKey, amount: u64) -> SignedTx {
@@ -86,14 +56,18 @@ async fn four_coordinators_agree_and_include_each_transaction_once() {
     }
     sent.push(everywhere.hash());
 
+    let mut last = 0;
     for hash in &sent {
         match net.client(0).wait_included(hash, WAIT).await {
-            Ok(TxStatus::Included { .. }) => {}
+            Ok(TxStatus::Included { height, .. }) => last = last.max(height),
             other => panic!("{hash}: {other:?}\n{}", net.log_tails(30)),
         }
     }
-    wait_height(&net, &[0, 1, 2, 3], 20).await;
-    let chain = assert_same_chain(&net, &[0, 1, 2, 3], 20).await;
+    // Every block from the first to well past the last inclusion, so a second copy of a
+    // transaction anywhere in the chain would be seen.
+    let upto = last.max(20) + 5;
+    wait_height(&net, &[0, 1, 2, 3], upto).await;
+    let chain = assert_same_chain(&net, &[0, 1, 2, 3], upto).await;
 
     let mut seen: HashMap<Hash, u32> = HashMap::new();
     for b in &chain {
@@ -187,6 +161,7 @@ async fn a_killed_coordinator_restarts_from_disk_and_catches_up() {
     let target = net.client(0).head().await.unwrap().height + 3;
     wait_height(&net, &[0, 1, 2, 3], target).await;
     assert_same_chain(&net, &[0, 1, 2, 3], target).await;
+    assert!(net.assert_nothing_signed_twice(&[0, 1, 2, 3]) > 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -235,6 +210,7 @@ async fn faulty_proposer_is_never_finalized(fault: &str) {
         chain.iter().any(|b| b.round > 0),
         "the faulty coordinator never got a turn"
     );
+    net.assert_nothing_signed_twice(&[1, 2, 3]);
     let metrics = net.client(1).metrics().await.expect("metrics");
     assert!(
         metrics

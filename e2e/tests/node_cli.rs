@@ -21,7 +21,7 @@ fn run(bin: &std::path::Path, args: &[&str]) -> String {
 
 #[test]
 fn keygen_genesis_and_a_first_block() {
-    let bin = pot_e2e::workspace_binary("pot-node", "pot-node");
+    let bin = pot_e2e::pot_node_binary();
     let dir = tempfile::tempdir().unwrap();
     let coord = dir.path().join("coord.json");
     let alice = dir.path().join("alice.json");
@@ -95,7 +95,7 @@ fn keygen_genesis_and_a_first_block() {
 
 #[test]
 fn bad_genesis_is_refused_with_the_reason() {
-    let bin = pot_e2e::workspace_binary("pot-node", "pot-node");
+    let bin = pot_e2e::pot_node_binary();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
     std::fs::write(

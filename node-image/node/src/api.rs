@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State as AxumState};
 use axum::http::StatusCode;
@@ -19,10 +19,10 @@ use pot_protocol::{Address, Hash, Phase, SignedTx, State};
 use serde::Deserialize;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::chain::Chain;
 use crate::chain::mempool::AdmitError;
 use crate::chain::store::StoreError;
-use crate::chain::{Chain, now_ms};
-use crate::consensus::certificate_signers;
+use crate::consensus::status::EngineStatus;
 use crate::metrics::Metrics;
 use crate::p2p::TxGossip;
 
@@ -36,6 +36,8 @@ pub struct Api {
     pub metrics: Arc<Metrics>,
     /// Where admitted transactions go on to the other coordinators (none on a lone node).
     pub gossip: Option<TxGossip>,
+    /// What consensus lately did, for `/readyz`.
+    pub status: Arc<EngineStatus>,
 }
 
 /// An error response.
@@ -162,9 +164,9 @@ async fn block(
         .map_err(internal)?
         .ok_or_else(|| not_found(format!("no block at height {height}")))?;
     let (round, signers) = store
-        .certificate(height)
+        .commit_at(height)
         .map_err(internal)?
-        .and_then(|c| certificate_signers(&c))
+        .map(|c| (c.round, c.signers()))
         .unwrap_or_default();
     Ok(Json(BlockInfo::new(&block, signers, round)))
 }
@@ -285,20 +287,12 @@ async fn metrics(AxumState(api): AxumState<Api>) -> impl IntoResponse {
 }
 
 /// Ready once the last block is recent: a node still catching up (or cut off) is not.
+/// Ready when caught up with its peers and deciding blocks, as this node's engine saw it.
 async fn readyz(AxumState(api): AxumState<Api>) -> Result<&'static str, Error> {
-    let state = api.chain.state();
-    let block_time = state.params.block_time_ms;
-    let stale_after = (10 * block_time).max(10_000);
-    let age = now_ms().saturating_sub(state.tip.time_ms);
-    if state.tip.height == 0 || age > stale_after {
-        return Err(Error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            format!(
-                "last block {} is {age} ms old (ready within {stale_after} ms)",
-                state.tip.height
-            ),
-        ));
-    }
+    let block_time = api.chain.genesis().params.block_time_ms;
+    let stale_after = Duration::from_millis((10 * block_time).max(10_000));
+    api.status
+        .readiness(Instant::now(), stale_after)
+        .map_err(|why| Error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why))?;
     Ok("ready")
 }

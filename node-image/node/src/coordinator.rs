@@ -27,7 +27,10 @@ pub struct Options {
     /// Where to listen for transaction gossip, and the other coordinators' gossip addresses;
     /// without it, a transaction waits for this node's turn to propose.
     pub gossip: Option<(Multiaddr, Vec<Multiaddr>)>,
-    pub fault: Option<crate::consensus::Fault>,
+    /// The record of what the key signed (see `consensus::sign_guard`).
+    pub sign_state: PathBuf,
+    #[cfg(feature = "fault-injection")]
+    pub faults: crate::consensus::faults::Faults,
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -59,10 +62,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
+    let status = Arc::new(consensus::status::EngineStatus::default());
     let router = api::router(Api {
         chain: chain.clone(),
         metrics: metrics.clone(),
         gossip,
+        status: status.clone(),
     });
     let server = axum::serve(listener, router);
     let engine = consensus::run(
@@ -72,10 +77,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             key: opts.key,
             p2p_listen: opts.p2p_listen,
             peers: opts.peers,
-            fault: opts.fault,
+            sign_state: opts.sign_state,
+            #[cfg(feature = "fault-injection")]
+            faults: opts.faults,
         },
         chain,
         metrics,
+        status,
     );
     tokio::select! {
         r = server => r.context("the API server stopped"),

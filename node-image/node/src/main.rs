@@ -206,9 +206,15 @@ struct RunArgs {
     /// coordinator and a funded account, through the same consensus and block path.
     #[arg(long)]
     dev: bool,
-    /// Fault injection for tests: propose faulty blocks.
-    #[arg(long, hide = true, value_enum)]
-    fault: Option<pot_node::consensus::Fault>,
+    /// The record of what this node's key signed, consulted before every consensus signature
+    /// (default: `<data-dir>/sign-state.json`). Keep it with the key: never restore it from a
+    /// backup or delete it while the key is in use.
+    #[arg(long, env = "POT_SIGN_STATE")]
+    sign_state: Option<PathBuf>,
+    /// Deliberate misbehaviour, for tests (only in builds with `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    #[command(flatten)]
+    faults: pot_node::consensus::faults::Faults,
     /// Log as JSON lines (for pods) instead of text.
     #[arg(long, env = "POT_LOG_JSON")]
     log_json: bool,
@@ -564,12 +570,16 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
     runtime()?.block_on(pot_node::coordinator::run(pot_node::coordinator::Options {
         genesis,
         key,
-        data_dir: args.data_dir,
+        data_dir: args.data_dir.clone(),
         p2p_listen: args.p2p_listen,
         api_listen: args.api_listen,
         peers: args.peers,
         gossip: args.gossip_listen.map(|l| (l, args.gossip_peers)),
-        fault: args.fault,
+        sign_state: args
+            .sign_state
+            .unwrap_or_else(|| args.data_dir.join("sign-state.json")),
+        #[cfg(feature = "fault-injection")]
+        faults: args.faults,
     }))
 }
 

@@ -17,6 +17,7 @@ pub struct Metrics {
     block_interval: Histogram,
     txs_per_block: Histogram,
     rejected_proposals: Counter,
+    rejected_parts: Counter,
     mempool_txs: Gauge,
     mempool_bytes: Gauge<u64, AtomicU64>,
 }
@@ -32,6 +33,7 @@ impl Metrics {
             block_interval: Histogram::new(exponential_buckets(0.05, 1.6, 14)),
             txs_per_block: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             rejected_proposals: Counter::default(),
+            rejected_parts: Counter::default(),
             mempool_txs: Gauge::default(),
             mempool_bytes: Gauge::default(),
         };
@@ -68,6 +70,12 @@ impl Metrics {
                 m.rejected_proposals.clone(),
             );
             r.register(
+                "rejected_proposal_parts",
+                "Proposal parts dropped: from a stranger or a coordinator whose turn it is not, \
+                 for a height out of range, over a limit, or malformed",
+                m.rejected_parts.clone(),
+            );
+            r.register(
                 "mempool_txs",
                 "Transactions in the mempool",
                 m.mempool_txs.clone(),
@@ -98,6 +106,10 @@ impl Metrics {
 
     pub fn rejected_proposal(&self) {
         self.rejected_proposals.inc();
+    }
+
+    pub fn rejected_part(&self) {
+        self.rejected_parts.inc();
     }
 
     pub fn mempool(&self, txs: usize, bytes: usize) {

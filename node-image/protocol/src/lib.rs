@@ -9,6 +9,7 @@ pub mod api;
 pub mod beacon;
 pub mod block;
 pub mod client;
+pub mod commit;
 pub mod crypto;
 pub mod encoding;
 pub mod error;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pot_protocol::api::TxStatus;
+use pot_protocol::commit::Commit;
 use pot_protocol::{
     Address, Block, BlockError, Genesis, Hash, ProposerKey, SignedTx, State, VerifiedTx,
     apply_block_known, build_block_verified,
@@ -51,6 +52,17 @@ pub enum ChainError {
     Store(#[from] StoreError),
     #[error("decided block {height} does not apply to this node's state: {error}")]
     DecidedBlockInvalid { height: u64, error: BlockError },
+    #[error(
+        "fork: the network decided block {decided} at height {height}, but this node stored \
+         {stored} there; stopping rather than follow either"
+    )]
+    Fork {
+        height: u64,
+        stored: Hash,
+        decided: Hash,
+    },
+    #[error("decided block {height} is missing from the store below the tip")]
+    MissingBlock { height: u64 },
 }
 
 /// The state after the last decided block and its root, swapped together. The root is that
@@ -209,18 +221,32 @@ impl Chain {
         Ok(apply_block_known(&state, block, |h| known.contains(h))?)
     }
 
-    /// Record a decided block. `after` is the state after it when the caller already executed
-    /// it (a proposal it checked); otherwise the block is executed here. Decided blocks at or
-    /// below the tip are ignored (the engine may replay a decision after a crash).
+    /// Record a decided block with its commit certificate. `after` is the state after it when
+    /// the caller already executed it (a proposal it checked); otherwise the block is executed
+    /// here. A decided block at or below the tip (the engine may replay a decision after a
+    /// crash) must be the one stored there: anything else is a fork, and an error.
     pub fn commit(
         &self,
         block: &Block,
-        certificate: &[u8],
+        commit: &Commit,
         after: Option<State>,
     ) -> Result<(), ChainError> {
         let state = self.state();
         let height = block.header.height;
         if height <= state.tip.height {
+            let stored = self
+                .store
+                .block(height)?
+                .ok_or(ChainError::MissingBlock { height })?
+                .hash();
+            let decided = block.hash();
+            if stored != decided {
+                return Err(ChainError::Fork {
+                    height,
+                    stored,
+                    decided,
+                });
+            }
             return Ok(());
         }
         let next = match after {
@@ -228,7 +254,7 @@ impl Chain {
             _ => pot_protocol::apply_block(&state, block)
                 .map_err(|error| ChainError::DecidedBlockInvalid { height, error })?,
         };
-        self.store.commit(block, certificate, &next)?;
+        self.store.commit(block, commit, &next)?;
         let next = Arc::new(next);
         *self.snapshot.write().expect("state lock") = Snapshot {
             state: next.clone(),

@@ -1,17 +1,20 @@
 //! The node's embedded transactional store (redb) under `--data-dir`: decided blocks with their
-//! commit certificates, the state after the last block, where each transaction landed, and the
+//! commit certificates (in the protocol's own `Commit` type, so an engine upgrade never changes
+//! stored history; the database carries a format version), the state after the last block, where each transaction landed, and the
 //! proposals seen but not yet decided (the engine may ask for them again after a crash).
 //! Everything a decided height changes is written in one transaction, so a crash leaves either
 //! the old height or the new one, never half of it.
 
 use std::path::Path;
 
+use pot_protocol::commit::Commit;
 use pot_protocol::encoding;
 use pot_protocol::{Block, Hash, State};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
-const CERTIFICATES: TableDefinition<u64, &[u8]> = TableDefinition::new("certificates");
+/// height -> the block's commit certificate (`pot_protocol::commit::Commit`, borsh).
+const COMMITS: TableDefinition<u64, &[u8]> = TableDefinition::new("commits");
 const TX_INDEX: TableDefinition<&[u8; 32], (u64, u32)> = TableDefinition::new("tx_index");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// (height, round, value id) -> the proposal record the consensus layer wrote.
@@ -22,6 +25,10 @@ const ENDED_TASKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("end
 
 const META_GENESIS: &str = "genesis_hash";
 const META_STATE: &str = "state";
+const META_FORMAT: &str = "format";
+
+/// The layout of the tables above. A database of another format is refused, never misread.
+pub const FORMAT: u32 = 2;
 
 /// Why the store failed. Corruption is reported, never papered over.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +42,11 @@ pub enum StoreError {
     },
     #[error("data directory belongs to chain with genesis {found}, not {expected}")]
     OtherChain { expected: Hash, found: Hash },
+    #[error(
+        "the chain database is in format {found}, and this pot-node reads format {FORMAT}; \
+         sync a fresh data directory from the other coordinators"
+    )]
+    OtherFormat { found: u32 },
     #[error("stored {what} does not decode: {error}")]
     Corrupt {
         what: &'static str,
@@ -86,14 +98,25 @@ impl Store {
                         found,
                     });
                 }
-                Some(_) => {}
+                Some(_) => {
+                    let format = meta
+                        .get(META_FORMAT)?
+                        .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
+                        .map(u32::from_le_bytes)
+                        // Databases from before the version was recorded.
+                        .unwrap_or(1);
+                    if format != FORMAT {
+                        return Err(StoreError::OtherFormat { found: format });
+                    }
+                }
                 None => {
                     meta.insert(META_GENESIS, genesis_hash.as_bytes().as_slice())?;
+                    meta.insert(META_FORMAT, FORMAT.to_le_bytes().as_slice())?;
                 }
             }
             // Create the other tables so readers never meet a missing one.
             w.open_table(BLOCKS)?;
-            w.open_table(CERTIFICATES)?;
+            w.open_table(COMMITS)?;
             w.open_table(TX_INDEX)?;
             w.open_table(UNDECIDED)?;
             w.open_table(ENDED_TASKS)?;
@@ -118,18 +141,14 @@ impl Store {
 
     /// Record a decided block, its certificate and the state after it, atomically; forget the
     /// undecided proposals at or below its height.
-    pub fn commit(
-        &self,
-        block: &Block,
-        certificate: &[u8],
-        state: &State,
-    ) -> Result<(), StoreError> {
+    pub fn commit(&self, block: &Block, commit: &Commit, state: &State) -> Result<(), StoreError> {
         let height = block.header.height;
         let w = self.db.begin_write()?;
         {
             w.open_table(BLOCKS)?
                 .insert(height, borsh::to_vec(block).expect("encodes").as_slice())?;
-            w.open_table(CERTIFICATES)?.insert(height, certificate)?;
+            w.open_table(COMMITS)?
+                .insert(height, borsh::to_vec(commit).expect("encodes").as_slice())?;
             let mut index = w.open_table(TX_INDEX)?;
             for (i, tx) in block.txs.iter().enumerate() {
                 index.insert(tx.hash().as_bytes(), (height, i as u32))?;
@@ -187,11 +206,18 @@ impl Store {
             .map(|v| v.value().to_vec()))
     }
 
-    pub fn certificate(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The commit certificate of the block at `height`.
+    pub fn commit_at(&self, height: u64) -> Result<Option<Commit>, StoreError> {
         let r = self.db.begin_read()?;
-        Ok(r.open_table(CERTIFICATES)?
-            .get(height)?
-            .map(|v| v.value().to_vec()))
+        let Some(bytes) = r.open_table(COMMITS)?.get(height)? else {
+            return Ok(None);
+        };
+        borsh::from_slice(bytes.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                what: "commit certificate",
+                error: encoding::DecodeError::Malformed(e.to_string()),
+            })
     }
 
     /// Height and position of an included transaction.
@@ -247,6 +273,21 @@ mod tests {
     }
 
     #[test]
+    fn a_database_of_another_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Hash::digest(b"g");
+        drop(Store::open(dir.path(), g).unwrap());
+        {
+            let db = Database::create(dir.path().join("chain.redb")).unwrap();
+            let w = db.begin_write().unwrap();
+            w.open_table(META).unwrap().remove(META_FORMAT).unwrap();
+            w.commit().unwrap();
+        }
+        let err = Store::open(dir.path(), g).err().expect("refused");
+        assert!(matches!(err, StoreError::OtherFormat { found: 1 }), "{err}");
+    }
+
+    #[test]
     fn undecided_proposals_are_kept_per_height_until_a_block_is_decided() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Hash::digest(b"g")).unwrap();
@@ -284,11 +325,17 @@ mod tests {
             },
             txs: vec![],
         };
-        store.commit(&block, b"cert", &state).unwrap();
+        let commit = Commit {
+            height: 1,
+            round: 0,
+            block: block.hash(),
+            signatures: vec![],
+        };
+        store.commit(&block, &commit, &state).unwrap();
         assert!(store.undecided_at(1).unwrap().is_empty());
         assert_eq!(store.undecided_at(2).unwrap().len(), 2);
         assert_eq!(store.block(1).unwrap(), Some(block));
-        assert_eq!(store.certificate(1).unwrap().as_deref(), Some(&b"cert"[..]));
+        assert_eq!(store.commit_at(1).unwrap(), Some(commit));
         assert_eq!(store.load_state().unwrap(), Some(state));
     }
 }

@@ -11,23 +11,29 @@ use malachitebft_app::types::sync::RawDecidedValue;
 use malachitebft_app::types::{LocallyProposedValue, ProposedValue};
 use malachitebft_app_channel::{AppMsg, Channels, NetworkMsg};
 use malachitebft_core_types::{
-    CommitCertificate, Context as _, Height as _, Round, Validity, Value,
+    CommitCertificate, CommitSignature, Context as _, Height as _, Round, Validity, Value,
 };
 use malachitebft_engine::host::Next;
-use pot_protocol::{Block, State, encoding};
+use malachitebft_engine::util::streaming::StreamMessage;
+use malachitebft_peer::PeerId;
+use pot_protocol::commit::{self, Commit};
+use pot_protocol::{Address, Block, State, encoding};
 use tracing::{debug, error, info, warn};
 
-use super::Fault;
-use super::codec::BorshCodec;
-use super::context::{BlockId, BlockValue, Height, PotContext, ValidatorAddress, ValidatorSet};
-use super::parts::{self, Assembled, MAX_STREAM_BYTES, Reassembly};
-use super::signing::Signer;
+use super::context::{
+    BlockId, BlockValue, Height, PotContext, ProposalPart, ValidatorAddress, ValidatorSet,
+};
+use super::parts::{self, Assembled, MAX_STREAM_BYTES, Reassembly, StreamError};
+use super::sign_guard::Refusal;
+use super::signing::{Signer, round_number};
 use crate::chain::{Chain, now_ms};
 use crate::metrics::Metrics;
-use malachitebft_app::types::codec::Codec;
 
 /// Complete proposals kept for heights this node has not reached yet.
 const MAX_FUTURE_PROPOSALS: usize = 32;
+/// How far above the next height a proposal stream is accepted (a node a little behind its
+/// peers keeps the proposals it will need; anything further is sync's job).
+const MAX_HEIGHTS_AHEAD: u64 = 4;
 
 /// What the store keeps about a proposal until its height is decided.
 #[derive(BorshSerialize, BorshDeserialize)]
@@ -65,8 +71,23 @@ pub struct App {
     checked: HashMap<BlockId, (BlockValue, State)>,
     proposer_key: pot_protocol::ProposerKey,
     future: BTreeMap<u64, Vec<Assembled>>,
+    /// Values that came through sync at the current height: kept only to commit when the
+    /// engine decides them (with a certificate it checked), never stored as proposals, since
+    /// the peer that sent one is not its proposer.
+    synced: HashMap<BlockId, (BlockValue, State)>,
+    /// The coordinators' libp2p peer ids (derived from their keys), to know who sent a part.
+    peers: HashMap<PeerId, Address>,
     last_commit: Option<std::time::Instant>,
-    fault: Option<Fault>,
+    status: Arc<super::status::EngineStatus>,
+    #[cfg(feature = "fault-injection")]
+    faults: super::faults::Faults,
+}
+
+/// The libp2p peer id of a coordinator's key (its identity on the consensus network).
+pub fn peer_id(address: &Address) -> Option<PeerId> {
+    let key = libp2p_identity::ed25519::PublicKey::try_from_bytes(&address.0).ok()?;
+    let id = libp2p_identity::PublicKey::from(key).to_peer_id();
+    PeerId::from_bytes(&id.to_bytes()).ok()
 }
 
 impl App {
@@ -74,10 +95,16 @@ impl App {
         chain: Arc<Chain>,
         signer: Arc<Signer>,
         metrics: Arc<Metrics>,
-        fault: Option<Fault>,
+        status: Arc<super::status::EngineStatus>,
     ) -> App {
         let validators = ValidatorSet::new(&chain.genesis().coordinators);
         let block_time = Duration::from_millis(chain.genesis().params.block_time_ms);
+        let peers = chain
+            .genesis()
+            .coordinators
+            .iter()
+            .filter_map(|c| Some((peer_id(&c.address)?, c.address)))
+            .collect();
         App {
             me: ValidatorAddress(signer.address()),
             proposer_key: signer.proposer_key(),
@@ -89,9 +116,20 @@ impl App {
             reassembly: Reassembly::default(),
             checked: HashMap::new(),
             future: BTreeMap::new(),
+            synced: HashMap::new(),
+            peers,
             last_commit: None,
-            fault,
+            status,
+            #[cfg(feature = "fault-injection")]
+            faults: Default::default(),
         }
+    }
+
+    /// Inject these faults (tests only).
+    #[cfg(feature = "fault-injection")]
+    pub fn with_faults(mut self, faults: super::faults::Faults) -> App {
+        self.faults = faults;
+        self
     }
 
     fn next_height(&self) -> Height {
@@ -128,6 +166,8 @@ impl App {
                 self.metrics.round(round.as_i64());
                 self.check_future(height)?;
                 let _ = reply_value.send(self.stored_proposals(height, Some(round))?);
+                #[cfg(feature = "fault-injection")]
+                self.flood(channels, height).await?;
             }
             AppMsg::GetValue {
                 height,
@@ -139,6 +179,17 @@ impl App {
                 let _ = reply.send(LocallyProposedValue::new(height, round, value.clone()));
                 self.publish(channels, height, round, Round::Nil, &value)
                     .await?;
+                #[cfg(feature = "fault-injection")]
+                {
+                    self.equivocate(channels, height, round).await?;
+                    if let Some(super::faults::Crash::AfterProposing(h)) = self.faults.crash_at
+                        && height.0 >= h
+                    {
+                        // Give the parts a moment to leave through the network actor.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        super::faults::crash("after proposing");
+                    }
+                }
             }
             AppMsg::ExtendVote { reply, .. } => {
                 let _ = reply.send(None);
@@ -172,12 +223,12 @@ impl App {
                 let _ = reply.send(Height::INITIAL);
             }
             AppMsg::ReceivedProposalPart { from, part, reply } => {
-                let proposed = match self.reassembly.add(self.signer.chain(), from, part) {
+                let proposed = match self.received_part(from, part) {
                     Ok(Some(assembled)) => self.received_proposal(assembled)?,
                     Ok(None) => None,
                     Err(e) => {
-                        warn!(%from, error = %e, "dropped a proposal stream");
-                        self.metrics.rejected_proposal();
+                        debug!(%from, error = %e, "dropped a proposal part");
+                        self.metrics.rejected_part();
                         None
                     }
                 };
@@ -190,17 +241,20 @@ impl App {
                 certificate, reply, ..
             } => {
                 let height = certificate.height;
-                let next = match self.commit(certificate) {
-                    Ok(()) => Next::Start(height.increment(), self.validators.clone()),
-                    Err(e) => {
-                        error!(%height, error = %e, "could not commit the decided block; restarting the height");
-                        Next::Restart(height, self.validators.clone())
-                    }
-                };
-                let _ = reply.send(next);
+                // A block the network decided and this node cannot store or apply: halting is
+                // the only safe answer. Restarting the height would re-run it with no memory of
+                // this node's votes (the engine resets its WAL), and a persistent error would
+                // spin while the node looked healthy.
+                if let Err(e) = self.commit(certificate) {
+                    error!(%height, error = %e, "halting: could not commit the decided block");
+                    return Err(eyre!(
+                        "halting: could not commit the decided block at height {height}: {e:#}"
+                    ));
+                }
+                let _ = reply.send(Next::Start(height.increment(), self.validators.clone()));
             }
             AppMsg::GetDecidedValue { height, reply } => {
-                let _ = reply.send(self.decided_value(height)?);
+                let _ = reply.send(self.decided_value(height));
             }
             AppMsg::ProcessSyncedValue {
                 height,
@@ -209,32 +263,7 @@ impl App {
                 value_bytes,
                 reply,
             } => {
-                let proposed = match encoding::decode_limited::<Block>(
-                    &value_bytes,
-                    MAX_STREAM_BYTES,
-                ) {
-                    Ok(block) if block.header.height == height.0 => {
-                        let value = BlockValue::new(block);
-                        self.store_proposal(height, round, Round::Nil, proposer, true, &value)?;
-                        Some(ProposedValue {
-                            height,
-                            round,
-                            valid_round: Round::Nil,
-                            proposer,
-                            value,
-                            validity: Validity::Valid,
-                        })
-                    }
-                    Ok(block) => {
-                        warn!(%height, got = block.header.height, "synced block is for another height");
-                        None
-                    }
-                    Err(e) => {
-                        warn!(%height, error = %e, "synced block does not decode");
-                        None
-                    }
-                };
-                let _ = reply.send(proposed);
+                let _ = reply.send(self.synced_value(height, round, proposer, &value_bytes));
             }
         }
         Ok(())
@@ -260,9 +289,11 @@ impl App {
         let due = self.chain.state().tip.time_ms + self.block_time.as_millis() as u64;
         let wait = Duration::from_millis(due.saturating_sub(now_ms())).min(timeout / 2);
         tokio::time::sleep(wait).await;
+        #[allow(unused_mut)]
         let (mut block, after) = self.chain.propose(&self.proposer_key, now_ms());
-        if let Some(fault) = self.fault {
-            block = corrupt(block, fault, &self.signer);
+        #[cfg(feature = "fault-injection")]
+        if let Some(fault) = self.faults.proposal {
+            block = super::faults::corrupt(block, fault, &self.signer);
             warn!(%height, %round, ?fault, "proposing a deliberately faulty block");
         }
         debug!(%height, %round, txs = block.txs.len(), "proposing");
@@ -281,11 +312,165 @@ impl App {
         value: &BlockValue,
     ) -> eyre::Result<()> {
         let bytes = borsh::to_vec(value.block())?;
-        for msg in parts::stream(&self.signer, height, round, pol_round, &bytes) {
+        let messages =
+            match parts::stream(&self.signer, height, round, pol_round, value.id().0, &bytes) {
+                Ok(messages) => messages,
+                // Catching up below what this key signed, or it proposed something else here
+                // before it lost its memory: propose nothing.
+                Err(refusal @ (Refusal::BelowSigned { .. } | Refusal::Conflict { .. })) => {
+                    warn!(%refusal, "not proposing");
+                    return Ok(());
+                }
+                Err(refusal) => return Err(eyre!("halting: {refusal}")),
+            };
+        for msg in messages {
             channels
                 .network
                 .send(NetworkMsg::PublishProposalPart(msg))
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// A part of a proposal stream: accepted only from the coordinator whose turn it is at the
+    /// stream's height and round, for a height this node is about to decide.
+    fn received_part(
+        &mut self,
+        from: PeerId,
+        part: StreamMessage<ProposalPart>,
+    ) -> Result<Option<Assembled>, StreamError> {
+        let sender = *self.peers.get(&from).ok_or(StreamError::Stranger)?;
+        let (height, round) = parts::parse_stream_id(&part.stream_id).ok_or(
+            StreamError::Malformed("stream id is not a height and round"),
+        )?;
+        let next = self.next_height().0;
+        if height.0 < next || height.0 > next + MAX_HEIGHTS_AHEAD {
+            return Err(StreamError::OutOfRange {
+                height,
+                from: next,
+                to: next + MAX_HEIGHTS_AHEAD,
+            });
+        }
+        let proposer = PotContext.select_proposer(&self.validators, height, round);
+        if proposer.address.0 != sender {
+            return Err(StreamError::NotProposer {
+                sender,
+                height,
+                round,
+                proposer: proposer.address.0,
+            });
+        }
+        self.reassembly
+            .add(self.signer.chain(), sender, (height, round), part)
+    }
+
+    /// A block a peer sent through sync, for a height whose certificate the engine checked.
+    /// The peer is not the block's proposer, so what it sent is checked here (it must be a
+    /// block of this height by that proposer that applies to this node's state) and kept
+    /// only in memory, never stored as a proposal this node could later vote for.
+    fn synced_value(
+        &mut self,
+        height: Height,
+        round: Round,
+        proposer: ValidatorAddress,
+        value_bytes: &[u8],
+    ) -> Option<ProposedValue<PotContext>> {
+        self.status.synced(std::time::Instant::now());
+        let block = match encoding::decode_limited::<Block>(value_bytes, MAX_STREAM_BYTES) {
+            Ok(block) => block,
+            Err(e) => {
+                warn!(%height, error = %e, "synced block does not decode");
+                return None;
+            }
+        };
+        if block.header.height != height.0 {
+            warn!(%height, got = block.header.height, "synced block is for another height");
+            return None;
+        }
+        let value = BlockValue::new(block);
+        let checked = self
+            .chain
+            .check_proposal(value.block(), proposer.0, now_ms());
+        let validity = match checked {
+            Ok(after) => {
+                self.synced.insert(value.id(), (value.clone(), after));
+                Validity::Valid
+            }
+            Err(e) => {
+                warn!(%height, %round, error = %e, "synced block does not apply");
+                Validity::Invalid
+            }
+        };
+        Some(ProposedValue {
+            height,
+            round,
+            valid_round: Round::Nil,
+            proposer,
+            value,
+            validity,
+        })
+    }
+
+    /// Publish a second, different valid block for this round (a Byzantine proposer).
+    #[cfg(feature = "fault-injection")]
+    async fn equivocate(
+        &mut self,
+        channels: &mut Channels<PotContext>,
+        height: Height,
+        round: Round,
+    ) -> eyre::Result<()> {
+        if self.faults.proposal != Some(super::faults::Fault::Equivocate) {
+            return Ok(());
+        }
+        let (other, _) = self.chain.propose(&self.proposer_key, now_ms() + 1);
+        let bytes = borsh::to_vec(&other)?;
+        let me = ValidatorAddress(self.signer.address());
+        let digest =
+            parts::stream_digest(self.signer.chain(), height, round, Round::Nil, me, &bytes);
+        let signature = self.signer.sign_unguarded(&digest);
+        warn!(%height, %round, other = %BlockValue::new(other).id(), "equivocating: a second proposal for this round");
+        for msg in parts::stream_signed(height, round, Round::Nil, me, &bytes, signature) {
+            channels
+                .network
+                .send(NetworkMsg::PublishProposalPart(msg))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Publish many unfinished streams at `height` (a Byzantine coordinator crowding out honest
+    /// proposals).
+    #[cfg(feature = "fault-injection")]
+    async fn flood(
+        &mut self,
+        channels: &mut Channels<PotContext>,
+        height: Height,
+    ) -> eyre::Result<()> {
+        use super::faults::{FLOOD_BYTES, FLOOD_STREAMS, Fault};
+        use malachitebft_engine::util::streaming::StreamContent;
+        if self.faults.proposal != Some(Fault::FloodParts) {
+            return Ok(());
+        }
+        for r in 0..FLOOD_STREAMS {
+            let round = Round::new(r);
+            let proposer = PotContext
+                .select_proposer(&self.validators, height, round)
+                .address;
+            let id = parts::stream_id(height, round);
+            let init = ProposalPart::Init {
+                height,
+                round,
+                pol_round: Round::Nil,
+                proposer,
+            };
+            let junk = ProposalPart::Data(vec![0xab; FLOOD_BYTES]);
+            for (seq, part) in [init, junk].into_iter().enumerate() {
+                let msg = StreamMessage::new(id.clone(), seq as u64, StreamContent::Data(part));
+                channels
+                    .network
+                    .send(NetworkMsg::PublishProposalPart(msg))
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -410,9 +595,18 @@ impl App {
     fn commit(&mut self, certificate: CommitCertificate<PotContext>) -> eyre::Result<()> {
         let height = certificate.height;
         let id = certificate.value_id;
+        #[cfg(feature = "fault-injection")]
+        {
+            if self.faults.fail_commit_at == Some(height.0) {
+                return Err(eyre!("injected fault: the store refused the write"));
+            }
+            if self.faults.crash_at == Some(super::faults::Crash::BeforeStoringDecided(height.0)) {
+                super::faults::crash("between the decision and the store");
+            }
+        }
         // A value checked at this height is in memory with the state after it; one that came
-        // through sync, or before a restart, is in the store and is executed on commit.
-        let (value, after) = match self.checked.remove(&id) {
+        // before a restart is in the store and is executed on commit.
+        let (value, after) = match self.checked.remove(&id).or_else(|| self.synced.remove(&id)) {
             Some((value, after)) => (value, Some(after)),
             None => {
                 let stored = self
@@ -425,10 +619,23 @@ impl App {
                 (stored.value, None)
             }
         };
-        let cert_bytes = BorshCodec.encode(&certificate)?;
-        self.chain.commit(value.block(), &cert_bytes, after)?;
+        let commit = to_commit(&certificate);
+        // The engine checked the precommits; checking them again in the protocol's own terms
+        // makes sure what is stored proves the block to anyone holding the genesis.
+        commit
+            .verify(
+                self.signer.chain(),
+                &self.chain.genesis().coordinators,
+                height.0,
+                &id.0,
+            )
+            .map_err(|e| eyre!("the decided block's certificate does not verify: {e}"))?;
+        self.chain.commit(value.block(), &commit, after)?;
         self.checked.clear();
+        self.synced.clear();
+        self.reassembly.prune_below(height.increment());
         let now = std::time::Instant::now();
+        self.status.committed(height.0, now);
         let interval = self.last_commit.map(|t| now - t);
         self.last_commit = Some(now);
         self.metrics.committed(
@@ -441,47 +648,54 @@ impl App {
         Ok(())
     }
 
-    fn decided_value(&self, height: Height) -> eyre::Result<Option<RawDecidedValue<PotContext>>> {
+    /// A decided block and its certificate for a peer that is catching up. A stored record that
+    /// does not decode is reported and not served; it must not take the node down.
+    fn decided_value(&self, height: Height) -> Option<RawDecidedValue<PotContext>> {
         let store = self.chain.store();
-        let (Some(value_bytes), Some(cert)) =
-            (store.block_bytes(height.0)?, store.certificate(height.0)?)
-        else {
-            return Ok(None);
-        };
-        let certificate: CommitCertificate<PotContext> = BorshCodec.decode(cert.into())?;
-        Ok(Some(RawDecidedValue {
-            value_bytes: value_bytes.into(),
-            certificate,
-        }))
+        let found = store
+            .block_bytes(height.0)
+            .and_then(|b| Ok((b, store.commit_at(height.0)?)));
+        match found {
+            Ok((Some(value_bytes), Some(commit))) => Some(RawDecidedValue {
+                value_bytes: value_bytes.into(),
+                certificate: from_commit(&commit),
+            }),
+            Ok(_) => None,
+            Err(e) => {
+                error!(%height, error = %e, "cannot serve a decided block to a peer");
+                None
+            }
+        }
     }
 }
 
-/// Break a block the way `fault` says, keeping everything else consistent (the transaction
-/// root matches its transactions) so that only the intended fault is there to be caught.
-fn corrupt(mut block: Block, fault: Fault, signer: &Signer) -> Block {
-    use pot_protocol::tx::{Tx, TxBody};
-    match fault {
-        Fault::WrongStateRoot => {
-            block.header.state_root = pot_protocol::Hash::digest(b"not the state root");
-        }
-        Fault::InvalidTx => {
-            let forger = pot_protocol::SecretKey::from_seed([0xee; 32]);
-            let mut stx = Tx {
-                chain_id: String::new(),
-                signer: forger.address(),
-                nonce: 0,
-                fee: pot_protocol::Amount(0),
-                body: TxBody::Transfer {
-                    to: signer.address(),
-                    amount: pot_protocol::Amount(1),
-                },
-            }
-            .sign(&forger);
-            // The forger's signature, claimed for this coordinator's account.
-            stx.tx.signer = signer.address();
-            block.txs.push(stx);
-            block.header.tx_root = pot_protocol::block::tx_root(&block.txs);
-        }
+/// The engine's certificate in the protocol's terms (what the store keeps).
+fn to_commit(c: &CommitCertificate<PotContext>) -> Commit {
+    Commit {
+        height: c.height.0,
+        round: round_number(c.round),
+        block: c.value_id.0,
+        signatures: c
+            .commit_signatures
+            .iter()
+            .map(|s| commit::CommitSignature {
+                coordinator: s.address.0,
+                signature: s.signature,
+            })
+            .collect(),
     }
-    block
+}
+
+/// A stored certificate for the engine (sync serves it to peers).
+fn from_commit(c: &Commit) -> CommitCertificate<PotContext> {
+    CommitCertificate {
+        height: Height(c.height),
+        round: Round::new(c.round),
+        value_id: BlockId(c.block),
+        commit_signatures: c
+            .signatures
+            .iter()
+            .map(|s| CommitSignature::new(ValidatorAddress(s.coordinator), s.signature))
+            .collect(),
+    }
 }

@@ -4,8 +4,12 @@
 pub mod app;
 pub mod codec;
 pub mod context;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod parts;
+pub mod sign_guard;
 pub mod signing;
+pub mod status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +29,9 @@ use malachitebft_config::{
 use multiaddr::Multiaddr;
 use pot_protocol::{Address, SecretKey};
 use serde::{Deserialize, Serialize};
+use sign_guard::SignGuard;
+use tokio::sync::mpsc;
+use tracing::warn;
 
 use crate::chain::Chain;
 use crate::metrics::Metrics;
@@ -41,17 +48,11 @@ pub struct EngineConfig {
     pub key: SecretKey,
     pub p2p_listen: Multiaddr,
     pub peers: Vec<Multiaddr>,
-    /// Misbehave as a proposer (tests of what honest coordinators do about it).
-    pub fault: Option<Fault>,
-}
-
-/// A deliberate fault in this node's own proposals, for tests only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Fault {
-    /// Propose blocks whose header claims a state root execution does not give.
-    WrongStateRoot,
-    /// Propose blocks carrying a transaction with a forged signature.
-    InvalidTx,
+    /// The record of what this key signed (see [`sign_guard`]).
+    pub sign_state: PathBuf,
+    /// Deliberate misbehaviour (tests of what honest coordinators do about it).
+    #[cfg(feature = "fault-injection")]
+    pub faults: faults::Faults,
 }
 
 /// What Malachite reads from a node's configuration.
@@ -119,7 +120,7 @@ struct EngineNode {
     home: PathBuf,
     key: SecretKey,
     settings: Settings,
-    chain_hash: pot_protocol::Hash,
+    signer: Signer,
 }
 
 /// Unused: the engine is started through `start_engine`, not `Node::start`.
@@ -187,13 +188,18 @@ impl Node for EngineNode {
         Ok(())
     }
 
-    fn get_signing_provider(&self, sk: SecretKey) -> Signer {
-        Signer::new(sk, self.chain_hash)
+    fn get_signing_provider(&self, _sk: SecretKey) -> Signer {
+        self.signer.clone()
     }
 }
 
 /// Join consensus and serve the engine until it stops. Returns only with an error.
-pub async fn run(cfg: EngineConfig, chain: Arc<Chain>, metrics: Arc<Metrics>) -> eyre::Result<()> {
+pub async fn run(
+    cfg: EngineConfig,
+    chain: Arc<Chain>,
+    metrics: Arc<Metrics>,
+    status: Arc<status::EngineStatus>,
+) -> eyre::Result<()> {
     let block_time = Duration::from_millis(chain.genesis().params.block_time_ms);
     let me = cfg.key.address();
     if !chain.genesis().coordinators.iter().any(|c| c.address == me) {
@@ -208,12 +214,29 @@ pub async fn run(cfg: EngineConfig, chain: Arc<Chain>, metrics: Arc<Metrics>) ->
                 .join(", ")
         ));
     }
+    let guard = Arc::new(SignGuard::open(&cfg.sign_state)?);
+    if guard.height() > chain.height() + 1 {
+        warn!(
+            signed = guard.height(),
+            chain = chain.height(),
+            record = %guard.path().display(),
+            "this key signed at a height the chain database has not reached; following without \
+             signing until sync passes it"
+        );
+    }
+    let (halt, mut halted) = mpsc::unbounded_channel();
+    let signer = Signer::guarded(cfg.key.clone(), chain.genesis_hash(), guard, halt);
+    #[cfg(feature = "fault-injection")]
+    let signer = match &cfg.faults.signature_log {
+        Some(path) => signer.with_signature_log(path)?,
+        None => signer,
+    };
     let settings = Settings::new(&cfg, block_time);
     let node = EngineNode {
         home: cfg.data_dir.clone(),
         key: cfg.key.clone(),
         settings: settings.clone(),
-        chain_hash: chain.genesis_hash(),
+        signer: signer.clone(),
     };
     let validators = ValidatorSet::new(&chain.genesis().coordinators);
     let start = Height(chain.height() + 1);
@@ -227,21 +250,13 @@ pub async fn run(cfg: EngineConfig, chain: Arc<Chain>, metrics: Arc<Metrics>) ->
         validators,
     )
     .await?;
-    let signer = Arc::new(Signer::new(cfg.key.clone(), chain.genesis_hash()));
-    let result = app::App::new(chain, signer, metrics, cfg.fault)
-        .run(&mut channels)
-        .await;
+    let app = app::App::new(chain, Arc::new(signer), metrics, status);
+    #[cfg(feature = "fault-injection")]
+    let app = app.with_faults(cfg.faults.clone());
+    let result = tokio::select! {
+        r = app.run(&mut channels) => r,
+        Some(reason) = halted.recv() => Err(eyre!("halting: {reason}")),
+    };
     handle.actor.stop(Some("application stopped".into()));
     result
-}
-
-/// The round and the signers of a stored commit certificate (for the API).
-pub fn certificate_signers(bytes: &[u8]) -> Option<(u32, Vec<Address>)> {
-    use malachitebft_app::types::codec::Codec;
-    use malachitebft_core_types::CommitCertificate;
-    let cert: CommitCertificate<PotContext> = BorshCodec
-        .decode(bytes::Bytes::copy_from_slice(bytes))
-        .ok()?;
-    let signers = cert.commit_signatures.iter().map(|s| s.address.0).collect();
-    Some((cert.round.as_u32().unwrap_or(0), signers))
 }

@@ -1,16 +1,20 @@
 //! Proposals travel as a stream of parts: `Init` (height, round, proposer), the encoded block in
 //! chunks, and `Fin` with the proposer's signature over all of it. The engine does not check
-//! parts, so this module does: a stream is accepted only when it is complete, in order, within
-//! the size limit, and signed by the coordinator it names.
+//! parts, so this module does. A stream is identified by its (height, round) and kept per
+//! sending coordinator, whose identity the gossip layer authenticates; the caller drops parts
+//! from anyone but the proposer of that height and round before they get here. Each sender has
+//! a few streams and a bounded number of bytes in memory, counting every part; a stream is
+//! accepted only when it is complete, in order, within the size limit, names its sender as the
+//! proposer, and carries that proposer's signature.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use malachitebft_core_types::Round;
 use malachitebft_engine::util::streaming::{StreamContent, StreamId, StreamMessage};
-use malachitebft_peer::PeerId;
 use pot_protocol::{Address, Hash, Signature};
 
 use super::context::{Height, ProposalPart, ValidatorAddress};
+use super::sign_guard::Refusal;
 use super::signing::Signer;
 
 /// Largest data chunk in one part (the gossip layer's message limit is a few MiB).
@@ -18,8 +22,11 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 /// Largest encoded block a stream may carry (the ledger's limit plus headroom for the header).
 pub const MAX_STREAM_BYTES: usize =
     pot_protocol::ledger::block_limits::MAX_TX_BYTES_TOTAL + 64 * 1024;
-/// Streams being assembled at once; the oldest is dropped beyond this.
-const MAX_OPEN_STREAMS: usize = 64;
+/// Most parts a stream can have: Init, the chunks of the largest block, the signature, the end.
+const MAX_PARTS: u64 = MAX_STREAM_BYTES.div_ceil(CHUNK_BYTES) as u64 + 3;
+/// Streams one coordinator may have in assembly at once; its oldest is dropped beyond this.
+/// An honest proposer has one or two (a round and its successor) in flight.
+pub const MAX_STREAMS_PER_SENDER: usize = 4;
 
 /// A complete, signature-checked proposal as it came off the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +38,8 @@ pub struct Assembled {
     pub block_bytes: Vec<u8>,
 }
 
-fn stream_digest(
+/// What the proposer signs: the chain, the proposal's place, and the block's hash.
+pub fn stream_digest(
     chain: &Hash,
     height: Height,
     round: Round,
@@ -57,23 +65,57 @@ pub fn stream_id(height: Height, round: Round) -> StreamId {
     StreamId::new(bytes.into())
 }
 
-/// Split a signed proposal into the messages to publish.
+/// The (height, round) a stream id names, if it is one `stream_id` makes.
+pub fn parse_stream_id(id: &StreamId) -> Option<(Height, Round)> {
+    let bytes = id.to_bytes();
+    if bytes.len() != 16 {
+        return None;
+    }
+    let height = u64::from_be_bytes(bytes[..8].try_into().ok()?);
+    let round = i64::from_be_bytes(bytes[8..].try_into().ok()?);
+    let round = u32::try_from(round).ok()?;
+    Some((Height(height), Round::new(round)))
+}
+
+/// Sign this node's proposal of `block_bytes` (the block `value`) and split it into the
+/// messages to publish; refused if this key already proposed something else there.
 pub fn stream(
     signer: &Signer,
     height: Height,
     round: Round,
     pol_round: Round,
+    value: Hash,
     block_bytes: &[u8],
-) -> Vec<StreamMessage<ProposalPart>> {
+) -> Result<Vec<StreamMessage<ProposalPart>>, Refusal> {
     let proposer = ValidatorAddress(signer.address());
-    let signature = signer.sign(&stream_digest(
+    let digest = stream_digest(
         signer.chain(),
         height,
         round,
         pol_round,
         proposer,
         block_bytes,
-    ));
+    );
+    let signature = signer.sign_proposal_stream(height, round, value, &digest)?;
+    Ok(stream_signed(
+        height,
+        round,
+        pol_round,
+        proposer,
+        block_bytes,
+        signature,
+    ))
+}
+
+/// The messages of a proposal stream with its signature already made.
+pub fn stream_signed(
+    height: Height,
+    round: Round,
+    pol_round: Round,
+    proposer: ValidatorAddress,
+    block_bytes: &[u8],
+    signature: Signature,
+) -> Vec<StreamMessage<ProposalPart>> {
     let mut parts = vec![ProposalPart::Init {
         height,
         round,
@@ -103,12 +145,27 @@ pub fn stream(
 /// Why a received stream was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamError {
-    #[error("stream is over {MAX_STREAM_BYTES} bytes")]
+    #[error("stream is over {MAX_STREAM_BYTES} bytes of block or {MAX_PARTS} parts")]
     TooLarge,
     #[error("stream parts are out of shape: {0}")]
     Malformed(&'static str),
     #[error("proposal signature does not verify for {0}")]
     BadSignature(Address),
+    #[error("parts from a peer that is not a coordinator")]
+    Stranger,
+    #[error(
+        "{sender} sent a proposal for height {height} round {round}, where the proposer is {proposer}"
+    )]
+    NotProposer {
+        sender: Address,
+        height: Height,
+        round: Round,
+        proposer: Address,
+    },
+    #[error(
+        "proposal for height {height} is outside the heights this node accepts ({from}..={to})"
+    )]
+    OutOfRange { height: Height, from: u64, to: u64 },
 }
 
 #[derive(Default)]
@@ -118,56 +175,106 @@ struct Partial {
     bytes: usize,
 }
 
-/// Streams being assembled, per sending peer.
-#[derive(Default)]
-pub struct Reassembly {
-    open: BTreeMap<(PeerId, StreamId), Partial>,
-    order: VecDeque<(PeerId, StreamId)>,
-}
-
-impl Reassembly {
-    /// Add a message; returns the proposal once its stream is complete and verified. A stream
-    /// that turns out bad is dropped and reported.
-    pub fn add(
-        &mut self,
-        chain: &Hash,
-        from: PeerId,
-        msg: StreamMessage<ProposalPart>,
-    ) -> Result<Option<Assembled>, StreamError> {
-        let key = (from, msg.stream_id.clone());
-        if !self.open.contains_key(&key) {
-            if self.order.len() == MAX_OPEN_STREAMS
-                && let Some(oldest) = self.order.pop_front()
-            {
-                self.open.remove(&oldest);
-            }
-            self.order.push_back(key.clone());
-        }
-        let partial = self.open.entry(key.clone()).or_default();
-        if let StreamContent::Data(ProposalPart::Data(d)) = &msg.content {
-            partial.bytes += d.len();
-        }
-        if msg.content.is_fin() {
-            partial.fin_at = Some(msg.sequence);
-        }
-        partial.messages.insert(msg.sequence, msg.content);
-        let too_large = partial.bytes > MAX_STREAM_BYTES;
-        let complete = partial
-            .fin_at
-            .is_some_and(|fin| partial.messages.len() as u64 == fin + 1);
-        if !too_large && !complete {
-            return Ok(None);
-        }
-        let partial = self.open.remove(&key).expect("present");
-        self.order.retain(|k| k != &key);
-        if too_large {
-            return Err(StreamError::TooLarge);
-        }
-        assemble(chain, partial).map(Some)
+/// Block bytes a part carries (the others are small and fixed in size; their number is capped
+/// by the sequence limit).
+fn data_len(content: &StreamContent<ProposalPart>) -> usize {
+    match content {
+        StreamContent::Data(ProposalPart::Data(d)) => d.len(),
+        _ => 0,
     }
 }
 
-fn assemble(chain: &Hash, partial: Partial) -> Result<Assembled, StreamError> {
+/// Streams being assembled, per sending coordinator.
+#[derive(Default)]
+pub struct Reassembly {
+    senders: HashMap<Address, SenderStreams>,
+}
+
+/// One sender's open streams, oldest first.
+#[derive(Default)]
+struct SenderStreams {
+    streams: VecDeque<((Height, Round), Partial)>,
+}
+
+impl Reassembly {
+    /// Add a message that `sender` (an authenticated coordinator, the proposer of `place`)
+    /// sent for the stream at `place`; returns the proposal once its stream is complete and
+    /// verified. A stream that turns out bad is dropped and reported.
+    pub fn add(
+        &mut self,
+        chain: &Hash,
+        sender: Address,
+        place: (Height, Round),
+        msg: StreamMessage<ProposalPart>,
+    ) -> Result<Option<Assembled>, StreamError> {
+        let mine = self.senders.entry(sender).or_default();
+        let at = match mine.streams.iter().position(|(p, _)| *p == place) {
+            Some(i) => i,
+            None => {
+                if mine.streams.len() == MAX_STREAMS_PER_SENDER {
+                    mine.streams.pop_front();
+                }
+                mine.streams.push_back((place, Partial::default()));
+                mine.streams.len() - 1
+            }
+        };
+        let outcome = {
+            let partial = &mut mine.streams[at].1;
+            if msg.sequence >= MAX_PARTS {
+                Err(StreamError::TooLarge)
+            } else if partial.messages.contains_key(&msg.sequence) {
+                Err(StreamError::Malformed("a part sent twice"))
+            } else {
+                partial.bytes += data_len(&msg.content);
+                if msg.content.is_fin() {
+                    partial.fin_at = Some(msg.sequence);
+                }
+                partial.messages.insert(msg.sequence, msg.content);
+                if partial.bytes > MAX_STREAM_BYTES {
+                    Err(StreamError::TooLarge)
+                } else {
+                    Ok(partial
+                        .fin_at
+                        .is_some_and(|fin| partial.messages.len() as u64 == fin + 1))
+                }
+            }
+        };
+        match outcome {
+            Ok(false) => Ok(None),
+            Ok(true) => {
+                let (_, partial) = mine.streams.remove(at).expect("present");
+                assemble(chain, sender, place, partial).map(Some)
+            }
+            Err(e) => {
+                mine.streams.remove(at);
+                Err(e)
+            }
+        }
+    }
+
+    /// Forget streams for heights below `height` (decided already).
+    pub fn prune_below(&mut self, height: Height) {
+        for s in self.senders.values_mut() {
+            s.streams.retain(|((h, _), _)| *h >= height);
+        }
+        self.senders.retain(|_, s| !s.streams.is_empty());
+    }
+
+    /// Bytes held for `sender`'s open streams.
+    pub fn held_by(&self, sender: &Address) -> usize {
+        self.senders
+            .get(sender)
+            .map(|s| s.streams.iter().map(|(_, p)| p.bytes).sum())
+            .unwrap_or(0)
+    }
+}
+
+fn assemble(
+    chain: &Hash,
+    sender: Address,
+    place: (Height, Round),
+    partial: Partial,
+) -> Result<Assembled, StreamError> {
     let mut contents = partial.messages.into_values();
     let Some(StreamContent::Data(ProposalPart::Init {
         height,
@@ -178,6 +285,16 @@ fn assemble(chain: &Hash, partial: Partial) -> Result<Assembled, StreamError> {
     else {
         return Err(StreamError::Malformed("first part is not Init"));
     };
+    if (height, round) != place {
+        return Err(StreamError::Malformed(
+            "Init names another height or round than the stream",
+        ));
+    }
+    if proposer.0 != sender {
+        return Err(StreamError::Malformed(
+            "Init names another proposer than the sender",
+        ));
+    }
     let mut block_bytes = Vec::with_capacity(partial.bytes);
     let mut signature: Option<Signature> = None;
     for content in contents {
@@ -208,13 +325,6 @@ mod tests {
     use super::*;
     use pot_protocol::SecretKey;
 
-    fn peer() -> PeerId {
-        let id = libp2p_identity::Keypair::generate_ed25519()
-            .public()
-            .to_peer_id();
-        PeerId::from_bytes(&id.to_bytes()).expect("a libp2p peer id")
-    }
-
     fn setup() -> (Signer, Hash, Vec<u8>) {
         let chain = Hash::digest(b"genesis");
         let signer = Signer::new(SecretKey::from_seed([3; 32]), chain);
@@ -222,54 +332,98 @@ mod tests {
         (signer, chain, block)
     }
 
+    fn messages(signer: &Signer, h: u64, r: u32, block: &[u8]) -> Vec<StreamMessage<ProposalPart>> {
+        stream(
+            signer,
+            Height(h),
+            Round::new(r),
+            Round::Nil,
+            Hash::digest(block),
+            block,
+        )
+        .unwrap()
+    }
+
+    fn feed(
+        r: &mut Reassembly,
+        chain: &Hash,
+        sender: Address,
+        messages: Vec<StreamMessage<ProposalPart>>,
+    ) -> Vec<Result<Option<Assembled>, StreamError>> {
+        messages
+            .into_iter()
+            .map(|m| {
+                let place = parse_stream_id(&m.stream_id).expect("our stream ids parse");
+                r.add(chain, sender, place, m)
+            })
+            .collect()
+    }
+
     #[test]
     fn a_stream_reassembles_in_any_order() {
         let (signer, chain, block) = setup();
-        let mut messages = stream(&signer, Height(5), Round::new(1), Round::Nil, &block);
-        assert_eq!(
-            messages.len(),
-            1 + 3 + 1 + 1,
-            "init, 3 chunks, signature, end"
-        );
-        messages.reverse();
+        let mut msgs = messages(&signer, 5, 1, &block);
+        assert_eq!(msgs.len(), 1 + 3 + 1 + 1, "init, 3 chunks, signature, end");
+        msgs.reverse();
         let mut r = Reassembly::default();
-        let from = peer();
-        let mut done = None;
-        for m in messages {
-            if let Some(a) = r.add(&chain, from, m).unwrap() {
-                done = Some(a);
-            }
-        }
-        let a = done.expect("complete");
-        assert_eq!(a.block_bytes, block);
-        assert_eq!(a.height, Height(5));
-        assert_eq!(a.proposer.0, signer.address());
-        assert!(r.open.is_empty());
+        let done = feed(&mut r, &chain, signer.address(), msgs)
+            .into_iter()
+            .find_map(|x| x.unwrap())
+            .expect("complete");
+        assert_eq!(done.block_bytes, block);
+        assert_eq!(done.height, Height(5));
+        assert_eq!(done.proposer.0, signer.address());
+        assert_eq!(r.held_by(&signer.address()), 0);
+    }
+
+    #[test]
+    fn a_stream_id_names_its_height_and_round() {
+        assert_eq!(
+            parse_stream_id(&stream_id(Height(9), Round::new(4))),
+            Some((Height(9), Round::new(4)))
+        );
+        assert_eq!(parse_stream_id(&StreamId::new(vec![1, 2, 3].into())), None);
+        assert_eq!(parse_stream_id(&stream_id(Height(9), Round::Nil)), None);
     }
 
     #[test]
     fn a_changed_chunk_or_another_chain_fails_the_signature() {
         let (signer, chain, block) = setup();
-        let mut messages = stream(&signer, Height(5), Round::new(0), Round::Nil, &block);
-        messages[2].content = StreamContent::Data(ProposalPart::Data(vec![0; 10]));
+        let mut msgs = messages(&signer, 5, 0, &block);
+        msgs[2].content = StreamContent::Data(ProposalPart::Data(vec![0; 10]));
         let mut r = Reassembly::default();
-        let from = peer();
-        let results: Vec<_> = messages
-            .into_iter()
-            .map(|m| r.add(&chain, from, m))
-            .collect();
+        let results = feed(&mut r, &chain, signer.address(), msgs);
         assert_eq!(
             results.last().unwrap(),
             &Err(StreamError::BadSignature(signer.address()))
         );
 
-        let messages = stream(&signer, Height(5), Round::new(0), Round::Nil, &block);
         let other = Hash::digest(b"other genesis");
         let mut r = Reassembly::default();
-        let last = messages.into_iter().map(|m| r.add(&other, from, m)).last();
+        let last = feed(
+            &mut r,
+            &other,
+            signer.address(),
+            messages(&signer, 5, 0, &block),
+        );
         assert_eq!(
-            last.unwrap(),
-            Err(StreamError::BadSignature(signer.address()))
+            last.last().unwrap(),
+            &Err(StreamError::BadSignature(signer.address()))
+        );
+    }
+
+    #[test]
+    fn a_stream_relayed_under_another_senders_name_is_refused() {
+        // A coordinator that relays (or forges) a stream naming someone else as proposer.
+        let (signer, chain, block) = setup();
+        let other = SecretKey::from_seed([4; 32]).address();
+        let mut r = Reassembly::default();
+        let results = feed(&mut r, &chain, other, messages(&signer, 5, 0, &block));
+        assert_eq!(
+            results.last().unwrap(),
+            &Err(StreamError::Malformed(
+                "Init names another proposer than the sender"
+            ))
         );
     }
 
@@ -277,14 +431,65 @@ mod tests {
     fn an_oversized_stream_is_dropped() {
         let (signer, chain, _) = setup();
         let big = vec![1u8; MAX_STREAM_BYTES + 1];
-        let messages = stream(&signer, Height(1), Round::new(0), Round::Nil, &big);
         let mut r = Reassembly::default();
-        let from = peer();
-        let errors: Vec<_> = messages
-            .into_iter()
-            .filter_map(|m| r.add(&chain, from, m).err())
-            .collect();
+        let errors: Vec<_> = feed(
+            &mut r,
+            &chain,
+            signer.address(),
+            messages(&signer, 1, 0, &big),
+        )
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
         assert_eq!(errors.first(), Some(&StreamError::TooLarge));
-        assert!(r.open.len() <= 1);
+    }
+
+    #[test]
+    fn a_flood_of_small_parts_is_bounded_too() {
+        let (signer, chain, _) = setup();
+        let id = stream_id(Height(2), Round::new(0));
+        let mut r = Reassembly::default();
+        let mut refused = false;
+        for seq in 0..10_000u64 {
+            let m = StreamMessage::new(
+                id.clone(),
+                seq,
+                StreamContent::Data(ProposalPart::Data(vec![])),
+            );
+            if r.add(&chain, signer.address(), (Height(2), Round::new(0)), m)
+                .is_err()
+            {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "empty parts are counted");
+        assert_eq!(r.held_by(&signer.address()), 0, "the stream was dropped");
+    }
+
+    #[test]
+    fn one_sender_cannot_evict_another_senders_stream() {
+        let (honest, chain, block) = setup();
+        let flooder = Signer::new(SecretKey::from_seed([5; 32]), chain);
+        let mut r = Reassembly::default();
+        let mut msgs = messages(&honest, 7, 0, &block);
+        let last = msgs.pop().unwrap();
+        assert!(
+            feed(&mut r, &chain, honest.address(), msgs)
+                .iter()
+                .all(|x| x == &Ok(None))
+        );
+        // The flooder opens many streams of its own (rounds it might propose in).
+        for round in 0..100 {
+            let mut m = messages(&flooder, 7, round, &block);
+            m.pop();
+            feed(&mut r, &chain, flooder.address(), m);
+        }
+        assert!(r.held_by(&flooder.address()) <= MAX_STREAMS_PER_SENDER * MAX_STREAM_BYTES);
+        let done = r
+            .add(&chain, honest.address(), (Height(7), Round::new(0)), last)
+            .unwrap()
+            .expect("the honest stream completes");
+        assert_eq!(done.block_bytes, block);
     }
 }

@@ -2,11 +2,17 @@
 //! its own tag and the chain's genesis hash, so a vote for one chain (or one kind of message)
 //! can never be replayed as another.
 
-use borsh::BorshSerialize;
-use malachitebft_core_types::{self as mc, SignedMessage};
-use pot_protocol::{Address, Hash, SecretKey, Signature};
+use std::sync::Arc;
 
-use super::context::{PotContext, Proposal, ProposalPart, Vote};
+use borsh::BorshSerialize;
+use malachitebft_core_types::{self as mc, NilOrVal, SignedMessage, VoteType};
+use pot_protocol::commit::{VoteContent, VoteKind};
+use pot_protocol::{Address, Hash, SecretKey, Signature};
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+use super::context::{Height, PotContext, Proposal, ProposalPart, Vote};
+use super::sign_guard::{Refusal, SignGuard, Step};
 
 /// The signing scheme: the protocol's ed25519 keys, public key = address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,19 +42,32 @@ fn digest(tag: &str, chain: &Hash, fields: &impl BorshSerialize) -> Hash {
     Hash::tagged(tag, &[chain.as_bytes(), &body])
 }
 
+/// The vote's content in the protocol's own terms, so a commit certificate can be checked by
+/// anyone with the genesis file (`pot_protocol::commit`), without this engine.
+pub fn vote_content(vote: &Vote) -> VoteContent {
+    VoteContent {
+        kind: match vote.vote_type {
+            VoteType::Prevote => VoteKind::Prevote,
+            VoteType::Precommit => VoteKind::Precommit,
+        },
+        height: vote.height.0,
+        round: round_number(vote.round),
+        block: match &vote.value {
+            NilOrVal::Nil => None,
+            NilOrVal::Val(id) => Some(id.0),
+        },
+        voter: vote.validator.0,
+    }
+}
+
+/// A defined round's number (the engine never signs for the nil round).
+pub fn round_number(round: mc::Round) -> u32 {
+    round.as_u32().unwrap_or(0)
+}
+
 pub fn vote_digest(chain: &Hash, vote: &Vote) -> Hash {
     // The extension is signed on its own; a vote's signature covers the vote itself.
-    digest(
-        "pot/consensus/vote",
-        chain,
-        &(
-            vote.vote_type,
-            vote.height,
-            vote.round,
-            &vote.value,
-            vote.validator,
-        ),
-    )
+    vote_content(vote).digest(chain)
 }
 
 pub fn proposal_digest(chain: &Hash, p: &Proposal) -> Hash {
@@ -64,23 +83,94 @@ pub fn part_digest(chain: &Hash, part: &ProposalPart) -> Hash {
     digest("pot/consensus/part", chain, part)
 }
 
-/// Signs for this coordinator and checks other coordinators' signatures.
+/// Signs for this coordinator and checks other coordinators' signatures. Every proposal and
+/// vote of this key passes its [`SignGuard`] first. The engine's signing interface cannot fail,
+/// so a refusal is answered in one of two ways:
+/// - the key signed at a higher height (the chain database was lost or restored), or signed
+///   something else at this height, round and step (the engine lost its memory of the height):
+///   the engine gets an empty signature that no peer accepts. To the others this node is
+///   silent there, like a crashed one, and it follows by sync until it can sign again;
+/// - the record cannot be written (a full or failing disk): signing without it would be
+///   unsafe, so the refusal is sent on `halt` and the signing call panics rather than return a
+///   signature.
+#[derive(Clone)]
 pub struct Signer {
     key: SecretKey,
     chain: Hash,
+    guard: Option<Arc<SignGuard>>,
+    halt: Option<mpsc::UnboundedSender<String>>,
+    /// Tests: every guarded signature made, one line each.
+    #[cfg(feature = "fault-injection")]
+    log: Option<Arc<std::sync::Mutex<std::fs::File>>>,
 }
 
 impl Signer {
-    /// `chain` is the genesis hash.
+    /// `chain` is the genesis hash. A signer without a guard is for tests and for keys that
+    /// sign nothing that counts (an observer's throwaway key).
     pub fn new(key: SecretKey, chain: Hash) -> Signer {
-        Signer { key, chain }
+        Signer {
+            key,
+            chain,
+            guard: None,
+            halt: None,
+            #[cfg(feature = "fault-injection")]
+            log: None,
+        }
+    }
+
+    /// A signer whose proposals and votes pass `guard`, reporting a refusal on `halt`.
+    pub fn guarded(
+        key: SecretKey,
+        chain: Hash,
+        guard: Arc<SignGuard>,
+        halt: mpsc::UnboundedSender<String>,
+    ) -> Signer {
+        Signer {
+            key,
+            chain,
+            guard: Some(guard),
+            halt: Some(halt),
+            #[cfg(feature = "fault-injection")]
+            log: None,
+        }
+    }
+
+    /// Append a line for every guarded signature to `path` (tests).
+    #[cfg(feature = "fault-injection")]
+    pub fn with_signature_log(mut self, path: &std::path::Path) -> std::io::Result<Signer> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        self.log = Some(Arc::new(std::sync::Mutex::new(file)));
+        Ok(self)
+    }
+
+    /// A guarded signature is about to be made: log it (tests only).
+    fn signed(&self, _height: Height, _round: mc::Round, _step: Step, _value: &Hash) {
+        #[cfg(feature = "fault-injection")]
+        if let Some(log) = &self.log {
+            use std::io::Write as _;
+            let line = format!(
+                "{} {} {} {}\n",
+                _height.0,
+                round_number(_round),
+                _step,
+                _value
+            );
+            let _ = log
+                .lock()
+                .expect("signature log")
+                .write_all(line.as_bytes());
+        }
     }
 
     pub fn chain(&self) -> &Hash {
         &self.chain
     }
 
-    pub fn sign(&self, digest: &Hash) -> Signature {
+    /// Sign a digest that is not a proposal or a vote.
+    fn sign_raw(&self, digest: &Hash) -> Signature {
         self.key.sign(digest.as_bytes())
     }
 
@@ -92,6 +182,69 @@ impl Signer {
     pub fn proposer_key(&self) -> pot_protocol::ProposerKey {
         pot_protocol::ProposerKey::new(&self.key)
     }
+
+    /// Ask the guard, if any, to allow a signature at this place.
+    pub fn permit(
+        &self,
+        height: Height,
+        round: mc::Round,
+        step: Step,
+        value: Hash,
+    ) -> Result<(), Refusal> {
+        match &self.guard {
+            Some(g) => g.permit(height.0, round_number(round), step, value),
+            None => Ok(()),
+        }
+    }
+
+    /// Sign the stream of this node's proposal of `value` at (height, round).
+    pub fn sign_proposal_stream(
+        &self,
+        height: Height,
+        round: mc::Round,
+        value: Hash,
+        digest: &Hash,
+    ) -> Result<Signature, Refusal> {
+        self.permit(height, round, Step::Propose, value)?;
+        self.signed(height, round, Step::Propose, &value);
+        Ok(self.sign_raw(digest))
+    }
+
+    /// Sign a raw digest without asking the guard: only for a deliberately Byzantine test node.
+    #[cfg(feature = "fault-injection")]
+    pub fn sign_unguarded(&self, digest: &Hash) -> Signature {
+        self.sign_raw(digest)
+    }
+
+    /// For the engine's infallible signing calls: the signature, an empty one (abstaining),
+    /// or a halt.
+    fn guarded_sign(
+        &self,
+        height: Height,
+        round: mc::Round,
+        step: Step,
+        value: Hash,
+        digest: &Hash,
+    ) -> Signature {
+        match self.permit(height, round, step, value) {
+            Ok(()) => {
+                self.signed(height, round, step, &value);
+                self.sign_raw(digest)
+            }
+            Err(refusal @ (Refusal::BelowSigned { .. } | Refusal::Conflict { .. })) => {
+                warn!(%refusal, "abstaining");
+                Signature([0; 64])
+            }
+            Err(refusal) => {
+                let reason = refusal.to_string();
+                error!(%reason, "halting instead of signing");
+                if let Some(halt) = &self.halt {
+                    let _ = halt.send(reason.clone());
+                }
+                panic!("{reason}");
+            }
+        }
+    }
 }
 
 fn verifies(public_key: &Address, digest: &Hash, signature: &Signature) -> bool {
@@ -100,7 +253,16 @@ fn verifies(public_key: &Address, digest: &Hash, signature: &Signature) -> bool 
 
 impl mc::SigningProvider<PotContext> for Signer {
     fn sign_vote(&self, vote: Vote) -> SignedMessage<PotContext, Vote> {
-        let signature = self.sign(&vote_digest(&self.chain, &vote));
+        let digest = vote_digest(&self.chain, &vote);
+        let step = match vote.vote_type {
+            VoteType::Prevote => Step::Prevote,
+            VoteType::Precommit => Step::Precommit,
+        };
+        let value = match &vote.value {
+            NilOrVal::Nil => Hash::ZERO,
+            NilOrVal::Val(id) => id.0,
+        };
+        let signature = self.guarded_sign(vote.height, vote.round, step, value, &digest);
         SignedMessage::new(vote, signature)
     }
 
@@ -109,7 +271,22 @@ impl mc::SigningProvider<PotContext> for Signer {
     }
 
     fn sign_proposal(&self, proposal: Proposal) -> SignedMessage<PotContext, Proposal> {
-        let signature = self.sign(&proposal_digest(&self.chain, &proposal));
+        // The engine also signs other coordinators' implicit proposals with this key, for its
+        // own bookkeeping; those are never sent and name another proposer.
+        use mc::Value as _;
+        let digest = proposal_digest(&self.chain, &proposal);
+        let signature = if proposal.proposer.0 == self.address() {
+            let value = proposal.value.id().0;
+            self.guarded_sign(
+                proposal.height,
+                proposal.round,
+                Step::Propose,
+                value,
+                &digest,
+            )
+        } else {
+            self.sign_raw(&digest)
+        };
         SignedMessage::new(proposal, signature)
     }
 
@@ -127,7 +304,7 @@ impl mc::SigningProvider<PotContext> for Signer {
     }
 
     fn sign_proposal_part(&self, part: ProposalPart) -> SignedMessage<PotContext, ProposalPart> {
-        let signature = self.sign(&part_digest(&self.chain, &part));
+        let signature = self.sign_raw(&part_digest(&self.chain, &part));
         SignedMessage::new(part, signature)
     }
 
@@ -141,7 +318,7 @@ impl mc::SigningProvider<PotContext> for Signer {
     }
 
     fn sign_vote_extension(&self, extension: ()) -> SignedMessage<PotContext, ()> {
-        let signature = self.sign(&digest("pot/consensus/extension", &self.chain, &()));
+        let signature = self.sign_raw(&digest("pot/consensus/extension", &self.chain, &()));
         SignedMessage::new(extension, signature)
     }
 
@@ -194,5 +371,63 @@ mod tests {
 
         let stranger = SecretKey::from_seed([8; 32]).address();
         assert!(!signer.verify_signed_vote(&signed.message, &signed.signature, &stranger));
+    }
+
+    #[test]
+    fn below_the_recorded_height_a_vote_gets_a_signature_no_one_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("sign-state.json");
+        let key = SecretKey::from_seed([7; 32]);
+        let chain = Hash::digest(b"genesis A");
+        let guarded = || {
+            let (halt, _) = mpsc::unbounded_channel();
+            let guard = Arc::new(SignGuard::open(&record).unwrap());
+            Signer::guarded(key.clone(), chain, guard, halt)
+        };
+        let mut v = vote(&key);
+        v.height = Height(9);
+        let signed = guarded().sign_vote(v);
+        assert!(guarded().verify_signed_vote(&signed.message, &signed.signature, &key.address()));
+
+        // The node restarts with its chain database gone: the engine starts again at height 3.
+        let restarted = guarded();
+        let old = restarted.sign_vote(vote(&key));
+        assert!(!restarted.verify_signed_vote(&old.message, &old.signature, &key.address()));
+    }
+
+    #[test]
+    fn a_conflicting_vote_at_the_recorded_height_gets_no_valid_signature() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_seed([7; 32]);
+        let (halt, mut halted) = mpsc::unbounded_channel();
+        let guard = Arc::new(SignGuard::open(&dir.path().join("s.json")).unwrap());
+        let signer = Signer::guarded(key.clone(), Hash::digest(b"g"), guard, halt);
+        let first = signer.sign_vote(vote(&key));
+        assert!(signer.verify_signed_vote(&first.message, &first.signature, &key.address()));
+        let mut nil = vote(&key);
+        nil.value = NilOrVal::Nil;
+        let second = signer.sign_vote(nil);
+        assert!(!signer.verify_signed_vote(&second.message, &second.signature, &key.address()));
+        // The same vote again is signed as before.
+        let again = signer.sign_vote(vote(&key));
+        assert_eq!(again.signature, first.signature);
+        assert!(halted.try_recv().is_err(), "abstaining is not halting");
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_written_halts_instead_of_signing() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("s.json");
+        let key = SecretKey::from_seed([7; 32]);
+        let (halt, mut halted) = mpsc::unbounded_channel();
+        let guard = Arc::new(SignGuard::open(&record).unwrap());
+        let signer = Signer::guarded(key.clone(), Hash::digest(b"g"), guard, halt);
+        std::fs::create_dir(record.with_extension("tmp")).unwrap();
+        let signed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            signer.sign_vote(vote(&key))
+        }));
+        assert!(signed.is_err(), "no signature came back");
+        let reason = halted.try_recv().expect("the halt was reported");
+        assert!(reason.contains("recording a signature"), "{reason}");
     }
 }
