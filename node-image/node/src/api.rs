@@ -105,7 +105,14 @@ async fn submit_tx(
     let bytes = hex::decode(body.tx.trim())
         .map_err(|e| bad_request("bad_hex", format!("tx is not hex: {e}")))?;
     let stx = SignedTx::decode(&bytes).map_err(|e| bad_request("bad_encoding", e))?;
-    let hash = api.chain.submit(stx.clone()).map_err(|e| match e {
+    // Verifying the signature and replaying it on the pending state is CPU work: off the async
+    // threads.
+    let chain = api.chain.clone();
+    let submitted = stx.clone();
+    let admitted = tokio::task::spawn_blocking(move || chain.submit(submitted))
+        .await
+        .map_err(internal)?;
+    let hash = admitted.map_err(|e| match e {
         AdmitError::Invalid(e) => bad_request("tx_rejected", e),
         taken @ AdmitError::NonceTaken { .. } => bad_request("tx_rejected", taken),
         busy @ AdmitError::SenderFull { .. } => Error(

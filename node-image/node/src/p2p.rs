@@ -25,6 +25,8 @@ use crate::chain::mempool::AdmitError;
 const REDIAL_EVERY: Duration = Duration::from_secs(2);
 /// Transactions waiting to be published before the API is told to slow down.
 const OUTBOX: usize = 10_000;
+/// Received transactions admitted together, their signatures verified in one batch.
+const BATCH: usize = 256;
 
 /// Hands transactions the API admitted to the gossip loop.
 #[derive(Clone)]
@@ -101,23 +103,13 @@ async fn run(
 ) -> anyhow::Result<()> {
     let mut connected: HashSet<Multiaddr> = HashSet::new();
     let mut redial = tokio::time::interval(REDIAL_EVERY);
+    // Messages received and not yet judged: admitted as a batch once no more are waiting (or
+    // the batch is full), off the async threads.
+    let mut received: Vec<Received> = Vec::new();
     loop {
         tokio::select! {
-            _ = redial.tick() => {
-                for addr in peers.iter().filter(|a| !connected.contains(*a)) {
-                    if let Err(e) = swarm.dial(addr.clone()) {
-                        debug!(%addr, error = %e, "gossip dial");
-                    }
-                }
-            }
-            Some(bytes) = inbox.recv() => {
-                // `InsufficientPeers` before the first connection is expected: the transaction
-                // still reaches the chain through this node's own proposals.
-                if let Err(e) = swarm.behaviour_mut().publish(topic.clone(), bytes) {
-                    debug!(error = %e, "gossip publish");
-                }
-            }
-            event = swarm.select_next_some() => match event {
+            biased;
+            event = swarm.select_next_some(), if received.len() < BATCH => match event {
                 SwarmEvent::ConnectionEstablished { endpoint, .. } if endpoint.is_dialer() => {
                     connected.insert(endpoint.get_remote_address().clone());
                 }
@@ -128,33 +120,72 @@ async fn run(
                     propagation_source,
                     message_id,
                     message,
-                }) => {
-                    let verdict = admit(&chain, &message.data);
-                    swarm.behaviour_mut().report_message_validation_result(
-                        &message_id,
-                        &propagation_source,
-                        verdict,
-                    );
-                }
+                }) => received.push(Received {
+                    source: propagation_source,
+                    id: message_id,
+                    data: message.data,
+                }),
                 _ => {}
             },
+            Some(bytes) = inbox.recv() => {
+                // `InsufficientPeers` before the first connection is expected: the transaction
+                // still reaches the chain through this node's own proposals.
+                if let Err(e) = swarm.behaviour_mut().publish(topic.clone(), bytes) {
+                    debug!(error = %e, "gossip publish");
+                }
+            }
+            _ = redial.tick() => {
+                for addr in peers.iter().filter(|a| !connected.contains(*a)) {
+                    if let Err(e) = swarm.dial(addr.clone()) {
+                        debug!(%addr, error = %e, "gossip dial");
+                    }
+                }
+            }
+            () = std::future::ready(()), if !received.is_empty() => {
+                let batch = std::mem::take(&mut received);
+                let chain = chain.clone();
+                let judged = tokio::task::spawn_blocking(move || admit(&chain, batch)).await?;
+                for (r, verdict) in judged {
+                    swarm
+                        .behaviour_mut()
+                        .report_message_validation_result(&r.id, &r.source, verdict);
+                }
+            }
         }
     }
 }
 
-/// Admit a gossiped transaction. Malformed or forged ones are rejected (the peer that sent
-/// them is penalised); ones that merely do not apply here now (a nonce this mempool has not
-/// reached, a full pool) are ignored, not forwarded.
-fn admit(chain: &Chain, bytes: &[u8]) -> MessageAcceptance {
-    let stx = match SignedTx::decode(bytes) {
-        Ok(stx) => stx,
-        Err(_) => return MessageAcceptance::Reject,
-    };
-    match chain.submit(stx) {
-        Ok(_) => MessageAcceptance::Accept,
-        Err(AdmitError::Invalid(pot_protocol::TxError::BadSignature(_))) => {
-            MessageAcceptance::Reject
-        }
-        Err(_) => MessageAcceptance::Ignore,
-    }
+/// A gossiped message waiting for its verdict.
+struct Received {
+    source: libp2p::PeerId,
+    id: gossipsub::MessageId,
+    data: Vec<u8>,
+}
+
+/// Admit gossiped transactions, their signatures checked in one batch. Malformed or forged
+/// ones are rejected (the peer that sent them is penalised); ones that merely do not apply
+/// here now (a nonce this mempool has not reached, a full pool) are ignored, not forwarded.
+fn admit(chain: &Chain, batch: Vec<Received>) -> Vec<(Received, MessageAcceptance)> {
+    let decoded: Vec<Option<SignedTx>> = batch
+        .iter()
+        .map(|r| SignedTx::decode(&r.data).ok())
+        .collect();
+    let mut verdicts = chain
+        .submit_batch(decoded.iter().flatten().cloned().collect())
+        .into_iter();
+    batch
+        .into_iter()
+        .zip(decoded)
+        .map(|(r, tx)| {
+            let verdict = match tx.map(|_| verdicts.next().expect("one verdict per tx")) {
+                None => MessageAcceptance::Reject,
+                Some(Ok(_)) => MessageAcceptance::Accept,
+                Some(Err(AdmitError::Invalid(pot_protocol::TxError::BadSignature(_)))) => {
+                    MessageAcceptance::Reject
+                }
+                Some(Err(_)) => MessageAcceptance::Ignore,
+            };
+            (r, verdict)
+        })
+        .collect()
 }

@@ -51,6 +51,14 @@ impl Address {
         hex::encode(self.0)
     }
 
+    /// The key, if batch verification gives exactly the verdict of [`Address::verify`] for
+    /// signatures under it: a valid point in the prime-order subgroup (no torsion component,
+    /// which strict verification's cofactorless check treats differently).
+    fn batchable_key(&self) -> Option<VerifyingKey> {
+        let key = VerifyingKey::from_bytes(&self.0).ok()?;
+        (!key.is_weak() && key.to_edwards().is_torsion_free()).then_some(key)
+    }
+
     /// A short form for logs and tables.
     pub fn short(&self) -> String {
         hex::encode(&self.0[..4])
@@ -124,6 +132,40 @@ fn getrandom_fill(buf: &mut [u8]) {
     OsRng.fill_bytes(buf);
 }
 
+/// Whether `sig`'s R is what strict verification accepts and batch verification treats the
+/// same way: a canonical encoding of a point in the prime-order subgroup, not the identity.
+fn batchable_r(sig: &Signature) -> bool {
+    let bytes: [u8; 32] = sig.0[..32].try_into().expect("64-byte signatures");
+    let compressed = curve25519_dalek::edwards::CompressedEdwardsY(bytes);
+    match compressed.decompress() {
+        Some(r) => r.compress() == compressed && !r.is_small_order() && r.is_torsion_free(),
+        None => false,
+    }
+}
+
+/// Verify many signatures at once (ed25519 batch verification, about twice as fast as one by
+/// one). `true` only if every one verifies — exactly when [`Address::verify`] would accept
+/// each: anything batch and strict verification could judge differently (a key or R with a
+/// torsion component, a non-canonical R) makes this return `false`, and the caller checks one
+/// by one. `false` says nothing about which failed.
+pub fn verify_batch(items: &[(Address, &[u8], Signature)]) -> bool {
+    let mut keys = Vec::with_capacity(items.len());
+    let mut sigs = Vec::with_capacity(items.len());
+    let mut msgs = Vec::with_capacity(items.len());
+    for (address, msg, sig) in items {
+        let Some(key) = address.batchable_key() else {
+            return false;
+        };
+        if !batchable_r(sig) {
+            return false;
+        }
+        keys.push(key);
+        sigs.push(ed25519_dalek::Signature::from_bytes(&sig.0));
+        msgs.push(*msg);
+    }
+    ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +202,35 @@ mod tests {
         let yaml = serde_yaml::to_string(&a).unwrap();
         assert!(yaml.contains(&a.to_hex()));
         assert_eq!(serde_yaml::from_str::<Address>(&yaml).unwrap(), a);
+    }
+
+    #[test]
+    fn a_batch_verifies_only_when_every_signature_does() {
+        let keys: Vec<SecretKey> = (0..8).map(|i| SecretKey::from_seed([i + 1; 32])).collect();
+        let msgs: Vec<Vec<u8>> = (0..8).map(|i| vec![i; 40]).collect();
+        let good: Vec<(Address, &[u8], Signature)> = keys
+            .iter()
+            .zip(&msgs)
+            .map(|(k, m)| (k.address(), m.as_slice(), k.sign(m)))
+            .collect();
+        assert!(verify_batch(&good));
+        assert!(verify_batch(&[]));
+
+        let mut forged = good.clone();
+        forged[5].2 = keys[5].sign(b"another message");
+        assert!(!verify_batch(&forged));
+
+        // A small-order R (here the identity) is refused by strict verification; the batch
+        // must not accept it either.
+        let mut identity_r = good.clone();
+        let mut sig = identity_r[2].2;
+        sig.0[..32].copy_from_slice(
+            &curve25519_dalek::edwards::EdwardsPoint::default()
+                .compress()
+                .0,
+        );
+        identity_r[2].2 = sig;
+        assert!(identity_r[2].0.verify(identity_r[2].1, &sig).is_err());
+        assert!(!verify_batch(&identity_r));
     }
 }

@@ -171,9 +171,20 @@ impl Mempool {
 
     /// Admit a transaction. Submitting one that is already pending or queued is not an error.
     pub fn admit(&mut self, stx: SignedTx) -> Result<Hash, AdmitError> {
+        if let Some(hash) = self.precheck(&stx)? {
+            return Ok(hash);
+        }
+        let vtx = VerifiedTx::new(stx)?;
+        self.admit_checked(vtx)
+    }
+
+    /// The checks that come before a signature is verified, cheap enough to make under the
+    /// mempool's lock: `Some(hash)` when the transaction is held already, an error when its
+    /// sender has no room. The signature is then verified without the lock.
+    pub fn precheck(&self, stx: &SignedTx) -> Result<Option<Hash>, AdmitError> {
         let hash = stx.hash();
         if self.hashes.contains(&hash) || self.queued_hashes.contains_key(&hash) {
-            return Ok(hash);
+            return Ok(Some(hash));
         }
         let signer = stx.tx.signer;
         let held = self.per_sender.get(&signer).copied().unwrap_or(0);
@@ -184,7 +195,15 @@ impl Mempool {
                 max: self.limits.max_per_sender,
             });
         }
-        let vtx = VerifiedTx::new(stx)?;
+        Ok(None)
+    }
+
+    /// Admit a transaction whose signature was verified (the pool may have changed since its
+    /// precheck, so that is made again).
+    pub fn admit_checked(&mut self, vtx: VerifiedTx) -> Result<Hash, AdmitError> {
+        if let Some(hash) = self.precheck(vtx.tx())? {
+            return Ok(hash);
+        }
         let since = self.pending_state.tip.height;
         if self.is_full(vtx.len()) {
             self.make_room_for(&vtx)?;

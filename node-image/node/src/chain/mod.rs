@@ -135,15 +135,59 @@ impl Chain {
         (m.len(), m.bytes())
     }
 
-    /// Admit a transaction to the mempool.
+    /// Admit a transaction to the mempool. Its signature is verified outside the mempool's
+    /// lock, so a flood of submissions never holds up block building or other submitters.
+    /// Blocking work (call it from a blocking thread in async code).
     pub fn submit(&self, stx: SignedTx) -> Result<Hash, AdmitError> {
+        if let Some(hash) = self.decided_or_held(&stx)? {
+            return Ok(hash);
+        }
+        let vtx = VerifiedTx::new(stx)?;
+        self.mempool
+            .lock()
+            .expect("mempool lock")
+            .admit_checked(vtx)
+    }
+
+    /// Admit many transactions (a gossip burst), their signatures verified in one batch;
+    /// each gets the verdict `submit` would give it.
+    pub fn submit_batch(&self, txs: Vec<SignedTx>) -> Vec<Result<Hash, AdmitError>> {
+        let mut verdicts: Vec<Option<Result<Hash, AdmitError>>> = Vec::with_capacity(txs.len());
+        let mut to_verify = Vec::new();
+        for stx in txs {
+            match self.decided_or_held(&stx) {
+                Ok(Some(hash)) => verdicts.push(Some(Ok(hash))),
+                Err(e) => verdicts.push(Some(Err(e))),
+                Ok(None) => {
+                    verdicts.push(None);
+                    to_verify.push(stx);
+                }
+            }
+        }
+        let mut verified = VerifiedTx::new_batch(to_verify).into_iter();
+        let mut m = self.mempool.lock().expect("mempool lock");
+        verdicts
+            .into_iter()
+            .map(|v| match v {
+                Some(v) => v,
+                None => match verified.next().expect("one verdict per transaction") {
+                    Ok(vtx) => m.admit_checked(vtx),
+                    Err(e) => Err(AdmitError::Invalid(e)),
+                },
+            })
+            .collect()
+    }
+
+    /// `Some(hash)` if the transaction is decided or in the mempool already; an error if its
+    /// sender has no room there.
+    fn decided_or_held(&self, stx: &SignedTx) -> Result<Option<Hash>, AdmitError> {
         let hash = stx.hash();
         if let Ok(Some(_)) = self.store.tx_location(&hash) {
             // Already decided: resubmitting is harmless and must not be an error to a client
             // that retries.
-            return Ok(hash);
+            return Ok(Some(hash));
         }
-        self.mempool.lock().expect("mempool lock").admit(stx)
+        self.mempool.lock().expect("mempool lock").precheck(stx)
     }
 
     pub fn tx_status(&self, hash: &Hash) -> Result<Option<TxStatus>, StoreError> {

@@ -164,7 +164,7 @@ impl App {
             } => {
                 debug!(%height, %round, %proposer, "round started");
                 self.metrics.round(round.as_i64());
-                self.check_future(height)?;
+                self.check_future(height).await?;
                 let _ = reply_value.send(self.stored_proposals(height, Some(round))?);
                 #[cfg(feature = "fault-injection")]
                 self.flood(channels, height).await?;
@@ -224,7 +224,7 @@ impl App {
             }
             AppMsg::ReceivedProposalPart { from, part, reply } => {
                 let proposed = match self.received_part(from, part) {
-                    Ok(Some(assembled)) => self.received_proposal(assembled)?,
+                    Ok(Some(assembled)) => self.received_proposal(assembled).await?,
                     Ok(None) => None,
                     Err(e) => {
                         debug!(%from, error = %e, "dropped a proposal part");
@@ -245,7 +245,7 @@ impl App {
                 // the only safe answer. Restarting the height would re-run it with no memory of
                 // this node's votes (the engine resets its WAL), and a persistent error would
                 // spin while the node looked healthy.
-                if let Err(e) = self.commit(certificate) {
+                if let Err(e) = self.commit(certificate).await {
                     error!(%height, error = %e, "halting: could not commit the decided block");
                     return Err(eyre!(
                         "halting: could not commit the decided block at height {height}: {e:#}"
@@ -263,7 +263,10 @@ impl App {
                 value_bytes,
                 reply,
             } => {
-                let _ = reply.send(self.synced_value(height, round, proposer, &value_bytes));
+                let proposed = self
+                    .synced_value(height, round, proposer, &value_bytes)
+                    .await;
+                let _ = reply.send(proposed);
             }
         }
         Ok(())
@@ -290,7 +293,10 @@ impl App {
         let wait = Duration::from_millis(due.saturating_sub(now_ms())).min(timeout / 2);
         tokio::time::sleep(wait).await;
         #[allow(unused_mut)]
-        let (mut block, after) = self.chain.propose(&self.proposer_key, now_ms());
+        let (mut block, after) = {
+            let (chain, key) = (self.chain.clone(), self.proposer_key.clone());
+            tokio::task::spawn_blocking(move || chain.propose(&key, now_ms())).await?
+        };
         #[cfg(feature = "fault-injection")]
         if let Some(fault) = self.faults.proposal {
             block = super::faults::corrupt(block, fault, &self.signer);
@@ -368,7 +374,7 @@ impl App {
     /// The peer is not the block's proposer, so what it sent is checked here (it must be a
     /// block of this height by that proposer that applies to this node's state) and kept
     /// only in memory, never stored as a proposal this node could later vote for.
-    fn synced_value(
+    async fn synced_value(
         &mut self,
         height: Height,
         round: Round,
@@ -388,9 +394,13 @@ impl App {
             return None;
         }
         let value = BlockValue::new(block);
-        let checked = self
-            .chain
-            .check_proposal(value.block(), proposer.0, now_ms());
+        let checked = match self.execute(&value, proposer.0).await {
+            Ok(checked) => checked,
+            Err(e) => {
+                error!(%height, error = %e, "checking a synced block failed");
+                return None;
+            }
+        };
         let validity = match checked {
             Ok(after) => {
                 self.synced.insert(value.id(), (value.clone(), after));
@@ -438,6 +448,20 @@ impl App {
         Ok(())
     }
 
+    /// Re-execute a block `proposer` proposed, on a blocking thread: the state after it if
+    /// it is valid.
+    async fn execute(
+        &self,
+        value: &BlockValue,
+        proposer: Address,
+    ) -> eyre::Result<Result<State, crate::chain::ProposalError>> {
+        let (chain, value) = (self.chain.clone(), value.clone());
+        Ok(tokio::task::spawn_blocking(move || {
+            chain.check_proposal(value.block(), proposer, now_ms())
+        })
+        .await?)
+    }
+
     /// Publish many unfinished streams at `height` (a Byzantine coordinator crowding out honest
     /// proposals).
     #[cfg(feature = "fault-injection")]
@@ -476,7 +500,7 @@ impl App {
     }
 
     /// A complete, signed proposal arrived: check who sent it and what it holds.
-    fn received_proposal(
+    async fn received_proposal(
         &mut self,
         a: Assembled,
     ) -> eyre::Result<Option<ProposedValue<PotContext>>> {
@@ -499,10 +523,13 @@ impl App {
             }
             return Ok(None);
         }
-        self.check_and_store(a)
+        self.check_and_store(a).await
     }
 
-    fn check_and_store(&mut self, a: Assembled) -> eyre::Result<Option<ProposedValue<PotContext>>> {
+    async fn check_and_store(
+        &mut self,
+        a: Assembled,
+    ) -> eyre::Result<Option<ProposedValue<PotContext>>> {
         let block = match encoding::decode_limited::<Block>(&a.block_bytes, MAX_STREAM_BYTES) {
             Ok(b) => b,
             Err(e) => {
@@ -512,10 +539,7 @@ impl App {
             }
         };
         let value = BlockValue::new(block);
-        let valid = match self
-            .chain
-            .check_proposal(value.block(), a.proposer.0, now_ms())
-        {
+        let valid = match self.execute(&value, a.proposer.0).await? {
             Ok(after) => {
                 self.checked.insert(value.id(), (value.clone(), after));
                 true
@@ -538,12 +562,12 @@ impl App {
     }
 
     /// Proposals that arrived early for `height`: check them now that it is the next one.
-    fn check_future(&mut self, height: Height) -> eyre::Result<()> {
+    async fn check_future(&mut self, height: Height) -> eyre::Result<()> {
         let stale: Vec<u64> = self.future.range(..=height.0).map(|(h, _)| *h).collect();
         for h in stale {
             for a in self.future.remove(&h).unwrap_or_default() {
                 if a.height == height {
-                    self.check_and_store(a)?;
+                    self.check_and_store(a).await?;
                 }
             }
         }
@@ -592,7 +616,7 @@ impl App {
         Ok(out)
     }
 
-    fn commit(&mut self, certificate: CommitCertificate<PotContext>) -> eyre::Result<()> {
+    async fn commit(&mut self, certificate: CommitCertificate<PotContext>) -> eyre::Result<()> {
         let height = certificate.height;
         let id = certificate.value_id;
         #[cfg(feature = "fault-injection")]
@@ -630,7 +654,12 @@ impl App {
                 &id.0,
             )
             .map_err(|e| eyre!("the decided block's certificate does not verify: {e}"))?;
-        self.chain.commit(value.block(), &commit, after)?;
+        {
+            // Executing (when not done yet) and a synced write: off the async threads.
+            let (chain, value) = (self.chain.clone(), value.clone());
+            tokio::task::spawn_blocking(move || chain.commit(value.block(), &commit, after))
+                .await??;
+        }
         self.checked.clear();
         self.synced.clear();
         self.reassembly.prune_below(height.increment());

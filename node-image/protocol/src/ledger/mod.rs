@@ -80,6 +80,29 @@ impl VerifiedTx {
         Self::check(stx).map_err(|(_, _, e)| e)
     }
 
+    /// `new` for many transactions at once, their signatures checked in one batch (a gossip
+    /// burst): the same verdicts as `new` on each, at about half the cost when all are valid.
+    pub fn new_batch(txs: Vec<SignedTx>) -> Vec<Result<VerifiedTx, TxError>> {
+        let signing: Vec<Vec<u8>> = txs.iter().map(|t| t.tx.signing_bytes()).collect();
+        let sized = txs.iter().all(|t| check_size(t.encode().len()).is_ok());
+        let items: Vec<(crate::Address, &[u8], crate::Signature)> = txs
+            .iter()
+            .zip(&signing)
+            .map(|(t, m)| (t.tx.signer, m.as_slice(), t.signature))
+            .collect();
+        if sized && crate::crypto::verify_batch(&items) {
+            return txs
+                .into_iter()
+                .map(|stx| {
+                    let len = stx.encode().len();
+                    let hash = stx.hash();
+                    Ok(VerifiedTx { stx, hash, len })
+                })
+                .collect();
+        }
+        txs.into_iter().map(VerifiedTx::new).collect()
+    }
+
     /// As `new`, keeping the hash and length of a transaction that fails.
     fn check(stx: SignedTx) -> Result<VerifiedTx, (Hash, usize, TxError)> {
         let len = stx.encode().len();
@@ -509,5 +532,54 @@ impl State {
             return Err(TxError::InsufficientFunds { need, have });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use crate::tx::{Tx, TxBody};
+    use crate::{Amount, SecretKey};
+
+    fn transfer(seed: u8, nonce: u64) -> SignedTx {
+        let key = SecretKey::from_seed([seed; 32]);
+        Tx {
+            chain_id: "c".into(),
+            signer: key.address(),
+            nonce,
+            fee: Amount(10),
+            body: TxBody::Transfer {
+                to: key.address(),
+                amount: Amount(1),
+            },
+        }
+        .sign(&key)
+    }
+
+    #[test]
+    fn a_batch_gives_each_transaction_the_verdict_it_gets_alone() {
+        let valid: Vec<SignedTx> = (1..=6).map(|i| transfer(i, u64::from(i))).collect();
+        let got = VerifiedTx::new_batch(valid.clone());
+        assert!(got.iter().all(Result::is_ok));
+        assert_eq!(
+            got.into_iter()
+                .map(|v| v.unwrap().hash())
+                .collect::<Vec<_>>(),
+            valid.iter().map(SignedTx::hash).collect::<Vec<_>>()
+        );
+
+        let mut mixed = valid;
+        mixed[3].tx.nonce += 1; // the signature no longer covers it
+        let alone: Vec<bool> = mixed
+            .iter()
+            .cloned()
+            .map(|t| VerifiedTx::new(t).is_ok())
+            .collect();
+        let batched: Vec<bool> = VerifiedTx::new_batch(mixed)
+            .iter()
+            .map(Result::is_ok)
+            .collect();
+        assert_eq!(batched, alone);
+        assert_eq!(batched, vec![true, true, true, false, true, true]);
     }
 }
