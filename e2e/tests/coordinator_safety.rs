@@ -110,6 +110,14 @@ async fn a_coordinator_whose_chain_database_is_deleted_never_signs_where_it_sign
     net.assert_same_chain(&[0, 1, 2, 3], h).await;
     assert!(net.exited(3).is_none(), "it never halted:\n{}", net.log(3));
     net.assert_nothing_signed_twice(&[0, 1, 2, 3]);
+
+    // Losing the record itself, with the chain database still there, is refused outright.
+    net.kill(2);
+    std::fs::remove_file(net.data_dir(2).join("sign-state.json")).expect("delete the record");
+    net.restart(2).expect("restart");
+    let status = wait_exit(&mut net, 2).await;
+    assert!(!status.success());
+    assert!(net.log(2).contains("--new-sign-state"), "{}", net.log(2));
 }
 
 #[tokio::test(flavor = "multi_thread")]

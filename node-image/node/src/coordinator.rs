@@ -29,11 +29,26 @@ pub struct Options {
     pub gossip: Option<(Multiaddr, Vec<Multiaddr>)>,
     /// The record of what the key signed (see `consensus::sign_guard`).
     pub sign_state: PathBuf,
+    /// Start a new record over a non-empty chain database.
+    pub new_sign_state: bool,
     #[cfg(feature = "fault-injection")]
     pub faults: crate::consensus::faults::Faults,
 }
 
+/// A panic anywhere ends the process. The consensus engine's actors catch panics and carry on
+/// without the actor that panicked, which would leave a coordinator that serves `/healthz` but
+/// no longer takes part; a supervisor (Kubernetes) restarts a process that is gone.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!(panic = %info, "aborting: a panic leaves a coordinator half-alive");
+        std::process::abort();
+    }));
+}
+
 pub async fn run(opts: Options) -> anyhow::Result<()> {
+    abort_on_panic();
     let chain = Arc::new(
         Chain::open(opts.genesis, &opts.data_dir, Limits::default())
             .with_context(|| format!("opening the chain in {}", opts.data_dir.display()))?,
@@ -78,6 +93,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             p2p_listen: opts.p2p_listen,
             peers: opts.peers,
             sign_state: opts.sign_state,
+            new_sign_state: opts.new_sign_state,
             #[cfg(feature = "fault-injection")]
             faults: opts.faults,
         },

@@ -211,6 +211,11 @@ struct RunArgs {
     /// backup or delete it while the key is in use.
     #[arg(long, env = "POT_SIGN_STATE")]
     sign_state: Option<PathBuf>,
+    /// Start a new signing record although the chain database is not empty (the node refuses
+    /// to otherwise). Only when this key has never signed on this chain, or its last signature
+    /// is long decided.
+    #[arg(long)]
+    new_sign_state: bool,
     /// Deliberate misbehaviour, for tests (only in builds with `fault-injection`).
     #[cfg(feature = "fault-injection")]
     #[command(flatten)]
@@ -578,6 +583,7 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
         sign_state: args
             .sign_state
             .unwrap_or_else(|| args.data_dir.join("sign-state.json")),
+        new_sign_state: args.new_sign_state,
         #[cfg(feature = "fault-injection")]
         faults: args.faults,
     }))

@@ -136,6 +136,30 @@ impl Commit {
         Ok(())
     }
 
+    /// Drop every signature that proves nothing: by someone who is not a coordinator, a second
+    /// one by the same coordinator, or one that does not verify. A consensus engine counts a
+    /// certificate's valid signatures and ignores the rest, so a certificate that reached it
+    /// from a peer may carry junk beside a quorum; what is stored keeps only the proof.
+    pub fn retain_valid(&mut self, chain: &Hash, coordinators: &[Coordinator]) {
+        let mut seen = HashSet::new();
+        let (height, round, block) = (self.height, self.round, self.block);
+        self.signatures.retain(|s| {
+            let vote = VoteContent {
+                kind: VoteKind::Precommit,
+                height,
+                round,
+                block: Some(block),
+                voter: s.coordinator,
+            };
+            coordinators.iter().any(|c| c.address == s.coordinator)
+                && !seen.contains(&s.coordinator)
+                && s.coordinator
+                    .verify(vote.digest(chain).as_bytes(), &s.signature)
+                    .is_ok()
+                && seen.insert(s.coordinator)
+        });
+    }
+
     /// The coordinators that signed.
     pub fn signers(&self) -> Vec<Address> {
         self.signatures.iter().map(|s| s.coordinator).collect()
@@ -219,6 +243,19 @@ mod tests {
             moved.verify(&chain, &coordinators, 7, &block),
             Err(CommitError::BadSignature(keys[0].address()))
         );
+
+        // Junk beside a quorum is dropped, and what is left proves the block.
+        let mut padded = good.clone();
+        padded.signatures.push(CommitSignature {
+            coordinator: keys[3].address(),
+            signature: keys[3].sign(b"anything"),
+        });
+        padded.signatures.push(padded.signatures[0]);
+        padded.signatures.push(foreign.signatures[2]);
+        assert!(padded.verify(&chain, &coordinators, 7, &block).is_err());
+        padded.retain_valid(&chain, &coordinators);
+        assert_eq!(padded, good);
+        assert_eq!(padded.verify(&chain, &coordinators, 7, &block), Ok(()));
 
         let other_chain = Hash::digest(b"other genesis");
         assert_eq!(

@@ -265,6 +265,20 @@ impl Chain {
         Ok(apply_block_known(&state, block, |h| known.contains(h))?)
     }
 
+    /// Execute a block the network decided (it came through sync with a certificate the engine
+    /// checked): the state after it. Its proposer and time were judged when it was proposed,
+    /// so only whether it applies to this node's state is checked.
+    pub fn check_decided(&self, block: &Block) -> Result<State, ProposalError> {
+        let state = self.state();
+        if block.header.height != state.tip.height + 1 {
+            return Err(ProposalError::WrongHeight {
+                expected: state.tip.height + 1,
+                got: block.header.height,
+            });
+        }
+        Ok(pot_protocol::apply_block(&state, block)?)
+    }
+
     /// Record a decided block with its commit certificate. `after` is the state after it when
     /// the caller already executed it (a proposal it checked); otherwise the block is executed
     /// here. A decided block at or below the tip (the engine may replay a decision after a
@@ -310,5 +324,45 @@ impl Chain {
             .expect("mempool lock")
             .on_block(&next, &included, now_ms());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pot_protocol::SecretKey;
+    use pot_protocol::genesis::Coordinator;
+
+    #[test]
+    fn a_decided_block_below_the_tip_that_differs_from_the_stored_one_is_a_fork() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_seed([3; 32]);
+        let genesis = Genesis {
+            chain_id: "t".into(),
+            genesis_time_ms: 0,
+            params: Default::default(),
+            balances: vec![],
+            stakes: vec![],
+            coordinators: vec![Coordinator::for_key(&key)],
+        };
+        let chain = Chain::open(genesis, dir.path(), Limits::default()).unwrap();
+        let proposer = ProposerKey::new(&key);
+        let (a, after) = chain.propose(&proposer, 1_000);
+        let commit = |b: &Block| Commit {
+            height: 1,
+            round: 0,
+            block: b.hash(),
+            signatures: vec![],
+        };
+        chain.commit(&a, &commit(&a), Some(after)).unwrap();
+        // The engine replaying the same decision is harmless.
+        chain.commit(&a, &commit(&a), None).unwrap();
+        // Another block decided at that height is not.
+        let state = State::from_genesis(chain.genesis());
+        let b = pot_protocol::build_block(&state, &proposer, 2_000, vec![]).block;
+        assert_ne!(a.hash(), b.hash());
+        let err = chain.commit(&b, &commit(&b), None).unwrap_err();
+        assert!(matches!(err, ChainError::Fork { height: 1, .. }), "{err}");
+        assert_eq!(chain.height(), 1);
     }
 }

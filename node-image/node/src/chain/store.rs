@@ -228,6 +228,25 @@ impl Store {
             .map(|v| v.value()))
     }
 
+    /// Write raw bytes where a commit certificate goes (tests of corrupt stores).
+    #[cfg(test)]
+    pub fn put_raw_commit_for_test(&self, height: u64, bytes: &[u8]) {
+        let w = self.db.begin_write().unwrap();
+        w.open_table(COMMITS)
+            .unwrap()
+            .insert(height, bytes)
+            .unwrap();
+        w.commit().unwrap();
+    }
+
+    /// Write raw bytes where a block goes (tests of corrupt stores).
+    #[cfg(test)]
+    pub fn put_raw_block_for_test(&self, height: u64, bytes: &[u8]) {
+        let w = self.db.begin_write().unwrap();
+        w.open_table(BLOCKS).unwrap().insert(height, bytes).unwrap();
+        w.commit().unwrap();
+    }
+
     /// Persist a proposal before telling the engine about it, so that after a crash the node
     /// can answer for it (re-propose the same value, or commit it when the engine decides it).
     pub fn put_undecided(

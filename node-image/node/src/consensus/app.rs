@@ -34,6 +34,10 @@ const MAX_FUTURE_PROPOSALS: usize = 32;
 /// How far above the next height a proposal stream is accepted (a node a little behind its
 /// peers keeps the proposals it will need; anything further is sync's job).
 const MAX_HEIGHTS_AHEAD: u64 = 4;
+/// How far above this node's current round (or round 0, for a later height) a proposal is
+/// accepted. A coordinator proposes in every n-th round, so without a bound it could send
+/// proposals for thousands of future rounds.
+const MAX_ROUNDS_AHEAD: u32 = 4;
 
 /// What the store keeps about a proposal until its height is decided.
 #[derive(BorshSerialize, BorshDeserialize)]
@@ -43,6 +47,9 @@ struct Undecided {
     proposer: ValidatorAddress,
     valid: bool,
     value: BlockValue,
+    /// Came through sync (from a peer that is not its proposer): kept only so that a decision
+    /// replayed after a crash finds it, never offered to the engine as a proposal.
+    synced: bool,
 }
 
 impl Undecided {
@@ -75,6 +82,11 @@ pub struct App {
     /// engine decides them (with a certificate it checked), never stored as proposals, since
     /// the peer that sent one is not its proposer.
     synced: HashMap<BlockId, (BlockValue, State)>,
+    /// The round this node is in at the next height.
+    round: Round,
+    /// The value each (height, round) proposal was, once one was checked: a second, different
+    /// one from the same proposer is equivocation, dropped unexecuted and unstored.
+    proposed: HashMap<(u64, u32), BlockId>,
     /// The coordinators' libp2p peer ids (derived from their keys), to know who sent a part.
     peers: HashMap<PeerId, Address>,
     last_commit: Option<std::time::Instant>,
@@ -117,6 +129,8 @@ impl App {
             checked: HashMap::new(),
             future: BTreeMap::new(),
             synced: HashMap::new(),
+            round: Round::new(0),
+            proposed: HashMap::new(),
             peers,
             last_commit: None,
             status,
@@ -163,6 +177,7 @@ impl App {
                 ..
             } => {
                 debug!(%height, %round, %proposer, "round started");
+                self.round = round;
                 self.metrics.round(round.as_i64());
                 self.check_future(height).await?;
                 let _ = reply_value.send(self.stored_proposals(height, Some(round))?);
@@ -357,6 +372,18 @@ impl App {
                 to: next + MAX_HEIGHTS_AHEAD,
             });
         }
+        let base = if height.0 == next {
+            round_number(self.round)
+        } else {
+            0
+        };
+        if round_number(round) > base + MAX_ROUNDS_AHEAD {
+            return Err(StreamError::RoundOutOfRange {
+                height,
+                round,
+                base,
+            });
+        }
         let proposer = PotContext.select_proposer(&self.validators, height, round);
         if proposer.address.0 != sender {
             return Err(StreamError::NotProposer {
@@ -394,7 +421,13 @@ impl App {
             return None;
         }
         let value = BlockValue::new(block);
-        let checked = match self.execute(&value, proposer.0).await {
+        // The engine checked the certificate before it asked: the block was decided, so it is
+        // executed as it is (its proposer and time were judged when it was proposed).
+        let checked = {
+            let (chain, value) = (self.chain.clone(), value.clone());
+            tokio::task::spawn_blocking(move || chain.check_decided(value.block())).await
+        };
+        let checked = match checked {
             Ok(checked) => checked,
             Err(e) => {
                 error!(%height, error = %e, "checking a synced block failed");
@@ -403,6 +436,10 @@ impl App {
         };
         let validity = match checked {
             Ok(after) => {
+                if let Err(e) = self.store_synced(height, round, proposer, &value) {
+                    error!(%height, error = %e, "cannot keep a synced block");
+                    return None;
+                }
                 self.synced.insert(value.id(), (value.clone(), after));
                 Validity::Valid
             }
@@ -516,6 +553,10 @@ impl App {
         }
         if a.height > next {
             let stash = self.future.entry(a.height.0).or_default();
+            // One per round: the proposer of a round gets one slot, however much it sends.
+            if stash.iter().any(|s| s.round == a.round) {
+                return Ok(None);
+            }
             stash.push(a);
             while self.future.values().map(Vec::len).sum::<usize>() > MAX_FUTURE_PROPOSALS {
                 let last = *self.future.keys().next_back().expect("non-empty");
@@ -539,6 +580,18 @@ impl App {
             }
         };
         let value = BlockValue::new(block);
+        let place = (a.height.0, round_number(a.round));
+        match self.proposed.get(&place) {
+            Some(first) if *first != value.id() => {
+                warn!(height = %a.height, round = %a.round, proposer = %a.proposer, "equivocation: a second, different proposal for one round; dropped");
+                self.metrics.rejected_proposal();
+                return Ok(None);
+            }
+            Some(_) => return Ok(None),
+            None => {
+                self.proposed.insert(place, value.id());
+            }
+        }
         let valid = match self.execute(&value, a.proposer.0).await? {
             Ok(after) => {
                 self.checked.insert(value.id(), (value.clone(), after));
@@ -589,6 +642,7 @@ impl App {
             proposer,
             valid,
             value: value.clone(),
+            synced: false,
         };
         let round_key = round.as_u32().unwrap_or(0);
         self.chain.store().put_undecided(
@@ -600,7 +654,33 @@ impl App {
         Ok(())
     }
 
-    /// Proposals stored for `height` (in `round`, or any round).
+    /// Keep a value that came through sync until its height is decided, so that a decision
+    /// the engine replays after a crash finds it.
+    fn store_synced(
+        &self,
+        height: Height,
+        round: Round,
+        proposer: ValidatorAddress,
+        value: &BlockValue,
+    ) -> eyre::Result<()> {
+        let record = Undecided {
+            round,
+            valid_round: Round::Nil,
+            proposer,
+            valid: true,
+            value: value.clone(),
+            synced: true,
+        };
+        self.chain.store().put_undecided(
+            height.0,
+            round_number(round),
+            &value.id().0,
+            &borsh::to_vec(&record)?,
+        )?;
+        Ok(())
+    }
+
+    /// Proposals stored for `height` (in `round`, or any round); not values from sync.
     fn stored_proposals(
         &self,
         height: Height,
@@ -609,11 +689,22 @@ impl App {
         let mut out = Vec::new();
         for (_, _, bytes) in self.chain.store().undecided_at(height.0)? {
             let record: Undecided = borsh::from_slice(&bytes)?;
-            if round.is_none_or(|r| r == record.round) {
+            if !record.synced && round.is_none_or(|r| r == record.round) {
                 out.push(record.proposed(height));
             }
         }
         Ok(out)
+    }
+
+    /// A value stored at `height` with this id, a proposal or one from sync.
+    fn stored_value(&self, height: Height, id: BlockId) -> eyre::Result<Option<BlockValue>> {
+        for (_, stored, bytes) in self.chain.store().undecided_at(height.0)? {
+            if stored == id.0 {
+                let record: Undecided = borsh::from_slice(&bytes)?;
+                return Ok(Some(record.value));
+            }
+        }
+        Ok(None)
     }
 
     async fn commit(&mut self, certificate: CommitCertificate<PotContext>) -> eyre::Result<()> {
@@ -633,19 +724,17 @@ impl App {
         let (value, after) = match self.checked.remove(&id).or_else(|| self.synced.remove(&id)) {
             Some((value, after)) => (value, Some(after)),
             None => {
-                let stored = self
-                    .stored_proposals(height, None)?
-                    .into_iter()
-                    .find(|p| p.value.id() == id)
-                    .ok_or_else(|| {
-                        eyre!("decided value {id} at height {height} was never received")
-                    })?;
-                (stored.value, None)
+                let stored = self.stored_value(height, id)?.ok_or_else(|| {
+                    eyre!("decided value {id} at height {height} was never received")
+                })?;
+                (stored, None)
             }
         };
-        let commit = to_commit(&certificate);
-        // The engine checked the precommits; checking them again in the protocol's own terms
-        // makes sure what is stored proves the block to anyone holding the genesis.
+        let mut commit = to_commit(&certificate);
+        // The engine counted the valid precommits (a certificate from sync may carry junk
+        // beside them, which it ignores); keep only those, and check again in the protocol's
+        // own terms that what is stored proves the block to anyone holding the genesis.
+        commit.retain_valid(self.signer.chain(), &self.chain.genesis().coordinators);
         commit
             .verify(
                 self.signer.chain(),
@@ -663,6 +752,7 @@ impl App {
         self.checked.clear();
         self.synced.clear();
         self.reassembly.prune_below(height.increment());
+        self.proposed.retain(|(h, _), _| *h > height.0);
         let now = std::time::Instant::now();
         self.status.committed(height.0, now);
         let interval = self.last_commit.map(|t| now - t);
@@ -726,5 +816,165 @@ fn from_commit(c: &Commit) -> CommitCertificate<PotContext> {
             .iter()
             .map(|s| CommitSignature::new(ValidatorAddress(s.coordinator), s.signature))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use malachitebft_engine::util::streaming::StreamContent;
+    use pot_protocol::SecretKey;
+    use pot_protocol::genesis::Coordinator;
+
+    /// An application over a fresh chain of four coordinators, as the first of them.
+    fn app(dir: &std::path::Path) -> (App, Vec<SecretKey>) {
+        let keys: Vec<SecretKey> = (0..4).map(|i| SecretKey::from_seed([i + 10; 32])).collect();
+        let genesis = pot_protocol::Genesis {
+            chain_id: "t".into(),
+            genesis_time_ms: 0,
+            params: Default::default(),
+            balances: vec![],
+            stakes: vec![],
+            coordinators: keys.iter().map(Coordinator::for_key).collect(),
+        };
+        let chain = Arc::new(Chain::open(genesis, dir, Default::default()).unwrap());
+        let signer = Arc::new(Signer::new(keys[0].clone(), chain.genesis_hash()));
+        let metrics = Arc::new(Metrics::register());
+        let status = Arc::new(super::super::status::EngineStatus::default());
+        (App::new(chain, signer, metrics, status), keys)
+    }
+
+    fn init_part(h: u64, r: u32, proposer: &SecretKey) -> StreamMessage<ProposalPart> {
+        let (height, round) = (Height(h), Round::new(r));
+        StreamMessage::new(
+            parts::stream_id(height, round),
+            0,
+            StreamContent::Data(ProposalPart::Init {
+                height,
+                round,
+                pol_round: Round::Nil,
+                proposer: ValidatorAddress(proposer.address()),
+            }),
+        )
+    }
+
+    #[test]
+    fn parts_are_taken_only_from_the_proposer_of_a_near_height_and_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut app, keys) = app(dir.path());
+        let proposer_of = |app: &App, h: u64, r: u32| {
+            let p = PotContext.select_proposer(&app.validators, Height(h), Round::new(r));
+            keys.iter()
+                .find(|k| k.address() == p.address.0)
+                .unwrap()
+                .clone()
+        };
+        let p = proposer_of(&app, 1, 0);
+        let from = peer_id(&p.address()).unwrap();
+        assert_eq!(app.received_part(from, init_part(1, 0, &p)), Ok(None));
+
+        let stranger = SecretKey::from_seed([99; 32]);
+        assert_eq!(
+            app.received_part(
+                peer_id(&stranger.address()).unwrap(),
+                init_part(1, 0, &stranger)
+            ),
+            Err(StreamError::Stranger)
+        );
+        let other = keys.iter().find(|k| k.address() != p.address()).unwrap();
+        assert!(matches!(
+            app.received_part(peer_id(&other.address()).unwrap(), init_part(1, 0, other)),
+            Err(StreamError::NotProposer { .. })
+        ));
+        let far = proposer_of(&app, 1, 4 * MAX_ROUNDS_AHEAD);
+        assert!(matches!(
+            app.received_part(
+                peer_id(&far.address()).unwrap(),
+                init_part(1, 4 * MAX_ROUNDS_AHEAD, &far)
+            ),
+            Err(StreamError::RoundOutOfRange { .. })
+        ));
+        let ahead = proposer_of(&app, 2 + MAX_HEIGHTS_AHEAD, 0);
+        assert!(matches!(
+            app.received_part(
+                peer_id(&ahead.address()).unwrap(),
+                init_part(2 + MAX_HEIGHTS_AHEAD, 0, &ahead)
+            ),
+            Err(StreamError::OutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_stored_certificate_is_not_served_and_does_not_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = app(dir.path());
+        assert!(app.decided_value(Height(1)).is_none());
+        app.chain
+            .store()
+            .put_raw_commit_for_test(1, b"not a certificate");
+        app.chain
+            .store()
+            .put_raw_block_for_test(1, b"not a block either");
+        assert!(app.decided_value(Height(1)).is_none());
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_synced_block_is_kept_for_the_decision_but_never_offered_as_a_proposal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut app, keys) = app(dir.path());
+        let (block, _) = app
+            .chain
+            .propose(&pot_protocol::ProposerKey::new(&keys[1]), now_ms());
+        let bytes = borsh::to_vec(&block).unwrap();
+        let id = BlockId(block.hash());
+        let proposer = ValidatorAddress(keys[1].address());
+        let got = block_on(app.synced_value(Height(1), Round::new(0), proposer, &bytes)).unwrap();
+        assert_eq!(got.validity, Validity::Valid);
+        assert!(app.stored_proposals(Height(1), None).unwrap().is_empty());
+        assert!(app.stored_value(Height(1), id).unwrap().is_some());
+
+        // A block that does not apply is invalid, and kept nowhere.
+        let mut bad = block.clone();
+        bad.header.state_root = pot_protocol::Hash::digest(b"wrong");
+        let bad_bytes = borsh::to_vec(&bad).unwrap();
+        let got =
+            block_on(app.synced_value(Height(1), Round::new(0), proposer, &bad_bytes)).unwrap();
+        assert_eq!(got.validity, Validity::Invalid);
+        assert!(
+            app.stored_value(Height(1), BlockId(bad.hash()))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_second_different_proposal_for_one_round_is_dropped_unexecuted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut app, keys) = app(dir.path());
+        let p = PotContext.select_proposer(&app.validators, Height(1), Round::new(0));
+        let key = keys.iter().find(|k| k.address() == p.address.0).unwrap();
+        let assembled = |time: u64| {
+            let (block, _) = app
+                .chain
+                .propose(&pot_protocol::ProposerKey::new(key), time);
+            Assembled {
+                height: Height(1),
+                round: Round::new(0),
+                pol_round: Round::Nil,
+                proposer: ValidatorAddress(key.address()),
+                block_bytes: borsh::to_vec(&block).unwrap(),
+            }
+        };
+        let (first, second) = (assembled(now_ms()), assembled(now_ms() + 7));
+        assert!(block_on(app.check_and_store(first)).unwrap().is_some());
+        assert!(block_on(app.check_and_store(second)).unwrap().is_none());
+        assert_eq!(app.stored_proposals(Height(1), None).unwrap().len(), 1);
     }
 }

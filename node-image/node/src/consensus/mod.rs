@@ -50,6 +50,8 @@ pub struct EngineConfig {
     pub peers: Vec<Multiaddr>,
     /// The record of what this key signed (see [`sign_guard`]).
     pub sign_state: PathBuf,
+    /// Start a new record even though the chain database is not empty.
+    pub new_sign_state: bool,
     /// Deliberate misbehaviour (tests of what honest coordinators do about it).
     #[cfg(feature = "fault-injection")]
     pub faults: faults::Faults,
@@ -214,6 +216,16 @@ pub async fn run(
                 .join(", ")
         ));
     }
+    if !SignGuard::exists(&cfg.sign_state) && chain.height() > 0 && !cfg.new_sign_state {
+        return Err(eyre!(
+            "the signing record {} is missing, but the chain database is at height {}: this key \
+             may have signed at heights it would sign again. Restore the record; or, only if this \
+             key has never signed on this chain or its last signature is long decided, start \
+             once with --new-sign-state",
+            cfg.sign_state.display(),
+            chain.height()
+        ));
+    }
     let guard = Arc::new(SignGuard::open(&cfg.sign_state)?);
     if guard.height() > chain.height() + 1 {
         warn!(
@@ -225,7 +237,8 @@ pub async fn run(
         );
     }
     let (halt, mut halted) = mpsc::unbounded_channel();
-    let signer = Signer::guarded(cfg.key.clone(), chain.genesis_hash(), guard, halt);
+    let signer = Signer::guarded(cfg.key.clone(), chain.genesis_hash(), guard, halt)
+        .with_status(status.clone());
     #[cfg(feature = "fault-injection")]
     let signer = match &cfg.faults.signature_log {
         Some(path) => signer.with_signature_log(path)?,

@@ -166,6 +166,12 @@ pub enum StreamError {
         "proposal for height {height} is outside the heights this node accepts ({from}..={to})"
     )]
     OutOfRange { height: Height, from: u64, to: u64 },
+    #[error("proposal for height {height} round {round} is too far ahead of round {base}")]
+    RoundOutOfRange {
+        height: Height,
+        round: Round,
+        base: u32,
+    },
 }
 
 #[derive(Default)]
@@ -222,8 +228,14 @@ impl Reassembly {
             let partial = &mut mine.streams[at].1;
             if msg.sequence >= MAX_PARTS {
                 Err(StreamError::TooLarge)
-            } else if partial.messages.contains_key(&msg.sequence) {
-                Err(StreamError::Malformed("a part sent twice"))
+            } else if let Some(earlier) = partial.messages.get(&msg.sequence) {
+                // Gossip may deliver a part again (a restream of the same proposal); only a
+                // different part at the same place is wrong.
+                if *earlier == msg.content {
+                    Ok(false)
+                } else {
+                    Err(StreamError::Malformed("two different parts at one place"))
+                }
             } else {
                 partial.bytes += data_len(&msg.content);
                 if msg.content.is_fin() {

@@ -72,6 +72,19 @@ pub enum Refusal {
         earlier: Hash,
         path: PathBuf,
     },
+    #[error(
+        "refusing to sign a {step} at height {height} round {round}: this key already signed at \
+         round {signed_round} ({signed_step}) there (recorded in {path}); a node that lost its \
+         memory of a height must not go back in it"
+    )]
+    BackInRound {
+        step: Step,
+        height: u64,
+        round: u32,
+        signed_round: u32,
+        signed_step: Step,
+        path: PathBuf,
+    },
     #[error("recording a signature in {path}: {error}")]
     Io {
         path: PathBuf,
@@ -103,6 +116,12 @@ pub struct SignGuard {
 }
 
 impl SignGuard {
+    /// Whether a record exists at `path` (a node refuses to start a fresh one over a chain it
+    /// has already followed, unless told to).
+    pub fn exists(path: &Path) -> bool {
+        path.exists()
+    }
+
     /// Open the record at `path`; a missing file means the key has signed nothing yet.
     pub fn open(path: &Path) -> Result<SignGuard, OpenError> {
         let record = match fs::read(path) {
@@ -170,6 +189,21 @@ impl SignGuard {
                 })
             };
         }
+        // Within a height, never go back to an earlier round or step than one already signed
+        // (as CometBFT's signer): an engine that lost its write-ahead log starts the height
+        // again at round 0, and its votes there would not be bound by what it did before.
+        if let Some(last) = next.signed.iter().max_by_key(|s| (s.round, s.step))
+            && (round, step) < (last.round, last.step)
+        {
+            return Err(Refusal::BackInRound {
+                step,
+                height,
+                round,
+                signed_round: last.round,
+                signed_step: last.step,
+                path: self.path.clone(),
+            });
+        }
         next.signed.push(Signed { round, step, value });
         write_durably(&self.path, &next).map_err(|error| Refusal::Io {
             path: self.path.clone(),
@@ -225,6 +259,21 @@ mod tests {
         ));
         // Another round of the same height is another place.
         g.permit(5, 1, Step::Prevote, Hash::ZERO).unwrap();
+        // But never an earlier one, nor an earlier step, once a later one is signed.
+        assert!(matches!(
+            g.permit(5, 0, Step::Precommit, h("a")),
+            Err(Refusal::BackInRound {
+                signed_round: 1,
+                ..
+            })
+        ));
+        g.permit(5, 1, Step::Precommit, Hash::ZERO).unwrap();
+        assert!(matches!(
+            g.permit(5, 1, Step::Propose, h("c")),
+            Err(Refusal::BackInRound { .. })
+        ));
+        // Signing what was signed before is still fine.
+        g.permit(5, 0, Step::Prevote, h("a")).unwrap();
     }
 
     #[test]

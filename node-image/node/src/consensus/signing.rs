@@ -13,6 +13,7 @@ use tracing::{error, warn};
 
 use super::context::{Height, PotContext, Proposal, ProposalPart, Vote};
 use super::sign_guard::{Refusal, SignGuard, Step};
+use super::status::EngineStatus;
 
 /// The signing scheme: the protocol's ed25519 keys, public key = address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,7 +88,8 @@ pub fn part_digest(chain: &Hash, part: &ProposalPart) -> Hash {
 /// vote of this key passes its [`SignGuard`] first. The engine's signing interface cannot fail,
 /// so a refusal is answered in one of two ways:
 /// - the key signed at a higher height (the chain database was lost or restored), or signed
-///   something else at this height, round and step (the engine lost its memory of the height):
+///   something else at this height, round and step, or at a later round or step of this height
+///   (the engine lost its memory of the height):
 ///   the engine gets an empty signature that no peer accepts. To the others this node is
 ///   silent there, like a crashed one, and it follows by sync until it can sign again;
 /// - the record cannot be written (a full or failing disk): signing without it would be
@@ -99,6 +101,8 @@ pub struct Signer {
     chain: Hash,
     guard: Option<Arc<SignGuard>>,
     halt: Option<mpsc::UnboundedSender<String>>,
+    /// Told when the node abstains, for `/readyz`.
+    status: Option<Arc<EngineStatus>>,
     /// Tests: every guarded signature made, one line each.
     #[cfg(feature = "fault-injection")]
     log: Option<Arc<std::sync::Mutex<std::fs::File>>>,
@@ -113,6 +117,7 @@ impl Signer {
             chain,
             guard: None,
             halt: None,
+            status: None,
             #[cfg(feature = "fault-injection")]
             log: None,
         }
@@ -130,9 +135,16 @@ impl Signer {
             chain,
             guard: Some(guard),
             halt: Some(halt),
+            status: None,
             #[cfg(feature = "fault-injection")]
             log: None,
         }
+    }
+
+    /// Report abstentions to `status`.
+    pub fn with_status(mut self, status: Arc<EngineStatus>) -> Signer {
+        self.status = Some(status);
+        self
     }
 
     /// Append a line for every guarded signature to `path` (tests).
@@ -231,17 +243,20 @@ impl Signer {
                 self.signed(height, round, step, &value);
                 self.sign_raw(digest)
             }
-            Err(refusal @ (Refusal::BelowSigned { .. } | Refusal::Conflict { .. })) => {
-                warn!(%refusal, "abstaining");
-                Signature([0; 64])
-            }
-            Err(refusal) => {
+            Err(refusal @ Refusal::Io { .. }) => {
                 let reason = refusal.to_string();
                 error!(%reason, "halting instead of signing");
                 if let Some(halt) = &self.halt {
                     let _ = halt.send(reason.clone());
                 }
                 panic!("{reason}");
+            }
+            Err(refusal) => {
+                warn!(%refusal, "abstaining");
+                if let Some(status) = &self.status {
+                    status.abstained(std::time::Instant::now());
+                }
+                Signature([0; 64])
             }
         }
     }
@@ -267,7 +282,9 @@ impl mc::SigningProvider<PotContext> for Signer {
     }
 
     fn verify_signed_vote(&self, vote: &Vote, signature: &Signature, public_key: &Address) -> bool {
-        verifies(public_key, &vote_digest(&self.chain, vote), signature)
+        // A vote is always for a defined round; the digest writes a round as its number, so
+        // one for "no round" would otherwise verify as a vote for round 0.
+        vote.round.is_defined() && verifies(public_key, &vote_digest(&self.chain, vote), signature)
     }
 
     fn sign_proposal(&self, proposal: Proposal) -> SignedMessage<PotContext, Proposal> {

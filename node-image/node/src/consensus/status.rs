@@ -13,6 +13,7 @@ pub const SYNC_QUIET: Duration = Duration::from_secs(3);
 struct Seen {
     last_commit: Option<Instant>,
     last_synced: Option<Instant>,
+    last_abstained: Option<Instant>,
     height: u64,
 }
 
@@ -34,6 +35,11 @@ impl EngineStatus {
         self.seen.lock().expect("status lock").last_synced = Some(at);
     }
 
+    /// The signer refused a signature (the node is silent to the others there).
+    pub fn abstained(&self, at: Instant) {
+        self.seen.lock().expect("status lock").last_abstained = Some(at);
+    }
+
     /// Ready, or why not: caught up (no value through sync for `SYNC_QUIET`) and moving
     /// (a block decided here within `stale_after`).
     pub fn readiness(&self, now: Instant, stale_after: Duration) -> Result<(), String> {
@@ -46,6 +52,15 @@ impl EngineStatus {
         {
             return Err(format!(
                 "catching up with its peers through sync (at height {})",
+                s.height
+            ));
+        }
+        if let Some(abstained) = s.last_abstained
+            && now.saturating_duration_since(abstained) < SYNC_QUIET
+        {
+            return Err(format!(
+                "abstaining: its key signed at this height before (at height {}); it follows \
+                 without voting until past it",
                 s.height
             ));
         }
@@ -92,5 +107,12 @@ mod tests {
         assert!(err.contains("catching up"), "{err}");
         s.committed(7, t0 + Duration::from_secs(24));
         assert_eq!(s.readiness(t0 + Duration::from_secs(24), stale), Ok(()));
+        // Following without signing (after its chain database was lost) is not ready either.
+        s.abstained(t0 + Duration::from_secs(30));
+        s.committed(8, t0 + Duration::from_secs(30));
+        let err = s
+            .readiness(t0 + Duration::from_secs(31), stale)
+            .unwrap_err();
+        assert!(err.contains("abstaining"), "{err}");
     }
 }
