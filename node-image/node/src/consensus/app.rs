@@ -336,13 +336,14 @@ impl App {
         let messages =
             match parts::stream(&self.signer, height, round, pol_round, value.id().0, &bytes) {
                 Ok(messages) => messages,
-                // Catching up below what this key signed, or it proposed something else here
-                // before it lost its memory: propose nothing.
-                Err(refusal @ (Refusal::BelowSigned { .. } | Refusal::Conflict { .. })) => {
+                // The record cannot be kept: signing without it would be unsafe.
+                Err(refusal @ Refusal::Io { .. }) => return Err(eyre!("halting: {refusal}")),
+                // Catching up below what this key signed, it proposed something else here
+                // before it lost its memory, or the round moved on: propose nothing.
+                Err(refusal) => {
                     warn!(%refusal, "not proposing");
                     return Ok(());
                 }
-                Err(refusal) => return Err(eyre!("halting: {refusal}")),
             };
         for msg in messages {
             channels

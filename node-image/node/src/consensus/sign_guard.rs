@@ -85,6 +85,19 @@ pub enum Refusal {
         signed_step: Step,
         path: PathBuf,
     },
+    #[error(
+        "refusing to prevote for {value} at height {height} round {round}: this key precommitted \
+         {locked} at round {locked_round} there (recorded in {path}), and the record cannot see \
+         the proof that would release that lock"
+    )]
+    Locked {
+        height: u64,
+        round: u32,
+        value: Hash,
+        locked: Hash,
+        locked_round: u32,
+        path: PathBuf,
+    },
     #[error("recording a signature in {path}: {error}")]
     Io {
         path: PathBuf,
@@ -204,6 +217,29 @@ impl SignGuard {
                 path: self.path.clone(),
             });
         }
+        // Keep the Tendermint lock across a lost write-ahead log: after precommitting a block,
+        // prevote for no other block at a later round of the height. An engine that remembers
+        // a proof of a later polka could rightly do so; the record cannot see that proof, so
+        // such a prevote is withheld (the node is silent for that step, as if crashed), which
+        // costs liveness only in that rare case and never safety.
+        if step == Step::Prevote
+            && value != Hash::ZERO
+            && let Some(lock) = next
+                .signed
+                .iter()
+                .filter(|s| s.step == Step::Precommit && s.value != Hash::ZERO && s.round < round)
+                .max_by_key(|s| s.round)
+            && lock.value != value
+        {
+            return Err(Refusal::Locked {
+                height,
+                round,
+                value,
+                locked: lock.value,
+                locked_round: lock.round,
+                path: self.path.clone(),
+            });
+        }
         next.signed.push(Signed { round, step, value });
         write_durably(&self.path, &next).map_err(|error| Refusal::Io {
             path: self.path.clone(),
@@ -274,6 +310,28 @@ mod tests {
         ));
         // Signing what was signed before is still fine.
         g.permit(5, 0, Step::Prevote, h("a")).unwrap();
+    }
+
+    #[test]
+    fn after_precommitting_a_block_the_key_prevotes_for_no_other_at_that_height() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = SignGuard::open(&dir.path().join("signed.json")).unwrap();
+        g.permit(8, 0, Step::Prevote, h("v")).unwrap();
+        g.permit(8, 0, Step::Precommit, h("v")).unwrap();
+        // The round failed; the engine restarted without its log and is asked for another.
+        assert!(matches!(
+            g.permit(8, 1, Step::Prevote, h("w")),
+            Err(Refusal::Locked {
+                locked_round: 0,
+                ..
+            })
+        ));
+        // Nil, or the locked block again, is fine.
+        g.permit(8, 2, Step::Prevote, h("v")).unwrap();
+        g.permit(8, 2, Step::Precommit, Hash::ZERO).unwrap();
+        g.permit(8, 3, Step::Prevote, Hash::ZERO).unwrap();
+        // A new height has no lock.
+        g.permit(9, 0, Step::Prevote, h("w")).unwrap();
     }
 
     #[test]
