@@ -105,11 +105,44 @@ async fn four_coordinators_agree_and_include_each_transaction_once() {
 async fn a_transaction_sent_to_one_coordinator_is_pending_at_the_others_before_its_block() {
     // Long blocks leave a window in which the transaction can only be at the other
     // coordinators by gossip: without it they learn of it when it is in a block.
-    let net = Coordinators::start(4, 3_000, 1).expect("start");
+    let net = Coordinators::start(4, 3_000, 2).expect("start");
     wait_height(&net, &[0, 1, 2, 3], 1).await;
-    // Gossip connections come up within a redial period or two; then submit just after a
-    // block, so the next one is a whole block time away.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Wait until gossip is up (connections and the topic's mesh take a redial period or two):
+    // probes from another account until one reaches every other coordinator before its block.
+    let mut probe_nonce = 0;
+    let up_by = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < up_by,
+            "gossip never came up\n{}",
+            net.log_tails(20)
+        );
+        let h = net.client(0).head().await.unwrap().height;
+        wait_height(&net, &[0], h + 1).await;
+        let probe = transfer(&net.accounts[1], probe_nonce, &net.keys[0], 1);
+        probe_nonce += 1;
+        net.client(0).submit(&probe).await.expect("probe admitted");
+        let mut reached = 0;
+        for i in 1..4 {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while tokio::time::Instant::now() < deadline {
+                if let Ok(TxStatus::Pending) = net.client(i).tx(&probe.hash()).await {
+                    reached += 1;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // Every probe ends in a block, so the next one never waits on a nonce gap.
+        net.client(0)
+            .wait_included(&probe.hash(), WAIT)
+            .await
+            .expect("probe included");
+        if reached == 3 {
+            break;
+        }
+    }
+    // Submit just after a block, so the next one is a whole block time away.
     let h = net.client(0).head().await.unwrap().height;
     wait_height(&net, &[0], h + 1).await;
     let tx = transfer(&net.accounts[0], 0, &net.keys[0], 1);
