@@ -345,13 +345,7 @@ impl App {
                     return Ok(());
                 }
             };
-        for msg in messages {
-            channels
-                .network
-                .send(NetworkMsg::PublishProposalPart(msg))
-                .await?;
-        }
-        Ok(())
+        send_parts(channels, messages).await
     }
 
     /// A part of a proposal stream: accepted only from the coordinator whose turn it is at the
@@ -477,13 +471,11 @@ impl App {
             parts::stream_digest(self.signer.chain(), height, round, Round::Nil, me, &bytes);
         let signature = self.signer.sign_unguarded(&digest);
         warn!(%height, %round, other = %BlockValue::new(other).id(), "equivocating: a second proposal for this round");
-        for msg in parts::stream_signed(height, round, Round::Nil, me, &bytes, signature) {
-            channels
-                .network
-                .send(NetworkMsg::PublishProposalPart(msg))
-                .await?;
-        }
-        Ok(())
+        send_parts(
+            channels,
+            parts::stream_signed(height, round, Round::Nil, me, &bytes, signature),
+        )
+        .await
     }
 
     /// Re-execute a block `proposer` proposed, on a blocking thread: the state after it if
@@ -526,13 +518,10 @@ impl App {
                 proposer,
             };
             let junk = ProposalPart::Data(vec![0xab; FLOOD_BYTES]);
-            for (seq, part) in [init, junk].into_iter().enumerate() {
-                let msg = StreamMessage::new(id.clone(), seq as u64, StreamContent::Data(part));
-                channels
-                    .network
-                    .send(NetworkMsg::PublishProposalPart(msg))
-                    .await?;
-            }
+            let msgs = [init, junk].into_iter().enumerate().map(|(seq, part)| {
+                StreamMessage::new(id.clone(), seq as u64, StreamContent::Data(part))
+            });
+            send_parts(channels, msgs.collect()).await?;
         }
         Ok(())
     }
@@ -787,6 +776,20 @@ impl App {
             }
         }
     }
+}
+
+/// Hand a proposal stream's messages to the network for gossip.
+async fn send_parts(
+    channels: &mut Channels<PotContext>,
+    messages: Vec<StreamMessage<ProposalPart>>,
+) -> eyre::Result<()> {
+    for msg in messages {
+        channels
+            .network
+            .send(NetworkMsg::PublishProposalPart(msg))
+            .await?;
+    }
+    Ok(())
 }
 
 /// The engine's certificate in the protocol's terms (what the store keeps).
