@@ -17,6 +17,7 @@ pub mod genesis;
 pub mod hash;
 pub mod ledger;
 pub mod merkle;
+pub mod merkle_map;
 pub mod sampling;
 pub mod state;
 pub mod tx;

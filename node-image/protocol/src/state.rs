@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::Address;
 use crate::genesis::{Coordinator, Genesis, Params};
 use crate::hash::Hash;
+use crate::merkle_map::MerkleMap;
 use crate::tx::{Claim, DatasetRef, Dispute, Report, Role, TaskId, TaskSpec, Windows};
 use crate::units::{Amount, Fixed, Height};
 
@@ -426,30 +427,55 @@ pub struct Tip {
     pub beacon: Hash,
 }
 
-/// The whole ledger state.
+/// The whole ledger state. Its keyed parts are [`MerkleMap`]s, so a copy is cheap, the root
+/// after a block rehashes only what the block touched, and the store writes only what changed.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct State {
     pub chain_id: String,
     pub params: Params,
     pub tip: Tip,
-    pub accounts: BTreeMap<Address, Account>,
-    pub stakes: BTreeMap<(Address, Role), Stake>,
+    pub accounts: MerkleMap<Address, Account>,
+    pub stakes: MerkleMap<(Address, Role), Stake>,
+    /// Every pending unbonding, by the height it matures at: a block releases what matures
+    /// without scanning every stake.
+    pub unbonding_queue: MerkleMap<(Height, Address, Role), ()>,
     /// Active tasks. A task leaves this map in the block that finalizes or fails it, so state
     /// does not grow with the chain's history.
-    pub tasks: BTreeMap<TaskId, Task>,
+    pub tasks: MerkleMap<TaskId, Task>,
     /// Tasks that ended in the last block, with their outcomes. Replaced every block: the state
     /// root of the block that ended a task commits to its outcome, and nodes keep it in their
     /// stores for queries.
     pub ended: Vec<Task>,
-    pub reputation: BTreeMap<Address, Reputation>,
+    pub reputation: MerkleMap<Address, Reputation>,
     pub coordinators: Vec<Coordinator>,
     pub supply: Supply,
+}
+
+/// Everything in [`State`] but its keyed maps.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct StateScalars {
+    pub chain_id: String,
+    pub params: Params,
+    pub tip: Tip,
+    pub ended: Vec<Task>,
+    pub coordinators: Vec<Coordinator>,
+    pub supply: Supply,
+}
+
+/// The keyed maps of a [`State`].
+#[derive(Clone, Debug, Default)]
+pub struct StateMaps {
+    pub accounts: MerkleMap<Address, Account>,
+    pub stakes: MerkleMap<(Address, Role), Stake>,
+    pub unbonding_queue: MerkleMap<(Height, Address, Role), ()>,
+    pub tasks: MerkleMap<TaskId, Task>,
+    pub reputation: MerkleMap<Address, Reputation>,
 }
 
 impl State {
     /// The state at height 0. The genesis must have been validated (as `Genesis::from_yaml` does).
     pub fn from_genesis(g: &Genesis) -> State {
-        let mut accounts = BTreeMap::new();
+        let mut accounts = MerkleMap::new();
         for b in &g.balances {
             accounts.insert(
                 b.address,
@@ -459,7 +485,7 @@ impl State {
                 },
             );
         }
-        let mut stakes = BTreeMap::new();
+        let mut stakes = MerkleMap::new();
         for s in &g.stakes {
             stakes.insert(
                 (s.address, s.role),
@@ -481,9 +507,10 @@ impl State {
             },
             accounts,
             stakes,
-            tasks: BTreeMap::new(),
+            unbonding_queue: MerkleMap::new(),
+            tasks: MerkleMap::new(),
             ended: Vec::new(),
-            reputation: BTreeMap::new(),
+            reputation: MerkleMap::new(),
             coordinators: g.coordinators.clone(),
             supply: Supply {
                 genesis: g.total_supply().expect("validated genesis"),
@@ -493,10 +520,12 @@ impl State {
         }
     }
 
-    /// The state root: SHA-256 over the canonical encoding of everything except the tip's block
-    /// hash (a block's header holds the state root, so the root cannot include that header's
-    /// hash). The destructuring is exhaustive: a new field will not compile until it is
-    /// either hashed here or deliberately left out.
+    /// The state root: SHA-256 over the canonical encoding of the scalar parts and the Merkle
+    /// roots of the keyed maps, everything except the tip's block hash (a block's header holds
+    /// the state root, so the root cannot include that header's hash). The maps cache their
+    /// subtree hashes, so after a block only what it touched is rehashed. The destructuring is
+    /// exhaustive: a new field will not compile until it is either hashed here or deliberately
+    /// left out.
     pub fn state_root(&self) -> Hash {
         let State {
             chain_id,
@@ -510,6 +539,7 @@ impl State {
                 },
             accounts,
             stakes,
+            unbonding_queue,
             tasks,
             ended,
             reputation,
@@ -524,15 +554,73 @@ impl State {
                 height,
                 time_ms,
                 beacon,
-                accounts,
-                stakes,
-                tasks,
+                accounts.root(),
+                stakes.root(),
+                unbonding_queue.root(),
+                tasks.root(),
                 ended,
-                reputation,
+                reputation.root(),
                 coordinators,
                 supply,
             ),
         )
+    }
+
+    /// The state less its keyed maps (which a store keeps a row per entry of).
+    pub fn scalars(&self) -> StateScalars {
+        let State {
+            chain_id,
+            params,
+            tip,
+            accounts: _,
+            stakes: _,
+            unbonding_queue: _,
+            tasks: _,
+            ended,
+            reputation: _,
+            coordinators,
+            supply,
+        } = self;
+        StateScalars {
+            chain_id: chain_id.clone(),
+            params: params.clone(),
+            tip: tip.clone(),
+            ended: ended.clone(),
+            coordinators: coordinators.clone(),
+            supply: supply.clone(),
+        }
+    }
+
+    /// Put a state back together from its scalars and maps (as a store loads it).
+    pub fn from_parts(scalars: StateScalars, maps: StateMaps) -> State {
+        let StateScalars {
+            chain_id,
+            params,
+            tip,
+            ended,
+            coordinators,
+            supply,
+        } = scalars;
+        let StateMaps {
+            accounts,
+            stakes,
+            unbonding_queue,
+            tasks,
+            reputation,
+        } = maps;
+        State {
+            chain_id,
+            params,
+            tip,
+            accounts,
+            stakes,
+            unbonding_queue,
+            tasks,
+            ended,
+            reputation,
+            coordinators,
+            supply,
+        }
     }
 
     pub fn height(&self) -> Height {

@@ -11,6 +11,10 @@
 //! 4. No account's balance goes down in a block unless that block includes a transaction the
 //!    account signed; a transaction signed by anyone but its signer is rejected.
 //! 5. A rejected transaction leaves the state unchanged (checked by `apply_tx` directly).
+//! 6. The unbonding queue names exactly the pending unbondings (or matured stake would never
+//!    come back), and no empty stake is kept.
+//! 7. The state root from the maps' cached subtree hashes equals the root of the same state
+//!    rebuilt from scratch (no stale cached hash survives a change).
 
 mod common;
 
@@ -678,10 +682,37 @@ fn run(blocks: &[Vec<Action>]) -> Vec<Hash> {
 
         // Invariant 1.
         chain.assert_supply_conserved();
+        assert_unbonding_queue_is_exact(&chain.state);
+        let rebuilt: State = borsh::from_slice(&borsh::to_vec(&chain.state).unwrap()).unwrap();
+        assert_eq!(
+            rebuilt.state_root(),
+            chain.state.state_root(),
+            "invariant 7"
+        );
         mem.included.extend(built.block.txs.iter().cloned());
         roots.push(chain.state.state_root());
     }
     roots
+}
+
+/// Invariant 6.
+fn assert_unbonding_queue_is_exact(state: &State) {
+    let mut pending = std::collections::BTreeSet::new();
+    for ((who, role), stake) in &state.stakes {
+        assert!(
+            stake.bonded > Amount::ZERO || !stake.unbonding.is_empty(),
+            "an empty stake of {} is kept",
+            name_of(who)
+        );
+        for u in &stake.unbonding {
+            pending.insert((u.release_height, *who, *role));
+        }
+    }
+    let queued: std::collections::BTreeSet<_> = state.unbonding_queue.keys().copied().collect();
+    assert_eq!(
+        queued, pending,
+        "the unbonding queue differs from the pending unbondings"
+    );
 }
 
 proptest! {

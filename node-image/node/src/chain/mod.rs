@@ -63,6 +63,16 @@ pub enum ChainError {
     },
     #[error("decided block {height} is missing from the store below the tip")]
     MissingBlock { height: u64 },
+    #[error(
+        "the stored state does not match block {height}: its root is {computed}, the block says \
+         {expected}; the chain database is corrupt (sync a fresh data directory from the other \
+         coordinators)"
+    )]
+    StateCorrupt {
+        height: u64,
+        expected: Hash,
+        computed: Hash,
+    },
 }
 
 /// The state after the last decided block and its root, swapped together. The root is that
@@ -82,17 +92,39 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// Open the chain in `data_dir`, resuming from the stored state if there is one.
+    /// Open the chain in `data_dir`, resuming from the stored state if there is one. The
+    /// stored state's root is checked against the last block's header (once, at start), so a
+    /// corrupt database is refused rather than followed.
     pub fn open(genesis: Genesis, data_dir: &Path, limits: Limits) -> Result<Chain, ChainError> {
         let genesis_hash = genesis.hash();
         let store = Store::open(data_dir, genesis_hash)?;
         let state = match store.load_state()? {
             Some(s) => s,
-            None => State::from_genesis(&genesis),
+            None => {
+                let s = State::from_genesis(&genesis);
+                store.init_state(&s)?;
+                s
+            }
         };
+        let state_root = state.state_root();
+        let height = state.tip.height;
+        if height > 0 {
+            let expected = store
+                .block(height)?
+                .ok_or(ChainError::MissingBlock { height })?
+                .header
+                .state_root;
+            if expected != state_root {
+                return Err(ChainError::StateCorrupt {
+                    height,
+                    expected,
+                    computed: state_root,
+                });
+            }
+        }
         let mempool = Mempool::new(&state, now_ms(), limits);
         let snapshot = Snapshot {
-            state_root: state.state_root(),
+            state_root,
             state: Arc::new(state),
         };
         Ok(Chain {
@@ -312,7 +344,7 @@ impl Chain {
             _ => pot_protocol::apply_block(&state, block)
                 .map_err(|error| ChainError::DecidedBlockInvalid { height, error })?,
         };
-        self.store.commit(block, commit, &next)?;
+        self.store.commit(block, commit, &state, &next)?;
         let next = Arc::new(next);
         *self.snapshot.write().expect("state lock") = Snapshot {
             state: next.clone(),
@@ -330,8 +362,119 @@ impl Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pot_protocol::SecretKey;
-    use pot_protocol::genesis::Coordinator;
+    use pot_protocol::genesis::{Coordinator, GenesisBalance};
+    use pot_protocol::tx::Role;
+    use pot_protocol::{Amount, SecretKey, Tx, TxBody};
+
+    /// A chain whose coordinator also holds the funds, and its key.
+    fn funded_chain(dir: &Path) -> (Chain, SecretKey) {
+        let key = SecretKey::from_seed([3; 32]);
+        let genesis = Genesis {
+            chain_id: "t".into(),
+            genesis_time_ms: 0,
+            params: pot_protocol::Params {
+                unbonding_blocks: 2,
+                ..Default::default()
+            },
+            balances: vec![GenesisBalance {
+                address: key.address(),
+                amount: Amount(1_000_000_000),
+            }],
+            stakes: vec![],
+            coordinators: vec![Coordinator::for_key(&key)],
+        };
+        (Chain::open(genesis, dir, Limits::default()).unwrap(), key)
+    }
+
+    /// Propose a block from the mempool and commit it.
+    fn next_block(chain: &Chain, key: &SecretKey) -> Block {
+        let time = chain.state().tip.time_ms + 1_000;
+        let (block, after) = chain.propose(&ProposerKey::new(key), time);
+        let commit = Commit {
+            height: block.header.height,
+            round: 0,
+            block: block.hash(),
+            signatures: vec![],
+        };
+        chain.commit(&block, &commit, Some(after)).unwrap();
+        block
+    }
+
+    #[test]
+    fn the_state_stored_block_by_block_reopens_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, key) = funded_chain(dir.path());
+        let mut nonce = 0;
+        let mut send = |body: TxBody| {
+            let tx = Tx {
+                chain_id: "t".into(),
+                signer: key.address(),
+                nonce,
+                fee: Amount(1_000),
+                body,
+            }
+            .sign(&key);
+            nonce += 1;
+            chain.submit(tx).unwrap();
+        };
+        // New accounts, a bond, and an unbonding that matures (its queue entry and the emptied
+        // stake are deleted rows).
+        for i in 100..150u8 {
+            send(TxBody::Transfer {
+                to: SecretKey::from_seed([i; 32]).address(),
+                amount: Amount(10_000),
+            });
+        }
+        send(TxBody::Bond {
+            role: Role::Validator,
+            amount: Amount(5_000),
+        });
+        next_block(&chain, &key);
+        send(TxBody::Unbond {
+            role: Role::Validator,
+            amount: Amount(5_000),
+        });
+        next_block(&chain, &key);
+        assert!(!chain.state().unbonding_queue.is_empty());
+        for _ in 0..3 {
+            next_block(&chain, &key);
+        }
+        let state = chain.state();
+        assert!(state.unbonding_queue.is_empty(), "the unbonding matured");
+        assert!(state.stakes.is_empty(), "the emptied stake is gone");
+        assert_eq!(state.accounts.len(), 51);
+        let genesis = chain.genesis().clone();
+        drop(chain);
+
+        let reopened = Chain::open(genesis, dir.path(), Limits::default()).unwrap();
+        assert_eq!(*reopened.state(), *state);
+        assert_eq!(reopened.snapshot().state_root, state.state_root());
+    }
+
+    #[test]
+    fn a_stored_state_that_does_not_match_the_last_block_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, key) = funded_chain(dir.path());
+        next_block(&chain, &key);
+        let stranger = SecretKey::from_seed([9; 32]).address();
+        let account = pot_protocol::state::Account {
+            balance: Amount(1),
+            nonce: 0,
+        };
+        chain.store().put_raw_account_for_test(
+            &borsh::to_vec(&stranger).unwrap(),
+            &borsh::to_vec(&account).unwrap(),
+        );
+        let genesis = chain.genesis().clone();
+        drop(chain);
+        let err = Chain::open(genesis, dir.path(), Limits::default())
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(err, ChainError::StateCorrupt { height: 1, .. }),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_decided_block_below_the_tip_that_differs_from_the_stored_one_is_a_fork() {

@@ -1,16 +1,25 @@
 //! The node's embedded transactional store (redb) under `--data-dir`: decided blocks with their
 //! commit certificates (in the protocol's own `Commit` type, so an engine upgrade never changes
-//! stored history; the database carries a format version), the state after the last block, where each transaction landed, and the
-//! proposals seen but not yet decided (the engine may ask for them again after a crash).
-//! Everything a decided height changes is written in one transaction, so a crash leaves either
-//! the old height or the new one, never half of it.
+//! stored history; the database carries a format version), the state after the last block,
+//! where each transaction landed, and the proposals seen but not yet decided (the engine may
+//! ask for them again after a crash).
+//!
+//! The state is stored incrementally: one row per entry of each of its keyed maps, plus one row
+//! for the rest, and a block writes only the rows it changed (found by diffing the state
+//! before and after it, which skips everything the two share), so its cost grows with its
+//! transactions, not with the size of the state. Everything a decided height changes is
+//! written in one transaction, so a crash leaves either the old height or the new one, never
+//! half of it.
 
 use std::path::Path;
 
+use borsh::{BorshDeserialize, BorshSerialize};
 use pot_protocol::commit::Commit;
 use pot_protocol::encoding;
+use pot_protocol::merkle_map::{Change, MerkleMap};
+use pot_protocol::state::{StateMaps, StateScalars};
 use pot_protocol::{Block, Hash, State};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 
 const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 /// height -> the block's commit certificate (`pot_protocol::commit::Commit`, borsh).
@@ -23,12 +32,20 @@ const UNDECIDED: TableDefinition<(u64, u32, &[u8; 32]), &[u8]> = TableDefinition
 /// from its state, and queries read them here.
 const ENDED_TASKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("ended_tasks");
 
+/// The state's keyed maps, a row per entry: borsh key -> borsh value.
+const STATE_ACCOUNTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state_accounts");
+const STATE_STAKES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state_stakes");
+const STATE_UNBONDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state_unbonding");
+const STATE_TASKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state_tasks");
+const STATE_REPUTATION: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state_reputation");
+
 const META_GENESIS: &str = "genesis_hash";
+/// The state less its maps (`StateScalars`, borsh).
 const META_STATE: &str = "state";
 const META_FORMAT: &str = "format";
 
 /// The layout of the tables above. A database of another format is refused, never misread.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// Why the store failed. Corruption is reported, never papered over.
 #[derive(Debug, thiserror::Error)]
@@ -120,28 +137,61 @@ impl Store {
             w.open_table(TX_INDEX)?;
             w.open_table(UNDECIDED)?;
             w.open_table(ENDED_TASKS)?;
+            for table in [
+                STATE_ACCOUNTS,
+                STATE_STAKES,
+                STATE_UNBONDING,
+                STATE_TASKS,
+                STATE_REPUTATION,
+            ] {
+                w.open_table(table)?;
+            }
         }
         w.commit()?;
         Ok(Store { db })
     }
 
-    /// The state after the last decided block, if any block was decided.
+    /// The stored state: after the last decided block, or the genesis state if no block was
+    /// decided yet; `None` before [`Store::init_state`].
     pub fn load_state(&self) -> Result<Option<State>, StoreError> {
         let r = self.db.begin_read()?;
         let meta = r.open_table(META)?;
         let Some(bytes) = meta.get(META_STATE)? else {
             return Ok(None);
         };
-        let state = borsh::from_slice::<State>(bytes.value()).map_err(|e| StoreError::Corrupt {
-            what: "state",
-            error: encoding::DecodeError::Malformed(e.to_string()),
-        })?;
-        Ok(Some(state))
+        let scalars: StateScalars = decode(bytes.value(), "state")?;
+        let maps = StateMaps {
+            accounts: read_map(&r.open_table(STATE_ACCOUNTS)?, "account")?,
+            stakes: read_map(&r.open_table(STATE_STAKES)?, "stake")?,
+            unbonding_queue: read_map(&r.open_table(STATE_UNBONDING)?, "unbonding")?,
+            tasks: read_map(&r.open_table(STATE_TASKS)?, "task")?,
+            reputation: read_map(&r.open_table(STATE_REPUTATION)?, "reputation")?,
+        };
+        Ok(Some(State::from_parts(scalars, maps)))
+    }
+
+    /// Store the genesis state in full (a new data directory).
+    pub fn init_state(&self, genesis_state: &State) -> Result<(), StoreError> {
+        let w = self.db.begin_write()?;
+        write_state(
+            &w,
+            &State::from_parts(genesis_state.scalars(), StateMaps::default()),
+            genesis_state,
+        )?;
+        w.commit()?;
+        Ok(())
     }
 
     /// Record a decided block, its certificate and the state after it, atomically; forget the
-    /// undecided proposals at or below its height.
-    pub fn commit(&self, block: &Block, commit: &Commit, state: &State) -> Result<(), StoreError> {
+    /// undecided proposals at or below its height. `prev` is the stored state the block was
+    /// applied to: only the rows where `state` differs from it are written.
+    pub fn commit(
+        &self,
+        block: &Block,
+        commit: &Commit,
+        prev: &State,
+        state: &State,
+    ) -> Result<(), StoreError> {
         let height = block.header.height;
         let w = self.db.begin_write()?;
         {
@@ -153,10 +203,7 @@ impl Store {
             for (i, tx) in block.txs.iter().enumerate() {
                 index.insert(tx.hash().as_bytes(), (height, i as u32))?;
             }
-            w.open_table(META)?.insert(
-                META_STATE,
-                borsh::to_vec(state).expect("encodes").as_slice(),
-            )?;
+            write_state(&w, prev, state)?;
             let mut ended = w.open_table(ENDED_TASKS)?;
             for task in &state.ended {
                 ended.insert(
@@ -239,6 +286,17 @@ impl Store {
         w.commit().unwrap();
     }
 
+    /// Write a raw row into the accounts table (tests of corrupt stores).
+    #[cfg(test)]
+    pub fn put_raw_account_for_test(&self, key: &[u8], value: &[u8]) {
+        let w = self.db.begin_write().unwrap();
+        w.open_table(STATE_ACCOUNTS)
+            .unwrap()
+            .insert(key, value)
+            .unwrap();
+        w.commit().unwrap();
+    }
+
     /// Write raw bytes where a block goes (tests of corrupt stores).
     #[cfg(test)]
     pub fn put_raw_block_for_test(&self, height: u64, bytes: &[u8]) {
@@ -275,6 +333,84 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn decode<T: BorshDeserialize>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+    borsh::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        error: encoding::DecodeError::Malformed(e.to_string()),
+    })
+}
+
+/// Write `state` over `prev`: its scalars, and the map rows that differ.
+fn write_state(w: &redb::WriteTransaction, prev: &State, state: &State) -> Result<(), StoreError> {
+    w.open_table(META)?.insert(
+        META_STATE,
+        borsh::to_vec(&state.scalars()).expect("encodes").as_slice(),
+    )?;
+    write_changes(
+        &mut w.open_table(STATE_ACCOUNTS)?,
+        &prev.accounts,
+        &state.accounts,
+    )?;
+    write_changes(
+        &mut w.open_table(STATE_STAKES)?,
+        &prev.stakes,
+        &state.stakes,
+    )?;
+    write_changes(
+        &mut w.open_table(STATE_UNBONDING)?,
+        &prev.unbonding_queue,
+        &state.unbonding_queue,
+    )?;
+    write_changes(&mut w.open_table(STATE_TASKS)?, &prev.tasks, &state.tasks)?;
+    write_changes(
+        &mut w.open_table(STATE_REPUTATION)?,
+        &prev.reputation,
+        &state.reputation,
+    )?;
+    Ok(())
+}
+
+fn write_changes<K, V>(
+    table: &mut Table<&[u8], &[u8]>,
+    old: &MerkleMap<K, V>,
+    new: &MerkleMap<K, V>,
+) -> Result<(), StoreError>
+where
+    K: Ord + BorshSerialize,
+    V: PartialEq + BorshSerialize,
+{
+    for change in new.changes_since(old) {
+        match change {
+            Change::Put(k, v) => {
+                table.insert(
+                    encoding::encode(k).as_slice(),
+                    encoding::encode(v).as_slice(),
+                )?;
+            }
+            Change::Delete(k) => {
+                table.remove(encoding::encode(k).as_slice())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_map<K, V>(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    what: &'static str,
+) -> Result<MerkleMap<K, V>, StoreError>
+where
+    K: Ord + Clone + BorshSerialize + BorshDeserialize,
+    V: Clone + BorshDeserialize,
+{
+    let mut map = MerkleMap::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        map.insert(decode(k.value(), what)?, decode(v.value(), what)?);
+    }
+    Ok(map)
 }
 
 #[cfg(test)]
@@ -350,7 +486,8 @@ mod tests {
             block: block.hash(),
             signatures: vec![],
         };
-        store.commit(&block, &commit, &state).unwrap();
+        store.init_state(&state).unwrap();
+        store.commit(&block, &commit, &state, &state).unwrap();
         assert!(store.undecided_at(1).unwrap().is_empty());
         assert_eq!(store.undecided_at(2).unwrap().len(), 2);
         assert_eq!(store.block(1).unwrap(), Some(block));

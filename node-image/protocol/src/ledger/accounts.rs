@@ -38,7 +38,7 @@ pub(super) fn bond(
     }
     state.require_funds(&who, amount)?;
     state.debit(who, amount);
-    let stake = state.stakes.entry((who, role)).or_default();
+    let stake = state.stakes.get_mut_or_default((who, role));
     stake.bonded = stake
         .bonded
         .checked_add(amount)
@@ -84,13 +84,27 @@ pub(super) fn unbond(
         amount,
         release_height,
     });
+    state
+        .unbonding_queue
+        .insert((release_height, who, role), ());
     Ok(())
 }
 
-/// Return matured unbondings to their owners' balances.
+/// Return matured unbondings to their owners' balances. The queue names the stakes that have
+/// one, so a block's cost grows with what matures in it, not with the number of stakes.
 pub(super) fn release_unbondings(state: &mut State, height: Height) {
-    let mut released = Vec::new();
-    for ((who, _), stake) in state.stakes.iter_mut() {
+    let due: Vec<(Height, Address, Role)> = state
+        .unbonding_queue
+        .keys()
+        .take_while(|(at, _, _)| *at <= height)
+        .copied()
+        .collect();
+    for key in due {
+        state.unbonding_queue.remove(&key);
+        let (_, who, role) = key;
+        let Some(stake) = state.stakes.get_mut(&(who, role)) else {
+            continue;
+        };
         let mut sum = Amount::ZERO;
         stake.unbonding.retain(|u| {
             if u.release_height <= height {
@@ -101,15 +115,21 @@ pub(super) fn release_unbondings(state: &mut State, height: Height) {
             }
         });
         if sum > Amount::ZERO {
-            released.push((*who, sum));
+            state.credit(who, sum);
         }
+        forget_if_empty(state, who, role);
     }
-    for (who, sum) in released {
-        state.credit(who, sum);
-    }
-    state
+}
+
+/// Drop a stake with nothing bonded and nothing unbonding, so state does not keep empty rows.
+fn forget_if_empty(state: &mut State, who: Address, role: Role) {
+    if state
         .stakes
-        .retain(|_, s| s.bonded > Amount::ZERO || !s.unbonding.is_empty());
+        .get(&(who, role))
+        .is_some_and(|s| s.bonded == Amount::ZERO && s.unbonding.is_empty())
+    {
+        state.stakes.remove(&(who, role));
+    }
 }
 
 /// Reserve `amount` of `who`'s free stake in `role` as collateral. The caller has checked that
@@ -142,6 +162,7 @@ pub(crate) fn settle_reservation(
     let taken = slash.min(collateral).min(stake.bonded);
     stake.reserved = stake.reserved.saturating_sub(collateral);
     stake.bonded = Amount(stake.bonded.0 - taken.0);
+    forget_if_empty(state, who, role);
     taken
 }
 

@@ -164,7 +164,7 @@ pub(super) fn finalize(state: &mut State, id: &TaskId, height: Height, mint_budg
             *mint_budget = Amount(mint_budget.0 - mint.0);
             settle.pay(miner, mint, PayoutKind::Mint);
             settle.minted = mint;
-            state.reputation.entry(miner).or_default().tasks_won += 1;
+            state.reputation.get_mut_or_default(miner).tasks_won += 1;
         }
         // Every revealed claim was judged invalid (or none was revealed): the client gets the
         // rest back. A claim nobody could judge burns it instead, so that a client cannot
@@ -393,8 +393,7 @@ fn judge_claims(state: &mut State, task: &Task, lost: &Lost) -> Vec<ClaimOutcome
                 if (*verdict == Verdict::Valid) != valid {
                     state
                         .reputation
-                        .entry(*v)
-                        .or_default()
+                        .get_mut_or_default(*v)
                         .reports_against_majority += 1;
                 }
             }
@@ -403,13 +402,12 @@ fn judge_claims(state: &mut State, task: &Task, lost: &Lost) -> Vec<ClaimOutcome
             if !matches!(entry.reports.get(&a.validator), Some(r) if r.report.is_some()) {
                 state
                     .reputation
-                    .entry(a.validator)
-                    .or_default()
+                    .get_mut_or_default(a.validator)
                     .reports_missed += 1;
             }
         }
         if decided && !valid {
-            state.reputation.entry(*miner).or_default().claims_rejected += 1;
+            state.reputation.get_mut_or_default(*miner).claims_rejected += 1;
         }
         outcomes.push(ClaimOutcome {
             miner: *miner,

@@ -183,7 +183,7 @@ fn apply_body(state: &mut State, ctx: &TxCtx, stx: &SignedTx) -> Result<(), TxEr
         return Err(e);
     }
     state.supply.burned = Amount(state.supply.burned.0 + tx.fee.0);
-    state.accounts.entry(who).or_default().nonce += 1;
+    state.accounts.get_mut_or_default(who).nonce += 1;
     Ok(())
 }
 
@@ -512,7 +512,7 @@ pub fn begin_block(state: &mut State, height: Height, time_ms: u64, beacon: Hash
 /// because every token is counted in a total supply that fits in `u64`.
 impl State {
     pub(crate) fn debit(&mut self, who: Address, amount: Amount) {
-        let acct = self.accounts.entry(who).or_default();
+        let acct = self.accounts.get_mut_or_default(who);
         acct.balance = acct
             .balance
             .checked_sub(amount)
@@ -520,7 +520,7 @@ impl State {
     }
 
     pub(crate) fn credit(&mut self, who: Address, amount: Amount) {
-        let acct = self.accounts.entry(who).or_default();
+        let acct = self.accounts.get_mut_or_default(who);
         acct.balance = acct
             .balance
             .checked_add(amount)
