@@ -39,6 +39,9 @@ enum Top {
         rate: u64,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Sending accounts per coordinator (each sends in nonce order, all concurrently).
+        #[arg(long, default_value_t = 64)]
+        accounts_per_node: usize,
     },
     /// Run a local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler).
     Cluster {
@@ -81,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             block_time_ms,
             rate,
             seconds,
+            accounts_per_node,
         } => {
             let report = tokio::runtime::Runtime::new()?.block_on(pot_e2e::ledger_bench::run(
                 pot_e2e::ledger_bench::Config {
@@ -90,6 +94,7 @@ fn main() -> anyhow::Result<()> {
                     block_time_ms,
                     rate,
                     seconds,
+                    accounts_per_node,
                 },
             ))?;
             println!("{}", serde_json::to_string(&report)?);

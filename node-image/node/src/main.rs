@@ -162,6 +162,15 @@ enum BenchWhat {
         #[arg(long, default_value_t = 5)]
         segments: u32,
     },
+    /// A coordinator's cost per block against the size of the state.
+    BlockCost {
+        #[arg(long)]
+        accounts: usize,
+        #[arg(long, default_value_t = 1000)]
+        txs: usize,
+        #[arg(long, default_value_t = 5)]
+        blocks: usize,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -473,6 +482,13 @@ fn main() -> anyhow::Result<()> {
                 } => {
                     serde_json::to_string(&pot_node::bench::overhead(&model, steps, k, segments)?)?
                 }
+                BenchWhat::BlockCost {
+                    accounts,
+                    txs,
+                    blocks,
+                } => serde_json::to_string(&pot_node::bench::block_cost::block_cost(
+                    accounts, txs, blocks,
+                )?)?,
             };
             println!("{json}");
         }

@@ -44,6 +44,9 @@ struct Node<K, V> {
     len: usize,
     /// This subtree's hash, once computed; reset on every change below it.
     hash: OnceLock<Hash>,
+    /// The hash of this node's own entry, once computed; reset when its value changes (a
+    /// change below it rehashes the node, not its entry).
+    entry: OnceLock<Hash>,
 }
 
 impl<K: Clone, V> Clone for Node<K, V> {
@@ -56,6 +59,7 @@ impl<K: Clone, V> Clone for Node<K, V> {
             right: self.right.clone(),
             len: self.len,
             hash: self.hash.clone(),
+            entry: self.entry.clone(),
         }
     }
 }
@@ -79,10 +83,12 @@ impl<K, V> Node<K, V> {
 impl<K: BorshSerialize, V: BorshSerialize> Node<K, V> {
     fn hash(&self) -> Hash {
         *self.hash.get_or_init(|| {
-            let entry = Hash::tagged(
-                "pot/map/entry",
-                &[&encode(&self.key), &encode(&*self.value)],
-            );
+            let entry = self.entry.get_or_init(|| {
+                Hash::tagged(
+                    "pot/map/entry",
+                    &[&encode(&self.key), &encode(&*self.value)],
+                )
+            });
             Hash::tagged(
                 "pot/map/node",
                 &[
@@ -140,6 +146,7 @@ fn insert<K: Ord + Clone, V>(
             right: None,
             len: 1,
             hash: OnceLock::new(),
+            entry: OnceLock::new(),
         }));
         return None;
     };
@@ -147,6 +154,7 @@ fn insert<K: Ord + Clone, V>(
     match key.cmp(&node.key) {
         Ordering::Equal => {
             let old = std::mem::replace(&mut node.value, value);
+            node.entry = OnceLock::new();
             node.changed();
             Some(old)
         }
@@ -319,7 +327,10 @@ impl<K: Ord + Clone + BorshSerialize, V: Clone> MerkleMap<K, V> {
             let node = Arc::make_mut(link.as_mut().expect("the key is present"));
             node.hash = OnceLock::new();
             match key.cmp(&node.key) {
-                Ordering::Equal => return Some(Arc::make_mut(&mut node.value)),
+                Ordering::Equal => {
+                    node.entry = OnceLock::new();
+                    return Some(Arc::make_mut(&mut node.value));
+                }
                 Ordering::Less => link = &mut node.left,
                 Ordering::Greater => link = &mut node.right,
             }
