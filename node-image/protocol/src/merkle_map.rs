@@ -1,235 +1,341 @@
-//! `MerkleMap`: the ordered map the ledger state keeps its accounts, stakes, tasks and
-//! reputation in. Three properties make a block's cost grow with its transactions rather than
-//! with the size of the state:
+//! `MerkleMap`: the ordered map the ledger state keeps its accounts, stakes, unbonding queue,
+//! tasks and reputation in. Three properties make a block's cost grow with its transactions
+//! rather than with the size of the state:
 //!
-//! - **persistent**: a clone shares every node, and a change copies only the path to it
-//!   (expected O(log n) nodes), so applying a block to a copy of the state costs what the block
-//!   touches;
+//! - **persistent**: a clone shares every node, and a change copies only the path to it, so
+//!   applying a block to a copy of the state costs what the block touches;
 //! - **Merkleised**: every node caches the hash of its subtree, computed on first use, so the
 //!   root after a block rehashes only the nodes the block created;
 //! - **diffable**: [`MerkleMap::changes_since`] walks two versions and skips the subtrees they
 //!   share, so the store writes only the rows a block changed.
 //!
-//! It is a treap whose priorities are hashes of the keys, so its shape, and with it the root,
-//! depends only on its contents, never on the order of insertions and removals: every node
-//! computes the same root for the same state. (Written here rather than taken from a crate: the
-//! Merkle trees on crates.io — jmt, sparse-merkle-tree, merk — come with their own storage
-//! layers and versioning, and the state machine must stay pure and in memory.)
+//! It is a crit-bit tree (a binary Patricia trie) over an order-preserving, fixed-length
+//! encoding of the keys ([`TrieKey`]): a branch names the first bit in which the keys below it
+//! differ, left for 0, right for 1. Two properties follow that a consensus state needs. Its shape,
+//! and with it the root, depends only on its contents, never on the order of insertions and
+//! removals, so every node computes the same root for the same state. And no path is longer
+//! than a key has bits (at most 328 here) whatever keys anyone chooses: keys are often chosen
+//! by strangers (any 32 bytes can receive a transfer), and a structure whose depth keys can
+//! grind (a treap with hash priorities, say) would let one make every node slow, or overflow
+//! its stack. (Written here rather than taken from a crate: the Merkle trees on crates.io —
+//! jmt, sparse-merkle-tree, merk — come with their own storage layers and versioning, and the
+//! state machine must stay pure and in memory.)
 //!
-//! Hashes: an empty subtree is `Hash::ZERO`; a node is
-//! `tagged("pot/map/node", left ‖ tagged("pot/map/entry", key ‖ value) ‖ right)` over the
-//! borsh encodings of key and value.
+//! Hashes: an empty map is `Hash::ZERO`; a leaf is `tagged("pot/map/leaf", key ‖ value)` over
+//! the key's trie encoding and the value's borsh encoding; a branch is
+//! `tagged("pot/map/branch", bit ‖ left ‖ right)` with the bit index as 4 little-endian bytes.
 
-use std::cmp::Ordering;
 use std::fmt;
 use std::ops::Index;
 use std::sync::{Arc, OnceLock};
 
 use borsh::{BorshDeserialize, BorshSerialize};
 
+use crate::crypto::Address;
 use crate::encoding::encode;
 use crate::hash::Hash;
+use crate::tx::Role;
+
+/// A key's encoding for the trie: every key of a type encodes to the same number of bytes, and
+/// encodings compare (as bytes) as the keys do.
+pub trait TrieKey: Ord + Clone {
+    fn trie_bytes(&self, out: &mut Vec<u8>);
+
+    fn to_trie_bytes(&self) -> Box<[u8]> {
+        let mut out = Vec::with_capacity(48);
+        self.trie_bytes(&mut out);
+        out.into_boxed_slice()
+    }
+}
+
+impl TrieKey for Address {
+    fn trie_bytes(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.0);
+    }
+}
+
+impl TrieKey for Hash {
+    fn trie_bytes(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.0);
+    }
+}
+
+impl TrieKey for Role {
+    fn trie_bytes(&self, out: &mut Vec<u8>) {
+        // Declaration order, as `Ord` is derived.
+        out.push(match self {
+            Role::Miner => 0,
+            Role::Validator => 1,
+        });
+    }
+}
+
+macro_rules! big_endian_key {
+    ($($t:ty),*) => {$(
+        impl TrieKey for $t {
+            fn trie_bytes(&self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_be_bytes());
+            }
+        }
+    )*};
+}
+big_endian_key!(u16, u32, u64);
+
+impl<A: TrieKey, B: TrieKey> TrieKey for (A, B) {
+    fn trie_bytes(&self, out: &mut Vec<u8>) {
+        self.0.trie_bytes(out);
+        self.1.trie_bytes(out);
+    }
+}
+
+impl<A: TrieKey, B: TrieKey, C: TrieKey> TrieKey for (A, B, C) {
+    fn trie_bytes(&self, out: &mut Vec<u8>) {
+        self.0.trie_bytes(out);
+        self.1.trie_bytes(out);
+        self.2.trie_bytes(out);
+    }
+}
+
+/// Bit `i` of `bytes`, most significant first (so that 0 sorts before 1).
+fn bit(bytes: &[u8], i: u32) -> bool {
+    bytes[(i / 8) as usize] & (0x80 >> (i % 8)) != 0
+}
+
+/// The first bit in which two encodings of the same length differ.
+fn first_difference(a: &[u8], b: &[u8]) -> Option<u32> {
+    let (i, (x, y)) = a.iter().zip(b).enumerate().find(|(_, (x, y))| x != y)?;
+    Some(i as u32 * 8 + (x ^ y).leading_zeros())
+}
 
 type Link<K, V> = Option<Arc<Node<K, V>>>;
 
-struct Node<K, V> {
-    key: K,
-    /// Shared, so copying a node on the path of a change never copies its value.
-    value: Arc<V>,
-    /// Heap order: a node's priority is above its children's.
-    priority: Hash,
-    left: Link<K, V>,
-    right: Link<K, V>,
-    /// Entries in this subtree.
-    len: usize,
-    /// This subtree's hash, once computed; reset on every change below it.
-    hash: OnceLock<Hash>,
-    /// The hash of this node's own entry, once computed; reset when its value changes (a
-    /// change below it rehashes the node, not its entry).
-    entry: OnceLock<Hash>,
+enum Node<K, V> {
+    Leaf {
+        key: K,
+        bits: Box<[u8]>,
+        /// Shared, so copying a leaf never copies its value.
+        value: Arc<V>,
+        /// Reset when the value changes.
+        hash: OnceLock<Hash>,
+    },
+    Branch {
+        /// The first bit in which the keys below differ; deeper branches name later bits.
+        bit: u32,
+        left: Arc<Node<K, V>>,
+        right: Arc<Node<K, V>>,
+        /// Entries below.
+        len: usize,
+        /// Reset on every change below.
+        hash: OnceLock<Hash>,
+    },
 }
 
 impl<K: Clone, V> Clone for Node<K, V> {
     fn clone(&self) -> Self {
-        Node {
-            key: self.key.clone(),
-            value: self.value.clone(),
-            priority: self.priority,
-            left: self.left.clone(),
-            right: self.right.clone(),
-            len: self.len,
-            hash: self.hash.clone(),
-            entry: self.entry.clone(),
+        match self {
+            Node::Leaf {
+                key,
+                bits,
+                value,
+                hash,
+            } => Node::Leaf {
+                key: key.clone(),
+                bits: bits.clone(),
+                value: value.clone(),
+                hash: hash.clone(),
+            },
+            Node::Branch {
+                bit,
+                left,
+                right,
+                len,
+                hash,
+            } => Node::Branch {
+                bit: *bit,
+                left: left.clone(),
+                right: right.clone(),
+                len: *len,
+                hash: hash.clone(),
+            },
         }
     }
-}
-
-fn priority_of<K: BorshSerialize>(key: &K) -> Hash {
-    Hash::of_value("pot/map/priority", key)
-}
-
-fn len_of<K, V>(link: &Link<K, V>) -> usize {
-    link.as_ref().map_or(0, |n| n.len)
 }
 
 impl<K, V> Node<K, V> {
-    /// Recount after a change to the children, and forget the stale hash.
-    fn changed(&mut self) {
-        self.len = 1 + len_of(&self.left) + len_of(&self.right);
-        self.hash = OnceLock::new();
+    fn len(&self) -> usize {
+        match self {
+            Node::Leaf { .. } => 1,
+            Node::Branch { len, .. } => *len,
+        }
     }
-}
 
-impl<K: BorshSerialize, V: BorshSerialize> Node<K, V> {
-    fn hash(&self) -> Hash {
-        *self.hash.get_or_init(|| {
-            let entry = self.entry.get_or_init(|| {
-                Hash::tagged(
-                    "pot/map/entry",
-                    &[&encode(&self.key), &encode(&*self.value)],
-                )
-            });
-            Hash::tagged(
-                "pot/map/node",
-                &[
-                    hash_of(&self.left).as_bytes(),
-                    entry.as_bytes(),
-                    hash_of(&self.right).as_bytes(),
-                ],
-            )
-        })
-    }
-}
-
-fn hash_of<K: BorshSerialize, V: BorshSerialize>(link: &Link<K, V>) -> Hash {
-    link.as_ref().map_or(Hash::ZERO, |n| n.hash())
-}
-
-/// Lift the left child above `link`'s node.
-fn rotate_right<K: Clone, V>(link: &mut Link<K, V>) {
-    let mut top = link.take().expect("a node to rotate");
-    let t = Arc::make_mut(&mut top);
-    let mut left = t.left.take().expect("a left child to lift");
-    let l = Arc::make_mut(&mut left);
-    t.left = l.right.take();
-    t.changed();
-    l.right = Some(top);
-    l.changed();
-    *link = Some(left);
-}
-
-/// Lift the right child above `link`'s node.
-fn rotate_left<K: Clone, V>(link: &mut Link<K, V>) {
-    let mut top = link.take().expect("a node to rotate");
-    let t = Arc::make_mut(&mut top);
-    let mut right = t.right.take().expect("a right child to lift");
-    let r = Arc::make_mut(&mut right);
-    t.right = r.left.take();
-    t.changed();
-    r.left = Some(top);
-    r.changed();
-    *link = Some(right);
-}
-
-fn insert<K: Ord + Clone, V>(
-    link: &mut Link<K, V>,
-    key: K,
-    value: Arc<V>,
-    priority: Hash,
-) -> Option<Arc<V>> {
-    let Some(arc) = link else {
-        *link = Some(Arc::new(Node {
+    fn leaf(key: K, bits: Box<[u8]>, value: Arc<V>) -> Self {
+        Node::Leaf {
             key,
+            bits,
             value,
-            priority,
-            left: None,
-            right: None,
-            len: 1,
             hash: OnceLock::new(),
-            entry: OnceLock::new(),
-        }));
-        return None;
+        }
+    }
+
+    fn branch(bit: u32, left: Arc<Node<K, V>>, right: Arc<Node<K, V>>) -> Self {
+        Node::Branch {
+            bit,
+            len: left.len() + right.len(),
+            left,
+            right,
+            hash: OnceLock::new(),
+        }
+    }
+
+    /// Recount after a change below, and forget the stale hash.
+    fn changed(&mut self) {
+        match self {
+            Node::Leaf { hash, .. } => *hash = OnceLock::new(),
+            Node::Branch {
+                left,
+                right,
+                len,
+                hash,
+                ..
+            } => {
+                *len = left.len() + right.len();
+                *hash = OnceLock::new();
+            }
+        }
+    }
+
+    /// The leftmost leaf's key.
+    fn min_key(&self) -> &K {
+        let mut n = self;
+        loop {
+            match n {
+                Node::Leaf { key, .. } => return key,
+                Node::Branch { left, .. } => n = left,
+            }
+        }
+    }
+
+    /// The leaf a search for `bits` ends at (the only one that can hold that key).
+    fn closest_leaf(&self, bits: &[u8]) -> &Node<K, V> {
+        let mut n = self;
+        while let Node::Branch {
+            bit: b,
+            left,
+            right,
+            ..
+        } = n
+        {
+            n = if bit(bits, *b) { right } else { left };
+        }
+        n
+    }
+}
+
+impl<K, V: BorshSerialize> Node<K, V> {
+    /// Recursion is as deep as the tree, which is at most the key's bit length.
+    fn hash(&self) -> Hash {
+        match self {
+            Node::Leaf {
+                bits, value, hash, ..
+            } => *hash.get_or_init(|| Hash::tagged("pot/map/leaf", &[bits, &encode(&**value)])),
+            Node::Branch {
+                bit,
+                left,
+                right,
+                hash,
+                ..
+            } => *hash.get_or_init(|| {
+                Hash::tagged(
+                    "pot/map/branch",
+                    &[
+                        &bit.to_le_bytes(),
+                        left.hash().as_bytes(),
+                        right.hash().as_bytes(),
+                    ],
+                )
+            }),
+        }
+    }
+}
+
+/// Put a new leaf, which differs from every key below `node` first at bit `at`, into the
+/// subtree at `node`: above the first node that is a leaf or branches at a later bit.
+fn insert_new<K: Clone, V>(node: &mut Arc<Node<K, V>>, leaf: Node<K, V>, bits: &[u8], at: u32) {
+    let descend = match &**node {
+        Node::Branch { bit: b, .. } => *b < at,
+        Node::Leaf { .. } => false,
     };
-    let node = Arc::make_mut(arc);
-    match key.cmp(&node.key) {
-        Ordering::Equal => {
-            let old = std::mem::replace(&mut node.value, value);
-            node.entry = OnceLock::new();
-            node.changed();
-            Some(old)
+    if descend {
+        let n = Arc::make_mut(node);
+        if let Node::Branch {
+            bit: b,
+            left,
+            right,
+            ..
+        } = n
+        {
+            let child = if bit(bits, *b) { right } else { left };
+            insert_new(child, leaf, bits, at);
         }
-        Ordering::Less => {
-            let old = insert(&mut node.left, key, value, priority);
-            node.changed();
-            if node
-                .left
-                .as_ref()
-                .is_some_and(|l| l.priority > node.priority)
-            {
-                rotate_right(link);
-            }
-            old
-        }
-        Ordering::Greater => {
-            let old = insert(&mut node.right, key, value, priority);
-            node.changed();
-            if node
-                .right
-                .as_ref()
-                .is_some_and(|r| r.priority > node.priority)
-            {
-                rotate_left(link);
-            }
-            old
-        }
+        n.changed();
+        return;
     }
+    let old = node.clone();
+    let new = Arc::new(leaf);
+    *node = Arc::new(if bit(bits, at) {
+        Node::branch(at, old, new)
+    } else {
+        Node::branch(at, new, old)
+    });
 }
 
-/// Join two treaps whose keys are all smaller in `a` than in `b`.
-fn merge<K: Clone, V>(a: Link<K, V>, b: Link<K, V>) -> Link<K, V> {
-    match (a, b) {
-        (None, b) => b,
-        (a, None) => a,
-        (Some(mut a), Some(mut b)) => {
-            if a.priority > b.priority {
-                let n = Arc::make_mut(&mut a);
-                let right = n.right.take();
-                n.right = merge(right, Some(b));
-                n.changed();
-                Some(a)
-            } else {
-                let n = Arc::make_mut(&mut b);
-                let left = n.left.take();
-                n.left = merge(Some(a), left);
-                n.changed();
-                Some(b)
-            }
+/// Replace the value of the leaf for `bits`, which the subtree at `node` holds.
+fn replace<K: Clone, V>(node: &mut Arc<Node<K, V>>, bits: &[u8], value: Arc<V>) -> Arc<V> {
+    let n = Arc::make_mut(node);
+    let old = match n {
+        Node::Leaf { value: v, .. } => std::mem::replace(v, value),
+        Node::Branch {
+            bit: b,
+            left,
+            right,
+            ..
+        } => {
+            let child = if bit(bits, *b) { right } else { left };
+            replace(child, bits, value)
         }
-    }
+    };
+    n.changed();
+    old
 }
 
-/// Remove `key`, which the subtree at `link` holds.
-fn remove<K: Ord + Clone, V>(link: &mut Link<K, V>, key: &K) -> Arc<V> {
-    let arc = link.as_mut().expect("the key is present");
-    match key.cmp(&arc.key) {
-        Ordering::Equal => {
-            let gone = link.take().expect("matched");
-            *link = merge(gone.left.clone(), gone.right.clone());
-            gone.value.clone()
-        }
-        Ordering::Less => {
-            let node = Arc::make_mut(arc);
-            let old = remove(&mut node.left, key);
-            node.changed();
-            old
-        }
-        Ordering::Greater => {
-            let node = Arc::make_mut(arc);
-            let old = remove(&mut node.right, key);
-            node.changed();
-            old
-        }
+/// Remove the leaf for `bits` from below the branch at `node` (the tree holds it); a branch
+/// left with one child is replaced by that child.
+fn remove_below<K: Clone, V>(node: &mut Arc<Node<K, V>>, bits: &[u8]) -> Arc<V> {
+    let n = Arc::make_mut(node);
+    let Node::Branch {
+        bit: b,
+        left,
+        right,
+        ..
+    } = n
+    else {
+        unreachable!("a leaf is removed by its parent");
+    };
+    let (child, sibling) = if bit(bits, *b) {
+        (right, left)
+    } else {
+        (left, right)
+    };
+    if let Node::Leaf { value, .. } = &**child {
+        let value = value.clone();
+        let sibling = sibling.clone();
+        *node = sibling;
+        return value;
     }
+    let value = remove_below(child, bits);
+    n.changed();
+    value
 }
 
 /// A persistent, Merkleised ordered map (see the module documentation).
@@ -258,7 +364,7 @@ impl<K, V> MerkleMap<K, V> {
     }
 
     pub fn len(&self) -> usize {
-        len_of(&self.root)
+        self.root.as_ref().map_or(0, |n| n.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -267,12 +373,10 @@ impl<K, V> MerkleMap<K, V> {
 
     /// Entries in ascending key order.
     pub fn iter(&self) -> Iter<'_, K, V> {
-        let mut it = Iter {
-            stack: Vec::new(),
+        Iter {
+            stack: self.root.as_deref().into_iter().collect(),
             remaining: self.len(),
-        };
-        it.descend_left(&self.root);
-        it
+        }
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &K> {
@@ -284,17 +388,13 @@ impl<K, V> MerkleMap<K, V> {
     }
 }
 
-impl<K: Ord, V> MerkleMap<K, V> {
+impl<K: TrieKey, V> MerkleMap<K, V> {
     pub fn get(&self, key: &K) -> Option<&V> {
-        let mut link = &self.root;
-        while let Some(n) = link {
-            match key.cmp(&n.key) {
-                Ordering::Equal => return Some(&n.value),
-                Ordering::Less => link = &n.left,
-                Ordering::Greater => link = &n.right,
-            }
+        let bits = key.to_trie_bytes();
+        match self.root.as_deref()?.closest_leaf(&bits) {
+            Node::Leaf { key: k, value, .. } if k == key => Some(value),
+            _ => None,
         }
-        None
     }
 
     pub fn contains_key(&self, key: &K) -> bool {
@@ -302,18 +402,40 @@ impl<K: Ord, V> MerkleMap<K, V> {
     }
 }
 
-impl<K: Ord + Clone + BorshSerialize, V: Clone> MerkleMap<K, V> {
+impl<K: TrieKey, V: Clone> MerkleMap<K, V> {
     /// Insert or replace; the previous value if there was one.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let priority = priority_of(&key);
-        insert(&mut self.root, key, Arc::new(value), priority).map(unwrap_or_clone)
+        let bits = key.to_trie_bytes();
+        let value = Arc::new(value);
+        let Some(root) = &mut self.root else {
+            self.root = Some(Arc::new(Node::leaf(key, bits, value)));
+            return None;
+        };
+        let Node::Leaf { bits: near, .. } = root.closest_leaf(&bits) else {
+            unreachable!("a search ends at a leaf");
+        };
+        match first_difference(near, &bits) {
+            None => Some(unwrap_or_clone(replace(root, &bits, value))),
+            Some(at) => {
+                let leaf = Node::leaf(key, bits.clone(), value);
+                insert_new(root, leaf, &bits, at);
+                None
+            }
+        }
     }
 
     pub fn remove(&mut self, key: &K) -> Option<V> {
         if !self.contains_key(key) {
             return None;
         }
-        Some(unwrap_or_clone(remove(&mut self.root, key)))
+        let bits = key.to_trie_bytes();
+        let root = self.root.as_mut().expect("the key is present");
+        if let Node::Leaf { value, .. } = &**root {
+            let value = value.clone();
+            self.root = None;
+            return Some(unwrap_or_clone(value));
+        }
+        Some(unwrap_or_clone(remove_below(root, &bits)))
     }
 
     /// The value at `key`, to change in place. The path to it is copied (if shared with another
@@ -322,17 +444,19 @@ impl<K: Ord + Clone + BorshSerialize, V: Clone> MerkleMap<K, V> {
         if !self.contains_key(key) {
             return None;
         }
-        let mut link = &mut self.root;
+        let bits = key.to_trie_bytes();
+        let mut node = self.root.as_mut().expect("the key is present");
         loop {
-            let node = Arc::make_mut(link.as_mut().expect("the key is present"));
-            node.hash = OnceLock::new();
-            match key.cmp(&node.key) {
-                Ordering::Equal => {
-                    node.entry = OnceLock::new();
-                    return Some(Arc::make_mut(&mut node.value));
-                }
-                Ordering::Less => link = &mut node.left,
-                Ordering::Greater => link = &mut node.right,
+            let n = Arc::make_mut(node);
+            n.changed();
+            match n {
+                Node::Leaf { value, .. } => return Some(Arc::make_mut(value)),
+                Node::Branch {
+                    bit: b,
+                    left,
+                    right,
+                    ..
+                } => node = if bit(&bits, *b) { right } else { left },
             }
         }
     }
@@ -353,10 +477,10 @@ fn unwrap_or_clone<V: Clone>(v: Arc<V>) -> V {
     Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone())
 }
 
-impl<K: BorshSerialize, V: BorshSerialize> MerkleMap<K, V> {
+impl<K, V: BorshSerialize> MerkleMap<K, V> {
     /// The Merkle root: equal for equal contents, whatever the history.
     pub fn root(&self) -> Hash {
-        hash_of(&self.root)
+        self.root.as_ref().map_or(Hash::ZERO, |n| n.hash())
     }
 }
 
@@ -368,10 +492,10 @@ pub enum Change<'a, K, V> {
     Delete(&'a K),
 }
 
-/// Work left in an in-order walk: a whole subtree, or one node's own entry.
+/// Work left in an in-order walk: a whole subtree, or one leaf's entry.
 enum Pending<'a, K, V> {
     Tree(&'a Arc<Node<K, V>>),
-    Entry(&'a Node<K, V>),
+    Entry(&'a K, &'a Arc<V>),
 }
 
 impl<K, V> Clone for Pending<'_, K, V> {
@@ -384,23 +508,15 @@ impl<K, V> Copy for Pending<'_, K, V> {}
 struct Walk<'a, K, V> {
     /// The next item is on top.
     stack: Vec<Pending<'a, K, V>>,
-    /// Subtrees expanded so far.
+    /// Subtrees opened so far.
     opened: usize,
 }
 
 impl<'a, K, V> Walk<'a, K, V> {
     fn new(root: &'a Link<K, V>) -> Self {
-        let mut w = Walk {
-            stack: Vec::new(),
+        Walk {
+            stack: root.iter().map(Pending::Tree).collect(),
             opened: 0,
-        };
-        w.push(root);
-        w
-    }
-
-    fn push(&mut self, link: &'a Link<K, V>) {
-        if let Some(n) = link {
-            self.stack.push(Pending::Tree(n));
         }
     }
 
@@ -408,22 +524,19 @@ impl<'a, K, V> Walk<'a, K, V> {
         self.stack.last().copied()
     }
 
-    /// Replace the subtree on top by its left subtree, its own entry and its right subtree.
+    /// Replace the subtree on top by its children (a leaf by its entry).
     fn expand(&mut self) {
         if let Some(Pending::Tree(n)) = self.stack.pop() {
             self.opened += 1;
-            self.push(&n.right);
-            self.stack.push(Pending::Entry(n));
-            self.push(&n.left);
+            match &**n {
+                Node::Leaf { key, value, .. } => self.stack.push(Pending::Entry(key, value)),
+                Node::Branch { left, right, .. } => {
+                    self.stack.push(Pending::Tree(right));
+                    self.stack.push(Pending::Tree(left));
+                }
+            }
         }
     }
-}
-
-fn min_key<K, V>(mut n: &Node<K, V>) -> &K {
-    while let Some(l) = &n.left {
-        n = l;
-    }
-    &n.key
 }
 
 impl<K: Ord, V: PartialEq> MerkleMap<K, V> {
@@ -447,27 +560,27 @@ impl<K: Ord, V: PartialEq> MerkleMap<K, V> {
                         o.stack.pop();
                         n.stack.pop();
                     } else {
-                        // Expand the bigger one: a shared subtree is never bigger than a tree
+                        // Open the bigger one: a shared subtree is never bigger than a tree
                         // that contains it, so it stays whole until both sides reach it.
-                        if a.len >= b.len {
+                        if a.len() >= b.len() {
                             o.expand();
                         }
-                        if b.len >= a.len {
+                        if b.len() >= a.len() {
                             n.expand();
                         }
                     }
                 }
-                (Some(Tree(t)), Some(Entry(e))) => {
-                    if e.key < *min_key(t) {
-                        out.push(Change::Put(&e.key, &*e.value));
+                (Some(Tree(t)), Some(Entry(k, v))) => {
+                    if k < t.min_key() {
+                        out.push(Change::Put(k, &**v));
                         n.stack.pop();
                     } else {
                         o.expand();
                     }
                 }
-                (Some(Entry(e)), Some(Tree(t))) => {
-                    if e.key < *min_key(t) {
-                        out.push(Change::Delete(&e.key));
+                (Some(Entry(k, _)), Some(Tree(t))) => {
+                    if k < t.min_key() {
+                        out.push(Change::Delete(k));
                         o.stack.pop();
                     } else {
                         n.expand();
@@ -475,26 +588,26 @@ impl<K: Ord, V: PartialEq> MerkleMap<K, V> {
                 }
                 (Some(Tree(_)), None) => o.expand(),
                 (None, Some(Tree(_))) => n.expand(),
-                (Some(Entry(e)), None) => {
-                    out.push(Change::Delete(&e.key));
+                (Some(Entry(k, _)), None) => {
+                    out.push(Change::Delete(k));
                     o.stack.pop();
                 }
-                (None, Some(Entry(e))) => {
-                    out.push(Change::Put(&e.key, &*e.value));
+                (None, Some(Entry(k, v))) => {
+                    out.push(Change::Put(k, &**v));
                     n.stack.pop();
                 }
-                (Some(Entry(a)), Some(Entry(b))) => match a.key.cmp(&b.key) {
-                    Ordering::Less => {
-                        out.push(Change::Delete(&a.key));
+                (Some(Entry(ka, va)), Some(Entry(kb, vb))) => match ka.cmp(kb) {
+                    std::cmp::Ordering::Less => {
+                        out.push(Change::Delete(ka));
                         o.stack.pop();
                     }
-                    Ordering::Greater => {
-                        out.push(Change::Put(&b.key, &*b.value));
+                    std::cmp::Ordering::Greater => {
+                        out.push(Change::Put(kb, &**vb));
                         n.stack.pop();
                     }
-                    Ordering::Equal => {
-                        if !(Arc::ptr_eq(&a.value, &b.value) || a.value == b.value) {
-                            out.push(Change::Put(&b.key, &*b.value));
+                    std::cmp::Ordering::Equal => {
+                        if !(Arc::ptr_eq(va, vb) || va == vb) {
+                            out.push(Change::Put(kb, &**vb));
                         }
                         o.stack.pop();
                         n.stack.pop();
@@ -507,28 +620,27 @@ impl<K: Ord, V: PartialEq> MerkleMap<K, V> {
 
 /// In-order iterator over a [`MerkleMap`].
 pub struct Iter<'a, K, V> {
-    /// Nodes whose entry and right subtree are still to come; the next one on top.
+    /// Subtrees still to visit; the next one on top.
     stack: Vec<&'a Node<K, V>>,
     remaining: usize,
-}
-
-impl<'a, K, V> Iter<'a, K, V> {
-    fn descend_left(&mut self, mut link: &'a Link<K, V>) {
-        while let Some(n) = link {
-            self.stack.push(n);
-            link = &n.left;
-        }
-    }
 }
 
 impl<'a, K, V> Iterator for Iter<'a, K, V> {
     type Item = (&'a K, &'a V);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let n = self.stack.pop()?;
-        self.descend_left(&n.right);
-        self.remaining -= 1;
-        Some((&n.key, &*n.value))
+        loop {
+            match self.stack.pop()? {
+                Node::Leaf { key, value, .. } => {
+                    self.remaining -= 1;
+                    return Some((key, &**value));
+                }
+                Node::Branch { left, right, .. } => {
+                    self.stack.push(right);
+                    self.stack.push(left);
+                }
+            }
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -546,7 +658,7 @@ impl<'a, K, V> IntoIterator for &'a MerkleMap<K, V> {
     }
 }
 
-impl<K: Ord + Clone + BorshSerialize, V: Clone> FromIterator<(K, V)> for MerkleMap<K, V> {
+impl<K: TrieKey, V: Clone> FromIterator<(K, V)> for MerkleMap<K, V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut m = MerkleMap::new();
         for (k, v) in iter {
@@ -556,7 +668,7 @@ impl<K: Ord + Clone + BorshSerialize, V: Clone> FromIterator<(K, V)> for MerkleM
     }
 }
 
-impl<K: Ord, V> Index<&K> for MerkleMap<K, V> {
+impl<K: TrieKey, V> Index<&K> for MerkleMap<K, V> {
     type Output = V;
     fn index(&self, key: &K) -> &V {
         self.get(key).expect("key not in the map")
@@ -600,7 +712,7 @@ impl<K: BorshSerialize, V: BorshSerialize> BorshSerialize for MerkleMap<K, V> {
 /// Refuses entries out of ascending key order or repeated, so one map has one encoding.
 impl<K, V> BorshDeserialize for MerkleMap<K, V>
 where
-    K: BorshDeserialize + BorshSerialize + Ord + Clone,
+    K: BorshDeserialize + TrieKey,
     V: BorshDeserialize + Clone,
 {
     fn deserialize_reader<R: std::io::Read>(reader: &mut R) -> std::io::Result<Self> {
@@ -673,15 +785,37 @@ mod tests {
             .root()
     }
 
-    /// Heap order and counts hold everywhere, so the shape is the one the contents determine.
-    fn check_shape(link: &Link<u16, u32>) -> usize {
-        let Some(n) = link else { return 0 };
-        for child in [&n.left, &n.right].into_iter().flatten() {
-            assert!(child.priority < n.priority, "heap order");
+    /// Branch bits grow downwards, every key sits on the side its bit says, and counts hold,
+    /// so the shape is the one the contents determine. Returns (entries, depth).
+    fn check_shape<K: TrieKey, V>(node: &Node<K, V>, min_bit: u32) -> (usize, usize) {
+        match node {
+            Node::Leaf { key, bits, .. } => {
+                assert_eq!(*bits, key.to_trie_bytes());
+                (1, 0)
+            }
+            Node::Branch {
+                bit: b,
+                left,
+                right,
+                len,
+                ..
+            } => {
+                assert!(*b >= min_bit, "branch bits grow downwards");
+                for (side, child) in [(false, left), (true, right)] {
+                    let mut stack = vec![&**child];
+                    while let Some(n) = stack.pop() {
+                        match n {
+                            Node::Leaf { bits, .. } => assert_eq!(bit(bits, *b), side),
+                            Node::Branch { left, right, .. } => stack.extend([&**left, &**right]),
+                        }
+                    }
+                }
+                let (l, dl) = check_shape(left, b + 1);
+                let (r, dr) = check_shape(right, b + 1);
+                assert_eq!(*len, l + r);
+                (l + r, 1 + dl.max(dr))
+            }
         }
-        let len = 1 + check_shape(&n.left) + check_shape(&n.right);
-        assert_eq!(n.len, len);
-        len
     }
 
     proptest! {
@@ -698,7 +832,9 @@ mod tests {
                     let _ = m.root();
                 }
             }
-            check_shape(&m.root);
+            if let Some(root) = &m.root {
+                check_shape(root, 0);
+            }
             prop_assert_eq!(m.len(), reference.len());
             prop_assert!(m.iter().map(|(k, v)| (*k, *v)).eq(reference.clone()));
             prop_assert_eq!(m.root(), fresh_root(&reference));
@@ -776,7 +912,7 @@ mod tests {
         new.insert(20_000, 1);
         new.remove(&3);
         let (changes, opened) = new.diff(&old);
-        // Three paths of about 2·ln(10⁴) ≈ 18 nodes each, in both versions.
+        // Three paths of about log2(10⁴) ≈ 14 nodes each, in both versions.
         assert!(opened < 400, "opened {opened} subtrees of 10,000 entries");
         assert_eq!(
             changes,
@@ -786,6 +922,40 @@ mod tests {
                 Change::Put(&20_000, &1)
             ]
         );
+    }
+
+    #[test]
+    fn chosen_keys_cannot_make_the_tree_deeper_than_a_key_has_bits() {
+        // The keys that make a path as long as possible: each differs from the next in one
+        // more leading bit (a treap with hash priorities would let ground keys go far deeper).
+        let mut m: MerkleMap<u64, u8> = (0..64).map(|i| (u64::MAX >> i, 0)).collect();
+        m.insert(0, 0);
+        let (len, depth) = check_shape(m.root.as_ref().unwrap(), 0);
+        assert_eq!(len, 65);
+        assert_eq!(depth, 64);
+        // Addresses a stranger picks freely: 32 bytes, so at most 256 levels.
+        let mut a = [0u8; 32];
+        let mut accounts = MerkleMap::new();
+        for i in 0..256 {
+            a[i / 8] |= 0x80 >> (i % 8);
+            accounts.insert(Address(a), 1u8);
+        }
+        let (_, depth) = check_shape(accounts.root.as_ref().unwrap(), 0);
+        assert!(depth <= 256, "depth {depth}");
+        assert_ne!(accounts.root(), Hash::ZERO);
+    }
+
+    #[test]
+    fn keys_of_several_parts_keep_their_order() {
+        let keys = [
+            (1u64, Address([9; 32]), Role::Validator),
+            (2, Address([0; 32]), Role::Miner),
+            (2, Address([0; 32]), Role::Validator),
+            (2, Address([1; 32]), Role::Miner),
+            (256, Address([0; 32]), Role::Miner),
+        ];
+        let m: MerkleMap<_, ()> = keys.iter().rev().map(|k| (*k, ())).collect();
+        assert!(m.keys().copied().eq(keys));
     }
 
     #[test]

@@ -73,6 +73,15 @@ pub enum ChainError {
         expected: Hash,
         computed: Hash,
     },
+    #[error(
+        "the stored state's tip is {stored}, but the block at its height {height} is {expected}; \
+         the chain database is corrupt (sync a fresh data directory from the other coordinators)"
+    )]
+    TipCorrupt {
+        height: u64,
+        expected: Hash,
+        stored: Hash,
+    },
 }
 
 /// The state after the last decided block and its root, swapped together. The root is that
@@ -89,6 +98,9 @@ pub struct Chain {
     store: Store,
     snapshot: RwLock<Snapshot>,
     mempool: Mutex<Mempool>,
+    /// Held through `commit`, so the state a block's rows are diffed against is the one the
+    /// store holds.
+    committing: Mutex<()>,
 }
 
 impl Chain {
@@ -108,19 +120,27 @@ impl Chain {
         };
         let state_root = state.state_root();
         let height = state.tip.height;
-        if height > 0 {
-            let expected = store
+        let (expected_root, expected_tip) = if height == 0 {
+            (State::from_genesis(&genesis).state_root(), genesis_hash)
+        } else {
+            let block = store
                 .block(height)?
-                .ok_or(ChainError::MissingBlock { height })?
-                .header
-                .state_root;
-            if expected != state_root {
-                return Err(ChainError::StateCorrupt {
-                    height,
-                    expected,
-                    computed: state_root,
-                });
-            }
+                .ok_or(ChainError::MissingBlock { height })?;
+            (block.header.state_root, block.hash())
+        };
+        if expected_root != state_root {
+            return Err(ChainError::StateCorrupt {
+                height,
+                expected: expected_root,
+                computed: state_root,
+            });
+        }
+        if expected_tip != state.tip.hash {
+            return Err(ChainError::TipCorrupt {
+                height,
+                expected: expected_tip,
+                stored: state.tip.hash,
+            });
         }
         let mempool = Mempool::new(&state, now_ms(), limits);
         let snapshot = Snapshot {
@@ -133,6 +153,7 @@ impl Chain {
             store,
             snapshot: RwLock::new(snapshot),
             mempool: Mutex::new(mempool),
+            committing: Mutex::new(()),
         })
     }
 
@@ -321,6 +342,7 @@ impl Chain {
         commit: &Commit,
         after: Option<State>,
     ) -> Result<(), ChainError> {
+        let _one_at_a_time = self.committing.lock().expect("commit lock");
         let state = self.state();
         let height = block.header.height;
         if height <= state.tip.height {
@@ -453,9 +475,18 @@ mod tests {
 
     #[test]
     fn a_stored_state_that_does_not_match_the_last_block_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let (chain, key) = funded_chain(dir.path());
-        next_block(&chain, &key);
+        for blocks in [0, 1] {
+            let dir = tempfile::tempdir().unwrap();
+            let (chain, key) = funded_chain(dir.path());
+            for _ in 0..blocks {
+                next_block(&chain, &key);
+            }
+            tamper_and_reopen(chain, dir.path(), blocks);
+        }
+    }
+
+    /// Add an account row behind the chain's back; reopening must refuse the database.
+    fn tamper_and_reopen(chain: Chain, dir: &Path, height: u64) {
         let stranger = SecretKey::from_seed([9; 32]).address();
         let account = pot_protocol::state::Account {
             balance: Amount(1),
@@ -467,11 +498,11 @@ mod tests {
         );
         let genesis = chain.genesis().clone();
         drop(chain);
-        let err = Chain::open(genesis, dir.path(), Limits::default())
+        let err = Chain::open(genesis, dir, Limits::default())
             .err()
             .expect("refused");
         assert!(
-            matches!(err, ChainError::StateCorrupt { height: 1, .. }),
+            matches!(err, ChainError::StateCorrupt { height: h, .. } if h == height),
             "{err}"
         );
     }

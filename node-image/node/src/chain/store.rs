@@ -16,7 +16,7 @@ use std::path::Path;
 use borsh::{BorshDeserialize, BorshSerialize};
 use pot_protocol::commit::Commit;
 use pot_protocol::encoding;
-use pot_protocol::merkle_map::{Change, MerkleMap};
+use pot_protocol::merkle_map::{Change, MerkleMap, TrieKey};
 use pot_protocol::state::{StateMaps, StateScalars};
 use pot_protocol::{Block, Hash, State};
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
@@ -67,6 +67,12 @@ pub enum StoreError {
     #[error("stored {what} does not decode: {error}")]
     Corrupt {
         what: &'static str,
+        error: encoding::DecodeError,
+    },
+    #[error("the stored {what} row with key {key} does not decode: {error}")]
+    CorruptRow {
+        what: &'static str,
+        key: String,
         error: encoding::DecodeError,
     },
 }
@@ -193,6 +199,11 @@ impl Store {
         state: &State,
     ) -> Result<(), StoreError> {
         let height = block.header.height;
+        assert_eq!(
+            prev.tip.height + 1,
+            height,
+            "a block's rows are written over the state it was applied to"
+        );
         let w = self.db.begin_write()?;
         {
             w.open_table(BLOCKS)?
@@ -402,13 +413,24 @@ fn read_map<K, V>(
     what: &'static str,
 ) -> Result<MerkleMap<K, V>, StoreError>
 where
-    K: Ord + Clone + BorshSerialize + BorshDeserialize,
+    K: TrieKey + BorshDeserialize,
     V: Clone + BorshDeserialize,
 {
     let mut map = MerkleMap::new();
     for row in table.iter()? {
         let (k, v) = row?;
-        map.insert(decode(k.value(), what)?, decode(v.value(), what)?);
+        let corrupt = |e: StoreError| match e {
+            StoreError::Corrupt { error, .. } => StoreError::CorruptRow {
+                what,
+                key: hex::encode(k.value()),
+                error,
+            },
+            other => other,
+        };
+        map.insert(
+            decode(k.value(), what).map_err(corrupt)?,
+            decode(v.value(), what).map_err(corrupt)?,
+        );
     }
     Ok(map)
 }
@@ -440,6 +462,113 @@ mod tests {
         }
         let err = Store::open(dir.path(), g).err().expect("refused");
         assert!(matches!(err, StoreError::OtherFormat { found: 1 }), "{err}");
+    }
+
+    fn block_at(height: u64) -> (Block, Commit) {
+        let block = Block {
+            header: pot_protocol::BlockHeader {
+                height,
+                prev_hash: Hash::ZERO,
+                time_ms: height,
+                proposer: Default::default(),
+                vrf_proof: Default::default(),
+                beacon: Hash::ZERO,
+                tx_root: Hash::ZERO,
+                state_root: Hash::ZERO,
+            },
+            txs: vec![],
+        };
+        let commit = Commit {
+            height,
+            round: 0,
+            block: block.hash(),
+            signatures: vec![],
+        };
+        (block, commit)
+    }
+
+    #[test]
+    fn every_map_of_the_state_is_stored_and_loaded_row_by_row() {
+        use pot_protocol::state::{Account, Reputation, Stake};
+        use pot_protocol::tx::Role;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Hash::digest(b"g")).unwrap();
+        let genesis = pot_protocol::Genesis {
+            chain_id: "t".into(),
+            genesis_time_ms: 0,
+            params: Default::default(),
+            balances: vec![],
+            stakes: vec![],
+            coordinators: vec![],
+        };
+        let s0 = State::from_genesis(&genesis);
+        store.init_state(&s0).unwrap();
+        let (a, b) = (
+            pot_protocol::Address([1; 32]),
+            pot_protocol::Address([2; 32]),
+        );
+
+        let mut s1 = s0.clone();
+        s1.tip.height = 1;
+        s1.accounts.insert(
+            a,
+            Account {
+                balance: pot_protocol::Amount(5),
+                nonce: 1,
+            },
+        );
+        s1.accounts.insert(b, Account::default());
+        s1.stakes.insert(
+            (a, Role::Miner),
+            Stake {
+                bonded: pot_protocol::Amount(3),
+                ..Default::default()
+            },
+        );
+        s1.unbonding_queue.insert((7, a, Role::Miner), ());
+        s1.reputation.insert(
+            b,
+            Reputation {
+                tasks_won: 2,
+                ..Default::default()
+            },
+        );
+        let (block, commit) = block_at(1);
+        store.commit(&block, &commit, &s0, &s1).unwrap();
+        assert_eq!(store.load_state().unwrap().as_ref(), Some(&s1));
+
+        let mut s2 = s1.clone();
+        s2.tip.height = 2;
+        s2.accounts.remove(&a);
+        s2.stakes.remove(&(a, Role::Miner));
+        s2.unbonding_queue.remove(&(7, a, Role::Miner));
+        s2.reputation.get_mut(&b).unwrap().claims_rejected = 1;
+        let (block, commit) = block_at(2);
+        store.commit(&block, &commit, &s1, &s2).unwrap();
+        let loaded = store.load_state().unwrap().unwrap();
+        assert_eq!(loaded, s2);
+        assert_eq!(loaded.state_root(), s2.state_root());
+    }
+
+    #[test]
+    fn a_row_that_does_not_decode_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Hash::digest(b"g")).unwrap();
+        let genesis = pot_protocol::Genesis {
+            chain_id: "t".into(),
+            genesis_time_ms: 0,
+            params: Default::default(),
+            balances: vec![],
+            stakes: vec![],
+            coordinators: vec![],
+        };
+        store.init_state(&State::from_genesis(&genesis)).unwrap();
+        store.put_raw_account_for_test(&[0xab; 32], b"junk");
+        let err = store.load_state().expect_err("refused");
+        assert!(
+            matches!(&err, StoreError::CorruptRow { what: "account", key, .. } if key == &"ab".repeat(32)),
+            "{err}"
+        );
     }
 
     #[test]

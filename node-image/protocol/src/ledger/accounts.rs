@@ -103,6 +103,7 @@ pub(super) fn release_unbondings(state: &mut State, height: Height) {
         state.unbonding_queue.remove(&key);
         let (_, who, role) = key;
         let Some(stake) = state.stakes.get_mut(&(who, role)) else {
+            debug_assert!(false, "an unbonding is queued for a stake that is gone");
             continue;
         };
         let mut sum = Amount::ZERO;
