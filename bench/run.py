@@ -131,12 +131,56 @@ def plot_ledger(rows: list[dict]) -> None:
     fig.savefig(PLOTS / "ledger_finality.png", dpi=110)
 
 
+def block_cost_section(costs: list[dict]) -> list[str]:
+    lines = [
+        "",
+        "## Ledger: a block's cost against the size of the state",
+        "",
+        "What a coordinator pays per block of 1,000 transfers (signatures already checked, as for a proposal whose",
+        "transactions its mempool holds): executing it on a copy of the state, the state root, and storing the block",
+        "with the rows it changed — against the work the earlier whole-state design added per block for the same state",
+        "(encoding all of it, hashing that for the root, writing it as one row; its deep copy of the state is not",
+        "counted, so the reference is a lower bound). Median of 5 blocks; `pot-node bench block-cost`. Goal: a block's",
+        "cost grows with its transactions times the depth of the state's Merkle paths and B-tree pages (logarithmic in",
+        "the size of the state), not with the size of the state; the ratio is the whole-state work ÷ this design's whole",
+        "block (`make bench`, or `bench/run.py --only block-cost` for this section alone).",
+        "",
+        "![block cost](bench/plots/block_cost.png)",
+        "",
+        "| accounts | state encoding | this design ms/block | whole-state rewrite ms/block | ratio |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in costs:
+        lines.append(
+            f"| {r['accounts']:,} | {r['state_bytes'] / 2**20:.1f} MiB | {r['block_ms']:.1f} | {r['whole_state_ms']:.1f} | "
+            f"**{r['whole_state_ms'] / r['block_ms']:.2f}** |"
+        )
+    return lines
+
+
+def splice_block_cost(out: str, pot_node: str) -> None:
+    """Measure the block-cost rows again and replace that section of an existing BENCHMARKS.md."""
+    costs = block_cost_rows(pot_node)
+    plot_block_cost(costs)
+    text = pathlib.Path(out).read_text()
+    head = "## Ledger: a block's cost against the size of the state"
+    a = text.index(head)
+    b = text.index("\n## ", a + len(head))
+    new = "\n".join(block_cost_section(costs)[1:])
+    pathlib.Path(out).write_text(text[:a] + new + "\n" + text[b:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pot-node", required=True)
-    ap.add_argument("--pot-e2e", required=True)
+    ap.add_argument("--pot-e2e", help="needed unless --only")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--only", choices=["block-cost"], help="re-measure one section of an existing file")
     a = ap.parse_args()
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    if a.only == "block-cost":
+        splice_block_cost(a.out, a.pot_node)
+        return
     py = sys.executable
     PLOTS.mkdir(parents=True, exist_ok=True)
     # Both sides run libtorch's kernels at the same level (pot-node pins avx2 for replays).
@@ -302,27 +346,7 @@ def main() -> None:
             f"| {r['offered_tps']:,} | {r['tps']:,.0f} | {r['included'] / r['offered']:.3f} | {r['p50_ms'] / 1000:.2f} s | "
             f"{r['p99_ms'] / 1000:.2f} s | {r['refused']} | {'yes' if ok else 'no'} | {'**%.2f**' % (r['offered_tps'] / 5000) if ok else '–'} |"
         )
-    lines += [
-        "",
-        "## Ledger: a block's cost against the size of the state",
-        "",
-        "What a coordinator pays per block of 1,000 transfers (signatures already checked, as for a proposal whose",
-        "transactions its mempool holds): executing it on a copy of the state, the state root, and storing the block",
-        "with the rows it changed — against the work the earlier whole-state design added per block for the same state",
-        "(encoding all of it, hashing that for the root, writing it as one row; its deep copy of the state is not",
-        "counted, so the reference is a lower bound). Median of 5 blocks; `pot-node bench block-cost`. Goal: a block's",
-        "cost flat in the size of the state; the ratio is the whole-state work ÷ this design's whole block.",
-        "",
-        "![block cost](bench/plots/block_cost.png)",
-        "",
-        "| accounts | state encoding | this design ms/block | whole-state rewrite ms/block | ratio |",
-        "| ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in costs:
-        lines.append(
-            f"| {r['accounts']:,} | {r['state_bytes'] / 2**20:.1f} MiB | {r['block_ms']:.1f} | {r['whole_state_ms']:.1f} | "
-            f"**{r['whole_state_ms'] / r['block_ms']:.2f}** |"
-        )
+    lines += block_cost_section(costs)
     lines += [
         "",
         "## CUDA",
