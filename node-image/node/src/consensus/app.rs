@@ -569,6 +569,16 @@ impl App {
                 return Ok(None);
             }
         };
+        // A re-proposal (of a value a polka formed for in `pol_round`) carries the block its
+        // first proposer built, and the engine prevotes for it only with that polka; a fresh
+        // proposal must be the sender's own block. (Requiring the sender everywhere would make
+        // every re-proposal invalid, and a network locked on a value whose builder went silent
+        // would never decide again.)
+        let builder = if a.pol_round == Round::Nil {
+            a.proposer.0
+        } else {
+            block.header.proposer
+        };
         let value = BlockValue::new(block);
         let place = (a.height.0, round_number(a.round));
         match self.proposed.get(&place) {
@@ -582,7 +592,7 @@ impl App {
                 self.proposed.insert(place, value.id());
             }
         }
-        let valid = match self.execute(&value, a.proposer.0).await? {
+        let valid = match self.execute(&value, builder).await? {
             Ok(after) => {
                 self.checked.insert(value.id(), (value.clone(), after));
                 true
@@ -980,5 +990,51 @@ mod tests {
         assert!(block_on(app.check_and_store(first)).unwrap().is_some());
         assert!(block_on(app.check_and_store(second)).unwrap().is_none());
         assert_eq!(app.stored_proposals(Height(1), None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_re_proposal_of_another_coordinators_block_is_valid_but_a_fresh_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut app, keys) = app(dir.path());
+        let who: Vec<SecretKey> = (0..8)
+            .map(|r| {
+                let p = PotContext.select_proposer(&app.validators, Height(1), Round::new(r));
+                keys.iter()
+                    .find(|k| k.address() == p.address.0)
+                    .unwrap()
+                    .clone()
+            })
+            .collect();
+        // The first round's proposer built a block; proposers of later rounds, other
+        // coordinators, pass it on.
+        let later: Vec<u32> = (1..8)
+            .filter(|&r| who[r as usize].address() != who[0].address())
+            .collect();
+        let (block, _) = app
+            .chain
+            .propose(&pot_protocol::ProposerKey::new(&who[0]), now_ms());
+        let passed_on = |round: u32, pol_round: Round| Assembled {
+            height: Height(1),
+            round: Round::new(round),
+            pol_round,
+            proposer: ValidatorAddress(who[round as usize].address()),
+            block_bytes: borsh::to_vec(&block).unwrap(),
+        };
+        let fresh = block_on(app.check_and_store(passed_on(later[0], Round::Nil)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            fresh.validity,
+            Validity::Invalid,
+            "a fresh proposal of someone else's block"
+        );
+        let again = block_on(app.check_and_store(passed_on(later[1], Round::new(0))))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            again.validity,
+            Validity::Valid,
+            "a re-proposal with its polka round"
+        );
     }
 }
