@@ -442,6 +442,11 @@ pub struct State {
     /// Active tasks. A task leaves this map in the block that finalizes or fails it, so state
     /// does not grow with the chain's history.
     pub tasks: MerkleMap<TaskId, Task>,
+    /// (height, task) for each height at whose start a task's phase may move (the block after
+    /// each window that ends in a transition): a block advances the tasks due at its height
+    /// without scanning every active task. Entries of tasks that ended earlier are skipped and
+    /// dropped when their height comes.
+    pub task_deadlines: MerkleMap<(Height, TaskId), ()>,
     /// Tasks that ended in the last block, with their outcomes. Replaced every block: the state
     /// root of the block that ended a task commits to its outcome, and nodes keep it in their
     /// stores for queries.
@@ -469,6 +474,7 @@ pub struct StateMaps {
     pub stakes: MerkleMap<(Address, Role), Stake>,
     pub unbonding_queue: MerkleMap<(Height, Address, Role), ()>,
     pub tasks: MerkleMap<TaskId, Task>,
+    pub task_deadlines: MerkleMap<(Height, TaskId), ()>,
     pub reputation: MerkleMap<Address, Reputation>,
 }
 
@@ -509,6 +515,7 @@ impl State {
             stakes,
             unbonding_queue: MerkleMap::new(),
             tasks: MerkleMap::new(),
+            task_deadlines: MerkleMap::new(),
             ended: Vec::new(),
             reputation: MerkleMap::new(),
             coordinators: g.coordinators.clone(),
@@ -541,6 +548,7 @@ impl State {
             stakes,
             unbonding_queue,
             tasks,
+            task_deadlines,
             ended,
             reputation,
             coordinators,
@@ -558,6 +566,7 @@ impl State {
                 stakes.root(),
                 unbonding_queue.root(),
                 tasks.root(),
+                task_deadlines.root(),
                 ended,
                 reputation.root(),
                 coordinators,
@@ -576,6 +585,7 @@ impl State {
             stakes: _,
             unbonding_queue: _,
             tasks: _,
+            task_deadlines: _,
             ended,
             reputation: _,
             coordinators,
@@ -606,6 +616,7 @@ impl State {
             stakes,
             unbonding_queue,
             tasks,
+            task_deadlines,
             reputation,
         } = maps;
         State {
@@ -616,6 +627,7 @@ impl State {
             stakes,
             unbonding_queue,
             tasks,
+            task_deadlines,
             ended,
             reputation,
             coordinators,

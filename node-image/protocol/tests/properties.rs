@@ -12,7 +12,8 @@
 //!    account signed; a transaction signed by anyone but its signer is rejected.
 //! 5. A rejected transaction leaves the state unchanged (checked by `apply_tx` directly).
 //! 6. The unbonding queue names exactly the pending unbondings (or matured stake would never
-//!    come back), and no empty stake is kept.
+//!    come back), and no empty stake is kept; the deadline index names every future transition
+//!    height of every active task (or a task would never advance).
 //! 7. The state root from the maps' cached subtree hashes equals the root of the same state
 //!    rebuilt from scratch (no stale cached hash survives a change).
 
@@ -712,6 +713,32 @@ fn assert_unbonding_queue_is_exact(state: &State) {
     assert_eq!(
         queued, pending,
         "the unbonding queue differs from the pending unbondings"
+    );
+    for task in state.tasks.values().filter(|t| t.is_active()) {
+        let s = &task.schedule;
+        for end in [
+            s.reveal_end,
+            s.eval_end,
+            s.challenge_end,
+            s.challenge_reveal_end,
+            s.vote_reveal_end,
+        ] {
+            if end + 1 > state.tip.height {
+                assert!(
+                    state.task_deadlines.contains_key(&(end + 1, task.id)),
+                    "task {} is not indexed at height {}",
+                    task.id,
+                    end + 1
+                );
+            }
+        }
+    }
+    assert!(
+        state
+            .task_deadlines
+            .keys()
+            .all(|(at, _)| *at > state.tip.height),
+        "a deadline at or below the tip was left behind"
     );
 }
 

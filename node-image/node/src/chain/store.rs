@@ -37,6 +37,7 @@ const STATE_ACCOUNTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("stat
 const STATE_STAKES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state_stakes");
 const STATE_UNBONDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state_unbonding");
 const STATE_TASKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state_tasks");
+const STATE_DEADLINES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state_deadlines");
 const STATE_REPUTATION: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state_reputation");
 
 const META_GENESIS: &str = "genesis_hash";
@@ -148,6 +149,7 @@ impl Store {
                 STATE_STAKES,
                 STATE_UNBONDING,
                 STATE_TASKS,
+                STATE_DEADLINES,
                 STATE_REPUTATION,
             ] {
                 w.open_table(table)?;
@@ -171,6 +173,7 @@ impl Store {
             stakes: read_map(&r.open_table(STATE_STAKES)?, "stake")?,
             unbonding_queue: read_map(&r.open_table(STATE_UNBONDING)?, "unbonding")?,
             tasks: read_map(&r.open_table(STATE_TASKS)?, "task")?,
+            task_deadlines: read_map(&r.open_table(STATE_DEADLINES)?, "task deadline")?,
             reputation: read_map(&r.open_table(STATE_REPUTATION)?, "reputation")?,
         };
         Ok(Some(State::from_parts(scalars, maps)))
@@ -376,6 +379,11 @@ fn write_state(w: &redb::WriteTransaction, prev: &State, state: &State) -> Resul
     )?;
     write_changes(&mut w.open_table(STATE_TASKS)?, &prev.tasks, &state.tasks)?;
     write_changes(
+        &mut w.open_table(STATE_DEADLINES)?,
+        &prev.task_deadlines,
+        &state.task_deadlines,
+    )?;
+    write_changes(
         &mut w.open_table(STATE_REPUTATION)?,
         &prev.reputation,
         &state.reputation,
@@ -526,6 +534,7 @@ mod tests {
             },
         );
         s1.unbonding_queue.insert((7, a, Role::Miner), ());
+        s1.task_deadlines.insert((9, Hash::digest(b"task")), ());
         s1.reputation.insert(
             b,
             Reputation {
@@ -542,6 +551,7 @@ mod tests {
         s2.accounts.remove(&a);
         s2.stakes.remove(&(a, Role::Miner));
         s2.unbonding_queue.remove(&(7, a, Role::Miner));
+        s2.task_deadlines.insert((12, Hash::digest(b"task")), ());
         s2.reputation.get_mut(&b).unwrap().claims_rejected = 1;
         let (block, commit) = block_at(2);
         store.commit(&block, &commit, &s1, &s2).unwrap();

@@ -5,37 +5,45 @@
 use crate::crypto::Address;
 use crate::hash::Hash;
 use crate::sampling;
-use crate::state::{Assignment, FailReason, Seat, State, TaskStatus};
+use crate::state::{Assignment, FailReason, Schedule, Seat, State, TaskStatus};
 use crate::tx::{Role, TaskId};
 use crate::units::{Amount, Height};
 
 use super::accounts::{reserve, settle_reservation, validator_collateral};
 use super::finalize::finalize;
 
-/// Move every active task whose phase ends just before `height`. `beacon` is this block's
-/// beacon, unknown to anyone but its proposer before the previous block was decided (see
-/// `beacon` for the residual bias).
+/// The heights at whose start a task with this schedule may move: the block after each
+/// window that ends in a transition.
+pub(super) fn transition_heights(s: &Schedule) -> [Height; 5] {
+    [
+        s.reveal_end,
+        s.eval_end,
+        s.challenge_end,
+        s.challenge_reveal_end,
+        s.vote_reveal_end,
+    ]
+    .map(|end| end + 1)
+}
+
+/// Move every active task whose phase ends just before `height`, in task id order, found
+/// through the deadline index (so a block costs what is due in it, not the number of active
+/// tasks). `beacon` is this block's beacon, unknown to anyone but its proposer before the
+/// previous block was decided (see `beacon` for the residual bias).
 pub(super) fn advance_tasks(state: &mut State, height: Height, beacon: &Hash) {
-    let due: Vec<TaskId> = state
-        .tasks
-        .values()
-        .filter(|t| t.is_active())
-        .filter(|t| {
-            let s = &t.schedule;
-            [
-                s.reveal_end,
-                s.eval_end,
-                s.challenge_end,
-                s.challenge_reveal_end,
-                s.vote_reveal_end,
-            ]
-            .contains(&(height - 1))
-        })
-        .map(|t| t.id)
+    let due: Vec<(Height, TaskId)> = state
+        .task_deadlines
+        .keys()
+        .take_while(|(at, _)| *at <= height)
+        .copied()
         .collect();
     let mut mint_budget = state.params.max_mint_per_block;
-    for id in due {
-        advance(state, &id, height, beacon, &mut mint_budget);
+    for key in due {
+        state.task_deadlines.remove(&key);
+        let (at, id) = key;
+        debug_assert_eq!(at, height, "a task deadline was skipped");
+        if state.tasks.get(&id).is_some_and(|t| t.is_active()) {
+            advance(state, &id, height, beacon, &mut mint_budget);
+        }
     }
 }
 

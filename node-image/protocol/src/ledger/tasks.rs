@@ -164,6 +164,10 @@ pub(super) fn submit(
     }
     state.debit(client, need);
     state.supply.burned = Amount(state.supply.burned.0 + burn.0);
+    let schedule = Schedule::new(ctx.height, windows);
+    for at in super::lifecycle::transition_heights(&schedule) {
+        state.task_deadlines.insert((at, id), ());
+    }
     state.tasks.insert(
         id,
         Task {
@@ -173,7 +177,7 @@ pub(super) fn submit(
             bounty,
             eval_commit,
             windows: *windows,
-            schedule: Schedule::new(ctx.height, windows),
+            schedule,
             claims: BTreeMap::new(),
             eval_set: None,
             challenges: Vec::new(),
