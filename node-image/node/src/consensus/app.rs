@@ -569,17 +569,49 @@ impl App {
                 return Ok(None);
             }
         };
-        // A re-proposal (of a value a polka formed for in `pol_round`) carries the block its
-        // first proposer built, and the engine prevotes for it only with that polka; a fresh
-        // proposal must be the sender's own block. (Requiring the sender everywhere would make
-        // every re-proposal invalid, and a network locked on a value whose builder went silent
-        // would never decide again.)
+        // A fresh proposal must be the sender's own block. A re-proposal (of a value a polka
+        // formed for in `pol_round`) carries the block its first proposer built: it is valid
+        // only if this node saw that very block proposed, by that proposer, in `pol_round`.
+        // Requiring the sender everywhere would make every re-proposal invalid (a network
+        // locked on a block whose builder went silent would never decide again); accepting any
+        // block that names another coordinator would let a proposer splice someone else's
+        // header (its VRF beacon) onto its own transactions. The check also stands in for one
+        // the engine skips: Malachite 0.5 accepts a polka certificate of `pol_round` for any
+        // value (`core-driver` `mux.rs`), so a node locked on a block would otherwise prevote
+        // another one re-proposed with that round.
         let builder = if a.pol_round == Round::Nil {
             a.proposer.0
         } else {
             block.header.proposer
         };
         let value = BlockValue::new(block);
+        if a.pol_round != Round::Nil
+            && !self
+                .stored_proposals(a.height, Some(a.pol_round))?
+                .iter()
+                .any(|p| p.value.id() == value.id() && p.proposer.0 == builder)
+        {
+            warn!(height = %a.height, round = %a.round, pol_round = %a.pol_round, proposer = %a.proposer, "re-proposal of a block this node did not see proposed in its polka round; voting against it");
+            self.metrics.rejected_proposal();
+            let place = (a.height.0, round_number(a.round));
+            if self
+                .proposed
+                .get(&place)
+                .is_some_and(|first| *first != value.id())
+            {
+                return Ok(None);
+            }
+            self.proposed.insert(place, value.id());
+            self.store_proposal(a.height, a.round, a.pol_round, a.proposer, false, &value)?;
+            return Ok(Some(ProposedValue {
+                height: a.height,
+                round: a.round,
+                valid_round: a.pol_round,
+                proposer: a.proposer,
+                value,
+                validity: Validity::Invalid,
+            }));
+        }
         let place = (a.height.0, round_number(a.round));
         match self.proposed.get(&place) {
             Some(first) if *first != value.id() => {
@@ -1020,6 +1052,37 @@ mod tests {
             proposer: ValidatorAddress(who[round as usize].address()),
             block_bytes: borsh::to_vec(&block).unwrap(),
         };
+        // Before this node saw the block proposed in round 0, a re-proposal naming round 0 is
+        // not believed.
+        let unseen = block_on(app.check_and_store(passed_on(later[2], Round::new(0))))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            unseen.validity,
+            Validity::Invalid,
+            "a block not seen in its polka round"
+        );
+        let original = Assembled {
+            height: Height(1),
+            round: Round::new(0),
+            pol_round: Round::Nil,
+            proposer: ValidatorAddress(who[0].address()),
+            block_bytes: borsh::to_vec(&block).unwrap(),
+        };
+        let first = block_on(app.check_and_store(original)).unwrap().unwrap();
+        assert_eq!(first.validity, Validity::Valid);
+        // Someone else's header spliced onto other transactions (another time) is not it.
+        let mut spliced = block.clone();
+        spliced.header.time_ms += 1;
+        let spliced = Assembled {
+            height: Height(1),
+            round: Round::new(later[3]),
+            pol_round: Round::new(0),
+            proposer: ValidatorAddress(who[later[3] as usize].address()),
+            block_bytes: borsh::to_vec(&spliced).unwrap(),
+        };
+        let got = block_on(app.check_and_store(spliced)).unwrap().unwrap();
+        assert_eq!(got.validity, Validity::Invalid, "a spliced header");
         let fresh = block_on(app.check_and_store(passed_on(later[0], Round::Nil)))
             .unwrap()
             .unwrap();
