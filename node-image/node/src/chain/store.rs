@@ -472,6 +472,18 @@ mod tests {
         assert!(matches!(err, StoreError::OtherFormat { found: 1 }), "{err}");
     }
 
+    /// The height-0 state of a chain with nothing in its genesis.
+    fn empty_state() -> State {
+        State::from_genesis(&pot_protocol::Genesis {
+            chain_id: "t".into(),
+            genesis_time_ms: 0,
+            params: Default::default(),
+            balances: vec![],
+            stakes: vec![],
+            coordinators: vec![],
+        })
+    }
+
     fn block_at(height: u64) -> (Block, Commit) {
         let block = Block {
             header: pot_protocol::BlockHeader {
@@ -501,15 +513,7 @@ mod tests {
         use pot_protocol::tx::Role;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Hash::digest(b"g")).unwrap();
-        let genesis = pot_protocol::Genesis {
-            chain_id: "t".into(),
-            genesis_time_ms: 0,
-            params: Default::default(),
-            balances: vec![],
-            stakes: vec![],
-            coordinators: vec![],
-        };
-        let s0 = State::from_genesis(&genesis);
+        let s0 = empty_state();
         store.init_state(&s0).unwrap();
         let (a, b) = (
             pot_protocol::Address([1; 32]),
@@ -564,15 +568,7 @@ mod tests {
     fn a_row_that_does_not_decode_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Hash::digest(b"g")).unwrap();
-        let genesis = pot_protocol::Genesis {
-            chain_id: "t".into(),
-            genesis_time_ms: 0,
-            params: Default::default(),
-            balances: vec![],
-            stakes: vec![],
-            coordinators: vec![],
-        };
-        store.init_state(&State::from_genesis(&genesis)).unwrap();
+        store.init_state(&empty_state()).unwrap();
         store.put_raw_account_for_test(&[0xab; 32], b"junk");
         let err = store.load_state().expect_err("refused");
         assert!(
@@ -597,34 +593,8 @@ mod tests {
             store.undecided_at(1).unwrap(),
             vec![(0, x, b"one".to_vec())]
         );
-        let genesis = pot_protocol::Genesis {
-            chain_id: "t".into(),
-            genesis_time_ms: 0,
-            params: Default::default(),
-            balances: vec![],
-            stakes: vec![],
-            coordinators: vec![],
-        };
-        let state = State::from_genesis(&genesis);
-        let block = Block {
-            header: pot_protocol::BlockHeader {
-                height: 1,
-                prev_hash: Hash::ZERO,
-                time_ms: 1,
-                proposer: Default::default(),
-                vrf_proof: Default::default(),
-                beacon: Hash::ZERO,
-                tx_root: Hash::ZERO,
-                state_root: Hash::ZERO,
-            },
-            txs: vec![],
-        };
-        let commit = Commit {
-            height: 1,
-            round: 0,
-            block: block.hash(),
-            signatures: vec![],
-        };
+        let state = empty_state();
+        let (block, commit) = block_at(1);
         store.init_state(&state).unwrap();
         store.commit(&block, &commit, &state, &state).unwrap();
         assert!(store.undecided_at(1).unwrap().is_empty());

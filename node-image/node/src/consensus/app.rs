@@ -585,33 +585,6 @@ impl App {
             block.header.proposer
         };
         let value = BlockValue::new(block);
-        if a.pol_round != Round::Nil
-            && !self
-                .stored_proposals(a.height, Some(a.pol_round))?
-                .iter()
-                .any(|p| p.value.id() == value.id() && p.proposer.0 == builder)
-        {
-            warn!(height = %a.height, round = %a.round, pol_round = %a.pol_round, proposer = %a.proposer, "re-proposal of a block this node did not see proposed in its polka round; voting against it");
-            self.metrics.rejected_proposal();
-            let place = (a.height.0, round_number(a.round));
-            if self
-                .proposed
-                .get(&place)
-                .is_some_and(|first| *first != value.id())
-            {
-                return Ok(None);
-            }
-            self.proposed.insert(place, value.id());
-            self.store_proposal(a.height, a.round, a.pol_round, a.proposer, false, &value)?;
-            return Ok(Some(ProposedValue {
-                height: a.height,
-                round: a.round,
-                valid_round: a.pol_round,
-                proposer: a.proposer,
-                value,
-                validity: Validity::Invalid,
-            }));
-        }
         let place = (a.height.0, round_number(a.round));
         match self.proposed.get(&place) {
             Some(first) if *first != value.id() => {
@@ -624,15 +597,26 @@ impl App {
                 self.proposed.insert(place, value.id());
             }
         }
-        let valid = match self.execute(&value, builder).await? {
-            Ok(after) => {
-                self.checked.insert(value.id(), (value.clone(), after));
-                true
-            }
-            Err(e) => {
-                warn!(height = %a.height, round = %a.round, proposer = %a.proposer, error = %e, "voting against an invalid proposal");
-                self.metrics.rejected_proposal();
-                false
+        let seen_in_pol_round = a.pol_round == Round::Nil
+            || self
+                .stored_proposals(a.height, Some(a.pol_round))?
+                .iter()
+                .any(|p| p.value.id() == value.id() && p.proposer.0 == builder);
+        let valid = if !seen_in_pol_round {
+            warn!(height = %a.height, round = %a.round, pol_round = %a.pol_round, proposer = %a.proposer, "re-proposal of a block this node did not see proposed in its polka round; voting against it");
+            self.metrics.rejected_proposal();
+            false
+        } else {
+            match self.execute(&value, builder).await? {
+                Ok(after) => {
+                    self.checked.insert(value.id(), (value.clone(), after));
+                    true
+                }
+                Err(e) => {
+                    warn!(height = %a.height, round = %a.round, proposer = %a.proposer, error = %e, "voting against an invalid proposal");
+                    self.metrics.rejected_proposal();
+                    false
+                }
             }
         };
         self.store_proposal(a.height, a.round, a.pol_round, a.proposer, valid, &value)?;
