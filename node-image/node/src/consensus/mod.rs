@@ -6,6 +6,8 @@ pub mod codec;
 pub mod context;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
+#[cfg(test)]
+mod locking_tests;
 pub mod parts;
 pub mod sign_guard;
 pub mod signing;
