@@ -158,6 +158,97 @@ def block_cost_section(costs: list[dict]) -> list[str]:
     return lines
 
 
+CUDA_RESULTS = ROOT / "bench" / "cuda" / "gpu-check.jsonl"
+
+
+def cuda_section() -> list[str]:
+    """The CUDA section, from the last `node-image/gpu-check.sh` run on a GPU machine (saved in
+    bench/cuda/gpu-check.jsonl: a GPU is lent to some sessions only, so `make bench` cannot
+    measure it here)."""
+    lines = ["", "## CUDA", ""]
+    if not CUDA_RESULTS.exists():
+        return lines + [
+            "Unproven: `node-image/gpu-check.sh` has not been run on a GPU machine yet.", ""]
+    recs = [json.loads(l) for l in CUDA_RESULTS.read_text().splitlines() if l.strip()]
+    head = recs[0]
+    checks = {r["check"]: r for r in recs if "check" in r}
+    replays = [r for r in recs if "replay" in r]
+    benches = [r for r in recs if "bench" in r]
+    ok = lambda name: "yes" if checks.get(name, {}).get("ok") else "**no**"  # noqa: E731
+    gpu = head["gpu"].split(" (UUID")[0].removeprefix("GPU 0: ")
+    lines += [
+        f"Measured {head['date']} on one {gpu} (host CPU: {head['cpu']}), by `node-image/gpu-check.sh` with the",
+        f"`cuda` build of `pot-node` (`make gpu-bundle`) against that machine's PyTorch {head['torch']}. The figures are",
+        "copied from `bench/cuda/gpu-check.jsonl`, which that script writes; `make bench` renders them, it cannot",
+        "measure them on a machine without a GPU.",
+        "",
+        "| check | result |",
+        "| --- | --- |",
+        f"| libtorch in `pot-node` trains on the GPU (`--device cuda`) | yes |",
+        f"| W_0 of a GPU run is byte for byte the CPU run's | {ok('w0_same_on_gpu_and_cpu')} |",
+        f"| held-out accuracy of the GPU run (MLP 64-32, digits, 1,000 steps) | {checks['gpu_held_out_accuracy']['value']:.3f} |",
+        f"| held-out accuracy of a GPU LeNet-5 run (AdamW, 1,000 steps) | {checks['lenet5_gpu_held_out_accuracy']['value']:.3f} |",
+        f"| the GPU run verifies on the GPU within the task's tolerance (10⁻⁴) | {ok('gpu_run_verifies_on_gpu')} |",
+        f"| a checkpoint replaced by an earlier one fails verification | {ok('tampered_checkpoint_fails')} |",
+        "",
+        "**Honest replay distances** — what a verifier sees when the replaying machine differs from the trainer's: the",
+        "relative L2 distance between each replayed segment's end and the committed checkpoint (today's check, over the",
+        "model's parameters; 0 is bit-exact). These are the first measurements for the tolerance calibration of",
+        "\"Sound verification\". The large LeNet-5 segment-0 figure is probably AdamW's first steps (not yet confirmed):",
+        "with the second moment near zero an update is about lr·sign(g), so a gradient near zero whose sign differs",
+        "between machines moves a weight by a whole step; a tolerance must allow for it or compare per tensor.",
+        "",
+        "| trained on → replayed on | model | segment 0 | segment 1 | segment 4 | segment 9 |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in replays:
+        model, src, _, dst = r["replay"].split("_")
+        segs = {s["index"]: s["distance"] for s in (r["report"] or {}).get("segments", [])}
+        cell = lambda i: "–" if i not in segs else ("0" if segs[i] == 0 else f"{segs[i]:.1e}")  # noqa: E731
+        lines.append(f"| {src.upper()} → {dst.upper()} | {'MLP 64-32, SGD' if model == 'mlp' else 'LeNet-5, AdamW'} | "
+                     + " | ".join(cell(i) for i in (0, 1, 4, 9)) + " |")
+    lines += [
+        "",
+        "**Training steps/s on the GPU**, `pot-node bench throughput` against `bench/train_steps.py` (PyTorch), same",
+        "model, batch and data, batches cut on the CPU and moved, one run each. Models this small are bound by kernel",
+        "launches and host work, not by the GPU.",
+        "",
+        "![CUDA training steps](bench/plots/cuda_steps.png)",
+        "",
+        "| model | batch | pot-node steps/s | PyTorch steps/s | ratio |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for b in benches:
+        ours, ref = b["pot_node"], b["pytorch"]
+        lines.append(f"| {ours['model']} | {ours['batch']} | {ours['steps_per_second']:,.0f} | "
+                     f"{ref['steps_per_second']:,.0f} | **{ours['steps_per_second'] / ref['steps_per_second']:.2f}** |")
+    plot_cuda_steps(benches, gpu)
+    return lines + [""]
+
+
+def plot_cuda_steps(benches: list[dict], gpu: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    labels = [f"{b['pot_node']['model']}\nbatch {b['pot_node']['batch']}" for b in benches]
+    xs = range(len(benches))
+    ax.bar([x - 0.2 for x in xs], [b["pot_node"]["steps_per_second"] for b in benches], 0.4, label="pot-node (tch)")
+    ax.bar([x + 0.2 for x in xs], [b["pytorch"]["steps_per_second"] for b in benches], 0.4, label="PyTorch")
+    ax.set_xticks(list(xs), labels, fontsize=8)
+    ax.set_ylabel("training steps/s")
+    ax.set_title(f"Training steps on one {gpu}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(PLOTS / "cuda_steps.png", dpi=110)
+
+
+def splice_cuda(out: str) -> None:
+    """Render the CUDA section again from bench/cuda/gpu-check.jsonl into an existing file."""
+    text = pathlib.Path(out).read_text()
+    a = text.index("## CUDA")
+    b = text.find("\n## ", a)
+    rest = "" if b < 0 else text[b:]
+    pathlib.Path(out).write_text(text[:a] + "\n".join(cuda_section()[1:]) + rest)
+
+
 def splice_block_cost(out: str, pot_node: str) -> None:
     """Measure the block-cost rows again and replace that section of an existing BENCHMARKS.md."""
     costs = block_cost_rows(pot_node)
@@ -175,11 +266,15 @@ def main() -> None:
     ap.add_argument("--pot-node", required=True)
     ap.add_argument("--pot-e2e", help="needed unless --only")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    ap.add_argument("--only", choices=["block-cost"], help="re-measure one section of an existing file")
+    ap.add_argument("--only", choices=["block-cost", "cuda"],
+                    help="re-measure (block-cost) or re-render (cuda) one section of an existing file")
     a = ap.parse_args()
     PLOTS.mkdir(parents=True, exist_ok=True)
     if a.only == "block-cost":
         splice_block_cost(a.out, a.pot_node)
+        return
+    if a.only == "cuda":
+        splice_cuda(a.out)
         return
     py = sys.executable
     PLOTS.mkdir(parents=True, exist_ok=True)
@@ -347,17 +442,7 @@ def main() -> None:
             f"{r['p99_ms'] / 1000:.2f} s | {r['refused']} | {'yes' if ok else 'no'} | {'**%.2f**' % (r['offered_tps'] / 5000) if ok else '–'} |"
         )
     lines += block_cost_section(costs)
-    lines += [
-        "",
-        "## CUDA",
-        "",
-        "Unproven: the `cuda` build (`make build-cuda`: `pot-node` with the `cuda` feature against the full CUDA 13.0",
-        "libtorch from `make setup-cuda`) links and runs on the CPU, but has not yet been run on a GPU machine (none was",
-        "lent to the sessions so far). `node-image/gpu-check.sh` is the prepared check and benchmark for one: W_0 equal to",
-        "the CPU's, held-out accuracy, GPU replay within the task's tolerance, a tampered checkpoint failing, and training",
-        "steps/s of `pot-node` against PyTorch on the same GPU.",
-        "",
-    ]
+    lines += cuda_section()
     pathlib.Path(a.out).write_text("\n".join(lines))
     print(a.out)
 

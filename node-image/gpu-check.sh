@@ -9,6 +9,9 @@
 #   - a GPU run's W_0 is byte for byte the CPU run's (initialised on the CPU, then moved);
 #   - the GPU run reaches >= 95 % held-out accuracy and verifies on the GPU within the task's
 #     replay_tolerance, while a tampered checkpoint still fails;
+#   - the honest distances a replay sees (issue 12's tolerance calibration): the GPU run replayed
+#     on the GPU and on the CPU, the CPU run replayed on the GPU, for an MLP (SGD) and LeNet-5
+#     (AdamW, convolutions);
 #   - training steps/s of pot-node and of PyTorch on the GPU, same model, batch and data.
 set -euo pipefail
 bin="${1:-.gpu/pot-node}"
@@ -20,7 +23,8 @@ say() { echo "$1" | tee -a "$log"; }
 site=$(python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
 LD_LIBRARY_PATH="$site/torch/lib:$(ls -d "$site"/nvidia/*/lib | paste -sd:)"
 export LD_LIBRARY_PATH
-say "{\"gpu\": \"$(nvidia-smi -L | head -n 1)\", \"torch\": \"$(python3 -c 'import torch; print(torch.__version__)')\"}"
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+say "{\"gpu\": \"$(nvidia-smi -L | head -n 1)\", \"torch\": \"$(python3 -c 'import torch; print(torch.__version__)')\", \"cpu\": \"$cpu\", \"date\": \"$(date -u +%Y-%m-%d)\"}"
 
 work=$(mktemp -d)
 cat >"$work/task.yaml" <<'YAML'
@@ -48,6 +52,40 @@ cp "$work/gpu/checkpoints/000003.safetensors" "$work/gpu/checkpoints/000004.safe
 if "$bin" verify --spec "$work/task.yaml" --run "$work/gpu" --segments 4 --device cuda \
   --data-cache "$work/cache" >/dev/null 2>&1; then ok=false; else ok=true; fi
 say "{\"check\": \"tampered_checkpoint_fails\", \"ok\": $ok}"
+
+# Honest replay distances: each segment's relative L2 distance between the replayed and the
+# committed checkpoint, GPU and CPU each way. The task's tolerance is wide here on purpose, so
+# that every distance is reported rather than the first failure.
+distances() { # name spec run device segments
+  "$bin" verify --spec "$2" --run "$3" --segments "$5" --device "$4" --data-cache "$work/cache" \
+    >"$work/d.json" || true
+  r=$(tr -d '\n' <"$work/d.json")
+  say "{\"replay\": \"$1\", \"device\": \"$4\", \"report\": ${r:-null}}"
+}
+cp "$work/task.yaml" "$work/wide.yaml"
+sed -i 's/^replay_tolerance: .*/replay_tolerance: 0.5/' "$work/wide.yaml"
+rm -rf "$work/gpu" && "$bin" train --spec "$work/wide.yaml" --out "$work/gpu" --device cuda --data-cache "$work/cache"
+distances mlp_gpu_on_gpu "$work/wide.yaml" "$work/gpu" cuda 0,1,4,9
+distances mlp_gpu_on_cpu "$work/wide.yaml" "$work/gpu" cpu 0,1,4,9
+distances mlp_cpu_on_gpu "$work/wide.yaml" "$work/cpu" cuda 0,1,4,9
+cat >"$work/lenet.yaml" <<'YAML'
+model: lenet5
+dataset:
+  locator: builtin:digits
+  sha256: 09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22
+optimizer: {kind: adamw, lr: 0.002, weight_decay: 0.0001}
+batch_size: 64
+steps: 1000
+checkpoint_interval: 100
+seed: 7
+replay_tolerance: 0.5
+YAML
+"$bin" train --spec "$work/lenet.yaml" --out "$work/lgpu" --device cuda --data-cache "$work/cache"
+"$bin" train --spec "$work/lenet.yaml" --out "$work/lcpu" --device cpu --data-cache "$work/cache"
+say "{\"check\": \"lenet5_gpu_held_out_accuracy\", \"value\": $(acc "$work/lgpu")}"
+distances lenet5_gpu_on_gpu "$work/lenet.yaml" "$work/lgpu" cuda 0,1,4,9
+distances lenet5_gpu_on_cpu "$work/lenet.yaml" "$work/lgpu" cpu 0,1,4,9
+distances lenet5_cpu_on_gpu "$work/lenet.yaml" "$work/lcpu" cuda 0,1,4,9
 
 for model in mlp:128,64 lenet5; do
   for batch in 64 256; do
