@@ -190,9 +190,9 @@ impl App {
                 timeout,
                 reply,
             } => {
-                let value = self.value_to_propose(height, round, timeout).await?;
+                let (value, pol_round) = self.value_to_propose(height, round, timeout).await?;
                 let _ = reply.send(LocallyProposedValue::new(height, round, value.clone()));
-                self.publish(channels, height, round, Round::Nil, &value)
+                self.publish(channels, height, round, pol_round, &value)
                     .await?;
                 #[cfg(feature = "fault-injection")]
                 {
@@ -287,22 +287,24 @@ impl App {
         Ok(())
     }
 
-    /// The value this node proposes at (height, round): the one it already proposed there if
-    /// any (never two values for one round, even across a crash), else a new block built once
+    /// The value this node proposes at (height, round), with its polka round: the one it
+    /// already proposed there if any (never two values for one round, even across a crash; a
+    /// re-proposal keeps the polka round it was streamed with, or the others would judge
+    /// another coordinator's block as this one's fresh proposal), else a new block built once
     /// the block time since the last block has passed.
     async fn value_to_propose(
         &mut self,
         height: Height,
         round: Round,
         timeout: Duration,
-    ) -> eyre::Result<BlockValue> {
+    ) -> eyre::Result<(BlockValue, Round)> {
         if let Some(p) = self
             .stored_proposals(height, Some(round))?
             .into_iter()
             .find(|p| p.proposer == self.me)
         {
-            info!(%height, %round, "re-proposing the value already built for this round");
-            return Ok(p.value);
+            info!(%height, %round, pol_round = %p.valid_round, "proposing again the value already proposed in this round");
+            return Ok((p.value, p.valid_round));
         }
         let due = self.chain.state().tip.time_ms + self.block_time.as_millis() as u64;
         let wait = Duration::from_millis(due.saturating_sub(now_ms())).min(timeout / 2);
@@ -321,7 +323,7 @@ impl App {
         let value = BlockValue::new(block);
         self.store_proposal(height, round, Round::Nil, self.me, true, &value)?;
         self.checked.insert(value.id(), (value.clone(), after));
-        Ok(value)
+        Ok((value, Round::Nil))
     }
 
     async fn publish(
@@ -570,15 +572,15 @@ impl App {
             }
         };
         // A fresh proposal must be the sender's own block. A re-proposal (of a value a polka
-        // formed for in `pol_round`) carries the block its first proposer built: it is valid
-        // only if this node saw that very block proposed, by that proposer, in `pol_round`.
-        // Requiring the sender everywhere would make every re-proposal invalid (a network
-        // locked on a block whose builder went silent would never decide again); accepting any
-        // block that names another coordinator would let a proposer splice someone else's
-        // header (its VRF beacon) onto its own transactions. The check also stands in for one
-        // the engine skips: Malachite 0.5 accepts a polka certificate of `pol_round` for any
-        // value (`core-driver` `mux.rs`), so a node locked on a block would otherwise prevote
-        // another one re-proposed with that round.
+        // formed for in `pol_round`) carries the block its first proposer built, and is judged
+        // as that block, as Tendermint's valid(v) is: requiring the sender would make every
+        // re-proposal invalid (a network locked on a block whose builder went silent would
+        // never decide again), and requiring that this node saw the block in `pol_round` would
+        // stall a network whose locked coordinators are too few without one that missed it.
+        // What stops a proposer from splicing another coordinator's header onto its own
+        // transactions and calling it a re-proposal is the engine: a re-proposal is prevoted
+        // only with a polka for that very value in `pol_round` (third_party/README.md), and a
+        // polka forms only for a block its builder proposed itself.
         let builder = if a.pol_round == Round::Nil {
             a.proposer.0
         } else {
@@ -597,26 +599,15 @@ impl App {
                 self.proposed.insert(place, value.id());
             }
         }
-        let seen_in_pol_round = a.pol_round == Round::Nil
-            || self
-                .stored_proposals(a.height, Some(a.pol_round))?
-                .iter()
-                .any(|p| p.value.id() == value.id() && p.proposer.0 == builder);
-        let valid = if !seen_in_pol_round {
-            warn!(height = %a.height, round = %a.round, pol_round = %a.pol_round, proposer = %a.proposer, "re-proposal of a block this node did not see proposed in its polka round; voting against it");
-            self.metrics.rejected_proposal();
-            false
-        } else {
-            match self.execute(&value, builder).await? {
-                Ok(after) => {
-                    self.checked.insert(value.id(), (value.clone(), after));
-                    true
-                }
-                Err(e) => {
-                    warn!(height = %a.height, round = %a.round, proposer = %a.proposer, error = %e, "voting against an invalid proposal");
-                    self.metrics.rejected_proposal();
-                    false
-                }
+        let valid = match self.execute(&value, builder).await? {
+            Ok(after) => {
+                self.checked.insert(value.id(), (value.clone(), after));
+                true
+            }
+            Err(e) => {
+                warn!(height = %a.height, round = %a.round, proposer = %a.proposer, error = %e, "voting against an invalid proposal");
+                self.metrics.rejected_proposal();
+                false
             }
         };
         self.store_proposal(a.height, a.round, a.pol_round, a.proposer, valid, &value)?;
@@ -1009,7 +1000,7 @@ mod tests {
     }
 
     #[test]
-    fn a_re_proposal_of_another_coordinators_block_is_valid_but_a_fresh_one_is_not() {
+    fn a_re_proposal_is_judged_as_its_builders_block_but_a_fresh_one_must_be_the_senders() {
         let dir = tempfile::tempdir().unwrap();
         let (mut app, keys) = app(dir.path());
         let who: Vec<SecretKey> = (0..8)
@@ -1022,52 +1013,43 @@ mod tests {
             })
             .collect();
         // The first round's proposer built a block; proposers of later rounds, other
-        // coordinators, pass it on.
+        // coordinators, pass it on. This node never saw round 0's proposal (it was down, or
+        // the parts were lost): it judges the block itself, or a network locked on it could
+        // stall for want of this node's prevote.
         let later: Vec<u32> = (1..8)
             .filter(|&r| who[r as usize].address() != who[0].address())
             .collect();
         let (block, _) = app
             .chain
             .propose(&pot_protocol::ProposerKey::new(&who[0]), now_ms());
-        let passed_on = |round: u32, pol_round: Round| Assembled {
+        let passed_on = |round: u32, pol_round: Round, block: &Block| Assembled {
             height: Height(1),
             round: Round::new(round),
             pol_round,
             proposer: ValidatorAddress(who[round as usize].address()),
-            block_bytes: borsh::to_vec(&block).unwrap(),
+            block_bytes: borsh::to_vec(block).unwrap(),
         };
-        // Before this node saw the block proposed in round 0, a re-proposal naming round 0 is
-        // not believed.
-        let unseen = block_on(app.check_and_store(passed_on(later[2], Round::new(0))))
+        let again = block_on(app.check_and_store(passed_on(later[0], Round::new(0), &block)))
             .unwrap()
             .unwrap();
         assert_eq!(
-            unseen.validity,
-            Validity::Invalid,
-            "a block not seen in its polka round"
+            again.validity,
+            Validity::Valid,
+            "a re-proposal of a block this node did not see proposed"
         );
-        let original = Assembled {
-            height: Height(1),
-            round: Round::new(0),
-            pol_round: Round::Nil,
-            proposer: ValidatorAddress(who[0].address()),
-            block_bytes: borsh::to_vec(&block).unwrap(),
-        };
-        let first = block_on(app.check_and_store(original)).unwrap().unwrap();
-        assert_eq!(first.validity, Validity::Valid);
-        // Someone else's header spliced onto other transactions (another time) is not it.
-        let mut spliced = block.clone();
-        spliced.header.time_ms += 1;
-        let spliced = Assembled {
-            height: Height(1),
-            round: Round::new(later[3]),
-            pol_round: Round::new(0),
-            proposer: ValidatorAddress(who[later[3] as usize].address()),
-            block_bytes: borsh::to_vec(&spliced).unwrap(),
-        };
-        let got = block_on(app.check_and_store(spliced)).unwrap().unwrap();
-        assert_eq!(got.validity, Validity::Invalid, "a spliced header");
-        let fresh = block_on(app.check_and_store(passed_on(later[0], Round::Nil)))
+        // A re-proposed block that does not apply is invalid like any other.
+        let mut broken = block.clone();
+        broken.header.state_root = pot_protocol::Hash::digest(b"wrong");
+        let got = block_on(app.check_and_store(passed_on(later[1], Round::new(0), &broken)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            got.validity,
+            Validity::Invalid,
+            "a block that does not apply"
+        );
+        // Passed on as the sender's own fresh proposal, someone else's block is invalid.
+        let fresh = block_on(app.check_and_store(passed_on(later[2], Round::Nil, &block)))
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -1075,13 +1057,29 @@ mod tests {
             Validity::Invalid,
             "a fresh proposal of someone else's block"
         );
-        let again = block_on(app.check_and_store(passed_on(later[1], Round::new(0))))
-            .unwrap()
+    }
+
+    #[test]
+    fn a_value_proposed_again_keeps_the_polka_round_it_was_streamed_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut app, keys) = app(dir.path());
+        let (block, _) = app
+            .chain
+            .propose(&pot_protocol::ProposerKey::new(&keys[1]), now_ms());
+        let value = BlockValue::new(block);
+        // This node re-proposed another coordinator's block in round 3 (RestreamProposal), then
+        // crashed; after the restart the engine asks it for a value for round 3 again.
+        let me = app.me;
+        app.store_proposal(Height(1), Round::new(3), Round::new(1), me, true, &value)
             .unwrap();
+        let (again, pol_round) =
+            block_on(app.value_to_propose(Height(1), Round::new(3), Duration::from_secs(1)))
+                .unwrap();
+        assert_eq!(again.id(), value.id());
         assert_eq!(
-            again.validity,
-            Validity::Valid,
-            "a re-proposal with its polka round"
+            pol_round,
+            Round::new(1),
+            "not a fresh proposal of someone else's block"
         );
     }
 }
