@@ -249,6 +249,76 @@ def splice_cuda(out: str) -> None:
     pathlib.Path(out).write_text(text[:a] + "\n".join(cuda_section()[1:]) + rest)
 
 
+def ledger_section(ledger: list[dict], sustained: list[dict]) -> list[str]:
+    best = max((r["offered_tps"] for r in sustained if sustains(r)), default=0)
+    lines = [
+        "",
+        "## Ledger: finality and throughput of the coordinators",
+        "",
+        "N `pot-node` coordinators (release build) on loopback agree on blocks with Malachite (1 s block time), with",
+        "transaction gossip; signed transfers are offered at a fixed rate for 10 s through every coordinator's HTTP API",
+        "(64 accounts per coordinator, each sending in nonce order, all at once), and each transaction is timed from its",
+        "scheduled send time (so a sender's backlog counts) to the first sight of its block at one coordinator (polled",
+        "every 20 ms). Every coordinator checks every transaction's signature. Achieved tx/s counts the transactions in the",
+        "blocks decided while load was offered, over the time those blocks span (a chain that falls behind shows less",
+        "than it was offered); \"submitting took\" is how long the senders needed for 10 s of load (longer when the",
+        "coordinators' APIs could not take the rate, with every process on the same 2 cores). Emulated latency: every consensus and gossip link passes a",
+        "relay that delays each byte by that much in each direction (this kernel has no `netem`). All coordinators and",
+        "the load generator share this machine's cores. Goal (4 coordinators, no added latency): ≥ 1,000 tx/s and",
+        "p99 finality ≤ 1.5 s; the ratio columns are achieved ÷ goal (higher is better) and goal ÷ p99.",
+        "",
+        "For scale, not measured here: the PoT paper's PBFT ledger synced 10,000 transactions among 50 nodes in",
+        "2.07 s at 125 Mbit/s on a 20-core machine (about 4,800 tx/s).",
+        "",
+        "![ledger finality](bench/plots/ledger_finality.png)",
+        "",
+        "| coordinators | link latency | offered tx/s | submitting took | achieved tx/s | ÷ 1,000 | included / offered | p50 finality | p99 finality | 1.5 s ÷ p99 | refused |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in ledger:
+        lines.append(
+            f"| {r['nodes']} | {r['link_delay_ms']} ms | {r['offered_tps']:,} | {r['submit_seconds']:.1f} s | {r['tps']:,.0f} | **{r['tps'] / 1000:.2f}** | "
+            f"{r['included'] / r['offered']:.3f} | {r['p50_ms'] / 1000:.2f} s | {r['p99_ms'] / 1000:.2f} s | **{1500 / r['p99_ms']:.2f}** | {r['refused']} |"
+        )
+    lines += [
+        "",
+        "### Sustained load: 4 coordinators",
+        "",
+        f"The same measurement at rising offered load, with {SUSTAIN_BLOCK_MS} ms blocks (with 1 s blocks a transaction that",
+        "just missed a proposal waits a whole block, so p99 ≤ 1 s cannot hold whatever the load). A rate is sustained when",
+        "every offered transaction is included, none is refused, and p99 finality from its scheduled send time is ≤ 1 s;",
+        "the search stops at the first rate that is not. Goal: ≥ 5,000 tx/s (the PoT paper's PBFT reference: about 4,800",
+        "tx/s on 50 nodes); the ratio column is offered ÷ 5,000 for sustained rates.",
+        "",
+        f"**Largest sustained load on this machine: {best:,} tx/s** ({best / 5000:.2f} of the goal).",
+        "",
+        "![sustained load](bench/plots/ledger_sustained.png)",
+        "",
+        "| offered tx/s | achieved tx/s | included / offered | p50 finality | p99 finality | refused | sustained | ÷ 5,000 |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | :---: | ---: |",
+    ]
+    for r in sustained:
+        ok = sustains(r)
+        lines.append(
+            f"| {r['offered_tps']:,} | {r['tps']:,.0f} | {r['included'] / r['offered']:.3f} | {r['p50_ms'] / 1000:.2f} s | "
+            f"{r['p99_ms'] / 1000:.2f} s | {r['refused']} | {'yes' if ok else 'no'} | {'**%.2f**' % (r['offered_tps'] / 5000) if ok else '–'} |"
+        )
+    return lines
+
+
+def splice_ledger(out: str, pot_e2e: str, pot_node: str) -> None:
+    """Measure the finality and sustained-load rows again and replace that section."""
+    ledger = ledger_rows(pot_e2e, pot_node)
+    plot_ledger(ledger)
+    sustained = sustained_rows(pot_e2e, pot_node)
+    plot_sustained(sustained)
+    text = pathlib.Path(out).read_text()
+    a = text.index("## Ledger: finality and throughput of the coordinators")
+    b = text.index("\n## Ledger: a block's cost", a)
+    new = "\n".join(ledger_section(ledger, sustained)[1:])
+    pathlib.Path(out).write_text(text[:a] + new + "\n" + text[b:])
+
+
 def splice_block_cost(out: str, pot_node: str) -> None:
     """Measure the block-cost rows again and replace that section of an existing BENCHMARKS.md."""
     costs = block_cost_rows(pot_node)
@@ -266,8 +336,8 @@ def main() -> None:
     ap.add_argument("--pot-node", required=True)
     ap.add_argument("--pot-e2e", help="needed unless --only")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    ap.add_argument("--only", choices=["block-cost", "cuda"],
-                    help="re-measure (block-cost) or re-render (cuda) one section of an existing file")
+    ap.add_argument("--only", choices=["ledger", "block-cost", "cuda"],
+                    help="re-measure (ledger, block-cost) or re-render (cuda) one section of an existing file")
     a = ap.parse_args()
     PLOTS.mkdir(parents=True, exist_ok=True)
     if a.only == "block-cost":
@@ -275,6 +345,9 @@ def main() -> None:
         return
     if a.only == "cuda":
         splice_cuda(a.out)
+        return
+    if a.only == "ledger":
+        splice_ledger(a.out, a.pot_e2e, a.pot_node)
         return
     py = sys.executable
     PLOTS.mkdir(parents=True, exist_ok=True)
@@ -338,7 +411,6 @@ def main() -> None:
     plot_ledger(ledger)
     sustained = sustained_rows(a.pot_e2e, a.pot_node)
     plot_sustained(sustained)
-    best = max((r["offered_tps"] for r in sustained if sustains(r)), default=0)
     costs = block_cost_rows(a.pot_node)
     plot_block_cost(costs)
 
@@ -389,58 +461,7 @@ def main() -> None:
             f"| {o['model']} | {o['steps']} | {o['checkpoint_interval']} | {o['train_seconds']:.2f} | {o['checkpoint_seconds']:.3f} | "
             f"**{100 * o['overhead']:.1f} %** | {100 * o['verify_fraction']:.1f} % | {100 * floor:.1f} % |"
         )
-    lines += [
-        "",
-        "## Ledger: finality and throughput of the coordinators",
-        "",
-        "N `pot-node` coordinators (release build) on loopback agree on blocks with Malachite (1 s block time), with",
-        "transaction gossip; signed transfers are offered at a fixed rate for 10 s through every coordinator's HTTP API",
-        "(64 accounts per coordinator, each sending in nonce order, all at once), and each transaction is timed from its",
-        "scheduled send time (so a sender's backlog counts) to the first sight of its block at one coordinator (polled",
-        "every 20 ms). Every coordinator checks every transaction's signature. Achieved tx/s counts the transactions in the",
-        "blocks decided while load was offered, over the time those blocks span (a chain that falls behind shows less",
-        "than it was offered); \"submitting took\" is how long the senders needed for 10 s of load (longer when the",
-        "coordinators' APIs could not take the rate, with every process on the same 2 cores). Emulated latency: every consensus and gossip link passes a",
-        "relay that delays each byte by that much in each direction (this kernel has no `netem`). All coordinators and",
-        "the load generator share this machine's cores. Goal (4 coordinators, no added latency): ≥ 1,000 tx/s and",
-        "p99 finality ≤ 1.5 s; the ratio columns are achieved ÷ goal (higher is better) and goal ÷ p99.",
-        "",
-        "For scale, not measured here: the PoT paper's PBFT ledger synced 10,000 transactions among 50 nodes in",
-        "2.07 s at 125 Mbit/s on a 20-core machine (about 4,800 tx/s).",
-        "",
-        "![ledger finality](bench/plots/ledger_finality.png)",
-        "",
-        "| coordinators | link latency | offered tx/s | submitting took | achieved tx/s | ÷ 1,000 | included / offered | p50 finality | p99 finality | 1.5 s ÷ p99 | refused |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in ledger:
-        lines.append(
-            f"| {r['nodes']} | {r['link_delay_ms']} ms | {r['offered_tps']:,} | {r['submit_seconds']:.1f} s | {r['tps']:,.0f} | **{r['tps'] / 1000:.2f}** | "
-            f"{r['included'] / r['offered']:.3f} | {r['p50_ms'] / 1000:.2f} s | {r['p99_ms'] / 1000:.2f} s | **{1500 / r['p99_ms']:.2f}** | {r['refused']} |"
-        )
-    lines += [
-        "",
-        "### Sustained load: 4 coordinators",
-        "",
-        f"The same measurement at rising offered load, with {SUSTAIN_BLOCK_MS} ms blocks (with 1 s blocks a transaction that",
-        "just missed a proposal waits a whole block, so p99 ≤ 1 s cannot hold whatever the load). A rate is sustained when",
-        "every offered transaction is included, none is refused, and p99 finality from its scheduled send time is ≤ 1 s;",
-        "the search stops at the first rate that is not. Goal: ≥ 5,000 tx/s (the PoT paper's PBFT reference: about 4,800",
-        "tx/s on 50 nodes); the ratio column is offered ÷ 5,000 for sustained rates.",
-        "",
-        f"**Largest sustained load on this machine: {best:,} tx/s** ({best / 5000:.2f} of the goal).",
-        "",
-        "![sustained load](bench/plots/ledger_sustained.png)",
-        "",
-        "| offered tx/s | achieved tx/s | included / offered | p50 finality | p99 finality | refused | sustained | ÷ 5,000 |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | :---: | ---: |",
-    ]
-    for r in sustained:
-        ok = sustains(r)
-        lines.append(
-            f"| {r['offered_tps']:,} | {r['tps']:,.0f} | {r['included'] / r['offered']:.3f} | {r['p50_ms'] / 1000:.2f} s | "
-            f"{r['p99_ms'] / 1000:.2f} s | {r['refused']} | {'yes' if ok else 'no'} | {'**%.2f**' % (r['offered_tps'] / 5000) if ok else '–'} |"
-        )
+    lines += ledger_section(ledger, sustained)
     lines += block_cost_section(costs)
     lines += cuda_section()
     pathlib.Path(a.out).write_text("\n".join(lines))

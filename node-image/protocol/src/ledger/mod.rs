@@ -265,7 +265,9 @@ pub fn apply_block(state: &State, block: &Block) -> Result<State, BlockError> {
 /// mempool holds them as [`VerifiedTx`]): one whose id `verified` answers true for skips its
 /// size and signature checks. The id commits to the transaction and its signature, so the
 /// result is the same as `apply_block`'s as long as `verified` only names transactions that
-/// really were checked.
+/// really were checked. The signatures of the others are checked in one batch first (a batch
+/// gives exactly the verdicts of single checks); only if it fails are they checked one by
+/// one, so that the error names the transaction.
 pub fn apply_block_known(
     state: &State,
     block: &Block,
@@ -282,6 +284,8 @@ pub fn apply_block_known(
             computed,
         });
     }
+    let known: Vec<bool> = ids.iter().map(&verified).collect();
+    let unknown_signed = unknown_signatures_verify(&block.txs, &known);
     let mut next = state.clone();
     begin_block(&mut next, h.height, h.time_ms, h.beacon);
     for (i, (stx, id)) in block.txs.iter().zip(&ids).enumerate() {
@@ -290,8 +294,12 @@ pub fn apply_block_known(
             time_ms: h.time_ms,
             index: i as u32,
         };
-        let applied = if verified(id) {
+        let applied = if known[i] {
             check_chain(&next, stx).and_then(|()| apply_body(&mut next, &ctx, stx))
+        } else if unknown_signed {
+            check_size(stx.encode().len())
+                .and_then(|()| check_chain(&next, stx))
+                .and_then(|()| apply_body(&mut next, &ctx, stx))
         } else {
             apply_tx(&mut next, &ctx, stx)
         };
@@ -310,6 +318,23 @@ pub fn apply_block_known(
     }
     next.tip.hash = h.hash();
     Ok(next)
+}
+
+/// Whether the signatures of the transactions not `known` all verify, checked in one batch.
+fn unknown_signatures_verify(txs: &[SignedTx], known: &[bool]) -> bool {
+    let unknown: Vec<&SignedTx> = txs
+        .iter()
+        .zip(known)
+        .filter(|(_, k)| !**k)
+        .map(|(t, _)| t)
+        .collect();
+    let signing: Vec<Vec<u8>> = unknown.iter().map(|t| t.tx.signing_bytes()).collect();
+    let items: Vec<(crate::Address, &[u8], crate::Signature)> = unknown
+        .iter()
+        .zip(&signing)
+        .map(|(t, m)| (t.tx.signer, m.as_slice(), t.signature))
+        .collect();
+    crate::crypto::verify_batch(&items)
 }
 
 impl State {
