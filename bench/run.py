@@ -169,14 +169,23 @@ def cuda_section() -> list[str]:
     if not CUDA_RESULTS.exists():
         return lines + [
             "Unproven: `node-image/gpu-check.sh` has not been run on a GPU machine yet.", ""]
-    recs = [json.loads(l) for l in CUDA_RESULTS.read_text().splitlines() if l.strip()]
+    try:
+        return lines + cuda_lines([json.loads(l) for l in CUDA_RESULTS.read_text().splitlines() if l.strip()])
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        # A partial file (the script stopped half-way) must not cost the rest of `make bench`.
+        return lines + [f"`{CUDA_RESULTS.relative_to(ROOT)}` could not be read ({type(e).__name__}: {e}); run",
+                        "`node-image/gpu-check.sh` on a GPU machine again.", ""]
+
+
+def cuda_lines(recs: list[dict]) -> list[str]:
     head = recs[0]
     checks = {r["check"]: r for r in recs if "check" in r}
     replays = [r for r in recs if "replay" in r]
     benches = [r for r in recs if "bench" in r]
     ok = lambda name: "yes" if checks.get(name, {}).get("ok") else "**no**"  # noqa: E731
     gpu = head["gpu"].split(" (UUID")[0].removeprefix("GPU 0: ")
-    lines += [
+    value = lambda name: f"{checks[name]['value']:.3f}" if name in checks else "–"  # noqa: E731
+    lines = [
         f"Measured {head['date']} on one {gpu} (host CPU: {head['cpu']}), by `node-image/gpu-check.sh` with the",
         f"`cuda` build of `pot-node` (`make gpu-bundle`) against that machine's PyTorch {head['torch']}. The figures are",
         "copied from `bench/cuda/gpu-check.jsonl`, which that script writes; `make bench` renders them, it cannot",
@@ -184,10 +193,10 @@ def cuda_section() -> list[str]:
         "",
         "| check | result |",
         "| --- | --- |",
-        f"| libtorch in `pot-node` trains on the GPU (`--device cuda`) | yes |",
+        f"| libtorch in `pot-node` trains on the GPU (`--device cuda`) | {'yes' if 'gpu_held_out_accuracy' in checks else '**no**'} |",
         f"| W_0 of a GPU run is byte for byte the CPU run's | {ok('w0_same_on_gpu_and_cpu')} |",
-        f"| held-out accuracy of the GPU run (MLP 64-32, digits, 1,000 steps) | {checks['gpu_held_out_accuracy']['value']:.3f} |",
-        f"| held-out accuracy of a GPU LeNet-5 run (AdamW, 1,000 steps) | {checks['lenet5_gpu_held_out_accuracy']['value']:.3f} |",
+        f"| held-out accuracy of the GPU run (MLP 64-32, digits, 1,000 steps) | {value('gpu_held_out_accuracy')} |",
+        f"| held-out accuracy of a GPU LeNet-5 run (AdamW, 1,000 steps) | {value('lenet5_gpu_held_out_accuracy')} |",
         f"| the GPU run verifies on the GPU within the task's tolerance (10⁻⁴) | {ok('gpu_run_verifies_on_gpu')} |",
         f"| a checkpoint replaced by an earlier one fails verification | {ok('tampered_checkpoint_fails')} |",
         "",
@@ -222,7 +231,8 @@ def cuda_section() -> list[str]:
         ours, ref = b["pot_node"], b["pytorch"]
         lines.append(f"| {ours['model']} | {ours['batch']} | {ours['steps_per_second']:,.0f} | "
                      f"{ref['steps_per_second']:,.0f} | **{ours['steps_per_second'] / ref['steps_per_second']:.2f}** |")
-    plot_cuda_steps(benches, gpu)
+    if benches:
+        plot_cuda_steps(benches, gpu)
     return lines + [""]
 
 
@@ -308,25 +318,25 @@ def ledger_section(ledger: list[dict], sustained: list[dict]) -> list[str]:
 
 def splice_ledger(out: str, pot_e2e: str, pot_node: str) -> None:
     """Measure the finality and sustained-load rows again and replace that section."""
+    text = pathlib.Path(out).read_text()
+    a = text.index("## Ledger: finality and throughput of the coordinators")
+    b = text.index("\n## Ledger: a block's cost", a)
     ledger = ledger_rows(pot_e2e, pot_node)
     plot_ledger(ledger)
     sustained = sustained_rows(pot_e2e, pot_node)
     plot_sustained(sustained)
-    text = pathlib.Path(out).read_text()
-    a = text.index("## Ledger: finality and throughput of the coordinators")
-    b = text.index("\n## Ledger: a block's cost", a)
     new = "\n".join(ledger_section(ledger, sustained)[1:])
     pathlib.Path(out).write_text(text[:a] + new + "\n" + text[b:])
 
 
 def splice_block_cost(out: str, pot_node: str) -> None:
     """Measure the block-cost rows again and replace that section of an existing BENCHMARKS.md."""
-    costs = block_cost_rows(pot_node)
-    plot_block_cost(costs)
     text = pathlib.Path(out).read_text()
     head = "## Ledger: a block's cost against the size of the state"
     a = text.index(head)
     b = text.index("\n## ", a + len(head))
+    costs = block_cost_rows(pot_node)
+    plot_block_cost(costs)
     new = "\n".join(block_cost_section(costs)[1:])
     pathlib.Path(out).write_text(text[:a] + new + "\n" + text[b:])
 
@@ -339,6 +349,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["ledger", "block-cost", "cuda"],
                     help="re-measure (ledger, block-cost) or re-render (cuda) one section of an existing file")
     a = ap.parse_args()
+    if a.only in (None, "ledger") and not a.pot_e2e:
+        ap.error("--pot-e2e is needed to measure the ledger")
     PLOTS.mkdir(parents=True, exist_ok=True)
     if a.only == "block-cost":
         splice_block_cost(a.out, a.pot_node)

@@ -23,7 +23,7 @@ say() { echo "$1" | tee -a "$log"; }
 site=$(python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
 LD_LIBRARY_PATH="$site/torch/lib:$(ls -d "$site"/nvidia/*/lib | paste -sd:)"
 export LD_LIBRARY_PATH
-cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+cpu=$( (grep -m1 'model name' /proc/cpuinfo || uname -m) | cut -d: -f2 | sed 's/^ *//')
 say "{\"gpu\": \"$(nvidia-smi -L | head -n 1)\", \"torch\": \"$(python3 -c 'import torch; print(torch.__version__)')\", \"cpu\": \"$cpu\", \"date\": \"$(date -u +%Y-%m-%d)\"}"
 
 work=$(mktemp -d)
@@ -47,7 +47,8 @@ say "{\"check\": \"w0_same_on_gpu_and_cpu\", \"ok\": $([ "$(w0 "$work/gpu")" = "
 say "{\"check\": \"gpu_held_out_accuracy\", \"value\": $(acc "$work/gpu")}"
 if "$bin" verify --spec "$work/task.yaml" --run "$work/gpu" --segments 0,4,9 --device cuda \
   --data-cache "$work/cache" >"$work/verify.json"; then ok=true; else ok=false; fi
-say "{\"check\": \"gpu_run_verifies_on_gpu\", \"ok\": $ok, \"report\": $(tr -d '\n' <"$work/verify.json")}"
+r=$(tr -d '\n' <"$work/verify.json")
+say "{\"check\": \"gpu_run_verifies_on_gpu\", \"ok\": $ok, \"report\": ${r:-null}}"
 cp "$work/gpu/checkpoints/000003.safetensors" "$work/gpu/checkpoints/000004.safetensors"
 if "$bin" verify --spec "$work/task.yaml" --run "$work/gpu" --segments 4 --device cuda \
   --data-cache "$work/cache" >/dev/null 2>&1; then ok=false; else ok=true; fi

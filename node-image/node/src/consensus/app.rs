@@ -216,22 +216,13 @@ impl App {
                 height,
                 round,
                 valid_round,
+                address,
                 value_id,
-                ..
             } => {
-                let found = self
-                    .stored_proposals(height, None)?
-                    .into_iter()
-                    .find(|p| p.value.id() == value_id);
-                match found {
-                    Some(p) => {
-                        self.store_proposal(height, round, valid_round, self.me, true, &p.value)?;
-                        self.publish(channels, height, round, valid_round, &p.value)
-                            .await?
-                    }
-                    None => {
-                        warn!(%height, %round, %value_id, "asked to restream an unknown proposal")
-                    }
+                if let Some(value) = self.value_to_restream(height, round, address, value_id)? {
+                    self.store_proposal(height, round, valid_round, self.me, true, &value)?;
+                    self.publish(channels, height, round, valid_round, &value)
+                        .await?
                 }
             }
             AppMsg::GetHistoryMinHeight { reply } => {
@@ -324,6 +315,32 @@ impl App {
         self.store_proposal(height, round, Round::Nil, self.me, true, &value)?;
         self.checked.insert(value.id(), (value.clone(), after));
         Ok((value, Round::Nil))
+    }
+
+    /// The value to stream again for `proposer`'s proposal at (height, round), if that is this
+    /// node's to send: only its own proposals (the engine also asks for other coordinators'
+    /// in late rounds; signed as this node they would be refused by every peer and by the sign
+    /// guard, and storing them as this node's would make a restart propose them as its own).
+    fn value_to_restream(
+        &self,
+        height: Height,
+        round: Round,
+        proposer: ValidatorAddress,
+        value_id: BlockId,
+    ) -> eyre::Result<Option<BlockValue>> {
+        if proposer != self.me {
+            debug!(%height, %round, %proposer, "not restreaming another coordinator's proposal");
+            return Ok(None);
+        }
+        let found = self
+            .stored_proposals(height, None)?
+            .into_iter()
+            .find(|p| p.value.id() == value_id)
+            .map(|p| p.value);
+        if found.is_none() {
+            warn!(%height, %round, %value_id, "asked to restream an unknown proposal");
+        }
+        Ok(found)
     }
 
     async fn publish(
@@ -1057,6 +1074,29 @@ mod tests {
             Validity::Invalid,
             "a fresh proposal of someone else's block"
         );
+    }
+
+    #[test]
+    fn only_this_nodes_own_proposals_are_restreamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, keys) = app(dir.path());
+        let (block, _) = app
+            .chain
+            .propose(&pot_protocol::ProposerKey::new(&keys[1]), now_ms());
+        let value = BlockValue::new(block);
+        let other = ValidatorAddress(keys[1].address());
+        app.store_proposal(Height(1), Round::new(10), Round::Nil, other, true, &value)
+            .unwrap();
+        let asked = |proposer| {
+            app.value_to_restream(Height(1), Round::new(10), proposer, value.id())
+                .unwrap()
+        };
+        assert_eq!(asked(other), None, "another coordinator's proposal");
+        assert_eq!(asked(app.me).map(|v| v.id()), Some(value.id()));
+        let stored = app
+            .stored_proposals(Height(1), Some(Round::new(10)))
+            .unwrap();
+        assert_eq!(stored[0].proposer, other, "its record is left as it was");
     }
 
     #[test]

@@ -192,3 +192,42 @@ fn a_polka_for_one_block_does_not_lock_an_equivocating_proposal_of_another() {
     let out = net.propose(0, &v, Round::Nil);
     assert_eq!(votes(&out, VoteType::Precommit), vec![id(&v)]);
 }
+
+#[test]
+fn a_proposal_stored_before_its_round_starts_gets_the_same_judgement() {
+    // The Byzantine re-proposal reaches `me` before round 1 starts: the driver judges stored
+    // proposals again when the round begins (its step-change path).
+    let (v, w) = (block(1), block(2));
+    let mut net = Net::new();
+    net.new_round(0);
+    net.propose(0, &v, Round::Nil);
+    for from in [0, 1, 2] {
+        net.vote(VoteType::Prevote, 0, Some(&v), from);
+    }
+    for (from, value) in [(2, Some(&v)), (0, Some(&v)), (1, None), (3, None)] {
+        net.vote(VoteType::Precommit, 0, value, from);
+    }
+    let mut out = net.propose(1, &w, Round::new(0));
+    out.extend(net.feed(Input::TimeoutElapsed(Timeout::precommit(Round::new(0)))));
+    out.extend(net.new_round(1));
+    out.extend(net.feed(Input::TimeoutElapsed(Timeout::propose(Round::new(1)))));
+    assert_eq!(votes(&out, VoteType::Prevote), vec![None]);
+}
+
+#[test]
+fn the_build_uses_the_patched_driver() {
+    // A Malachite upgrade that leaves the `=0.5.0` patch behind would still pass the tests
+    // above if only this test's copy of the driver were patched; the lock file says which
+    // driver every crate links: exactly one, from the path, none from the registry.
+    let lock = include_str!("../../../../Cargo.lock");
+    let entries: Vec<&str> = lock
+        .split("[[package]]")
+        .filter(|p| p.contains("name = \"informalsystems-malachitebft-core-driver\""))
+        .collect();
+    assert_eq!(entries.len(), 1, "one driver in the build");
+    assert!(
+        !entries[0].contains("source ="),
+        "the driver comes from third_party/, not crates.io: {}",
+        entries[0]
+    );
+}
