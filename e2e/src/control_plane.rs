@@ -8,7 +8,6 @@
 //! nothing behind either (see `spawn`).
 
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::pki;
+use crate::ports::free_port;
 use crate::spawn::Process;
 use crate::tools;
 
@@ -94,7 +94,7 @@ impl ControlPlane {
         let tokens = Tokens::generate();
         std::fs::write(dir.join("tokens.csv"), tokens.csv())?;
 
-        let (etcd_port, etcd_peer, api_port) = (free_port()?, free_port()?, free_port()?);
+        let (etcd_port, etcd_peer, api_port) = (free_port(), free_port(), free_port());
         let server = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = dir.join("admin.kubeconfig");
         write_kubeconfig(&kubeconfig, &server, &pki.ca_cert, &tokens.admin, "admin")?;
@@ -263,7 +263,7 @@ impl ControlPlane {
             &format!("--kubeconfig={}", kc.display()),
             "--leader-elect=false",
             "--bind-address=127.0.0.1",
-            &format!("--secure-port={}", free_port()?),
+            &format!("--secure-port={}", free_port()),
             "--v=1",
         ])
         .args(extra);
@@ -355,9 +355,4 @@ fn write_kubeconfig(
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(())
-}
-
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

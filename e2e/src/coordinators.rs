@@ -1,7 +1,6 @@
 //! A local network of `pot-node` coordinators as processes on loopback, each with its own key,
 //! data directory, consensus port and API port: start, SIGKILL, restart, and talk to them.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -12,6 +11,7 @@ use pot_protocol::client::Client;
 use pot_protocol::genesis::{Coordinator, GenesisBalance};
 use pot_protocol::{Amount, Genesis, Params, SecretKey};
 
+use crate::ports::free_port;
 use crate::spawn::Process;
 
 /// Funds of each test account in the genesis.
@@ -36,57 +36,6 @@ pub struct Coordinators {
     /// Whether `bin` is the test build (`fault-injection`): then every node logs its
     /// signatures for [`Coordinators::assert_nothing_signed_twice`].
     test_build: bool,
-}
-
-/// Ports handed to tests come from below the kernel's ephemeral range (32768 and up by
-/// default), so no outgoing connection of any process is ever given one.
-const PORTS: std::ops::Range<u16> = 20_000..32_000;
-
-/// A loopback port reserved for this test process until it exits. A port taken from the
-/// kernel with `bind(0)` and released is fair game for the next outgoing connection of any
-/// process, and for the next test; so ports come from below the ephemeral range, and each is
-/// claimed with an exclusive lock on a file under the system's temporary directory that is held
-/// for this process's life, so concurrent test binaries never pick the same one. A node
-/// restarted later gets its port back for sure.
-pub fn free_port() -> u16 {
-    use std::os::fd::AsRawFd;
-    use std::sync::Mutex;
-    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
-    let dir = std::env::temp_dir().join("pot-e2e-ports");
-    std::fs::create_dir_all(&dir).expect("port lock directory");
-    let span = (PORTS.end - PORTS.start) as u32;
-    let start = (std::process::id().wrapping_mul(7919) ^ now_nanos()) % span;
-    for i in 0..span {
-        let port = PORTS.start + ((start + i) % span) as u16;
-        let Ok(lock) = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(format!("{port}.lock")))
-        else {
-            continue;
-        };
-        #[allow(unsafe_code)]
-        // SAFETY: flock(2) on a file descriptor this function owns; no memory is involved.
-        let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if !locked {
-            continue;
-        }
-        // Someone outside the tests may be listening there.
-        if TcpListener::bind(("127.0.0.1", port)).is_err() {
-            continue;
-        }
-        HELD.lock().expect("port locks").push(lock);
-        return port;
-    }
-    panic!("no free loopback port in {PORTS:?}");
-}
-
-fn now_nanos() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0)
 }
 
 /// Write a key file in `pot-node`'s format.

@@ -8,6 +8,7 @@ pub mod fixture;
 pub mod ledger_bench;
 pub mod link_delay;
 pub mod pki;
+pub mod ports;
 pub mod spawn;
 pub mod tools;
 

@@ -4,7 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use pot_e2e::coordinators::{Coordinators, free_port};
+use pot_e2e::coordinators::Coordinators;
+use pot_e2e::ports::free_port;
 use pot_e2e::spawn::Process;
 use pot_protocol::api::{SubmitTx, TxStatus};
 use pot_protocol::client::{Client, ClientError};
