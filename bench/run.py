@@ -250,13 +250,18 @@ def plot_cuda_steps(benches: list[dict], gpu: str) -> None:
     fig.savefig(PLOTS / "cuda_steps.png", dpi=110)
 
 
-def splice_cuda(out: str) -> None:
-    """Render the CUDA section again from bench/cuda/gpu-check.jsonl into an existing file."""
+def splice_section(out: str, head: str, render) -> None:
+    """Replace the section of an existing file that starts with `head`, up to the next `## `
+    heading, with the lines `render()` gives (their first, blank, line dropped). The file is
+    read first, so a missing heading fails before `render` spends minutes measuring."""
     text = pathlib.Path(out).read_text()
-    a = text.index("## CUDA")
-    b = text.find("\n## ", a)
+    a = text.index(head)
+    b = text.find("\n## ", a + len(head))
     rest = "" if b < 0 else text[b:]
-    pathlib.Path(out).write_text(text[:a] + "\n".join(cuda_section()[1:]) + rest)
+    new = "\n".join(render()[1:])
+    if not new.endswith("\n"):
+        new += "\n"
+    pathlib.Path(out).write_text(text[:a] + new + rest)
 
 
 def ledger_section(ledger: list[dict], sustained: list[dict]) -> list[str]:
@@ -316,29 +321,18 @@ def ledger_section(ledger: list[dict], sustained: list[dict]) -> list[str]:
     return lines
 
 
-def splice_ledger(out: str, pot_e2e: str, pot_node: str) -> None:
-    """Measure the finality and sustained-load rows again and replace that section."""
-    text = pathlib.Path(out).read_text()
-    a = text.index("## Ledger: finality and throughput of the coordinators")
-    b = text.index("\n## Ledger: a block's cost", a)
+def measured_ledger_section(pot_e2e: str, pot_node: str) -> list[str]:
     ledger = ledger_rows(pot_e2e, pot_node)
     plot_ledger(ledger)
     sustained = sustained_rows(pot_e2e, pot_node)
     plot_sustained(sustained)
-    new = "\n".join(ledger_section(ledger, sustained)[1:])
-    pathlib.Path(out).write_text(text[:a] + new + "\n" + text[b:])
+    return ledger_section(ledger, sustained)
 
 
-def splice_block_cost(out: str, pot_node: str) -> None:
-    """Measure the block-cost rows again and replace that section of an existing BENCHMARKS.md."""
-    text = pathlib.Path(out).read_text()
-    head = "## Ledger: a block's cost against the size of the state"
-    a = text.index(head)
-    b = text.index("\n## ", a + len(head))
+def measured_block_cost_section(pot_node: str) -> list[str]:
     costs = block_cost_rows(pot_node)
     plot_block_cost(costs)
-    new = "\n".join(block_cost_section(costs)[1:])
-    pathlib.Path(out).write_text(text[:a] + new + "\n" + text[b:])
+    return block_cost_section(costs)
 
 
 def main() -> None:
@@ -353,13 +347,15 @@ def main() -> None:
         ap.error("--pot-e2e is needed to measure the ledger")
     PLOTS.mkdir(parents=True, exist_ok=True)
     if a.only == "block-cost":
-        splice_block_cost(a.out, a.pot_node)
+        splice_section(a.out, "## Ledger: a block's cost against the size of the state",
+                       lambda: measured_block_cost_section(a.pot_node))
         return
     if a.only == "cuda":
-        splice_cuda(a.out)
+        splice_section(a.out, "## CUDA", cuda_section)
         return
     if a.only == "ledger":
-        splice_ledger(a.out, a.pot_e2e, a.pot_node)
+        splice_section(a.out, "## Ledger: finality and throughput of the coordinators",
+                       lambda: measured_ledger_section(a.pot_e2e, a.pot_node))
         return
     py = sys.executable
     PLOTS.mkdir(parents=True, exist_ok=True)
@@ -419,12 +415,8 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(PLOTS / "pot_overhead.png", dpi=110)
 
-    ledger = ledger_rows(a.pot_e2e, a.pot_node)
-    plot_ledger(ledger)
-    sustained = sustained_rows(a.pot_e2e, a.pot_node)
-    plot_sustained(sustained)
-    costs = block_cost_rows(a.pot_node)
-    plot_block_cost(costs)
+    ledger_lines = measured_ledger_section(a.pot_e2e, a.pot_node)
+    block_cost_lines = measured_block_cost_section(a.pot_node)
 
     today = datetime.date.today().isoformat()
     lines = [
@@ -473,8 +465,8 @@ def main() -> None:
             f"| {o['model']} | {o['steps']} | {o['checkpoint_interval']} | {o['train_seconds']:.2f} | {o['checkpoint_seconds']:.3f} | "
             f"**{100 * o['overhead']:.1f} %** | {100 * o['verify_fraction']:.1f} % | {100 * floor:.1f} % |"
         )
-    lines += ledger_section(ledger, sustained)
-    lines += block_cost_section(costs)
+    lines += ledger_lines
+    lines += block_cost_lines
     lines += cuda_section()
     pathlib.Path(a.out).write_text("\n".join(lines))
     print(a.out)

@@ -27,18 +27,24 @@ cpu=$( (grep -m1 'model name' /proc/cpuinfo || uname -m) | cut -d: -f2 | sed 's/
 say "{\"gpu\": \"$(nvidia-smi -L | head -n 1)\", \"torch\": \"$(python3 -c 'import torch; print(torch.__version__)')\", \"cpu\": \"$cpu\", \"date\": \"$(date -u +%Y-%m-%d)\"}"
 
 work=$(mktemp -d)
-cat >"$work/task.yaml" <<'YAML'
-model: mlp:64,32
+# A task on the built-in digits, 1,000 steps, a checkpoint every 100.
+task() { # file model optimizer replay_tolerance
+  cat >"$1" <<YAML
+model: $2
 dataset:
   locator: builtin:digits
   sha256: 09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22
-optimizer: {kind: sgd, lr: 0.05, momentum: 0.9}
+optimizer: $3
 batch_size: 64
 steps: 1000
 checkpoint_interval: 100
 seed: 7
-replay_tolerance: 0.0001
+replay_tolerance: $4
 YAML
+}
+sgd="{kind: sgd, lr: 0.05, momentum: 0.9}"
+adamw="{kind: adamw, lr: 0.002, weight_decay: 0.0001}"
+task "$work/task.yaml" mlp:64,32 "$sgd" 0.0001
 "$bin" train --spec "$work/task.yaml" --out "$work/gpu" --device cuda --data-cache "$work/cache"
 "$bin" train --spec "$work/task.yaml" --out "$work/cpu" --device cpu --data-cache "$work/cache"
 w0() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["checkpoints"][0])' "$1/manifest.json"; }
@@ -49,8 +55,9 @@ if "$bin" verify --spec "$work/task.yaml" --run "$work/gpu" --segments 0,4,9 --d
   --data-cache "$work/cache" >"$work/verify.json"; then ok=true; else ok=false; fi
 r=$(tr -d '\n' <"$work/verify.json")
 say "{\"check\": \"gpu_run_verifies_on_gpu\", \"ok\": $ok, \"report\": ${r:-null}}"
-cp "$work/gpu/checkpoints/000003.safetensors" "$work/gpu/checkpoints/000004.safetensors"
-if "$bin" verify --spec "$work/task.yaml" --run "$work/gpu" --segments 4 --device cuda \
+cp -r "$work/gpu" "$work/tampered"
+cp "$work/gpu/checkpoints/000003.safetensors" "$work/tampered/checkpoints/000004.safetensors"
+if "$bin" verify --spec "$work/task.yaml" --run "$work/tampered" --segments 4 --device cuda \
   --data-cache "$work/cache" >/dev/null 2>&1; then ok=false; else ok=true; fi
 say "{\"check\": \"tampered_checkpoint_fails\", \"ok\": $ok}"
 
@@ -63,24 +70,11 @@ distances() { # name spec run device segments
   r=$(tr -d '\n' <"$work/d.json")
   say "{\"replay\": \"$1\", \"device\": \"$4\", \"report\": ${r:-null}}"
 }
-cp "$work/task.yaml" "$work/wide.yaml"
-sed -i 's/^replay_tolerance: .*/replay_tolerance: 0.5/' "$work/wide.yaml"
-rm -rf "$work/gpu" && "$bin" train --spec "$work/wide.yaml" --out "$work/gpu" --device cuda --data-cache "$work/cache"
+task "$work/wide.yaml" mlp:64,32 "$sgd" 0.5
 distances mlp_gpu_on_gpu "$work/wide.yaml" "$work/gpu" cuda 0,1,4,9
 distances mlp_gpu_on_cpu "$work/wide.yaml" "$work/gpu" cpu 0,1,4,9
 distances mlp_cpu_on_gpu "$work/wide.yaml" "$work/cpu" cuda 0,1,4,9
-cat >"$work/lenet.yaml" <<'YAML'
-model: lenet5
-dataset:
-  locator: builtin:digits
-  sha256: 09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22
-optimizer: {kind: adamw, lr: 0.002, weight_decay: 0.0001}
-batch_size: 64
-steps: 1000
-checkpoint_interval: 100
-seed: 7
-replay_tolerance: 0.5
-YAML
+task "$work/lenet.yaml" lenet5 "$adamw" 0.5
 "$bin" train --spec "$work/lenet.yaml" --out "$work/lgpu" --device cuda --data-cache "$work/cache"
 "$bin" train --spec "$work/lenet.yaml" --out "$work/lcpu" --device cpu --data-cache "$work/cache"
 say "{\"check\": \"lenet5_gpu_held_out_accuracy\", \"value\": $(acc "$work/lgpu")}"

@@ -332,31 +332,50 @@ mod tests {
         let mut sign_bit_on_identity = [0u8; 32];
         sign_bit_on_identity[0] = 1;
         sign_bit_on_identity[31] = 0x80;
-        let c = |a, kt, r, rt, rb| {
-            let (k, s) = craft(a, kt, r, rt, rb, m);
-            (k, s)
+        let crafted = |name, a, kt, r, rt, rb, valid| {
+            let (key, sig) = craft(a, kt, r, rt, rb, m);
+            (name, key, sig, valid)
         };
-        let mut v = vec![("honest", honest.address(), honest.sign(m), true)];
-        let (k, s) = c(11, 0, 22, 0, None);
-        v.push(("crafted without torsion", k, s, true));
-        let (k, s) = c(11, 0, 22, 3, None);
-        v.push(("torsion in R (the signer's choice)", k, s, true));
-        let (k, s) = c(11, 5, 22, 0, None);
-        v.push(("torsion in A", k, s, true));
-        let (k, s) = c(0, 4, 22, 0, None);
-        v.push(("small-order A", k, s, false));
-        let (k, s) = c(11, 0, 0, 0, Some(identity_plus_p()));
-        v.push(("R encoded with y + p", k, s, false));
-        let (k, s) = c(11, 0, 0, 0, Some(sign_bit_on_identity));
-        v.push(("R with x = 0 and the sign bit set", k, s, false));
-        v.push(("s + ℓ", honest.address(), high_s, false));
-        v.push((
-            "another message",
-            honest.address(),
-            honest.sign(b"other"),
-            false,
-        ));
-        v
+        vec![
+            ("honest", honest.address(), honest.sign(m), true),
+            crafted("crafted without torsion", 11, 0, 22, 0, None, true),
+            crafted(
+                "torsion in R (the signer's choice)",
+                11,
+                0,
+                22,
+                3,
+                None,
+                true,
+            ),
+            crafted("torsion in A", 11, 5, 22, 0, None, true),
+            crafted("small-order A", 0, 4, 22, 0, None, false),
+            crafted(
+                "R encoded with y + p",
+                11,
+                0,
+                0,
+                0,
+                Some(identity_plus_p()),
+                false,
+            ),
+            crafted(
+                "R with x = 0 and the sign bit set",
+                11,
+                0,
+                0,
+                0,
+                Some(sign_bit_on_identity),
+                false,
+            ),
+            ("s + ℓ", honest.address(), high_s, false),
+            (
+                "another message",
+                honest.address(),
+                honest.sign(b"other"),
+                false,
+            ),
+        ]
     }
 
     #[test]

@@ -683,7 +683,7 @@ fn run(blocks: &[Vec<Action>]) -> Vec<Hash> {
 
         // Invariant 1.
         chain.assert_supply_conserved();
-        assert_unbonding_queue_is_exact(&chain.state);
+        assert_indexes_are_exact(&chain.state);
         let rebuilt: State = borsh::from_slice(&borsh::to_vec(&chain.state).unwrap()).unwrap();
         assert_eq!(
             rebuilt.state_root(),
@@ -697,7 +697,7 @@ fn run(blocks: &[Vec<Action>]) -> Vec<Hash> {
 }
 
 /// Invariant 6.
-fn assert_unbonding_queue_is_exact(state: &State) {
+fn assert_indexes_are_exact(state: &State) {
     let mut pending = std::collections::BTreeSet::new();
     for ((who, role), stake) in &state.stakes {
         assert!(

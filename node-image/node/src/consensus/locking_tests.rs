@@ -122,7 +122,7 @@ fn id(v: &BlockValue) -> Option<BlockId> {
 
 /// Round 0 as `me` sees it: the proposal of `v`, a polka for it (three prevotes, `me`'s among
 /// them) and `me`'s precommit, so `me` is locked on `v` in round 0. Too few precommits for `v`
-/// arrive to decide it (`me`'s and one more; two are nil), so round 0 times out into round 1.
+/// arrive to decide it (`me`'s and one more; two are nil).
 fn locked_in_round_0(net: &mut Net, v: &BlockValue) {
     net.new_round(0);
     let out = net.propose(0, v, Round::Nil);
@@ -135,13 +135,18 @@ fn locked_in_round_0(net: &mut Net, v: &BlockValue) {
     for (from, value) in [(2, Some(v)), (0, Some(v)), (1, None), (3, None)] {
         net.vote(VoteType::Precommit, 0, value, from);
     }
-    let out = net.feed(Input::TimeoutElapsed(Timeout::precommit(Round::new(0))));
+}
+
+/// Round 0 times out undecided and round 1 starts; what `me` said on the way.
+fn into_round_1(net: &mut Net) -> Vec<Output<PotContext>> {
+    let mut out = net.feed(Input::TimeoutElapsed(Timeout::precommit(Round::new(0))));
     assert!(
         out.iter()
             .any(|o| matches!(o, Output::NewRound(_, r) if *r == Round::new(1))),
         "round 0 ends undecided: {out:?}"
     );
-    net.new_round(1);
+    out.extend(net.new_round(1));
+    out
 }
 
 #[test]
@@ -149,6 +154,7 @@ fn a_polka_for_one_block_does_not_justify_another_naming_its_round() {
     let (v, w) = (block(1), block(2));
     let mut net = Net::new();
     locked_in_round_0(&mut net, &v);
+    into_round_1(&mut net);
 
     // Round 1's (Byzantine) proposer re-proposes a *different* block, claiming round 0's polka.
     let mut out = net.propose(1, &w, Round::new(0));
@@ -166,6 +172,7 @@ fn a_re_proposal_of_the_locked_block_is_prevoted() {
     let v = block(1);
     let mut net = Net::new();
     locked_in_round_0(&mut net, &v);
+    into_round_1(&mut net);
     let out = net.propose(1, &v, Round::new(0));
     assert_eq!(votes(&out, VoteType::Prevote), vec![id(&v)]);
 }
@@ -199,17 +206,9 @@ fn a_proposal_stored_before_its_round_starts_gets_the_same_judgement() {
     // proposals again when the round begins (its step-change path).
     let (v, w) = (block(1), block(2));
     let mut net = Net::new();
-    net.new_round(0);
-    net.propose(0, &v, Round::Nil);
-    for from in [0, 1, 2] {
-        net.vote(VoteType::Prevote, 0, Some(&v), from);
-    }
-    for (from, value) in [(2, Some(&v)), (0, Some(&v)), (1, None), (3, None)] {
-        net.vote(VoteType::Precommit, 0, value, from);
-    }
+    locked_in_round_0(&mut net, &v);
     let mut out = net.propose(1, &w, Round::new(0));
-    out.extend(net.feed(Input::TimeoutElapsed(Timeout::precommit(Round::new(0)))));
-    out.extend(net.new_round(1));
+    out.extend(into_round_1(&mut net));
     out.extend(net.feed(Input::TimeoutElapsed(Timeout::propose(Round::new(1)))));
     assert_eq!(votes(&out, VoteType::Prevote), vec![None]);
 }
