@@ -1,8 +1,8 @@
 //! Coordinators under failures and hostile peers: a node that cannot store a decided block
 //! halts; a node that lost its chain database never signs again where it signed before; crashes
 //! between a decision and the store, or right after a proposal, sign nothing twice; an
-//! equivocating proposer and a coordinator flooding proposal parts neither fork nor stop the
-//! others. Byzantine behaviour comes from the test build's `fault-injection` feature.
+//! equivocating proposer, a coordinator that casts two conflicting votes at every step and one
+//! flooding proposal parts neither fork nor stop the others. Byzantine behaviour comes from the test build's `fault-injection` feature.
 
 use std::time::Duration;
 
@@ -155,6 +155,38 @@ async fn an_equivocating_proposer_neither_forks_nor_stalls_the_others() {
         net.log(0).contains("equivocating"),
         "the faulty coordinator had turns and equivocated:\n{}",
         net.log_tails(20)
+    );
+    net.assert_nothing_signed_twice(&[1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_casting_two_votes_at_every_step_neither_forks_nor_stalls_the_others() {
+    let mut extra = vec![Vec::new(); 4];
+    extra[0] = args(&["--fault", "equivocate-votes"]);
+    let net = Coordinators::start_with(4, BLOCK_TIME_MS, 1, extra).expect("start");
+    net.wait_height(&[1, 2, 3], 16, WAIT).await;
+    let chain = net.assert_same_chain(&[0, 1, 2, 3], 16).await;
+    let log = net.log(0);
+    assert!(
+        !log.contains('\x1b'),
+        "a log written to a file is plain text, without terminal colours"
+    );
+    for kind in ["Prevote", "Precommit"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("equivocating: a conflicting vote")
+                    && l.contains(kind)
+                    && l.contains("peers=3")),
+            "the faulty coordinator contradicted its {kind}s to all three others:\n{}",
+            net.log_tails(20)
+        );
+    }
+    // Its honest precommits still count where they arrived first: it is not shut out, and no
+    // certificate holds its conflicting nil precommit (those verify only for nil).
+    let equivocator = net.keys[0].address();
+    assert!(
+        chain.iter().any(|b| b.committed_by.contains(&equivocator)),
+        "no block carries the equivocator's precommit"
     );
     net.assert_nothing_signed_twice(&[1, 2, 3]);
 }

@@ -531,7 +531,12 @@ fn init_logs(json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(
             "info,informalsystems_malachitebft_core_consensus=warn,informalsystems_malachitebft_engine=warn,informalsystems_malachitebft_network=warn,informalsystems_malachitebft_sync=warn,libp2p=warn,ractor=warn",
         ));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal: a log file or `kubectl logs` gets plain, greppable text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour);
     if json {
         builder.json().init();
     } else {

@@ -20,6 +20,9 @@ pub enum Fault {
     /// At every round, publish dozens of never-finished proposal streams, most for rounds
     /// where another coordinator proposes, to crowd honest proposals out of peers' buffers.
     FloodParts,
+    /// For every vote its engine casts, gossip a second, conflicting one (nil for a block, a
+    /// made-up block for nil) from a second libp2p identity, so peers get both.
+    EquivocateVotes,
 }
 
 /// Streams a flooding coordinator opens at each round.
@@ -100,7 +103,70 @@ pub fn corrupt(mut block: Block, fault: Fault, signer: &Signer) -> Block {
             block.header.tx_root = pot_protocol::block::tx_root(&block.txs);
         }
         // These publish something besides; the block itself is proposed as is.
-        Fault::Equivocate | Fault::FloodParts => {}
+        Fault::Equivocate | Fault::FloodParts | Fault::EquivocateVotes => {}
     }
     block
+}
+
+/// Start a second gossip identity for this coordinator's consensus topics and return where to
+/// send the votes its engine signs: for each one, a conflicting vote signed with the same key
+/// (past the sign guard) is published from it. The conflicting vote arrives at every peer
+/// besides the honest one, in either order, as a real equivocating validator's would.
+pub async fn spawn_vote_equivocator(
+    consensus: &malachitebft_config::ConsensusConfig,
+    seed: [u8; 32],
+    signer: Signer,
+) -> eyre::Result<tokio::sync::mpsc::UnboundedSender<super::context::Vote>> {
+    use malachitebft_core_consensus::SignedConsensusMsg;
+    use malachitebft_core_types::{NilOrVal, SignedMessage};
+    use malachitebft_engine::network::Msg as NetworkMsg;
+
+    use super::codec::BorshCodec;
+    use super::context::{BlockId, PotContext};
+
+    let mut cfg = consensus.clone();
+    // Any free port: the honest peers are dialled from here, never the other way.
+    cfg.p2p.listen_addr = "/ip4/127.0.0.1/tcp/0".parse()?;
+    let sidecar_seed = pot_protocol::Hash::tagged("pot/faults/vote-equivocator", &[&seed]);
+    let keypair = malachitebft_app::types::Keypair::ed25519_from_bytes(*sidecar_seed.as_bytes())?;
+    let registry =
+        malachitebft_app::metrics::SharedRegistry::global().with_moniker("vote-equivocator");
+    let network = malachitebft_app::spawn::spawn_network_actor::<PotContext, _>(
+        &cfg, keypair, &registry, BorshCodec,
+    )
+    .await?;
+    let (tap, mut votes) = tokio::sync::mpsc::unbounded_channel::<super::context::Vote>();
+    tokio::spawn(async move {
+        while let Some(vote) = votes.recv().await {
+            let mut other = vote.clone();
+            other.value = match vote.value {
+                NilOrVal::Nil => NilOrVal::Val(BlockId(pot_protocol::Hash::digest(
+                    b"a block nobody proposed",
+                ))),
+                NilOrVal::Val(_) => NilOrVal::Nil,
+            };
+            let digest = super::signing::vote_digest(signer.chain(), &other);
+            let signed = SignedMessage::new(other, signer.sign_unguarded(&digest));
+            // The gossip peers it goes to, so a test can tell the others got it.
+            let peers = network
+                .call(
+                    |reply| NetworkMsg::GetState { reply },
+                    Some(std::time::Duration::from_secs(1)),
+                )
+                .await
+                .ok()
+                .and_then(|r| r.success_or(()).ok())
+                .unwrap_or(0);
+            tracing::warn!(height = %vote.height, round = %vote.round, kind = ?vote.vote_type, peers, "equivocating: a conflicting vote");
+            if network
+                .cast(NetworkMsg::PublishConsensusMsg(SignedConsensusMsg::Vote(
+                    signed,
+                )))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    Ok(tap)
 }

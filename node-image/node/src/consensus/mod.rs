@@ -247,6 +247,15 @@ pub async fn run(
         None => signer,
     };
     let settings = Settings::new(&cfg, block_time);
+    #[cfg(feature = "fault-injection")]
+    let signer = if cfg.faults.proposal == Some(faults::Fault::EquivocateVotes) {
+        let tap =
+            faults::spawn_vote_equivocator(&settings.consensus, cfg.key.seed(), signer.clone())
+                .await?;
+        signer.with_vote_tap(tap)
+    } else {
+        signer
+    };
     let node = EngineNode {
         home: cfg.data_dir.clone(),
         key: cfg.key.clone(),

@@ -106,6 +106,9 @@ pub struct Signer {
     /// Tests: every guarded signature made, one line each.
     #[cfg(feature = "fault-injection")]
     log: Option<Arc<std::sync::Mutex<std::fs::File>>>,
+    /// Tests: every vote this key signs, for a Byzantine node to contradict.
+    #[cfg(feature = "fault-injection")]
+    vote_tap: Option<mpsc::UnboundedSender<Vote>>,
 }
 
 impl Signer {
@@ -120,6 +123,8 @@ impl Signer {
             status: None,
             #[cfg(feature = "fault-injection")]
             log: None,
+            #[cfg(feature = "fault-injection")]
+            vote_tap: None,
         }
     }
 
@@ -138,6 +143,8 @@ impl Signer {
             status: None,
             #[cfg(feature = "fault-injection")]
             log: None,
+            #[cfg(feature = "fault-injection")]
+            vote_tap: None,
         }
     }
 
@@ -156,6 +163,13 @@ impl Signer {
             .open(path)?;
         self.log = Some(Arc::new(std::sync::Mutex::new(file)));
         Ok(self)
+    }
+
+    /// Send every vote this key signs to `tap` (a Byzantine test node's equivocator).
+    #[cfg(feature = "fault-injection")]
+    pub fn with_vote_tap(mut self, tap: mpsc::UnboundedSender<Vote>) -> Signer {
+        self.vote_tap = Some(tap);
+        self
     }
 
     /// A guarded signature is about to be made: log it (tests only).
@@ -278,6 +292,10 @@ impl mc::SigningProvider<PotContext> for Signer {
             NilOrVal::Val(id) => id.0,
         };
         let signature = self.guarded_sign(vote.height, vote.round, step, value, &digest);
+        #[cfg(feature = "fault-injection")]
+        if let Some(tap) = &self.vote_tap {
+            let _ = tap.send(vote.clone());
+        }
         SignedMessage::new(vote, signature)
     }
 
