@@ -199,6 +199,8 @@ impl Coordinators {
             .args(&self.extra_args[i]);
         if self.test_build {
             cmd.arg("--signature-log").arg(self.signature_log(i));
+            cmd.arg("--received-vote-log")
+                .arg(self.received_vote_log(i));
         }
         // A new log per start; the earlier ones stay for reading.
         self.starts[i] += 1;
@@ -215,6 +217,30 @@ impl Coordinators {
 
     fn signature_log(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("node{i}.signatures"))
+    }
+
+    fn received_vote_log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}.received-votes"))
+    }
+
+    /// The places (height, round, kind) where coordinator `i` received, with valid signatures,
+    /// two different votes from `voter`: the equivocations that reached it.
+    pub fn equivocations_received(&self, i: usize, voter: &pot_protocol::Address) -> usize {
+        use std::collections::HashMap;
+        let text = std::fs::read_to_string(self.received_vote_log(i)).unwrap_or_default();
+        let voter = voter.to_string();
+        let mut values: HashMap<(&str, &str, &str), std::collections::HashSet<&str>> =
+            HashMap::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let [who, h, r, kind, value] = f[..] else {
+                panic!("coordinator {i}: malformed vote log line {line:?}");
+            };
+            if who == voter {
+                values.entry((h, r, kind)).or_default().insert(value);
+            }
+        }
+        values.values().filter(|v| v.len() > 1).count()
     }
 
     /// Check every signature each coordinator's key made, across all its starts: never two

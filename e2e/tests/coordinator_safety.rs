@@ -161,11 +161,13 @@ async fn an_equivocating_proposer_neither_forks_nor_stalls_the_others() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_coordinator_casting_two_votes_at_every_step_neither_forks_nor_stalls_the_others() {
+    // With one Byzantine coordinator of four no fork is possible if the engine is right; this
+    // shows that real equivocations reach the honest ones and neither split nor stop them.
     let mut extra = vec![Vec::new(); 4];
     extra[0] = args(&["--fault", "equivocate-votes"]);
     let net = Coordinators::start_with(4, BLOCK_TIME_MS, 1, extra).expect("start");
     net.wait_height(&[1, 2, 3], 16, WAIT).await;
-    let chain = net.assert_same_chain(&[0, 1, 2, 3], 16).await;
+    net.assert_same_chain(&[1, 2, 3, 0], 16).await;
     let log = net.log(0);
     assert!(
         !log.contains('\x1b'),
@@ -174,19 +176,30 @@ async fn a_coordinator_casting_two_votes_at_every_step_neither_forks_nor_stalls_
     for kind in ["Prevote", "Precommit"] {
         assert!(
             log.lines()
-                .any(|l| l.contains("equivocating: a conflicting vote")
-                    && l.contains(kind)
-                    && l.contains("peers=3")),
-            "the faulty coordinator contradicted its {kind}s to all three others:\n{}",
+                .any(|l| l.contains("equivocating: a conflicting vote") && l.contains(kind)),
+            "the faulty coordinator contradicted its {kind}s:\n{}",
             net.log_tails(20)
         );
     }
-    // Its honest precommits still count where they arrived first: it is not shut out, and no
-    // certificate holds its conflicting nil precommit (those verify only for nil).
+    // Each honest coordinator verified both of the equivocator's votes at many places.
     let equivocator = net.keys[0].address();
+    for i in 1..4 {
+        let n = net.equivocations_received(i, &equivocator);
+        assert!(n >= 5, "coordinator {i} received only {n} equivocations");
+    }
+    // Its votes still count where they arrived first: some honest node's certificates hold
+    // its precommits (and no certificate can hold its nil ones).
+    let mut counted = false;
+    for i in 1..4 {
+        counted |= net
+            .blocks(i, 16)
+            .await
+            .iter()
+            .any(|b| b.committed_by.contains(&equivocator));
+    }
     assert!(
-        chain.iter().any(|b| b.committed_by.contains(&equivocator)),
-        "no block carries the equivocator's precommit"
+        counted,
+        "no honest certificate carries the equivocator's precommit"
     );
     net.assert_nothing_signed_twice(&[1, 2, 3]);
 }

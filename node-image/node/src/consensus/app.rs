@@ -306,7 +306,7 @@ impl App {
             tokio::task::spawn_blocking(move || chain.propose(&key, now_ms())).await?
         };
         #[cfg(feature = "fault-injection")]
-        if let Some(fault) = self.faults.proposal {
+        if let Some(fault) = self.faults.proposal.filter(|f| f.corrupts_blocks()) {
             block = super::faults::corrupt(block, fault, &self.signer);
             warn!(%height, %round, ?fault, "proposing a deliberately faulty block");
         }

@@ -20,9 +20,17 @@ pub enum Fault {
     /// At every round, publish dozens of never-finished proposal streams, most for rounds
     /// where another coordinator proposes, to crowd honest proposals out of peers' buffers.
     FloodParts,
-    /// For every vote its engine casts, gossip a second, conflicting one (nil for a block, a
-    /// made-up block for nil) from a second libp2p identity, so peers get both.
+    /// From height 2 on, for every vote its engine casts, gossip a second, conflicting one (nil
+    /// for a block, a made-up block for nil) from a second libp2p identity, so peers get both.
     EquivocateVotes,
+}
+
+impl Fault {
+    /// Whether this fault changes the blocks this node proposes (the others publish something
+    /// besides an honest block).
+    pub fn corrupts_blocks(self) -> bool {
+        matches!(self, Fault::WrongStateRoot | Fault::InvalidTx)
+    }
 }
 
 /// Streams a flooding coordinator opens at each round.
@@ -33,7 +41,7 @@ pub const FLOOD_BYTES: usize = 32 * 1024;
 /// The faults a test may inject into one coordinator.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct Faults {
-    /// Misbehave as a proposer.
+    /// Misbehave as a Byzantine coordinator.
     #[arg(long = "fault", value_enum)]
     pub proposal: Option<Fault>,
     /// Fail to store the decided block at this height, as a full disk or an I/O error would.
@@ -47,6 +55,10 @@ pub struct Faults {
     /// to this file, so a test can check that nothing was ever signed twice.
     #[arg(long)]
     pub signature_log: Option<PathBuf>,
+    /// Append every vote from another coordinator whose signature verified (voter, height,
+    /// round, kind, value) to this file, so a test can see the equivocations that arrived.
+    #[arg(long)]
+    pub received_vote_log: Option<PathBuf>,
 }
 
 /// Where `--crash-at` aborts the process.
@@ -108,15 +120,16 @@ pub fn corrupt(mut block: Block, fault: Fault, signer: &Signer) -> Block {
     block
 }
 
-/// Start a second gossip identity for this coordinator's consensus topics and return where to
-/// send the votes its engine signs: for each one, a conflicting vote signed with the same key
-/// (past the sign guard) is published from it. The conflicting vote arrives at every peer
-/// besides the honest one, in either order, as a real equivocating validator's would.
-pub async fn spawn_vote_equivocator(
+/// Where to send the votes this coordinator's engine signs: for each one from height 2 on, a
+/// conflicting vote signed with the same key (past the sign guard) is published from a second
+/// gossip identity, so it reaches every peer besides the honest one, in either order, as a real
+/// equivocating validator's would. That identity starts at height 2, when the others are
+/// known to be listening (a persistent peer is dialled only a few times).
+pub fn spawn_vote_equivocator(
     consensus: &malachitebft_config::ConsensusConfig,
     seed: [u8; 32],
     signer: Signer,
-) -> eyre::Result<tokio::sync::mpsc::UnboundedSender<super::context::Vote>> {
+) -> tokio::sync::mpsc::UnboundedSender<super::context::Vote> {
     use malachitebft_core_consensus::SignedConsensusMsg;
     use malachitebft_core_types::{NilOrVal, SignedMessage};
     use malachitebft_engine::network::Msg as NetworkMsg;
@@ -126,18 +139,35 @@ pub async fn spawn_vote_equivocator(
 
     let mut cfg = consensus.clone();
     // Any free port: the honest peers are dialled from here, never the other way.
-    cfg.p2p.listen_addr = "/ip4/127.0.0.1/tcp/0".parse()?;
-    let sidecar_seed = pot_protocol::Hash::tagged("pot/faults/vote-equivocator", &[&seed]);
-    let keypair = malachitebft_app::types::Keypair::ed25519_from_bytes(*sidecar_seed.as_bytes())?;
-    let registry =
-        malachitebft_app::metrics::SharedRegistry::global().with_moniker("vote-equivocator");
-    let network = malachitebft_app::spawn::spawn_network_actor::<PotContext, _>(
-        &cfg, keypair, &registry, BorshCodec,
-    )
-    .await?;
+    cfg.p2p.listen_addr = "/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr");
     let (tap, mut votes) = tokio::sync::mpsc::unbounded_channel::<super::context::Vote>();
     tokio::spawn(async move {
+        let mut network = None;
         while let Some(vote) = votes.recv().await {
+            if vote.height.0 < 2 {
+                continue;
+            }
+            if network.is_none() {
+                let sidecar_seed =
+                    pot_protocol::Hash::tagged("pot/faults/vote-equivocator", &[&seed]);
+                let keypair =
+                    malachitebft_app::types::Keypair::ed25519_from_bytes(*sidecar_seed.as_bytes())
+                        .expect("32-byte seeds are valid");
+                let registry = malachitebft_app::metrics::SharedRegistry::global()
+                    .with_moniker("vote-equivocator");
+                match malachitebft_app::spawn::spawn_network_actor::<PotContext, _>(
+                    &cfg, keypair, &registry, BorshCodec,
+                )
+                .await
+                {
+                    Ok(n) => network = Some(n),
+                    Err(e) => {
+                        tracing::error!(%e, "the vote equivocator's network did not start");
+                        return;
+                    }
+                }
+            }
+            let network = network.as_ref().expect("started above");
             let mut other = vote.clone();
             other.value = match vote.value {
                 NilOrVal::Nil => NilOrVal::Val(BlockId(pot_protocol::Hash::digest(
@@ -147,7 +177,15 @@ pub async fn spawn_vote_equivocator(
             };
             let digest = super::signing::vote_digest(signer.chain(), &other);
             let signed = SignedMessage::new(other, signer.sign_unguarded(&digest));
-            // The gossip peers it goes to, so a test can tell the others got it.
+            if network
+                .cast(NetworkMsg::PublishConsensusMsg(SignedConsensusMsg::Vote(
+                    signed,
+                )))
+                .is_err()
+            {
+                break;
+            }
+            // Logged after publishing, so the honest vote has no head start.
             let peers = network
                 .call(
                     |reply| NetworkMsg::GetState { reply },
@@ -158,15 +196,7 @@ pub async fn spawn_vote_equivocator(
                 .and_then(|r| r.success_or(()).ok())
                 .unwrap_or(0);
             tracing::warn!(height = %vote.height, round = %vote.round, kind = ?vote.vote_type, peers, "equivocating: a conflicting vote");
-            if network
-                .cast(NetworkMsg::PublishConsensusMsg(SignedConsensusMsg::Vote(
-                    signed,
-                )))
-                .is_err()
-            {
-                break;
-            }
         }
     });
-    Ok(tap)
+    tap
 }

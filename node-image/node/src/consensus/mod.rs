@@ -250,11 +250,15 @@ pub async fn run(
     #[cfg(feature = "fault-injection")]
     let signer = if cfg.faults.proposal == Some(faults::Fault::EquivocateVotes) {
         let tap =
-            faults::spawn_vote_equivocator(&settings.consensus, cfg.key.seed(), signer.clone())
-                .await?;
+            faults::spawn_vote_equivocator(&settings.consensus, cfg.key.seed(), signer.clone());
         signer.with_vote_tap(tap)
     } else {
         signer
+    };
+    #[cfg(feature = "fault-injection")]
+    let signer = match &cfg.faults.received_vote_log {
+        Some(path) => signer.with_received_vote_log(path)?,
+        None => signer,
     };
     let node = EngineNode {
         home: cfg.data_dir.clone(),

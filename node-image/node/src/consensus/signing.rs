@@ -109,6 +109,9 @@ pub struct Signer {
     /// Tests: every vote this key signs, for a Byzantine node to contradict.
     #[cfg(feature = "fault-injection")]
     vote_tap: Option<mpsc::UnboundedSender<Vote>>,
+    /// Tests: every vote from others whose signature verified, one line each.
+    #[cfg(feature = "fault-injection")]
+    received: Option<Arc<std::sync::Mutex<std::fs::File>>>,
 }
 
 impl Signer {
@@ -125,6 +128,8 @@ impl Signer {
             log: None,
             #[cfg(feature = "fault-injection")]
             vote_tap: None,
+            #[cfg(feature = "fault-injection")]
+            received: None,
         }
     }
 
@@ -145,6 +150,8 @@ impl Signer {
             log: None,
             #[cfg(feature = "fault-injection")]
             vote_tap: None,
+            #[cfg(feature = "fault-injection")]
+            received: None,
         }
     }
 
@@ -163,6 +170,32 @@ impl Signer {
             .open(path)?;
         self.log = Some(Arc::new(std::sync::Mutex::new(file)));
         Ok(self)
+    }
+
+    /// Append a line for every verified vote to `path` (tests).
+    #[cfg(feature = "fault-injection")]
+    pub fn with_received_vote_log(mut self, path: &std::path::Path) -> std::io::Result<Signer> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        self.received = Some(Arc::new(std::sync::Mutex::new(file)));
+        Ok(self)
+    }
+
+    /// A vote's signature verified: log it (tests only).
+    fn received_vote(&self, _vote: &Vote) {
+        #[cfg(feature = "fault-injection")]
+        if let Some(log) = &self.received {
+            use std::io::Write as _;
+            let c = vote_content(_vote);
+            let value = c.block.map_or("nil".to_string(), |b| b.to_string());
+            let line = format!(
+                "{} {} {} {:?} {}\n",
+                c.voter, c.height, c.round, c.kind, value
+            );
+            let _ = log.lock().expect("vote log").write_all(line.as_bytes());
+        }
     }
 
     /// Send every vote this key signs to `tap` (a Byzantine test node's equivocator).
@@ -292,8 +325,9 @@ impl mc::SigningProvider<PotContext> for Signer {
             NilOrVal::Val(id) => id.0,
         };
         let signature = self.guarded_sign(vote.height, vote.round, step, value, &digest);
+        // Contradict only a vote really cast (not an abstention's empty signature).
         #[cfg(feature = "fault-injection")]
-        if let Some(tap) = &self.vote_tap {
+        if let Some(tap) = self.vote_tap.as_ref().filter(|_| signature.0 != [0; 64]) {
             let _ = tap.send(vote.clone());
         }
         SignedMessage::new(vote, signature)
@@ -302,7 +336,12 @@ impl mc::SigningProvider<PotContext> for Signer {
     fn verify_signed_vote(&self, vote: &Vote, signature: &Signature, public_key: &Address) -> bool {
         // A vote is always for a defined round; the digest writes a round as its number, so
         // one for "no round" would otherwise verify as a vote for round 0.
-        vote.round.is_defined() && verifies(public_key, &vote_digest(&self.chain, vote), signature)
+        let ok = vote.round.is_defined()
+            && verifies(public_key, &vote_digest(&self.chain, vote), signature);
+        if ok {
+            self.received_vote(vote);
+        }
+        ok
     }
 
     fn sign_proposal(&self, proposal: Proposal) -> SignedMessage<PotContext, Proposal> {
