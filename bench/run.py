@@ -212,7 +212,9 @@ def cuda_lines(recs: list[dict]) -> list[str]:
     ]
     for r in replays:
         model, src, _, dst = r["replay"].split("_")
-        segs = {s["index"]: s["distance"] for s in (r["report"] or {}).get("segments", [])}
+        # Reports before per-tensor comparison had one `distance`; now `parameters` is its like.
+        segs = {s["index"]: s.get("distance", s.get("parameters", 0.0))
+                for s in (r["report"] or {}).get("segments", [])}
         cell = lambda i: "–" if i not in segs else ("0" if segs[i] == 0 else f"{segs[i]:.1e}")  # noqa: E731
         lines.append(f"| {src.upper()} → {dst.upper()} | {'MLP 64-32, SGD' if model == 'mlp' else 'LeNet-5, AdamW'} | "
                      + " | ".join(cell(i) for i in (0, 1, 4, 9)) + " |")

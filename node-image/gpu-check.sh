@@ -47,17 +47,22 @@ adamw="{kind: adamw, lr: 0.002, weight_decay: 0.0001}"
 task "$work/task.yaml" mlp:64,32 "$sgd" 0.0001
 "$bin" train --spec "$work/task.yaml" --out "$work/gpu" --device cuda --data-cache "$work/cache"
 "$bin" train --spec "$work/task.yaml" --out "$work/cpu" --device cpu --data-cache "$work/cache"
+# The claim as the chain would hold it (miner and salt are train's defaults): verify takes it
+# from the command line, never from the run's manifest.
+claim() { python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print("--miner", m["miner"], "--salt", m["salt"], "--checkpoint-root", m["merkle_root"], "--model-hash", m["model_hash"])' "$1/manifest.json"; }
 w0() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["checkpoints"][0])' "$1/manifest.json"; }
 acc() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["held_out_accuracy"])' "$1/manifest.json"; }
 say "{\"check\": \"w0_same_on_gpu_and_cpu\", \"ok\": $([ "$(w0 "$work/gpu")" = "$(w0 "$work/cpu")" ] && echo true || echo false)}"
 say "{\"check\": \"gpu_held_out_accuracy\", \"value\": $(acc "$work/gpu")}"
-if "$bin" verify --spec "$work/task.yaml" --run "$work/gpu" --segments 0,4,9 --device cuda \
+# shellcheck disable=SC2046 # the claim's flags, split on purpose
+if "$bin" verify --spec "$work/task.yaml" --run "$work/gpu" $(claim "$work/gpu") --segments 0,4,9 --device cuda \
   --data-cache "$work/cache" >"$work/verify.json"; then ok=true; else ok=false; fi
 r=$(tr -d '\n' <"$work/verify.json")
 say "{\"check\": \"gpu_run_verifies_on_gpu\", \"ok\": $ok, \"report\": ${r:-null}}"
 cp -r "$work/gpu" "$work/tampered"
 cp "$work/gpu/checkpoints/000003.safetensors" "$work/tampered/checkpoints/000004.safetensors"
-if "$bin" verify --spec "$work/task.yaml" --run "$work/tampered" --segments 4 --device cuda \
+# shellcheck disable=SC2046
+if "$bin" verify --spec "$work/task.yaml" --run "$work/tampered" $(claim "$work/gpu") --segments 4 --device cuda \
   --data-cache "$work/cache" >/dev/null 2>&1; then ok=false; else ok=true; fi
 say "{\"check\": \"tampered_checkpoint_fails\", \"ok\": $ok}"
 
@@ -65,7 +70,8 @@ say "{\"check\": \"tampered_checkpoint_fails\", \"ok\": $ok}"
 # committed checkpoint, GPU and CPU each way. The task's tolerance is wide here on purpose, so
 # that every distance is reported rather than the first failure.
 distances() { # name spec run device segments
-  "$bin" verify --spec "$2" --run "$3" --segments "$5" --device "$4" --data-cache "$work/cache" \
+  # shellcheck disable=SC2046
+  "$bin" verify --spec "$2" --run "$3" $(claim "$3") --segments "$5" --device "$4" --data-cache "$work/cache" \
     >"$work/d.json" || true
   r=$(tr -d '\n' <"$work/d.json")
   say "{\"replay\": \"$1\", \"device\": \"$4\", \"report\": ${r:-null}}"

@@ -12,7 +12,7 @@ use crate::run_dir::{Manifest, RunDir};
 use crate::train::Trainer;
 use crate::train::fetch::Cache;
 use crate::train::task_file::TaskFile;
-use crate::verify::{self, Report};
+use crate::verify::{self, ClaimFacts, Plan, Report, RunDirSource};
 
 /// The libtorch this binary is built against.
 pub const LIBTORCH_VERSION: &str = "2.11.0";
@@ -118,28 +118,26 @@ pub fn train(
     Ok(manifest)
 }
 
-/// Verify the run in `dir` against `task`, replaying `segments`.
+/// Verify `claim` (as the chain records it) for `task`, replaying the `sampled` segments and
+/// the task's top-Q, with checkpoints read from the run directory `dir`.
 pub fn verify(
     task: &Path,
+    claim: &ClaimFacts,
     dir: &Path,
-    segments: &[u32],
+    sampled: &[u32],
     device: Device,
     cache: &Cache,
 ) -> anyhow::Result<Report> {
     let tf = TaskFile::read(task)?;
-    let run = RunDir::new(dir);
-    let m = run.read_manifest()?;
-    tch::set_num_threads(m.threads);
-    let spec = tf.run_spec(&m.miner, &m.salt, device, cache)?;
+    let source = RunDirSource::open(RunDir::new(dir))?;
+    let spec = tf.run_spec(&claim.miner, &claim.salt, device, cache)?;
     let (train, held_out) = tf.load_data(cache)?;
-    verify::verify(
-        &spec,
-        &run,
-        segments,
-        tf.replay_tolerance,
-        &train,
-        &held_out,
-    )
+    let plan = Plan {
+        sampled: sampled.to_vec(),
+        top_q: tf.top_q,
+        tolerance: tf.tolerance(),
+    };
+    verify::verify(&spec, tf.seed, claim, &plan, &source, &train, &held_out)
 }
 
 /// Accuracy of the run's final model on the task's held-out data.
@@ -150,6 +148,7 @@ pub fn eval(task: &Path, dir: &Path, device: Device, cache: &Cache) -> anyhow::R
     let spec = tf.run_spec(&m.miner, &m.salt, device, cache)?;
     let (train, held_out) = tf.load_data(cache)?;
     let last = run.read_checkpoint(&m, m.checkpoints.len() - 1)?;
-    let t = Trainer::from_checkpoint(&spec, &train, &last).context("loading the final model")?;
+    let t = Trainer::from_checkpoint(&spec, &train, &last, spec.steps)
+        .context("loading the final model")?;
     Ok(t.accuracy(&held_out))
 }

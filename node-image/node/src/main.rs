@@ -6,7 +6,6 @@ use std::process::Command as Process;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pot_node::chain::now_ms;
-use pot_node::run_dir::RunDir;
 use pot_node::train::allocator::keep_freed_memory_for_reuse;
 use pot_node::train::fetch::Cache;
 use pot_node::wallet::{TaskSubmission, Wallet};
@@ -83,15 +82,38 @@ enum Command {
         #[command(flatten)]
         cache: CacheArg,
     },
-    /// Verify a run: its first checkpoint, its last, sampled segments replayed, and accuracy.
+    /// Verify a claim as a validator does: from what the chain records (the task, the miner,
+    /// its salt, the checkpoint root and model hash, the sampled segments), reading the
+    /// checkpoints from a run directory. Prints the report; fails if the claim is invalid.
     Verify {
         #[arg(long)]
         spec: PathBuf,
+        /// Where the miner's checkpoints are (its manifest is used only to build Merkle proofs,
+        /// which are checked against --checkpoint-root).
         #[arg(long)]
         run: PathBuf,
-        /// Segment indices to replay, comma-separated.
-        #[arg(long, value_delimiter = ',')]
+        /// The miner whose claim this is.
+        #[arg(long)]
+        miner: Address,
+        /// The salt the miner revealed (hex).
+        #[arg(long)]
+        salt: Hash,
+        /// The claim's Merkle root over its checkpoint hashes (hex).
+        #[arg(long)]
+        checkpoint_root: Hash,
+        /// The claim's model hash: the last checkpoint's (hex).
+        #[arg(long)]
+        model_hash: Hash,
+        /// The beacon-sampled segment indices to replay, comma-separated (the task's top-Q
+        /// largest updates are replayed besides).
+        #[arg(long, value_delimiter = ',', required = true)]
         segments: Vec<u32>,
+        /// libtorch intra-op threads for the replays.
+        #[arg(long, env = "POT_THREADS", default_value_t = 1)]
+        threads: i32,
+        /// libtorch's CPU kernel level (ATEN_CPU_CAPABILITY) for the replays.
+        #[arg(long, env = "POT_CPU_CAPABILITY", default_value = "avx2")]
+        cpu_capability: String,
         #[command(flatten)]
         device: DeviceArg,
         #[command(flatten)]
@@ -442,18 +464,39 @@ fn main() -> anyhow::Result<()> {
         Command::Verify {
             spec,
             run,
+            miner,
+            salt,
+            checkpoint_root,
+            model_hash,
             segments,
+            threads,
+            cpu_capability,
             device,
             cache,
         } => {
-            let m = RunDir::new(&run).read_manifest()?;
-            pin_cpu_capability(&m.cpu_capability)?;
+            pin_cpu_capability(&cpu_capability)?;
             keep_freed_memory_for_reuse();
-            let report =
-                commands::verify(&spec, &run, &segments, device.device()?, &cache.cache())?;
+            tch::set_num_threads(threads);
+            let steps = pot_node::train::task_file::TaskFile::read(&spec)?.steps;
+            let claim = pot_node::verify::ClaimFacts {
+                miner,
+                salt,
+                checkpoint_root,
+                model_hash,
+                steps,
+            };
+            let report = commands::verify(
+                &spec,
+                &claim,
+                &run,
+                &segments,
+                device.device()?,
+                &cache.cache(),
+            )?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if !report.valid {
-                anyhow::bail!("the run is not valid");
+                let why: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
+                anyhow::bail!("the claim is not valid: {}", why.join("; "));
             }
         }
         Command::Bench { what } => {

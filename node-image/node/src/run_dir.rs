@@ -1,5 +1,6 @@
 //! A training run on disk: `checkpoints/NNNNNN.safetensors` and `manifest.json`. This is what a
-//! miner serves to validators and what `pot-node verify` reads.
+//! miner serves to validators. `pot-node verify` reads checkpoints from it, believing each only
+//! through its Merkle proof against the claim's on-chain root; the manifest is the miner's note.
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,6 @@
 //! `pot-node train`, `verify` and `eval` from the command line, and their refusals.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -20,6 +21,9 @@ struct Workspace {
     cache: PathBuf,
     task: PathBuf,
     run: PathBuf,
+    /// What the chain would record of the last run trained here: its checkpoint root and
+    /// model hash, as `train` printed them (the miner and salt are the defaults).
+    claim: RefCell<Option<(String, String)>>,
 }
 
 impl Workspace {
@@ -30,6 +34,7 @@ impl Workspace {
             task: dir.path().join("task.yaml"),
             run: dir.path().join("run"),
             _dir: dir,
+            claim: RefCell::new(None),
         };
         std::fs::write(&ws.task, task).unwrap();
         ws
@@ -51,11 +56,45 @@ impl Workspace {
     fn train(&self, extra: &[&str]) -> Output {
         let mut args = vec!["--cpu-capability", "native"];
         args.extend_from_slice(extra);
-        self.pot_node("train", &args)
+        let out = self.pot_node("train", &args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        if let (Some(root), Some(model)) = (field("merkle_root:"), field("model_hash:")) {
+            *self.claim.borrow_mut() = Some((root, model));
+        }
+        out
     }
 
+    /// Verify the last run's claim, replaying `segments` (and the task's top-Q).
     fn verify(&self, segments: &str) -> Output {
-        self.pot_node("verify", &["--segments", segments])
+        self.verify_with(segments, &[])
+    }
+
+    fn verify_with(&self, segments: &str, extra: &[&str]) -> Output {
+        let (root, model) = self.claim.borrow().clone().expect("a run was trained");
+        let zero = pot_protocol::Hash::ZERO.to_hex();
+        let miner = pot_protocol::Address::default().to_string();
+        let mut args = vec![
+            "--segments",
+            segments,
+            "--miner",
+            &miner,
+            "--salt",
+            &zero,
+            "--checkpoint-root",
+            &root,
+            "--model-hash",
+            &model,
+            "--cpu-capability",
+            "native",
+        ];
+        args.extend_from_slice(extra);
+        self.pot_node("verify", &args)
     }
 }
 
@@ -89,7 +128,16 @@ fn train_verify_eval_and_a_tampered_checkpoint() {
     assert!(ok.status.success(), "{}", text(&ok));
     let report: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(report["valid"], true);
-    assert_eq!(report["segments"].as_array().unwrap().len(), 3);
+    // The three sampled segments, and the task's top 3 updates (here some of the early ones).
+    let replayed = report["segments"].as_array().unwrap();
+    for i in [0, 4, 9] {
+        assert!(replayed.iter().any(|s| s["index"] == i), "{report}");
+    }
+    let largest = replayed
+        .iter()
+        .filter(|s| s["selected"] != "sampled")
+        .count();
+    assert_eq!(largest, 3, "{report}");
 
     let eval = ws.pot_node("eval", &[]);
     assert!(
@@ -107,7 +155,10 @@ fn train_verify_eval_and_a_tampered_checkpoint() {
     .unwrap();
     let bad = ws.verify("4");
     assert!(!bad.status.success());
-    assert_says(&bad, "is not the committed");
+    assert_says(
+        &bad,
+        "checkpoint 4 is not under the claim's checkpoint root",
+    );
     let bad = ws.verify("10");
     assert_says(&bad, "segment 10 does not exist");
 }
@@ -152,9 +203,7 @@ fn a_device_that_is_not_there_is_refused_before_anything_is_written() {
 }
 
 #[test]
-fn verify_replays_with_the_runs_own_thread_count() {
-    // Bit-identical replay needs the same libtorch thread count (a different count may sum in
-    // another order); the manifest records it and verify uses it.
+fn verify_replays_with_the_thread_count_it_is_given() {
     let ws = Workspace::new(&TASK.replace("mlp:32", "mlp:256,128"));
     let out = ws.train(&["--threads", "2"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -162,7 +211,7 @@ fn verify_replays_with_the_runs_own_thread_count() {
         serde_json::from_str(&std::fs::read_to_string(ws.run.join("manifest.json")).unwrap())
             .unwrap();
     assert_eq!(manifest["threads"], 2);
-    let ok = ws.verify("1,8");
+    let ok = ws.verify_with("1,8", &["--threads", "2"]);
     assert!(ok.status.success(), "{}", text(&ok));
 }
 

@@ -70,8 +70,12 @@ fn honest_segments_replay_exactly_and_tampering_fails() {
     let d = data();
     let s = spec("miner-a", SGD);
     let (rec, ckpts) = run(&s, &d);
+    // Checkpoint i is at step 10·i.
     let replay = |spec: &RunSpec, from: &[u8], steps: u64| {
-        let mut t = Trainer::from_checkpoint(spec, &d, from).unwrap();
+        let at = checkpoint::decode(from).unwrap().metadata["step"]
+            .parse()
+            .unwrap();
+        let mut t = Trainer::from_checkpoint(spec, &d, from, at).unwrap();
         t.train_steps(&d, steps);
         checkpoint::hash(&t.checkpoint())
     };
@@ -106,7 +110,7 @@ fn honest_segments_replay_exactly_and_tampering_fails() {
     assert_ne!(replay(&other_lr, &ckpts[3], 10), rec.checkpoints[4]);
     assert_ne!(replay(&s, &ckpts[3], 9), rec.checkpoints[4]);
     let other = blobs(4, 600, 8, 4);
-    let mut t = Trainer::from_checkpoint(&s, &other, &ckpts[3]).unwrap();
+    let mut t = Trainer::from_checkpoint(&s, &other, &ckpts[3], 30).unwrap();
     t.train_steps(&other, 10);
     assert_ne!(checkpoint::hash(&t.checkpoint()), rec.checkpoints[4]);
 
@@ -139,7 +143,7 @@ fn bad_checkpoints_are_clear_errors() {
     let err = |bytes: &[u8], spec: &RunSpec| {
         format!(
             "{:#}",
-            Trainer::from_checkpoint(spec, &d, bytes).err().unwrap()
+            Trainer::from_checkpoint(spec, &d, bytes, 0).err().unwrap()
         )
     };
     assert!(err(&w0[..w0.len() - 4], &s).contains("not a safetensors file"));
@@ -255,7 +259,7 @@ fn resnet_small_trains_on_digits_and_replays_exactly() {
     };
     let (rec, ckpts) = run(&s, &train);
     // Batch-norm running statistics are part of the checkpoint, so the replay is exact too.
-    let mut t = Trainer::from_checkpoint(&s, &train, &ckpts[2]).unwrap();
+    let mut t = Trainer::from_checkpoint(&s, &train, &ckpts[2], 200).unwrap();
     t.train_steps(&train, 100);
     assert_eq!(checkpoint::hash(&t.checkpoint()), rec.checkpoints[3]);
     assert!(
@@ -265,7 +269,7 @@ fn resnet_small_trains_on_digits_and_replays_exactly() {
             .keys()
             .any(|k| k.contains("running_mean"))
     );
-    let t = Trainer::from_checkpoint(&s, &train, &ckpts[4]).unwrap();
+    let t = Trainer::from_checkpoint(&s, &train, &ckpts[4], 400).unwrap();
     let acc = t.accuracy(&test);
     println!("ResNet-small held-out accuracy on digits after 400 steps: {acc:.4}");
     assert!(acc > 0.9, "{acc}");
@@ -311,10 +315,10 @@ fn the_committed_torchscript_model_trains_and_verifies_like_a_built_in_one() {
     let (c, _) = run(&tiny_mlp_spec(&cache, "scripted-b"), &train);
     assert_ne!(a.checkpoints[0], c.checkpoints[0]);
     // Replay of a segment is exact.
-    let mut t = Trainer::from_checkpoint(&s, &train, &ckpts[2]).unwrap();
+    let mut t = Trainer::from_checkpoint(&s, &train, &ckpts[2], 200).unwrap();
     t.train_steps(&train, 100);
     assert_eq!(checkpoint::hash(&t.checkpoint()), a.checkpoints[3]);
-    let acc = Trainer::from_checkpoint(&s, &train, &ckpts[6])
+    let acc = Trainer::from_checkpoint(&s, &train, &ckpts[6], 600)
         .unwrap()
         .accuracy(&test);
     println!("TorchScript tiny MLP held-out accuracy on digits: {acc:.4}");
@@ -387,13 +391,19 @@ fn cuda_runs_start_from_the_cpu_w0_learn_and_replay_within_tolerance() {
         gpu_run.checkpoints[0], cpu_run.checkpoints[0],
         "W_0 differs"
     );
-    let trained = Trainer::from_checkpoint(&gpu, &d, ckpts.last().unwrap()).unwrap();
+    let trained = Trainer::from_checkpoint(&gpu, &d, ckpts.last().unwrap(), gpu.steps).unwrap();
     let accuracy = trained.accuracy(&d);
     assert!(accuracy > 0.95, "GPU run reached only {accuracy}");
     for i in [0, 4, 9] {
-        let mut t = Trainer::from_checkpoint(&gpu, &d, &ckpts[i]).unwrap();
-        t.train_steps(&d, gpu.checkpoint_interval);
-        let d = pot_node::verify::distance(&t.checkpoint(), &ckpts[i + 1]).unwrap();
-        assert!(d <= 1e-4, "segment {i} replayed {d} away");
+        let k = gpu.checkpoint_interval;
+        let mut t = Trainer::from_checkpoint(&gpu, &d, &ckpts[i], i as u64 * k).unwrap();
+        t.train_steps(&d, k);
+        let tolerance = pot_node::verify::Tolerance {
+            parameters: 1e-4,
+            optimizer: 1e-3,
+        };
+        let c =
+            pot_node::verify::compare::compare(&t.checkpoint(), &ckpts[i + 1], tolerance).unwrap();
+        assert!(c.ok, "segment {i} replayed {:?} away", c.worst);
     }
 }

@@ -136,7 +136,7 @@ pub fn overhead(model: &str, steps: u64, k: u64, segments: u32) -> anyhow::Resul
     anyhow::ensure!(checkpoint::hash(&w0) == hashes[0], "W_0 does not reproduce");
     for j in 0..segments as usize {
         let i = j * n / segments as usize;
-        let mut r = Trainer::from_checkpoint(&s, &d, &std::fs::read(path(i))?)?;
+        let mut r = Trainer::from_checkpoint(&s, &d, &std::fs::read(path(i))?, i as u64 * k)?;
         r.train_steps(&d, k);
         anyhow::ensure!(
             checkpoint::hash(&r.checkpoint()) == hashes[i + 1],

@@ -24,6 +24,8 @@ pub enum CheckpointError {
     Missing(String),
     #[error("checkpoint has unexpected tensor {0}")]
     Unexpected(String),
+    #[error("checkpoint records step {recorded}, but it is at step {expected} of the run")]
+    WrongStep { recorded: String, expected: u64 },
     #[error("checkpoint metadata {key}: {why}")]
     Metadata { key: String, why: String },
     #[error("checkpoint bytes are not in canonical form (they would hash differently)")]

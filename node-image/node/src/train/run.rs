@@ -91,27 +91,26 @@ impl Trainer {
         })
     }
 
-    /// Resume from a checkpoint's bytes: every parameter and optimizer state tensor must be
-    /// there with the model's shapes, and nothing else.
+    /// Resume from a checkpoint's bytes at `step`, the step the caller knows the checkpoint is
+    /// at (checkpoint `i` of a run is at `i·k`): the checkpoint must record that step, so a
+    /// checkpoint cannot choose which batches its segment trains on. Every parameter and
+    /// optimizer state tensor must be there with the model's shapes, and nothing else.
     pub fn from_checkpoint(
         spec: &RunSpec,
         data: &Dataset,
         bytes: &[u8],
+        step: u64,
     ) -> anyhow::Result<Trainer> {
         let mut t = Trainer::new(spec, data)?;
         let ckpt = checkpoint::decode(bytes)?;
-        let step: u64 = ckpt
-            .metadata
-            .get("step")
-            .ok_or_else(|| CheckpointError::Metadata {
-                key: "step".into(),
-                why: "missing".into(),
-            })?
-            .parse()
-            .map_err(|_| CheckpointError::Metadata {
-                key: "step".into(),
-                why: "not an integer".into(),
-            })?;
+        let recorded = ckpt.metadata.get("step").map(String::as_str);
+        if recorded != Some(step.to_string().as_str()) {
+            return Err(CheckpointError::WrongStep {
+                recorded: recorded.unwrap_or("nothing").into(),
+                expected: step,
+            }
+            .into());
+        }
         let mut expected = t.named_tensors();
         for (name, loaded) in &ckpt.tensors {
             let Some(target) = expected.remove(name) else {
@@ -129,6 +128,18 @@ impl Trainer {
         }
         if let Some(name) = expected.into_keys().next() {
             return Err(CheckpointError::Missing(name).into());
+        }
+        if ckpt.metadata.len() != 1 {
+            return Err(CheckpointError::Metadata {
+                key: ckpt
+                    .metadata
+                    .keys()
+                    .find(|k| *k != "step")
+                    .cloned()
+                    .unwrap_or_default(),
+                why: "unexpected (a checkpoint records its step only)".into(),
+            }
+            .into());
         }
         t.step = step;
         Ok(t)

@@ -1,117 +1,420 @@
-//! Verification of a training run, as a validator does it: the first checkpoint is the
-//! initialisation bound to the miner's run seed, the last is the claimed model, sampled segments
-//! replay from `W_i` to `W_{i+1}`, and the model is evaluated on the eval set.
+//! Verification of a training claim, as a validator does it, from what the chain commits to:
+//! the task (its run spec), the claim (checkpoint root, model hash, steps), the miner's address
+//! and salt, and the beacon-sampled segments. Checkpoints come from a [`CheckpointSource`] and
+//! are believed only through their Merkle proofs against the on-chain root; anything a miner
+//! wrote besides (its manifest) is never evidence.
+//!
+//! The checks:
+//! - `W_0` is the initialisation bound to `H(task seed ‖ miner ‖ salt)` (a copied trajectory
+//!   fails it), and the last checkpoint is the claimed model;
+//! - every checkpoint `i` records step `i·k` (its batches follow from the run seed and `i`);
+//! - every committed checkpoint is fetched and the update norms `‖W_{i+1} − W_i‖` computed; the
+//!   `s` sampled segments and the `Q` with the largest updates are replayed (the Proof-of-Learning
+//!   paper's top-Q check: a trajectory that jumps once to a foreign model has one huge update,
+//!   so it is caught every time, not with probability `s/n`);
+//! - a replay must give the committed checkpoint bit for bit, or under a task's tolerance every
+//!   tensor within its own bound ([`compare`]).
 
+pub mod compare;
+pub mod source;
+
+use std::collections::BTreeMap;
+
+use pot_protocol::{Address, Hash};
 use serde::Serialize;
+use tch::Tensor;
 
-use crate::run_dir::{Manifest, RunDir};
-use crate::train::checkpoint;
+use crate::train::checkpoint::{self, CheckpointError};
 use crate::train::data::Dataset;
 use crate::train::{RunSpec, Trainer};
+pub use compare::{Comparison, Tolerance, Worst};
+pub use source::{CheckpointSource, RunDirSource};
+
+/// What the chain records about one claim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ClaimFacts {
+    pub miner: Address,
+    pub salt: Hash,
+    /// Merkle root over the checkpoint hashes `W_0..=W_n`.
+    pub checkpoint_root: Hash,
+    /// Hash of the final checkpoint.
+    pub model_hash: Hash,
+    pub steps: u64,
+}
+
+/// What to replay and how strictly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The beacon-sampled segments (`s` of them); there must be at least one.
+    pub sampled: Vec<u32>,
+    /// Also replay the `Q` segments with the largest parameter updates.
+    pub top_q: u32,
+    pub tolerance: Tolerance,
+}
+
+/// Why a segment is replayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selected {
+    Sampled,
+    LargestUpdate,
+    /// Both sampled and among the largest updates.
+    Both,
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SegmentCheck {
     pub index: u32,
+    pub selected: Selected,
     pub ok: bool,
-    /// Normalised L2 distance between the replayed and the committed parameters (0 when the
-    /// hashes are equal).
-    pub distance: f64,
+    /// The tensor furthest from the committed one, relative to its bound (absent when
+    /// bit-identical).
+    pub worst: Option<Worst>,
+    /// The largest relative distance among the model's tensors and among the optimizer's.
+    pub parameters: f64,
+    pub optimizer: f64,
+}
+
+/// A reason the claim is invalid. Each names the checkpoint or segment at fault.
+#[derive(Clone, Debug, PartialEq, Serialize, thiserror::Error)]
+#[serde(tag = "finding", rename_all = "snake_case")]
+pub enum Finding {
+    #[error("checkpoint {checkpoint} could not be had: {why}")]
+    Unavailable { checkpoint: usize, why: String },
+    #[error("checkpoint {checkpoint} is not under the claim's checkpoint root: {why}")]
+    NotCommitted { checkpoint: usize, why: String },
+    #[error("checkpoint {checkpoint} is not a checkpoint of this task's model: {why}")]
+    NotACheckpoint { checkpoint: usize, why: String },
+    #[error(
+        "checkpoint {checkpoint} records step {recorded}; checkpoint {checkpoint} is at step {expected}"
+    )]
+    WrongStep {
+        checkpoint: usize,
+        recorded: String,
+        expected: u64,
+    },
+    #[error("W_0 is not the initialisation bound to the miner's run seed")]
+    InitMismatch,
+    #[error("the last checkpoint {last} is not the claimed model {claimed}")]
+    FinalMismatch { last: Hash, claimed: Hash },
+    #[error("segment {segment} does not replay: {tensor} is {distance:e} away (bound {bound:e})")]
+    SegmentMismatch {
+        segment: u32,
+        tensor: String,
+        distance: f64,
+        bound: f64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
     pub init_ok: bool,
     pub final_ok: bool,
+    /// Every replayed segment, ascending.
     pub segments: Vec<SegmentCheck>,
-    pub accuracy: f64,
+    /// `‖W_{i+1} − W_i‖` over the model's tensors, for every segment (empty when not every
+    /// checkpoint could be read).
+    pub update_norms: Vec<f64>,
+    /// The claimed model's accuracy on the eval set, when it loads.
+    pub accuracy: Option<f64>,
+    pub findings: Vec<Finding>,
+    /// No findings.
     pub valid: bool,
 }
 
-/// Verify `segments` of the run in `dir` (whose manifest must match `spec`).
+/// Verify `claim` for the task with seed `task_seed` whose run spec for this claim's miner and
+/// salt is `spec`, reading checkpoints from `source`. An error is the validator's own problem (a plan that
+/// checks nothing, a spec that is not the claim's); everything wrong with the claim is a
+/// [`Finding`] in the report.
 pub fn verify(
     spec: &RunSpec,
-    run: &RunDir,
-    segments: &[u32],
-    tolerance: f64,
+    task_seed: u64,
+    claim: &ClaimFacts,
+    plan: &Plan,
+    source: &dyn CheckpointSource,
     train: &Dataset,
     eval: &Dataset,
 ) -> anyhow::Result<Report> {
-    let m = run.read_manifest()?;
-    check_manifest(spec, &m)?;
-    let n = m.checkpoints.len() - 1;
+    let k = spec.checkpoint_interval;
+    anyhow::ensure!(
+        k > 0 && spec.steps.is_multiple_of(k),
+        "checkpoint interval {k} must be positive and divide the {} steps",
+        spec.steps
+    );
+    anyhow::ensure!(
+        spec.steps == claim.steps,
+        "the claim is for {} steps, the task asks for {}",
+        claim.steps,
+        spec.steps
+    );
+    anyhow::ensure!(
+        spec.run_seed == pot_protocol::tx::run_seed(task_seed, &claim.miner, &claim.salt),
+        "the run spec's seed is not this claim's miner and salt"
+    );
+    let n = (spec.steps / k) as usize;
+    anyhow::ensure!(
+        !plan.sampled.is_empty(),
+        "no segments to replay: a verification that replays nothing proves nothing"
+    );
+    if let Some(&bad) = plan.sampled.iter().find(|&&i| i as usize >= n) {
+        anyhow::bail!("segment {bad} does not exist: the run has {n} segments");
+    }
 
     let own_w0 = Trainer::new(spec, train)?.checkpoint();
-    let init_ok = checkpoint::hash(&own_w0) == m.checkpoints[0];
-    let final_ok = m.checkpoints[n] == m.model_hash;
+    let shapes = shapes(&checkpoint::decode(&own_w0)?);
+    let mut report = Report {
+        init_ok: false,
+        final_ok: false,
+        segments: Vec::new(),
+        update_norms: Vec::new(),
+        accuracy: None,
+        findings: Vec::new(),
+        valid: false,
+    };
 
-    let mut checks = Vec::new();
-    for &i in segments {
-        let i_us = i as usize;
-        if i_us >= n {
-            anyhow::bail!("segment {i} does not exist: the run has {n} segments");
-        }
-        let from = run.read_checkpoint(&m, i_us)?;
-        let to = run.read_checkpoint(&m, i_us + 1)?;
-        let mut t = Trainer::from_checkpoint(spec, train, &from)?;
-        t.train_steps(train, spec.checkpoint_interval);
-        let replayed = t.checkpoint();
-        let (ok, distance) = if checkpoint::hash(&replayed) == m.checkpoints[i_us + 1] {
-            (true, 0.0)
-        } else {
-            let d = distance(&replayed, &to)?;
-            (tolerance > 0.0 && d <= tolerance, d)
+    // Every checkpoint: under the root, at its step, of this model; and the update norms.
+    let mut hashes = Vec::with_capacity(n + 1);
+    let mut previous: Option<BTreeMap<String, Tensor>> = None;
+    for i in 0..=n {
+        let (bytes, hash) = match fetch(source, claim, n, i) {
+            Ok(x) => x,
+            Err(f) => return Ok(finish(report, f)),
         };
-        checks.push(SegmentCheck {
-            index: i,
-            ok,
-            distance,
+        let model = match model_tensors(&bytes, &shapes, i as u64 * k) {
+            Ok(m) => m,
+            Err(e) => return Ok(finish(report, checkpoint_finding(i, e))),
+        };
+        if let Some(prev) = &previous {
+            report.update_norms.push(update_norm(prev, &model));
+        }
+        previous = Some(model);
+        hashes.push(hash);
+    }
+    report.init_ok = hashes[0] == checkpoint::hash(&own_w0);
+    if !report.init_ok {
+        report.findings.push(Finding::InitMismatch);
+    }
+    report.final_ok = hashes[n] == claim.model_hash;
+    if !report.final_ok {
+        report.findings.push(Finding::FinalMismatch {
+            last: hashes[n],
+            claimed: claim.model_hash,
         });
     }
 
-    let last = run.read_checkpoint(&m, n)?;
-    let accuracy = Trainer::from_checkpoint(spec, train, &last)?.accuracy(eval);
-    let valid = init_ok && final_ok && checks.iter().all(|c| c.ok);
-    Ok(Report {
-        init_ok,
-        final_ok,
-        segments: checks,
-        accuracy,
-        valid,
-    })
+    for (index, selected) in selection(&plan.sampled, &report.update_norms, plan.top_q) {
+        let i = index as usize;
+        let (from, to) = match (
+            refetch(source, claim, n, i, &hashes),
+            refetch(source, claim, n, i + 1, &hashes),
+        ) {
+            (Ok(from), Ok(to)) => (from, to),
+            (Err(f), _) | (_, Err(f)) => return Ok(finish(report, f)),
+        };
+        let mut t = match Trainer::from_checkpoint(spec, train, &from, i as u64 * k) {
+            Ok(t) => t,
+            Err(e) => return Ok(finish(report, checkpoint_finding(i, e))),
+        };
+        t.train_steps(train, k);
+        let c = compare::compare(&t.checkpoint(), &to, plan.tolerance)
+            .map_err(|e| anyhow::anyhow!("checkpoint {} was checked: {e}", i + 1))?;
+        if !c.ok {
+            let w = c.worst.clone().expect("a failed comparison names a tensor");
+            report.findings.push(Finding::SegmentMismatch {
+                segment: index,
+                tensor: w.tensor,
+                distance: w.distance,
+                bound: w.bound,
+            });
+        }
+        report.segments.push(SegmentCheck {
+            index,
+            selected,
+            ok: c.ok,
+            worst: c.worst,
+            parameters: c.parameters,
+            optimizer: c.optimizer,
+        });
+    }
+
+    if let Ok(bytes) = refetch(source, claim, n, n, &hashes)
+        && let Ok(t) = Trainer::from_checkpoint(spec, train, &bytes, spec.steps)
+    {
+        report.accuracy = Some(t.accuracy(eval));
+    }
+    report.valid = report.findings.is_empty();
+    Ok(report)
 }
 
-fn check_manifest(spec: &RunSpec, m: &Manifest) -> anyhow::Result<()> {
-    if m.run_seed != spec.run_seed {
-        anyhow::bail!(
-            "the run's seed {} is not this task's seed for its miner and salt {}",
-            m.run_seed,
-            spec.run_seed
-        );
-    }
-    let expected = (spec.steps / spec.checkpoint_interval) as usize + 1;
-    if m.checkpoints.len() != expected || m.steps != spec.steps {
-        anyhow::bail!(
-            "the run has {} checkpoints over {} steps; the task asks for {expected} over {}",
-            m.checkpoints.len(),
-            m.steps,
-            spec.steps
-        );
-    }
-    Ok(())
+fn finish(mut report: Report, finding: Finding) -> Report {
+    report.findings.push(finding);
+    report.valid = false;
+    report
 }
 
-/// `‖a − b‖ / ‖b‖` over the model parameters of two checkpoints.
-pub fn distance(a: &[u8], b: &[u8]) -> anyhow::Result<f64> {
-    let a = checkpoint::decode(a)?;
-    let b = checkpoint::decode(b)?;
-    let (mut diff, mut norm) = (0.0f64, 0.0f64);
-    for (name, tb) in b.tensors.iter().filter(|(n, _)| n.starts_with("model.")) {
-        let ta = a
-            .tensors
-            .get(name)
-            .ok_or_else(|| anyhow::anyhow!("replay lacks {name}"))?;
-        diff += (ta - tb).square().sum(tch::Kind::Double).double_value(&[]);
-        norm += tb.square().sum(tch::Kind::Double).double_value(&[]);
+/// Checkpoint `i` and its hash, if its proof puts it at leaf `i` of the claim's root.
+fn fetch(
+    source: &dyn CheckpointSource,
+    claim: &ClaimFacts,
+    n: usize,
+    i: usize,
+) -> Result<(Vec<u8>, Hash), Finding> {
+    let (bytes, proof) = source.fetch(i).map_err(|e| Finding::Unavailable {
+        checkpoint: i,
+        why: format!("{e:#}"),
+    })?;
+    let hash = checkpoint::hash(&bytes);
+    let not_committed = |why: String| Finding::NotCommitted { checkpoint: i, why };
+    if proof.index != i as u64 || proof.tree_size != n as u64 + 1 {
+        return Err(not_committed(format!(
+            "its proof is for leaf {} of {}, not leaf {i} of {}",
+            proof.index,
+            proof.tree_size,
+            n + 1
+        )));
     }
-    Ok(diff.sqrt() / norm.sqrt().max(f64::MIN_POSITIVE))
+    if !proof.verify(&claim.checkpoint_root, &hash) {
+        return Err(not_committed(format!(
+            "SHA-256 {hash} does not prove under {}",
+            claim.checkpoint_root
+        )));
+    }
+    Ok((bytes, hash))
+}
+
+/// Checkpoint `i` again, which must be the one hashed in the first pass.
+fn refetch(
+    source: &dyn CheckpointSource,
+    claim: &ClaimFacts,
+    n: usize,
+    i: usize,
+    hashes: &[Hash],
+) -> Result<Vec<u8>, Finding> {
+    let (bytes, hash) = fetch(source, claim, n, i)?;
+    debug_assert_eq!(hash, hashes[i], "two leaves under one root with one index");
+    Ok(bytes)
+}
+
+fn checkpoint_finding(i: usize, e: anyhow::Error) -> Finding {
+    match e.downcast::<CheckpointError>() {
+        Ok(CheckpointError::WrongStep { recorded, expected }) => Finding::WrongStep {
+            checkpoint: i,
+            recorded,
+            expected,
+        },
+        Ok(other) => Finding::NotACheckpoint {
+            checkpoint: i,
+            why: other.to_string(),
+        },
+        Err(e) => Finding::NotACheckpoint {
+            checkpoint: i,
+            why: format!("{e:#}"),
+        },
+    }
+}
+
+/// Every tensor's shape in a checkpoint of this model.
+fn shapes(c: &checkpoint::Checkpoint) -> BTreeMap<String, Vec<i64>> {
+    c.tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.size()))
+        .collect()
+}
+
+/// The `model.*` tensors of a checkpoint at `step`, which must hold exactly this model's
+/// tensors with their shapes.
+fn model_tensors(
+    bytes: &[u8],
+    shapes: &BTreeMap<String, Vec<i64>>,
+    step: u64,
+) -> anyhow::Result<BTreeMap<String, Tensor>> {
+    let c = checkpoint::decode(bytes)?;
+    let recorded = c.metadata.get("step").map(String::as_str);
+    if recorded != Some(step.to_string().as_str()) || c.metadata.len() != 1 {
+        return Err(CheckpointError::WrongStep {
+            recorded: recorded.unwrap_or("nothing").into(),
+            expected: step,
+        }
+        .into());
+    }
+    for (name, t) in &c.tensors {
+        match shapes.get(name) {
+            None => return Err(CheckpointError::Unexpected(name.clone()).into()),
+            Some(s) if *s != t.size() => {
+                return Err(CheckpointError::WrongShape {
+                    name: name.clone(),
+                    expected: s.clone(),
+                    got: t.size(),
+                }
+                .into());
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(missing) = shapes.keys().find(|n| !c.tensors.contains_key(*n)) {
+        return Err(CheckpointError::Missing(missing.clone()).into());
+    }
+    Ok(c.tensors
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("model."))
+        .collect())
+}
+
+/// `‖b − a‖` over all model tensors.
+fn update_norm(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, Tensor>) -> f64 {
+    a.iter()
+        .map(|(name, x)| {
+            (b[name].to_kind(tch::Kind::Double) - x.to_kind(tch::Kind::Double))
+                .square()
+                .sum(tch::Kind::Double)
+                .double_value(&[])
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// The sampled segments and the `q` with the largest updates (ties to the lower index),
+/// ascending, each with why it is there.
+pub fn selection(sampled: &[u32], update_norms: &[f64], q: u32) -> Vec<(u32, Selected)> {
+    let mut by_size: Vec<u32> = (0..update_norms.len() as u32).collect();
+    by_size.sort_by(|&a, &b| {
+        update_norms[b as usize]
+            .total_cmp(&update_norms[a as usize])
+            .then(a.cmp(&b))
+    });
+    let largest: Vec<u32> = by_size.into_iter().take(q as usize).collect();
+    let mut out: BTreeMap<u32, Selected> = BTreeMap::new();
+    for &i in sampled {
+        out.insert(i, Selected::Sampled);
+    }
+    for i in largest {
+        out.entry(i)
+            .and_modify(|s| *s = Selected::Both)
+            .or_insert(Selected::LargestUpdate);
+    }
+    out.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_adds_the_largest_updates_to_the_sample() {
+        let norms = [5.0, 1.0, 9.0, 1.0, 7.0, 0.5];
+        assert_eq!(
+            selection(&[1, 4], &norms, 2),
+            vec![
+                (1, Selected::Sampled),
+                (2, Selected::LargestUpdate),
+                (4, Selected::Both)
+            ]
+        );
+        assert_eq!(selection(&[3], &norms, 0), vec![(3, Selected::Sampled)]);
+        // Ties go to the lower index; NaN sorts above everything (a NaN update is suspect).
+        assert_eq!(
+            selection(&[], &[1.0, 2.0, 2.0, f64::NAN], 2),
+            vec![(1, Selected::LargestUpdate), (3, Selected::LargestUpdate)]
+        );
+    }
 }

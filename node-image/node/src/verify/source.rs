@@ -1,0 +1,44 @@
+//! Where a validator reads a claim's checkpoints from. A source is the miner's side of the
+//! exchange: nothing it returns is believed. The verifier checks every checkpoint's Merkle proof
+//! against the root the chain holds, and that the proof is for the index it asked for.
+
+use pot_protocol::merkle::{self, Proof};
+
+use crate::run_dir::RunDir;
+
+/// Checkpoints of one run, by index (`0` is `W_0`).
+pub trait CheckpointSource {
+    /// Checkpoint `i`'s bytes and a Merkle proof that they are leaf `i` of the run's tree.
+    fn fetch(&self, i: usize) -> anyhow::Result<(Vec<u8>, Proof)>;
+}
+
+/// A run directory as a miner wrote it. Its manifest's list of checkpoint hashes is used only
+/// to build proofs, which the verifier then checks against the on-chain root: a manifest that
+/// lies gives proofs that fail.
+pub struct RunDirSource {
+    run: RunDir,
+    leaves: Vec<pot_protocol::Hash>,
+}
+
+impl RunDirSource {
+    pub fn open(run: RunDir) -> anyhow::Result<RunDirSource> {
+        let leaves = run.read_manifest()?.checkpoints;
+        Ok(RunDirSource { run, leaves })
+    }
+}
+
+impl CheckpointSource for RunDirSource {
+    fn fetch(&self, i: usize) -> anyhow::Result<(Vec<u8>, Proof)> {
+        let path = self.run.checkpoint_path(i);
+        let bytes =
+            std::fs::read(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let proof = merkle::prove(&self.leaves, i).ok_or_else(|| {
+            anyhow::anyhow!(
+                "the run directory lists {} checkpoints, not {}",
+                self.leaves.len(),
+                i + 1
+            )
+        })?;
+        Ok((bytes, proof))
+    }
+}
