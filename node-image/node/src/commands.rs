@@ -64,17 +64,21 @@ pub fn train(
     out: &Path,
     miner: Address,
     salt: Hash,
-    threads: i32,
+    threads: Option<i32>,
     device: Device,
     cache: &Cache,
 ) -> anyhow::Result<Manifest> {
     let tf = TaskFile::read(task)?;
+    // A task that demands bit-identical replays trains and replays with kernels whose sums do
+    // not depend on the thread count.
+    crate::train::determinism::exact_cpu_kernels(tf.tolerance().is_exact());
     if RunDir::exists(out) {
         bail!(
             "{} already holds a run; choose another --out",
             out.display()
         );
     }
+    let threads = tf.threads(threads)?;
     tch::set_num_threads(threads);
     let spec = tf.run_spec(&miner, &salt, device, cache)?;
     let (train, held_out) = tf.load_data(cache)?;
@@ -125,10 +129,15 @@ pub fn verify(
     claim: &ClaimFacts,
     dir: &Path,
     sampled: &[u32],
+    threads: Option<i32>,
     device: Device,
     cache: &Cache,
 ) -> anyhow::Result<Report> {
     let tf = TaskFile::read(task)?;
+    tch::set_num_threads(tf.threads(threads)?);
+    // A task that demands bit-identical replays trains and replays with kernels whose sums do
+    // not depend on the thread count.
+    crate::train::determinism::exact_cpu_kernels(tf.tolerance().is_exact());
     let source = RunDirSource::open(RunDir::new(dir))?;
     let spec = tf.run_spec(&claim.miner, &claim.salt, device, cache)?;
     let (train, held_out) = tf.load_data(cache)?;
@@ -143,6 +152,9 @@ pub fn verify(
 /// Accuracy of the run's final model on the task's held-out data.
 pub fn eval(task: &Path, dir: &Path, device: Device, cache: &Cache) -> anyhow::Result<f64> {
     let tf = TaskFile::read(task)?;
+    // A task that demands bit-identical replays trains and replays with kernels whose sums do
+    // not depend on the thread count.
+    crate::train::determinism::exact_cpu_kernels(tf.tolerance().is_exact());
     let run = RunDir::new(dir);
     let m = run.read_manifest()?;
     let spec = tf.run_spec(&m.miner, &m.salt, device, cache)?;

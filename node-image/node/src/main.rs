@@ -71,9 +71,10 @@ enum Command {
         /// The claim salt that goes into the run seed (hex).
         #[arg(long, default_value_t = Hash::ZERO)]
         salt: Hash,
-        /// libtorch intra-op threads; a replay must use the same number to be bit-identical.
-        #[arg(long, env = "POT_THREADS", default_value_t = 1)]
-        threads: i32,
+        /// libtorch intra-op threads (default: the task's cpu_threads, which a task demanding
+        /// bit-identical replays fixes; else 1).
+        #[arg(long, env = "POT_THREADS")]
+        threads: Option<i32>,
         /// libtorch's CPU kernel level (ATEN_CPU_CAPABILITY), fixed so replays match.
         #[arg(long, env = "POT_CPU_CAPABILITY", default_value = "avx2")]
         cpu_capability: String,
@@ -108,9 +109,9 @@ enum Command {
         /// largest updates are replayed besides).
         #[arg(long, value_delimiter = ',', required = true)]
         segments: Vec<u32>,
-        /// libtorch intra-op threads for the replays.
-        #[arg(long, env = "POT_THREADS", default_value_t = 1)]
-        threads: i32,
+        /// libtorch intra-op threads for the replays (default: as for train).
+        #[arg(long, env = "POT_THREADS")]
+        threads: Option<i32>,
         /// libtorch's CPU kernel level (ATEN_CPU_CAPABILITY) for the replays.
         #[arg(long, env = "POT_CPU_CAPABILITY", default_value = "avx2")]
         cpu_capability: String,
@@ -363,16 +364,19 @@ impl CacheArg {
 
 /// libtorch reads `ATEN_CPU_CAPABILITY` once, when it loads; to fix it, run this program again
 /// with the variable set (setting it in-process would be too late and is not thread-safe).
+/// Re-run this process with the environment a replayable CPU run needs (libtorch reads it when
+/// it loads), unless it already has it. See `train::determinism`.
 fn pin_cpu_capability(wanted: &str) -> anyhow::Result<()> {
-    if std::env::var("ATEN_CPU_CAPABILITY").as_deref() == Ok(wanted) || wanted == "native" {
+    use pot_node::train::determinism;
+    if determinism::environment_is_pinned(wanted) {
         return Ok(());
     }
     use std::os::unix::process::CommandExt;
     let err = Process::new(std::env::current_exe()?)
         .args(std::env::args_os().skip(1))
-        .env("ATEN_CPU_CAPABILITY", wanted)
+        .envs(determinism::pinned_environment(wanted))
         .exec();
-    Err(err).context("re-running with ATEN_CPU_CAPABILITY set")
+    Err(err).context("re-running with ATEN_CPU_CAPABILITY and MKL_CBWR set")
 }
 
 fn main() -> anyhow::Result<()> {
@@ -476,7 +480,6 @@ fn main() -> anyhow::Result<()> {
         } => {
             pin_cpu_capability(&cpu_capability)?;
             keep_freed_memory_for_reuse();
-            tch::set_num_threads(threads);
             let steps = pot_node::train::task_file::TaskFile::read(&spec)?.steps;
             let claim = pot_node::verify::ClaimFacts {
                 miner,
@@ -490,6 +493,7 @@ fn main() -> anyhow::Result<()> {
                 &claim,
                 &run,
                 &segments,
+                threads,
                 device.device()?,
                 &cache.cache(),
             )?;

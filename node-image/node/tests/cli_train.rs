@@ -42,8 +42,14 @@ impl Workspace {
 
     /// `pot-node <command> --spec TASK <run flag> RUN <extra…>` with this workspace's cache.
     fn pot_node(&self, command: &str, extra: &[&str]) -> Output {
+        self.pot_node_env(command, extra, &[])
+    }
+
+    /// The same, with `env` added to the process's environment.
+    fn pot_node_env(&self, command: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let run_flag = if command == "train" { "--out" } else { "--run" };
         Command::new(env!("CARGO_BIN_EXE_pot-node"))
+            .envs(env.iter().copied())
             .arg(command)
             .args(["--spec", self.task.to_str().unwrap()])
             .args([run_flag, self.run.to_str().unwrap()])
@@ -56,7 +62,12 @@ impl Workspace {
     fn train(&self, extra: &[&str]) -> Output {
         let mut args = vec!["--cpu-capability", "native"];
         args.extend_from_slice(extra);
-        let out = self.pot_node("train", &args);
+        self.train_with(&args, &[])
+    }
+
+    /// `train` with exactly these flags and environment.
+    fn train_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let out = self.pot_node_env("train", args, env);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let field = |name: &str| {
             stdout
@@ -76,6 +87,13 @@ impl Workspace {
     }
 
     fn verify_with(&self, segments: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["--cpu-capability", "native"];
+        args.extend_from_slice(extra);
+        self.verify_env(segments, &args, &[])
+    }
+
+    /// Verify with exactly these extra flags and environment.
+    fn verify_env(&self, segments: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let (root, model) = self.claim.borrow().clone().expect("a run was trained");
         let zero = pot_protocol::Hash::ZERO.to_hex();
         let miner = pot_protocol::Address::default().to_string();
@@ -90,11 +108,9 @@ impl Workspace {
             &root,
             "--model-hash",
             &model,
-            "--cpu-capability",
-            "native",
         ];
         args.extend_from_slice(extra);
-        self.pot_node("verify", &args)
+        self.pot_node_env("verify", &args, env)
     }
 }
 
@@ -202,17 +218,56 @@ fn a_device_that_is_not_there_is_refused_before_anything_is_written() {
     assert!(!ws.run.exists());
 }
 
+/// The segments of a verify report, as JSON.
+fn replayed(o: &Output) -> Vec<serde_json::Value> {
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("a report");
+    report["segments"].as_array().unwrap().clone()
+}
+
 #[test]
-fn verify_replays_with_the_thread_count_it_is_given() {
-    let ws = Workspace::new(&TASK.replace("mlp:32", "mlp:256,128"));
-    let out = ws.train(&["--threads", "2"]);
+fn an_exact_task_replays_bit_for_bit_in_a_process_set_up_otherwise() {
+    // LeNet-5 (convolutions: libtorch sums their gradients by thread) with two threads.
+    let task = TASK
+        .replace("mlp:32", "lenet5")
+        .replace("steps: 200", "steps: 60")
+        + "cpu_threads: 2\n";
+    let ws = Workspace::new(&task);
+    let refused = ws.train_with(&["--threads", "3"], &[]);
+    assert!(!refused.status.success());
+    assert_says(
+        &refused,
+        "demands bit-identical replays with cpu_threads: 2",
+    );
+    let out = ws.train_with(&[], &[]);
     assert!(out.status.success(), "{}", text(&out));
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(ws.run.join("manifest.json")).unwrap())
-            .unwrap();
-    assert_eq!(manifest["threads"], 2);
-    let ok = ws.verify_with("1,8", &["--threads", "2"]);
+    // The replaying process's environment asks for other kernels, another MKL code path and
+    // three threads; pot-node pins what the task needs, and every replay is bit-identical.
+    let env = [
+        ("ATEN_CPU_CAPABILITY", "default"),
+        ("MKL_CBWR", "AUTO"),
+        ("OMP_NUM_THREADS", "3"),
+    ];
+    let ok = ws.verify_env("0,1,2", &[], &env);
     assert!(ok.status.success(), "{}", text(&ok));
+    for s in replayed(&ok) {
+        assert!(s["worst"].is_null(), "not bit-identical: {s}");
+    }
+}
+
+#[test]
+fn a_task_with_a_tolerance_replays_within_it_on_another_thread_count() {
+    let task = TASK
+        .replace("mlp:32", "lenet5")
+        .replace("steps: 200", "steps: 60")
+        + "replay_tolerance: 0.00001\n";
+    let ws = Workspace::new(&task);
+    let out = ws.train_with(&["--threads", "2"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let ok = ws.verify_env("0,1,2", &["--threads", "1"], &[]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    for s in replayed(&ok) {
+        assert!(s["parameters"].as_f64().unwrap() <= 1e-5, "{s}");
+    }
 }
 
 /// An IDX pair (MNIST's format) of `n` 8×8 images whose label is which quadrant is bright.

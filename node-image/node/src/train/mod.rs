@@ -7,6 +7,7 @@ pub mod allocator;
 pub mod checkpoint;
 pub mod data;
 pub mod datasets;
+pub mod determinism;
 pub mod fetch;
 pub mod model;
 pub mod optim;

@@ -44,6 +44,14 @@ pub struct TaskFile {
     /// parameter updates (a trajectory that jumps to a foreign model has one huge update).
     #[serde(default = "default_top_q")]
     pub top_q: u32,
+    /// libtorch intra-op threads for training and replaying on the CPU when replays must be
+    /// bit-identical: some of libtorch's sums split by thread, so the count is part of the task.
+    #[serde(default = "default_cpu_threads")]
+    pub cpu_threads: i32,
+}
+
+fn default_cpu_threads() -> i32 {
+    1
 }
 
 fn default_top_q() -> u32 {
@@ -161,6 +169,9 @@ impl TaskFile {
         if self.holdout_per_mille >= 1000 {
             bail!("holdout_per_mille must be below 1000");
         }
+        if !(1..=256).contains(&self.cpu_threads) {
+            bail!("cpu_threads must be between 1 and 256");
+        }
         for (name, t) in [
             ("replay_tolerance", Some(self.replay_tolerance)),
             ("optimizer_tolerance", self.optimizer_tolerance),
@@ -170,6 +181,23 @@ impl TaskFile {
             }
         }
         Ok(())
+    }
+
+    /// The intra-op thread count to train or replay with, given the one asked for: a task
+    /// that demands bit-identical replays fixes it (asking for another is refused, since its
+    /// checkpoints would not replay); a task with a tolerance takes what is asked, or 1.
+    pub fn threads(&self, asked: Option<i32>) -> anyhow::Result<i32> {
+        match asked {
+            Some(n) if n < 1 => bail!("--threads must be at least 1"),
+            Some(n) if self.tolerance().is_exact() && n != self.cpu_threads => bail!(
+                "this task demands bit-identical replays with cpu_threads: {}; training or \
+                 replaying with {n} threads would sum in another order",
+                self.cpu_threads
+            ),
+            Some(n) => Ok(n),
+            None if self.tolerance().is_exact() => Ok(self.cpu_threads),
+            None => Ok(1),
+        }
     }
 
     /// How far each tensor of a replay may be from the committed checkpoint.
