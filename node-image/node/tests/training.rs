@@ -407,3 +407,60 @@ fn cuda_runs_start_from_the_cpu_w0_learn_and_replay_within_tolerance() {
         assert!(c.ok, "segment {i} replayed {:?} away", c.worst);
     }
 }
+
+const BN_DROPOUT_SHA256: &str = "6ead0184167cb7baa6cb20195ec9bad4579fc192cf21856e4e3177110e6d0476";
+
+#[test]
+fn a_torchscript_model_with_batch_norm_and_dropout_trains_replays_and_evaluates() {
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = pot_node::train::fetch::Cache::new(dir.path());
+    let (train, test) =
+        pot_node::train::datasets::split(&pot_node::train::datasets::digits(), 200, 42);
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/bn_dropout.pt");
+    let model = pot_node::train::model::ModelSpec::resolve(
+        &format!("torchscript:{path}#{BN_DROPOUT_SHA256}"),
+        &cache,
+    )
+    .unwrap();
+    let s = RunSpec {
+        model,
+        steps: 300,
+        checkpoint_interval: 100,
+        ..tiny_mlp_spec(&cache, "bn-dropout")
+    };
+    let (rec, ckpts) = run(&s, &train);
+    let tensors = |i: usize| checkpoint::decode(&ckpts[i]).unwrap().tensors;
+    let w0 = tensors(0);
+    // The running statistics are checkpointed; W_0 has PyTorch's initial normalisation (scale
+    // one, shift zero, running variance one), not a zeroed scale.
+    let ones = |t: &tch::Tensor| t.eq(1.0).all().int64_value(&[]) == 1;
+    assert!(ones(&w0["model.bn_weight"]), "batch-norm scale zeroed");
+    assert!(ones(&w0["model.buffer_bn_running_var"]));
+    let end = tensors(3);
+    assert!(
+        end["model.buffer_bn_running_mean"]
+            .abs()
+            .sum(tch::Kind::Float)
+            .double_value(&[])
+            > 0.0,
+        "training moved the running mean, and the checkpoint holds it"
+    );
+    // Dropout draws from the run seed and the step: segments past the first replay exactly.
+    for i in [1usize, 2] {
+        let mut t = Trainer::from_checkpoint(&s, &train, &ckpts[i], i as u64 * 100).unwrap();
+        t.train_steps(&train, 100);
+        assert_eq!(
+            checkpoint::hash(&t.checkpoint()),
+            rec.checkpoints[i + 1],
+            "segment {i}"
+        );
+    }
+    // Evaluation runs in evaluation mode (no dropout, running statistics): the same answer
+    // every time, from the checkpoint's statistics.
+    let t = Trainer::from_checkpoint(&s, &train, &ckpts[3], 300).unwrap();
+    let (a, b) = (t.accuracy(&test), t.accuracy(&test));
+    assert_eq!(a, b);
+    println!("TorchScript batch-norm + dropout held-out accuracy on digits: {a:.4}");
+    assert!(a > 0.9, "{a}");
+}

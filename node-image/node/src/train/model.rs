@@ -276,9 +276,9 @@ impl ModuleT for ResNetSmall {
     }
 }
 
-/// A TorchScript module trained through `tch`. Scripted models run the same code in training
-/// and evaluation (batch norm or dropout inside one would always be in training mode).
-struct Scripted(tch::TrainableCModule);
+/// A TorchScript module trained through `tch`, switched between training and evaluation mode
+/// as each call asks (batch norm and dropout inside behave as in PyTorch).
+struct Scripted(std::sync::Mutex<tch::TrainableCModule>);
 
 impl std::fmt::Debug for Scripted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -287,35 +287,102 @@ impl std::fmt::Debug for Scripted {
 }
 
 impl ModuleT for Scripted {
-    fn forward_t(&self, xs: &tch::Tensor, _train: bool) -> tch::Tensor {
-        self.0
+    fn forward_t(&self, xs: &tch::Tensor, train: bool) -> tch::Tensor {
+        let mut module = self.0.lock().expect("the scripted module");
+        if train {
+            module.set_train();
+        } else {
+            module.set_eval();
+        }
+        module
             .forward_ts(&[xs])
             .expect("the scripted model's forward takes one tensor")
     }
 }
 
-/// Load a TorchScript module, its parameters registered under `p`. The caller re-initialises
-/// them (see [`reinitialise`]).
+#[allow(unsafe_code)]
+unsafe extern "C" {
+    /// `src/train/scripted_buffers.cpp`: calls `f(data, name, tensor)` for each buffer.
+    fn pot_module_named_buffers(
+        module: *mut std::ffi::c_void,
+        data: *mut std::ffi::c_void,
+        f: extern "C" fn(*mut std::ffi::c_void, *const std::ffi::c_char, *mut std::ffi::c_void),
+    ) -> std::ffi::c_int;
+}
+
+/// The module's buffers by dotted name, each sharing storage with the module's own.
+fn named_buffers(module: &tch::TrainableCModule) -> anyhow::Result<Vec<(String, tch::Tensor)>> {
+    extern "C" fn collect(
+        data: *mut std::ffi::c_void,
+        name: *const std::ffi::c_char,
+        tensor: *mut std::ffi::c_void,
+    ) {
+        // SAFETY: `data` is the vector passed below, `name` a C string valid for this call,
+        // and `tensor` a new at::Tensor whose ownership passes to the Rust Tensor.
+        #[allow(unsafe_code)]
+        unsafe {
+            let out = &mut *(data as *mut Vec<(String, tch::Tensor)>);
+            let name = std::ffi::CStr::from_ptr(name)
+                .to_string_lossy()
+                .into_owned();
+            out.push((
+                name,
+                tch::Tensor::from_ptr(tensor as *mut torch_sys::C_tensor),
+            ));
+        }
+    }
+    // tch keeps the `torch::jit::script::Module*` as the only field of `CModule`, itself the
+    // only field of `TrainableCModule`, and gives no accessor: read it as the pointer it is.
+    const _: () = assert!(
+        std::mem::size_of::<tch::TrainableCModule>()
+            == std::mem::size_of::<*mut std::ffi::c_void>()
+    );
+    let mut out: Vec<(String, tch::Tensor)> = Vec::new();
+    // SAFETY: the module pointer is valid while `module` is borrowed; the callback runs only
+    // during the call.
+    #[allow(unsafe_code)]
+    let status = unsafe {
+        let ptr = *(module as *const tch::TrainableCModule as *const *mut std::ffi::c_void);
+        pot_module_named_buffers(ptr, &mut out as *mut _ as *mut std::ffi::c_void, collect)
+    };
+    anyhow::ensure!(
+        status == 0,
+        "listing the TorchScript module's buffers failed"
+    );
+    Ok(out)
+}
+
+/// Load a TorchScript module, its parameters and buffers registered under `p` (buffers as
+/// non-trainable variables, so they are checkpointed too). The caller re-initialises them (see
+/// [`reinitialise`]).
 fn load_scripted(p: &nn::Path, file: &ScriptFile) -> anyhow::Result<Box<dyn ModuleT>> {
     let module =
         tch::TrainableCModule::load_data(&mut std::io::Cursor::new(&file.bytes), p.clone())
             .map_err(|e| anyhow::anyhow!("{} is not a TorchScript module: {e}", file.locator))?;
-    Ok(Box::new(Scripted(module)))
+    for (name, buffer) in named_buffers(&module)? {
+        // Checkpoints store f32; an integer buffer (batch norm's `num_batches_tracked`) counts
+        // far below 2^24, so it round-trips.
+        let _ = p.add(&format!("buffer_{}", name.replace('.', "_")), buffer, false);
+    }
+    Ok(Box::new(Scripted(std::sync::Mutex::new(module))))
 }
 
 /// Re-initialise `params` from libtorch's generator (seeded from the run seed by the caller), in
 /// name order, so that a TorchScript model's `W_0` belongs to the miner's run and not to whoever
-/// made the file: matrices uniform in ±1/√fan_in (PyTorch's default for `Linear` and `Conv`),
-/// vectors zero.
+/// made the file, as PyTorch initialises its layers: matrices and kernels uniform in
+/// ±1/√fan_in (`Linear`, `Conv`), a normalisation layer's scale (a vector named `…weight`) and
+/// running variance one, other vectors (biases, shifts, running means) zero.
 pub fn reinitialise(params: &std::collections::BTreeMap<String, tch::Tensor>) {
     tch::no_grad(|| {
-        for t in params.values() {
+        for (name, t) in params {
             let mut t = t.shallow_clone();
             let size = t.size();
             if size.len() >= 2 {
                 let fan_in: i64 = size[1..].iter().product();
                 let bound = 1.0 / (fan_in as f64).sqrt();
                 let _ = t.uniform_(-bound, bound);
+            } else if name.ends_with("weight") || name.ends_with("running_var") {
+                let _ = t.fill_(1.0);
             } else {
                 let _ = t.zero_();
             }

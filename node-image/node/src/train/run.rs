@@ -61,7 +61,9 @@ pub struct Trainer {
 impl Trainer {
     /// The run's initial state `W_0`, from its run seed.
     pub fn new(spec: &RunSpec, data: &Dataset) -> anyhow::Result<Trainer> {
-        // libtorch's generator initialises the parameters; seed it from the run seed.
+        // libtorch's generator initialises the parameters; seed it from the run seed, and keep
+        // other runs in this process off it until they are drawn.
+        let _generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(spec.run_seed.low_u64() as i64 & i64::MAX);
         let mut vs = nn::VarStore::new(Device::Cpu);
         let model = build(
@@ -190,6 +192,14 @@ impl Trainer {
             } else {
                 idx.iter().cycle().skip(b * bs).take(bs).copied().collect()
             };
+            // A step's randomness (dropout) comes from the run seed and the step alone, so a
+            // replay from any checkpoint draws what the run drew, and nobody chooses it. Only a
+            // TorchScript model can draw; its steps hold the process's generator meanwhile.
+            let _generator = matches!(self.spec.model, ModelSpec::TorchScript(_)).then(|| {
+                let g = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+                tch::manual_seed(step_seed(&self.spec.run_seed, self.step));
+                g
+            });
             let (x, y) = data.batch(&batch);
             let (x, y) = (x.to_device(self.spec.device), y.to_device(self.spec.device));
             for p in params.values() {
@@ -258,6 +268,17 @@ impl Trainer {
         };
         Ok((record, t))
     }
+}
+
+/// libtorch's default generators are process-wide: whoever seeds them holds this until it has
+/// drawn, so runs trained side by side in one process (tests, a miner with several tasks) do
+/// not draw from each other's seeds.
+static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The seed of libtorch's generators for step `step` of the run with seed `run_seed`.
+fn step_seed(run_seed: &Hash, step: u64) -> i64 {
+    Hash::tagged("pot/step-rng", &[run_seed.as_bytes(), &step.to_le_bytes()]).low_u64() as i64
+        & i64::MAX
 }
 
 fn params(vs: &nn::VarStore) -> BTreeMap<String, Tensor> {
