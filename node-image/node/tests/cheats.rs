@@ -72,7 +72,7 @@ impl Trajectory {
 }
 
 impl CheckpointSource for Trajectory {
-    fn fetch(&self, i: usize) -> anyhow::Result<(Vec<u8>, Proof)> {
+    fn fetch(&self, i: usize, _max_bytes: u64) -> anyhow::Result<(Vec<u8>, Proof)> {
         let bytes = self
             .0
             .get(i)
@@ -274,10 +274,11 @@ fn spliced(sp: &RunSpec, d: &Dataset, j: usize, foreign: &[u8]) -> Trajectory {
     t
 }
 
-/// `s` sampled segments of `n` that miss `j` (the worst case for a sample).
+/// `s` sampled segments of `n` that miss `j` and the segments next to it (the worst case for
+/// a sample).
 fn sample_missing(j: usize, n: usize, s: usize) -> Vec<u32> {
     (0..n as u32)
-        .filter(|&i| i as usize != j)
+        .filter(|&i| (i as usize).abs_diff(j) > 1)
         .step_by(n / s)
         .take(s)
         .collect()
@@ -424,7 +425,7 @@ fn a_checkpoint_recording_another_step_than_i_times_k_is_caught() {
 struct Hostile<F: Fn(usize) -> anyhow::Result<(Vec<u8>, Proof)>>(F);
 
 impl<F: Fn(usize) -> anyhow::Result<(Vec<u8>, Proof)>> CheckpointSource for Hostile<F> {
-    fn fetch(&self, i: usize) -> anyhow::Result<(Vec<u8>, Proof)> {
+    fn fetch(&self, i: usize, _max_bytes: u64) -> anyhow::Result<(Vec<u8>, Proof)> {
         (self.0)(i)
     }
 }
@@ -444,7 +445,7 @@ fn unavailable_uncommitted_and_malformed_checkpoints_and_a_wrong_model_hash_are_
         if i == 2 {
             anyhow::bail!("peer went away")
         } else {
-            t.fetch(i)
+            t.fetch(i, u64::MAX)
         }
     });
     let r = run(&gone, &claim);
@@ -457,7 +458,7 @@ fn unavailable_uncommitted_and_malformed_checkpoints_and_a_wrong_model_hash_are_
     );
 
     // Checkpoint 1 served in place of 2, with checkpoint 1's (valid) proof.
-    let swapped = Hostile(|i| t.fetch(if i == 2 { 1 } else { i }));
+    let swapped = Hostile(|i| t.fetch(if i == 2 { 1 } else { i }, u64::MAX));
     let r = run(&swapped, &claim);
     assert!(
         has(
@@ -470,7 +471,7 @@ fn unavailable_uncommitted_and_malformed_checkpoints_and_a_wrong_model_hash_are_
     // Other bytes with checkpoint 2's proof.
     let other = honest(&spec(&miner(9), &salt(9), 40, 10), &d);
     let forged = Hostile(|i| {
-        let (bytes, proof) = t.fetch(i)?;
+        let (bytes, proof) = t.fetch(i, u64::MAX)?;
         Ok((if i == 2 { other.0[2].clone() } else { bytes }, proof))
     });
     let r = run(&forged, &claim);
@@ -493,16 +494,16 @@ fn unavailable_uncommitted_and_malformed_checkpoints_and_a_wrong_model_hash_are_
         )),
         "{r:#?}"
     );
-    let mut wider = Trajectory(t.0.clone());
-    let bigger = honest(
+    let mut narrower = Trajectory(t.0.clone());
+    let smaller = honest(
         &RunSpec {
-            model: "mlp:32".parse().unwrap(),
+            model: "mlp:8".parse().unwrap(),
             ..sp.clone()
         },
         &d,
     );
-    wider.0[2] = bigger.0[2].clone();
-    let r = run(&wider, &wider.claim(&a, &s));
+    narrower.0[2] = smaller.0[2].clone();
+    let r = run(&narrower, &narrower.claim(&a, &s));
     assert!(
         has(
             &r,
@@ -525,4 +526,93 @@ fn unavailable_uncommitted_and_malformed_checkpoints_and_a_wrong_model_hash_are_
 
     // And the honest source, for contrast.
     assert!(run(&t, &claim).valid);
+}
+
+#[test]
+fn a_jump_prepared_in_the_optimizer_state_is_caught_by_replaying_the_segment_before_it() {
+    let d = data();
+    let (a, s) = (miner(1), salt(1));
+    let sp = spec(&a, &s, 200, 2);
+    let target = tensors(&honest(&spec(&miner(9), &salt(9), 200, 200), &d).0[1]);
+    let j = 60;
+    // Honest to W_{j+1}; there the momentum is forged so that segment j+1's first step lands on
+    // the target; from there on every segment is trained honestly. Segment j+1 makes the big
+    // jump and replays exactly from the forged state.
+    let mut t = honest(
+        &RunSpec {
+            steps: (j as u64 + 1) * 2,
+            ..sp.clone()
+        },
+        &d,
+    );
+    let mut state = tensors(t.0.last().unwrap());
+    let (lr, beta) = (0.05, 0.9);
+    for (name, w) in target.iter().filter(|(n, _)| n.starts_with("model.")) {
+        let m = format!("optim.momentum.{}", name.strip_prefix("model.").unwrap());
+        let forged = (&state[name] - w) / (lr * beta);
+        state.insert(m, forged);
+    }
+    *t.0.last_mut().unwrap() = encode(&state, (j as u64 + 1) * 2);
+    continue_honestly(&mut t, &sp, &d);
+    let claim = t.claim(&a, &s);
+    let sampled = sample_missing(j, 100, 5);
+    let r = judge(&sp, &claim, &t, &sampled, 3, Tolerance::EXACT, &d);
+    assert!(!r.valid);
+    let jump = r
+        .segments
+        .iter()
+        .find(|c| c.index as usize == j + 1)
+        .unwrap();
+    assert!(jump.ok, "the jump itself replays from the forged state");
+    let before = r.segments.iter().find(|c| c.index as usize == j).unwrap();
+    assert_eq!(before.selected, Selected::LargestUpdate);
+    assert!(
+        !before.ok,
+        "the segment before shows the forged momentum: {r:#?}"
+    );
+}
+
+#[test]
+fn a_checkpoint_holding_a_nan_is_refused_in_tolerance_mode() {
+    let d = data();
+    let (a, s) = (miner(1), salt(1));
+    let sp = spec(&a, &s, 60, 10);
+    let mut t = honest(&sp, &d);
+    let mut state = tensors(&t.0[3]);
+    let name = state.keys().next_back().unwrap().clone();
+    let poisoned = state[&name].copy();
+    let _ = poisoned.flatten(0, -1).get(0).fill_(f64::NAN);
+    state.insert(name.clone(), poisoned);
+    t.0[3] = encode(&state, 30);
+    let r = judge(&sp, &t.claim(&a, &s), &t, &[2], 0, LOOSE, &d);
+    assert!(!r.valid);
+    assert!(
+        has(
+            &r,
+            |f| matches!(f, Finding::NotACheckpoint { checkpoint: 3, why } if why.contains("NaN") && why.contains(&name))
+        ),
+        "{r:#?}"
+    );
+}
+
+#[test]
+fn a_checkpoint_larger_than_any_of_the_models_is_refused() {
+    let d = data();
+    let (a, s) = (miner(1), salt(1));
+    let sp = spec(&a, &s, 40, 10);
+    let mut t = honest(&sp, &d);
+    let mut state = tensors(&t.0[2]);
+    state.insert(
+        "model.extra".into(),
+        Tensor::zeros([1 << 16], (tch::Kind::Float, tch::Device::Cpu)),
+    );
+    t.0[2] = encode(&state, 20);
+    let r = judge(&sp, &t.claim(&a, &s), &t, &[1], 0, Tolerance::EXACT, &d);
+    assert!(
+        has(
+            &r,
+            |f| matches!(f, Finding::NotACheckpoint { checkpoint: 2, why } if why.contains("bytes"))
+        ),
+        "{r:#?}"
+    );
 }

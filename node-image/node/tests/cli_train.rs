@@ -153,7 +153,7 @@ fn train_verify_eval_and_a_tampered_checkpoint() {
         .iter()
         .filter(|s| s["selected"] != "sampled")
         .count();
-    assert_eq!(largest, 3, "{report}");
+    assert!(largest >= 3, "{report}");
 
     let eval = ws.pot_node("eval", &[]);
     assert!(
@@ -196,6 +196,11 @@ fn a_wrong_dataset_hash_trains_nothing() {
         &out,
         "checkpoint_interval must be positive and divide steps",
     );
+
+    // Bit-identical parameters with a tolerance on the optimizer state would pin nothing.
+    let ws = Workspace::new(&(TASK.to_string() + "optimizer_tolerance: 0.1\n"));
+    let out = ws.train(&[]);
+    assert_says(&out, "replay_tolerance 0 demands bit-identical replays");
 
     let ws = Workspace::new(&TASK.replace("model: mlp:32", "model: mlp:32\ncolour: blue"));
     let out = ws.train(&[]);

@@ -26,6 +26,8 @@ pub enum CheckpointError {
     Unexpected(String),
     #[error("checkpoint records step {recorded}, but it is at step {expected} of the run")]
     WrongStep { recorded: String, expected: u64 },
+    #[error("tensor {0} holds a NaN or an infinity")]
+    NotFinite(String),
     #[error("checkpoint metadata {key}: {why}")]
     Metadata { key: String, why: String },
     #[error("checkpoint bytes are not in canonical form (they would hash differently)")]
@@ -121,8 +123,20 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect();
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        tensors.insert(name, Tensor::from_slice(&values).reshape(&shape));
+        // safetensors accepts a dimension beyond i64 when another is zero; libtorch would
+        // panic on it.
+        let shape = view
+            .shape()
+            .iter()
+            .map(|&d| i64::try_from(d))
+            .collect::<Result<Vec<i64>, _>>()
+            .map_err(|_| {
+                CheckpointError::Malformed(format!("tensor {name} has a dimension beyond 2^63"))
+            })?;
+        let tensor = Tensor::from_slice(&values)
+            .f_reshape(&shape)
+            .map_err(|e| CheckpointError::Malformed(format!("tensor {name}: {e}")))?;
+        tensors.insert(name, tensor);
     }
     if encode(&tensors, &metadata) != bytes {
         return Err(CheckpointError::NonCanonical);

@@ -367,21 +367,31 @@ fn load_scripted(p: &nn::Path, file: &ScriptFile) -> anyhow::Result<Box<dyn Modu
     Ok(Box::new(Scripted(std::sync::Mutex::new(module))))
 }
 
-/// Re-initialise `params` from libtorch's generator (seeded from the run seed by the caller), in
-/// name order, so that a TorchScript model's `W_0` belongs to the miner's run and not to whoever
-/// made the file, as PyTorch initialises its layers: matrices and kernels uniform in
-/// ±1/√fan_in (`Linear`, `Conv`), a normalisation layer's scale (a vector named `…weight`) and
-/// running variance one, other vectors (biases, shifts, running means) zero.
-pub fn reinitialise(params: &std::collections::BTreeMap<String, tch::Tensor>) {
+/// Re-initialise a TorchScript model's variables from libtorch's generator (seeded from the run
+/// seed by the caller), in name order, so that its `W_0` belongs to the miner's run and not to
+/// whoever made the file, as PyTorch initialises its layers: trainable matrices and kernels
+/// uniform in ±1/√fan_in (`Linear`, `Conv`), a normalisation layer's scale (a vector named
+/// `…weight`) one, other trainable vectors (biases, shifts) zero; batch-norm statistics reset
+/// (running mean and count zero, running variance one). Other buffers (fixed masks, constants)
+/// stay as the file, pinned by its hash, has them.
+pub fn reinitialise(vars: &std::collections::BTreeMap<String, tch::Tensor>) {
     tch::no_grad(|| {
-        for (name, t) in params {
+        for (name, t) in vars {
             let mut t = t.shallow_clone();
+            if !t.requires_grad() {
+                if name.ends_with("_running_mean") || name.ends_with("_num_batches_tracked") {
+                    let _ = t.zero_();
+                } else if name.ends_with("_running_var") {
+                    let _ = t.fill_(1.0);
+                }
+                continue;
+            }
             let size = t.size();
             if size.len() >= 2 {
                 let fan_in: i64 = size[1..].iter().product();
                 let bound = 1.0 / (fan_in as f64).sqrt();
                 let _ = t.uniform_(-bound, bound);
-            } else if name.ends_with("weight") || name.ends_with("running_var") {
+            } else if name.ends_with("weight") {
                 let _ = t.fill_(1.0);
             } else {
                 let _ = t.zero_();

@@ -224,8 +224,14 @@ impl Trainer {
         loss_value
     }
 
-    /// Accuracy on `data`.
+    /// Accuracy on `data`. A TorchScript model could draw in evaluation mode too: it draws
+    /// from the run seed, holding the process's generator.
     pub fn accuracy(&self, data: &Dataset) -> f64 {
+        let _generator = matches!(self.spec.model, ModelSpec::TorchScript(_)).then(|| {
+            let g = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed(step_seed(&self.spec.run_seed, u64::MAX));
+            g
+        });
         tch::no_grad(|| {
             let device = self.spec.device;
             self.model

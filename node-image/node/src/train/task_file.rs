@@ -172,6 +172,12 @@ impl TaskFile {
         if !(1..=256).contains(&self.cpu_threads) {
             bail!("cpu_threads must be between 1 and 256");
         }
+        if self.replay_tolerance == 0.0 && self.optimizer_tolerance.is_some_and(|t| t > 0.0) {
+            bail!(
+                "replay_tolerance 0 demands bit-identical replays; set optimizer_tolerance to 0 \
+                 too, or give both a tolerance"
+            );
+        }
         for (name, t) in [
             ("replay_tolerance", Some(self.replay_tolerance)),
             ("optimizer_tolerance", self.optimizer_tolerance),

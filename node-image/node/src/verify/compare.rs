@@ -98,7 +98,16 @@ pub fn compare(
     let b = checkpoint::decode(committed)?;
     let mut worst: Option<Worst> = None;
     let (mut parameters, mut optimizer) = (0.0f64, 0.0f64);
+    let mut ok = true;
     let mut consider = |w: Worst| {
+        // A NaN distance (a NaN or an infinity in either tensor) is as far as can be.
+        let distance = if w.distance.is_nan() {
+            f64::INFINITY
+        } else {
+            w.distance
+        };
+        let w = Worst { distance, ..w };
+        ok &= w.distance <= w.bound;
         if w.tensor.starts_with("optim.") {
             optimizer = optimizer.max(w.distance);
         } else if w.tensor.starts_with("model.") {
@@ -128,7 +137,7 @@ pub fn compare(
             bound,
         });
     }
-    let ok = worst.as_ref().is_some_and(|w| w.distance <= w.bound) && !tolerance.is_exact();
+    let ok = ok && !tolerance.is_exact();
     Ok(Comparison {
         ok,
         worst,
@@ -209,5 +218,18 @@ mod tests {
         let zero = ckpt(&[1.0, 2.0], &[0.0, 0.0], 10);
         let nonzero = ckpt(&[1.0, 2.0], &[1e-30, 0.0], 10);
         assert!(!compare(&nonzero, &zero, LOOSE).unwrap().ok);
+    }
+
+    #[test]
+    fn a_nan_or_an_infinity_anywhere_fails_whatever_the_order_of_names() {
+        let honest = ckpt(&[1.0, 2.0], &[0.1, 0.2], 10);
+        // The first tensor by name (model.w) is close; the second holds a NaN, then an infinity.
+        for bad in [f32::NAN, f32::INFINITY] {
+            let committed = ckpt(&[1.0, 2.0], &[bad, 0.2], 10);
+            let c = compare(&honest, &committed, LOOSE).unwrap();
+            assert!(!c.ok, "{bad}");
+            assert_eq!(c.worst.unwrap().distance, f64::INFINITY);
+            assert_eq!(c.optimizer, f64::INFINITY);
+        }
     }
 }

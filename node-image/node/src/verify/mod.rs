@@ -8,10 +8,13 @@
 //! - `W_0` is the initialisation bound to `H(task seed ‖ miner ‖ salt)` (a copied trajectory
 //!   fails it), and the last checkpoint is the claimed model;
 //! - every checkpoint `i` records step `i·k` (its batches follow from the run seed and `i`);
-//! - every committed checkpoint is fetched and the update norms `‖W_{i+1} − W_i‖` computed; the
-//!   `s` sampled segments and the `Q` with the largest updates are replayed (the Proof-of-Learning
-//!   paper's top-Q check: a trajectory that jumps once to a foreign model has one huge update,
-//!   so it is caught every time, not with probability `s/n`);
+//! - every committed checkpoint is fetched (none larger than this model's, none holding a NaN
+//!   or an infinity) and the update norms `‖W_{i+1} − W_i‖` computed; the `s` sampled segments,
+//!   the `Q` with the largest updates and the segment before each of those are replayed (the
+//!   Proof-of-Learning paper's top-Q check: a trajectory that jumps once to a foreign model has
+//!   one huge update, so it is caught every time, not with probability `s/n`). A jump spread
+//!   thinly over more than `Q` segments, each below the `Q`-th largest honest update, is caught
+//!   only by the sample;
 //! - a replay must give the committed checkpoint bit for bit, or under a task's tolerance every
 //!   tensor within its own bound ([`compare`]).
 
@@ -162,6 +165,12 @@ pub fn verify(
 
     let own_w0 = Trainer::new(spec, train)?.checkpoint();
     let shapes = shapes(&checkpoint::decode(&own_w0)?);
+    // Checkpoints of this model differ from W_0 only in the step's digits (and the header's
+    // padding): anything longer is refused before it is read whole.
+    let limits = Limits {
+        n,
+        max_bytes: own_w0.len() as u64 + 64,
+    };
     let mut report = Report {
         init_ok: false,
         final_ok: false,
@@ -176,7 +185,7 @@ pub fn verify(
     let mut hashes = Vec::with_capacity(n + 1);
     let mut previous: Option<BTreeMap<String, Tensor>> = None;
     for i in 0..=n {
-        let (bytes, hash) = match fetch(source, claim, n, i) {
+        let (bytes, hash) = match fetch(source, claim, &limits, i) {
             Ok(x) => x,
             Err(f) => return Ok(finish(report, f)),
         };
@@ -205,8 +214,8 @@ pub fn verify(
     for (index, selected) in selection(&plan.sampled, &report.update_norms, plan.top_q) {
         let i = index as usize;
         let (from, to) = match (
-            refetch(source, claim, n, i, &hashes),
-            refetch(source, claim, n, i + 1, &hashes),
+            refetch(source, claim, &limits, i, &hashes),
+            refetch(source, claim, &limits, i + 1, &hashes),
         ) {
             (Ok(from), Ok(to)) => (from, to),
             (Err(f), _) | (_, Err(f)) => return Ok(finish(report, f)),
@@ -237,10 +246,13 @@ pub fn verify(
         });
     }
 
-    if let Ok(bytes) = refetch(source, claim, n, n, &hashes)
-        && let Ok(t) = Trainer::from_checkpoint(spec, train, &bytes, spec.steps)
-    {
-        report.accuracy = Some(t.accuracy(eval));
+    let last = match refetch(source, claim, &limits, n, &hashes) {
+        Ok(bytes) => bytes,
+        Err(f) => return Ok(finish(report, f)),
+    };
+    match Trainer::from_checkpoint(spec, train, &last, spec.steps) {
+        Ok(t) => report.accuracy = Some(t.accuracy(eval)),
+        Err(e) => return Ok(finish(report, checkpoint_finding(n, e))),
     }
     report.valid = report.findings.is_empty();
     Ok(report)
@@ -252,17 +264,36 @@ fn finish(mut report: Report, finding: Finding) -> Report {
     report
 }
 
+/// What any checkpoint of the claim must fit: `n` segments, and at most `max_bytes`.
+struct Limits {
+    n: usize,
+    max_bytes: u64,
+}
+
 /// Checkpoint `i` and its hash, if its proof puts it at leaf `i` of the claim's root.
 fn fetch(
     source: &dyn CheckpointSource,
     claim: &ClaimFacts,
-    n: usize,
+    limits: &Limits,
     i: usize,
 ) -> Result<(Vec<u8>, Hash), Finding> {
-    let (bytes, proof) = source.fetch(i).map_err(|e| Finding::Unavailable {
-        checkpoint: i,
-        why: format!("{e:#}"),
-    })?;
+    let n = limits.n;
+    let (bytes, proof) = source
+        .fetch(i, limits.max_bytes)
+        .map_err(|e| Finding::Unavailable {
+            checkpoint: i,
+            why: format!("{e:#}"),
+        })?;
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(Finding::NotACheckpoint {
+            checkpoint: i,
+            why: format!(
+                "{} bytes; a checkpoint of this model has at most {}",
+                bytes.len(),
+                limits.max_bytes
+            ),
+        });
+    }
     let hash = checkpoint::hash(&bytes);
     let not_committed = |why: String| Finding::NotCommitted { checkpoint: i, why };
     if proof.index != i as u64 || proof.tree_size != n as u64 + 1 {
@@ -286,12 +317,18 @@ fn fetch(
 fn refetch(
     source: &dyn CheckpointSource,
     claim: &ClaimFacts,
-    n: usize,
+    limits: &Limits,
     i: usize,
     hashes: &[Hash],
 ) -> Result<Vec<u8>, Finding> {
-    let (bytes, hash) = fetch(source, claim, n, i)?;
-    debug_assert_eq!(hash, hashes[i], "two leaves under one root with one index");
+    let (bytes, hash) = fetch(source, claim, limits, i)?;
+    if hash != hashes[i] {
+        // Two leaves under one root at one index would be a SHA-256 collision.
+        return Err(Finding::NotCommitted {
+            checkpoint: i,
+            why: format!("served {hash} now, {} before", hashes[i]),
+        });
+    }
     Ok(bytes)
 }
 
@@ -354,6 +391,16 @@ fn model_tensors(
     if let Some(missing) = shapes.keys().find(|n| !c.tensors.contains_key(*n)) {
         return Err(CheckpointError::Missing(missing.clone()).into());
     }
+    // A NaN or an infinity would make every distance to it meaningless (and training from it
+    // gives NaN everywhere): no honest checkpoint holds one.
+    if let Some(name) = c
+        .tensors
+        .iter()
+        .find(|(_, t)| t.isfinite().all().int64_value(&[]) == 0)
+        .map(|(n, _)| n)
+    {
+        return Err(CheckpointError::NotFinite(name.clone()).into());
+    }
     Ok(c.tensors
         .into_iter()
         .filter(|(n, _)| n.starts_with("model."))
@@ -373,16 +420,21 @@ fn update_norm(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, Tensor>) -> f6
         .sqrt()
 }
 
-/// The sampled segments and the `q` with the largest updates (ties to the lower index),
-/// ascending, each with why it is there.
+/// The sampled segments, the `q` with the largest updates (ties to the lower index; a NaN
+/// counts as the largest), and the segment before each of those, ascending, each with why it
+/// is there. The one before is replayed because a jump can be prepared in the state it starts
+/// from: a forged momentum or Adam moment at `W_i` makes segment `i` jump while replaying
+/// exactly from it, and only segment `i − 1`'s replay shows the forgery.
 pub fn selection(sampled: &[u32], update_norms: &[f64], q: u32) -> Vec<(u32, Selected)> {
+    let size = |i: u32| {
+        let x = update_norms[i as usize];
+        if x.is_nan() { f64::INFINITY } else { x }
+    };
     let mut by_size: Vec<u32> = (0..update_norms.len() as u32).collect();
-    by_size.sort_by(|&a, &b| {
-        update_norms[b as usize]
-            .total_cmp(&update_norms[a as usize])
-            .then(a.cmp(&b))
-    });
-    let largest: Vec<u32> = by_size.into_iter().take(q as usize).collect();
+    by_size.sort_by(|&a, &b| size(b).total_cmp(&size(a)).then(a.cmp(&b)));
+    let mut largest: Vec<u32> = by_size.into_iter().take(q as usize).collect();
+    let before: Vec<u32> = largest.iter().filter_map(|i| i.checked_sub(1)).collect();
+    largest.extend(before);
     let mut out: BTreeMap<u32, Selected> = BTreeMap::new();
     for &i in sampled {
         out.insert(i, Selected::Sampled);
@@ -402,19 +454,26 @@ mod tests {
     #[test]
     fn selection_adds_the_largest_updates_to_the_sample() {
         let norms = [5.0, 1.0, 9.0, 1.0, 7.0, 0.5];
+        // 2 and 4 are the largest; 1 and 3 come before them.
         assert_eq!(
             selection(&[1, 4], &norms, 2),
             vec![
-                (1, Selected::Sampled),
+                (1, Selected::Both),
                 (2, Selected::LargestUpdate),
+                (3, Selected::LargestUpdate),
                 (4, Selected::Both)
             ]
         );
         assert_eq!(selection(&[3], &norms, 0), vec![(3, Selected::Sampled)]);
-        // Ties go to the lower index; NaN sorts above everything (a NaN update is suspect).
+        // Ties go to the lower index; a NaN of either sign counts as the largest.
         assert_eq!(
-            selection(&[], &[1.0, 2.0, 2.0, f64::NAN], 2),
-            vec![(1, Selected::LargestUpdate), (3, Selected::LargestUpdate)]
+            selection(&[], &[1.0, 2.0, 2.0, 0.5, -f64::NAN, 0.1], 2),
+            vec![
+                (0, Selected::LargestUpdate),
+                (1, Selected::LargestUpdate),
+                (3, Selected::LargestUpdate),
+                (4, Selected::LargestUpdate)
+            ]
         );
     }
 }

@@ -8,8 +8,9 @@ use crate::run_dir::RunDir;
 
 /// Checkpoints of one run, by index (`0` is `W_0`).
 pub trait CheckpointSource {
-    /// Checkpoint `i`'s bytes and a Merkle proof that they are leaf `i` of the run's tree.
-    fn fetch(&self, i: usize) -> anyhow::Result<(Vec<u8>, Proof)>;
+    /// Checkpoint `i`'s bytes and a Merkle proof that they are leaf `i` of the run's tree; a
+    /// checkpoint larger than `max_bytes` is not read (an error).
+    fn fetch(&self, i: usize, max_bytes: u64) -> anyhow::Result<(Vec<u8>, Proof)>;
 }
 
 /// A run directory as a miner wrote it. Its manifest's list of checkpoint hashes is used only
@@ -28,10 +29,22 @@ impl RunDirSource {
 }
 
 impl CheckpointSource for RunDirSource {
-    fn fetch(&self, i: usize) -> anyhow::Result<(Vec<u8>, Proof)> {
+    fn fetch(&self, i: usize, max_bytes: u64) -> anyhow::Result<(Vec<u8>, Proof)> {
+        use std::io::Read as _;
         let path = self.run.checkpoint_path(i);
-        let bytes =
-            std::fs::read(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let read = |e: std::io::Error| anyhow::anyhow!("reading {}: {e}", path.display());
+        // One byte over the limit is enough to know it is too large.
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .map_err(read)?
+            .take(max_bytes + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read)?;
+        anyhow::ensure!(
+            bytes.len() as u64 <= max_bytes,
+            "{} is larger than any checkpoint of this model ({max_bytes} bytes)",
+            path.display()
+        );
         let proof = merkle::prove(&self.leaves, i).ok_or_else(|| {
             anyhow::anyhow!(
                 "the run directory lists {} checkpoints, not {}",
