@@ -331,6 +331,259 @@ def measured_ledger_section(pot_e2e: str, pot_node: str) -> list[str]:
     return ledger_section(ledger, sustained)
 
 
+TRAIN_STEPS_RUNS = [
+    # model, data, steps per timing, batches
+    ("mlp:128,64", "digits", 1000, (64, 256)),
+    ("lenet5", "digits", 300, (64, 256)),
+    ("resnet-small", "cifar-shaped", 20, (64,)),
+]
+
+
+def train_steps_rows(pot_node: str) -> list[tuple]:
+    py = sys.executable
+    rows = []
+    for model, data, steps, batches in TRAIN_STEPS_RUNS:
+        for batch in batches:
+            for threads in (1, 2):
+                args = ["--model", model, "--data", data, "--batch", str(batch), "--threads", str(threads),
+                        "--steps", str(steps)]
+                # Three rounds, alternating which side goes first, so that a burst of other work
+                # on the machine hits both sides alike; the median of each side is reported.
+                ours, ref = [], []
+                for r in range(3):
+                    sides = [("ours", [pot_node, "bench", "throughput", *args]),
+                             ("ref", [py, str(ROOT / "bench/train_steps.py"), *args])]
+                    for side, cmd in (sides if r % 2 == 0 else sides[::-1]):
+                        env = REFERENCE_ENV if side == "ref" else None
+                        (ours if side == "ours" else ref).append(run_json(cmd, env)["steps_per_second"])
+                rows.append((model, data, batch, threads, statistics.median(ours), statistics.median(ref)))
+                print(rows[-1], file=sys.stderr)
+    return rows
+
+
+def plot_train_steps(rows: list[tuple]) -> None:
+    labels = [f"{m}\nb{b} t{t}" for m, _, b, t, _, _ in rows]
+    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.bar([x - 0.2 for x in xs], [r[4] for r in rows], 0.4, label="pot-node (Rust, tch)")
+    ax.bar([x + 0.2 for x in xs], [r[5] for r in rows], 0.4, label="PyTorch (Python)")
+    ax.set_xticks(list(xs), labels, fontsize=8)
+    ax.set_ylabel("training steps / s")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("Training throughput: digits (MLP, LeNet-5) and 32×32 images (ResNet), SGD with momentum")
+    fig.tight_layout()
+    fig.savefig(PLOTS / "train_steps.png", dpi=110)
+
+
+def train_steps_section(rows: list[tuple]) -> list[str]:
+    lines = [
+        "",
+        "## Training throughput: pot-node against PyTorch in Python",
+        "",
+        "Same model, data, batch size, optimizer (SGD, lr 0.01, momentum 0.9), loss and thread count (`bench/run.py --only",
+        "train-steps` re-measures this section alone). The MLP and LeNet-5 train on the 1,797 UCI digits (8×8); the small",
+        "ResNet (three residual stages, batch norm) on CIFAR-10-shaped data (2,048 random 3×32×32 images, 10 classes), where",
+        "the convolutions, not Python's dispatch, take the time.",
+        "pot-node's optimizer keeps its state in named tensors (so it can be checkpointed); PyTorch uses `torch.optim.SGD`.",
+        "pot-node keeps freed memory in glibc's heap for reuse while training (`mallopt`; glibc's default unmaps large",
+        "freed blocks, so each step maps and zeroes them again) and pins MKL's reproducible AVX2 path (`MKL_CBWR`);",
+        "PyTorch runs with the same allocator settings (`GLIBC_TUNABLES`) and the same `MKL_CBWR`.",
+        "Goal: ratio ≥ 1.0 everywhere, ≥ 1.2 on the small models.",
+        "",
+        "![training throughput](bench/plots/train_steps.png)",
+        "",
+        "| model | data | batch | threads | pot-node steps/s | PyTorch steps/s | ratio |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m, data, b, t, ours, ref in rows:
+        lines.append(f"| {m} | {data} | {b} | {t} | {ours:,.1f} | {ref:,.1f} | **{ours / ref:.2f}** |")
+    return lines
+
+
+def measured_train_steps_section(pot_node: str) -> list[str]:
+    rows = train_steps_rows(pot_node)
+    plot_train_steps(rows)
+    return train_steps_section(rows)
+
+
+CALIBRATION_TASK = """model: {model}
+dataset:
+  locator: builtin:digits
+  sha256: 09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22
+optimizer: {optimizer}
+batch_size: 64
+steps: 400
+checkpoint_interval: 40
+seed: 7
+replay_tolerance: 0.5
+"""
+
+CALIBRATION_MODELS = [
+    ("mlp:128,64", "MLP 128-64, SGD", "{kind: sgd, lr: 0.05, momentum: 0.9}"),
+    ("lenet5", "LeNet-5, AdamW", "{kind: adamw, lr: 0.002, weight_decay: 0.0001}"),
+]
+
+# (threads, ATEN_CPU_CAPABILITY) of the training run, then of each replay.
+CALIBRATION_TRAIN = (2, "avx2")
+CALIBRATION_REPLAYS = [(1, "avx2"), (3, "avx2"), (2, "default")]
+
+
+def calibration_rows(pot_node: str) -> list[dict]:
+    """Honest replay distances on this CPU: a run trained with one thread count and kernel level,
+    replayed with others (a tolerance task, so every segment is reported)."""
+    import tempfile
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        for model, label, optimizer in CALIBRATION_MODELS:
+            task = tmp / f"{model.replace(':', '_')}.yaml"
+            task.write_text(CALIBRATION_TASK.format(model=model, optimizer=optimizer))
+            run = tmp / f"run-{model.replace(':', '_')}"
+            threads, cap = CALIBRATION_TRAIN
+            subprocess.run([pot_node, "train", "--spec", str(task), "--out", str(run), "--threads", str(threads),
+                            "--cpu-capability", cap, "--data-cache", str(tmp / "cache")],
+                           check=True, capture_output=True)
+            m = json.loads((run / "manifest.json").read_text())
+            claim = ["--miner", m["miner"], "--salt", m["salt"], "--checkpoint-root", m["merkle_root"],
+                     "--model-hash", m["model_hash"]]
+            for threads, cap in CALIBRATION_REPLAYS:
+                out = subprocess.run([pot_node, "verify", "--spec", str(task), "--run", str(run), *claim,
+                                      "--segments", ",".join(str(i) for i in range(10)), "--threads", str(threads),
+                                      "--cpu-capability", cap, "--data-cache", str(tmp / "cache")],
+                                     capture_output=True, text=True)
+                # At another kernel level W_0 itself is drawn differently (so verify fails the
+                # claim); the segments, replayed from the committed checkpoints, are what counts.
+                r = json.loads(out.stdout)
+                segs = r["segments"]
+                rows.append({"model": label, "replay": (threads, cap),
+                             "parameters": max(s["parameters"] for s in segs),
+                             "optimizer": max(s["optimizer"] for s in segs),
+                             "first_parameters": segs[0]["parameters"], "first_optimizer": segs[0]["optimizer"]})
+                print(rows[-1], file=sys.stderr)
+    return rows
+
+
+def calibration_section(rows: list[dict]) -> list[str]:
+    t, c = CALIBRATION_TRAIN
+    lines = [
+        "",
+        "## Verification: honest replay distances on CPUs (tolerance calibration)",
+        "",
+        "What a tolerance must allow, measured on this machine's CPU (`bench/run.py --only calibration`): a run of 400",
+        f"steps (k = 40) trained with {t} threads at `ATEN_CPU_CAPABILITY={c}`, every segment replayed with another thread",
+        "count or kernel level; the largest relative distance `‖replayed − committed‖ / ‖committed‖` of any model tensor",
+        "and of any optimizer-state tensor over the ten segments. Tasks without a tolerance never see these: they pin",
+        "kernels and the thread count and replay bit for bit (see README). GPU-against-CPU distances, measured on an H100,",
+        "are in the CUDA section; the default `optimizer_tolerance` is thirty times `replay_tolerance`, because optimizer",
+        "state drifts 10–15 times further than parameters here (the ratio column); AdamW's first steps on another device move a",
+        "parameter by a whole lr·sign(g) (1.4e-2 on the H100), so GPU tasks need a tolerance of that order or a first",
+        "segment replayed on the trainer's device class. `W_0` itself is drawn differently at another kernel level",
+        "(libtorch's vectorised random draws), so the level is part of what every task pins (`avx2` by default).",
+        "",
+        "| model | replayed with | largest model-tensor distance | largest optimizer-tensor distance | ratio |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        threads, cap = r["replay"]
+        ratio = f"{r['optimizer'] / r['parameters']:.1f}" if r["parameters"] else "–"
+        plural = "s" if threads > 1 else ""
+        lines.append(f"| {r['model']} | {threads} thread{plural}, {cap} | {r['parameters']:.1e} | "
+                     f"{r['optimizer']:.1e} | {ratio} |")
+    return lines
+
+
+def measured_calibration_section(pot_node: str) -> list[str]:
+    return calibration_section(calibration_rows(pot_node))
+
+
+VERIFICATION_RUNS = [
+    # model, steps, k, spliced runs judged: the catch rate over many spliced runs at 100
+    # segments, and the cost at longer runs where the replay floor (s + Q)·k / steps is lower.
+    ("mlp:128,64", 2000, 20, 40),
+    ("lenet5", 2000, 20, 20),
+    ("mlp:128,64", 40000, 100, 0),
+    ("lenet5", 10000, 50, 0),
+]
+
+
+# The PyTorch side runs with what pot-node sets for itself: glibc's allocator keeping freed
+# memory for reuse (pot-node calls mallopt with these values; glibc reads the same tunables from
+# the environment) and MKL's reproducible AVX2 path (pot-node re-runs itself with it).
+REFERENCE_ENV = {
+    **os.environ,
+    "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824"
+                      ":glibc.malloc.top_pad=67108864",
+    "MKL_CBWR": "AVX2,STRICT",
+    "ATEN_CPU_CAPABILITY": "avx2",
+}
+
+
+def verification_rows(pot_node: str) -> list[dict]:
+    rows = []
+    for model, steps, k, trials in VERIFICATION_RUNS:
+        r = run_json([pot_node, "bench", "verification", "--model", model, "--steps", str(steps), "--k", str(k),
+                      "--s", "5", "--q", "3", "--trials", str(trials)])
+        print(r, file=sys.stderr)
+        rows.append(r)
+    return rows
+
+
+def plot_verification(rows: list[dict]) -> None:
+    judged = [r for r in rows if r["trials"]]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    xs = range(len(judged))
+    ax.bar([x - 0.2 for x in xs], [100 * r["caught"] / r["trials"] for r in judged], 0.4, label="s = 5 sampled + top-Q 3")
+    ax.bar([x + 0.2 for x in xs], [100 * r["caught_by_sample_alone"] / r["trials"] for r in judged], 0.4,
+           label="s = 5 sampled alone")
+    ax.axhline(99, color="grey", linestyle="--", linewidth=1, label="goal: 99 %")
+    ax.set_xticks(list(xs), [f"{r['model']}\n{r['steps'] // r['checkpoint_interval']} segments, {r['trials']} runs" for r in judged],
+                  fontsize=8)
+    ax.set_ylabel("one-segment splices caught (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, loc="center right")
+    ax.set_title("Splices to a foreign model caught, per spliced run")
+    fig.tight_layout()
+    fig.savefig(PLOTS / "verification_catch.png", dpi=110)
+
+
+def verification_section(rows: list[dict]) -> list[str]:
+    lines = [
+        "",
+        "## Verification: what it costs and what it catches",
+        "",
+        "A validator's full `verify` of an honest run (`pot-node bench verification`, or `bench/run.py --only verification`",
+        "for this section alone): every checkpoint read from disk, hashed and proved against the root, every update norm",
+        "`‖W_{i+1} − W_i‖`, then s = 5 beacon-sampled segments, the Q = 3 with the largest updates and the segment before",
+        "each of those (a jump can be prepared in the optimizer state it starts from) replayed bit for bit, one thread,",
+        "timed against the same run's training. A validator fetches every checkpoint; the transfer column is",
+        "their bytes at 1 Gbit/s against the training time. Then many spliced runs: each follows the honest run to a",
+        "random segment j, jumps there to another miner's finished model (its parameters and optimizer state), and trains",
+        "on honestly; each is judged with a fresh random sample, with and without the top-Q check. Goal: ≥ 99 % caught at",
+        "≤ 5 % of the training time, transfer included. What this does not measure: a jump spread thinly over more than",
+        "Q segments, each smaller than the Q-th largest honest update, is caught only by the sample (s/n per segment).",
+        "",
+        "![splices caught](bench/plots/verification_catch.png)",
+        "",
+        "| model | steps | k | segments | training s | verify s | verify | + transfer (1 Gbit/s) | splices caught, top-Q | by the sample alone |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        n = r["steps"] // r["checkpoint_interval"]
+        total = r["verify_fraction"] + r["transfer_fraction_1gbps"]
+        caught = f"**{r['caught']}/{r['trials']}**" if r["trials"] else "–"
+        alone = f"{r['caught_by_sample_alone']}/{r['trials']}" if r["trials"] else "–"
+        lines.append(f"| {r['model']} | {r['steps']:,} | {r['checkpoint_interval']} | {n} | {r['train_seconds']:.2f} | "
+                     f"{r['verify_seconds']:.2f} | {100 * r['verify_fraction']:.1f} % | **{100 * total:.1f} %** | {caught} | {alone} |")
+    return lines
+
+
+def measured_verification_section(pot_node: str) -> list[str]:
+    rows = verification_rows(pot_node)
+    plot_verification(rows)
+    return verification_section(rows)
+
+
 def measured_block_cost_section(pot_node: str) -> list[str]:
     costs = block_cost_rows(pot_node)
     plot_block_cost(costs)
@@ -342,8 +595,9 @@ def main() -> None:
     ap.add_argument("--pot-node", required=True)
     ap.add_argument("--pot-e2e", help="needed unless --only")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    ap.add_argument("--only", choices=["ledger", "block-cost", "cuda"],
-                    help="re-measure (ledger, block-cost) or re-render (cuda) one section of an existing file")
+    ap.add_argument("--only", choices=["ledger", "block-cost", "cuda", "verification", "train-steps", "calibration"],
+                    help="re-measure (ledger, block-cost, verification) or re-render (cuda) one section of an "
+                         "existing file")
     a = ap.parse_args()
     if a.only in (None, "ledger") and not a.pot_e2e:
         ap.error("--pot-e2e is needed to measure the ledger")
@@ -355,31 +609,26 @@ def main() -> None:
     if a.only == "cuda":
         splice_section(a.out, "## CUDA", cuda_section)
         return
+    if a.only == "train-steps":
+        splice_section(a.out, "## Training throughput: pot-node against PyTorch in Python",
+                       lambda: measured_train_steps_section(a.pot_node))
+        return
+    if a.only == "calibration":
+        splice_section(a.out, "## Verification: honest replay distances on CPUs (tolerance calibration)",
+                       lambda: measured_calibration_section(a.pot_node))
+        return
+    if a.only == "verification":
+        splice_section(a.out, "## Verification: what it costs and what it catches",
+                       lambda: measured_verification_section(a.pot_node))
+        return
     if a.only == "ledger":
         splice_section(a.out, "## Ledger: finality and throughput of the coordinators",
                        lambda: measured_ledger_section(a.pot_e2e, a.pot_node))
         return
-    py = sys.executable
     PLOTS.mkdir(parents=True, exist_ok=True)
     # Both sides run libtorch's kernels at the same level (pot-node pins avx2 for replays).
     os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
     import torch
-
-    rows = []
-    for model, steps in [("mlp:128,64", 1000), ("lenet5", 300)]:
-        for batch in (64, 256):
-            for threads in (1, 2):
-                args = ["--model", model, "--batch", str(batch), "--threads", str(threads), "--steps", str(steps)]
-                # Three rounds, alternating which side goes first, so that a burst of other work
-                # on the machine hits both sides alike; the median of each side is reported.
-                ours, ref = [], []
-                for r in range(3):
-                    sides = [("ours", [a.pot_node, "bench", "throughput", *args]),
-                             ("ref", [py, str(ROOT / "bench/train_steps.py"), *args])]
-                    for side, cmd in (sides if r % 2 == 0 else sides[::-1]):
-                        (ours if side == "ours" else ref).append(run_json(cmd)["steps_per_second"])
-                rows.append((model, batch, threads, statistics.median(ours), statistics.median(ref)))
-                print(rows[-1], file=sys.stderr)
 
     over = []
     for model, steps in [("mlp:128,64", 10000), ("lenet5", 2000)]:
@@ -390,20 +639,7 @@ def main() -> None:
             over.append(o)
             print(o, file=sys.stderr)
 
-    # Plots: throughput side by side, and PoT overhead by checkpoint interval.
-    labels = [f"{m}\nb{b} t{t}" for m, b, t, _, _ in rows]
-    xs = range(len(rows))
-    fig, ax = plt.subplots(figsize=(11, 4))
-    ax.bar([x - 0.2 for x in xs], [r[3] for r in rows], 0.4, label="pot-node (Rust, tch)")
-    ax.bar([x + 0.2 for x in xs], [r[4] for r in rows], 0.4, label="PyTorch (Python)")
-    ax.set_xticks(list(xs), labels, fontsize=8)
-    ax.set_ylabel("training steps / s")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("Training throughput on the UCI digits (SGD, momentum 0.9)")
-    fig.tight_layout()
-    fig.savefig(PLOTS / "train_steps.png", dpi=110)
-
+    # PoT overhead by checkpoint interval.
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for model in sorted({o["model"] for o in over}):
         pts = [o for o in over if o["model"] == model]
@@ -417,6 +653,9 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(PLOTS / "pot_overhead.png", dpi=110)
 
+    train_steps_lines = measured_train_steps_section(a.pot_node)
+    verification_lines = measured_verification_section(a.pot_node)
+    verification_lines += measured_calibration_section(a.pot_node)
     ledger_lines = measured_ledger_section(a.pot_e2e, a.pot_node)
     block_cost_lines = measured_block_cost_section(a.pot_node)
 
@@ -429,22 +668,8 @@ def main() -> None:
         "Every ratio compares two measurements taken in the same run on the same machine. A 2-core machine is noisy:",
         "each throughput figure is the median over 3 rounds (alternating which side runs first) of the median of 5 timings",
         "after 20 warm-up steps; differences under about 15 % are within that noise.",
-        "",
-        "## Training throughput: pot-node against PyTorch in Python",
-        "",
-        "Same model, data (the 1,797 UCI digits), batch size, optimizer (SGD, lr 0.01, momentum 0.9), loss and thread count.",
-        "pot-node's optimizer keeps its state in named tensors (so it can be checkpointed); PyTorch uses `torch.optim.SGD`.",
-        "pot-node keeps freed memory in glibc's heap for reuse while training (`mallopt`; glibc's default unmaps large",
-        "freed blocks, so each step maps and zeroes them again); PyTorch runs with the allocator's defaults.",
-        "Goal: ratio ≥ 1.0 everywhere, ≥ 1.2 on the small models.",
-        "",
-        "![training throughput](bench/plots/train_steps.png)",
-        "",
-        "| model | batch | threads | pot-node steps/s | PyTorch steps/s | ratio |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for m, b, t, ours, ref in rows:
-        lines.append(f"| {m} | {b} | {t} | {ours:,.0f} | {ref:,.0f} | **{ours / ref:.2f}** |")
+    lines += train_steps_lines
     lines += [
         "",
         "## PoT overhead: checkpointing and verification against plain training",
@@ -467,6 +692,7 @@ def main() -> None:
             f"| {o['model']} | {o['steps']} | {o['checkpoint_interval']} | {o['train_seconds']:.2f} | {o['checkpoint_seconds']:.3f} | "
             f"**{100 * o['overhead']:.1f} %** | {100 * o['verify_fraction']:.1f} % | {100 * floor:.1f} % |"
         )
+    lines += verification_lines
     lines += ledger_lines
     lines += block_cost_lines
     lines += cuda_section()

@@ -165,6 +165,9 @@ enum BenchWhat {
     Throughput {
         #[arg(long)]
         model: String,
+        /// `digits` (the built-in UCI digits) or `cifar-shaped` (random 3×32×32 images).
+        #[arg(long, default_value = "digits")]
+        data: String,
         #[arg(long)]
         batch: i64,
         #[arg(long)]
@@ -184,6 +187,24 @@ enum BenchWhat {
         k: u64,
         #[arg(long, default_value_t = 5)]
         segments: u32,
+    },
+    /// Verification's cost against training, and the share of one-segment splices it catches.
+    Verification {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        steps: u64,
+        #[arg(long)]
+        k: u64,
+        /// Sampled segments.
+        #[arg(long, default_value_t = 5)]
+        s: u32,
+        /// Largest updates replayed besides.
+        #[arg(long, default_value_t = 3)]
+        q: u32,
+        /// Spliced runs to judge.
+        #[arg(long, default_value_t = 40)]
+        trials: u32,
     },
     /// A coordinator's cost per block against the size of the state.
     BlockCost {
@@ -509,12 +530,14 @@ fn main() -> anyhow::Result<()> {
             let json = match what {
                 BenchWhat::Throughput {
                     model,
+                    data,
                     batch,
                     threads,
                     steps,
                     device,
                 } => serde_json::to_string(&pot_node::bench::throughput(
                     &model,
+                    &data,
                     batch,
                     threads,
                     steps,
@@ -529,6 +552,16 @@ fn main() -> anyhow::Result<()> {
                 } => {
                     serde_json::to_string(&pot_node::bench::overhead(&model, steps, k, segments)?)?
                 }
+                BenchWhat::Verification {
+                    model,
+                    steps,
+                    k,
+                    s,
+                    q,
+                    trials,
+                } => serde_json::to_string(&pot_node::bench::verification::verification(
+                    &model, steps, k, s, q, trials,
+                )?)?,
                 BenchWhat::BlockCost {
                     accounts,
                     txs,

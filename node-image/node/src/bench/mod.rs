@@ -1,8 +1,10 @@
 //! Measurements behind `make bench`: training throughput on the built-in digits, and the cost
-//! PoT adds to plain training (checkpointing and hashing, and verification); the ledger's cost
-//! per block against the size of its state is in [`block_cost`].
+//! PoT adds to plain training (checkpointing and hashing, and verification); what verification
+//! costs and catches is in [`verification`]; the ledger's cost per block against the size of its
+//! state is in [`block_cost`].
 
 pub mod block_cost;
+pub mod verification;
 
 use std::time::Instant;
 
@@ -41,9 +43,31 @@ fn data() -> Dataset {
     datasets::digits()
 }
 
+/// CIFAR-10-shaped data: 2,048 random 3×32×32 images in 10 classes, for throughput, where the
+/// pixels do not matter but the shapes do (convolutions on 32×32 images, not 8×8 digits).
+fn cifar_shaped() -> Dataset {
+    tch::manual_seed(7);
+    Dataset {
+        x: tch::Tensor::randn([2048, 3 * 32 * 32], (tch::Kind::Float, tch::Device::Cpu)),
+        y: tch::Tensor::randint(10, [2048], (tch::Kind::Int64, tch::Device::Cpu)),
+        classes: 10,
+        image: Some([3, 32, 32]),
+    }
+}
+
+/// The data a throughput measurement trains on: `digits` or `cifar-shaped`.
+fn named_data(name: &str) -> anyhow::Result<Dataset> {
+    match name {
+        "digits" => Ok(data()),
+        "cifar-shaped" => Ok(cifar_shaped()),
+        other => anyhow::bail!("unknown benchmark data {other:?}: expected digits or cifar-shaped"),
+    }
+}
+
 #[derive(Serialize)]
 pub struct Throughput {
     pub model: String,
+    pub data: String,
     pub batch: i64,
     pub threads: i32,
     pub device: String,
@@ -54,6 +78,7 @@ pub struct Throughput {
 /// of `repeats` timings of `steps` steps.
 pub fn throughput(
     model: &str,
+    data_name: &str,
     batch: i64,
     threads: i32,
     steps: u64,
@@ -61,7 +86,7 @@ pub fn throughput(
     device: tch::Device,
 ) -> anyhow::Result<Throughput> {
     tch::set_num_threads(threads);
-    let d = data();
+    let d = named_data(data_name)?;
     let s = spec(model, batch, steps, steps, device)?;
     let mut t = Trainer::new(&s, &d)?;
     t.train_steps(&d, 20);
@@ -75,6 +100,7 @@ pub fn throughput(
     rates.sort_by(f64::total_cmp);
     Ok(Throughput {
         model: model.into(),
+        data: data_name.into(),
         batch,
         threads,
         device: crate::commands::device_name(device),
