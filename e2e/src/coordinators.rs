@@ -223,24 +223,37 @@ impl Coordinators {
         self.dir.path().join(format!("node{i}.received-votes"))
     }
 
-    /// The places (height, round, kind) where coordinator `i` received, with valid signatures,
-    /// two different votes from `voter`: the equivocations that reached it.
-    pub fn equivocations_received(&self, i: usize, voter: &pot_protocol::Address) -> usize {
-        use std::collections::HashMap;
+    /// The places (height, round, kind) where coordinator `i` verified two different votes
+    /// from `voter`: the equivocations that reached it. Ascending.
+    pub fn equivocations_received(
+        &self,
+        i: usize,
+        voter: &pot_protocol::Address,
+    ) -> Vec<(u64, u32, String)> {
+        use std::collections::{BTreeMap, HashSet};
         let text = std::fs::read_to_string(self.received_vote_log(i)).unwrap_or_default();
         let voter = voter.to_string();
-        let mut values: HashMap<(&str, &str, &str), std::collections::HashSet<&str>> =
-            HashMap::new();
-        for line in text.lines() {
+        let mut values: BTreeMap<(u64, u32, String), HashSet<String>> = BTreeMap::new();
+        // The node is still writing: a last line without its newline is not complete yet.
+        for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
             let f: Vec<&str> = line.split_whitespace().collect();
             let [who, h, r, kind, value] = f[..] else {
                 panic!("coordinator {i}: malformed vote log line {line:?}");
             };
             if who == voter {
-                values.entry((h, r, kind)).or_default().insert(value);
+                let place = (
+                    h.parse().expect("a height"),
+                    r.parse().expect("a round"),
+                    kind.to_string(),
+                );
+                values.entry(place).or_default().insert(value.to_string());
             }
         }
-        values.values().filter(|v| v.len() > 1).count()
+        values
+            .into_iter()
+            .filter(|(_, v)| v.len() > 1)
+            .map(|(place, _)| place)
+            .collect()
     }
 
     /// Check every signature each coordinator's key made, across all its starts: never two

@@ -166,7 +166,7 @@ async fn a_coordinator_casting_two_votes_at_every_step_neither_forks_nor_stalls_
     let mut extra = vec![Vec::new(); 4];
     extra[0] = args(&["--fault", "equivocate-votes"]);
     let net = Coordinators::start_with(4, BLOCK_TIME_MS, 1, extra).expect("start");
-    net.wait_height(&[1, 2, 3], 16, WAIT).await;
+    net.wait_height(&[1, 2, 3, 0], 16, WAIT).await;
     net.assert_same_chain(&[1, 2, 3, 0], 16).await;
     let log = net.log(0);
     assert!(
@@ -181,25 +181,35 @@ async fn a_coordinator_casting_two_votes_at_every_step_neither_forks_nor_stalls_
             net.log_tails(20)
         );
     }
-    // Each honest coordinator verified both of the equivocator's votes at many places.
+    // Each honest coordinator verified both of the equivocator's votes at many places, for
+    // prevotes and for precommits.
     let equivocator = net.keys[0].address();
+    let mut equivocated_heights = std::collections::BTreeSet::new();
     for i in 1..4 {
-        let n = net.equivocations_received(i, &equivocator);
-        assert!(n >= 5, "coordinator {i} received only {n} equivocations");
+        let places = net.equivocations_received(i, &equivocator);
+        assert!(
+            places.len() >= 5,
+            "coordinator {i} received only {places:?}"
+        );
+        for kind in ["Prevote", "Precommit"] {
+            assert!(
+                places.iter().any(|(_, _, k)| k == kind),
+                "coordinator {i} received no {kind} equivocation: {places:?}"
+            );
+        }
+        equivocated_heights.extend(places.iter().map(|(h, _, _)| *h));
     }
-    // Its votes still count where they arrived first: some honest node's certificates hold
-    // its precommits (and no certificate can hold its nil ones).
+    // Its votes still count where they arrived first: at a height where it equivocated, some
+    // honest node's certificate holds its precommit (and no certificate can hold a nil one).
     let mut counted = false;
     for i in 1..4 {
-        counted |= net
-            .blocks(i, 16)
-            .await
-            .iter()
-            .any(|b| b.committed_by.contains(&equivocator));
+        counted |= net.blocks(i, 16).await.iter().any(|b| {
+            equivocated_heights.contains(&b.height) && b.committed_by.contains(&equivocator)
+        });
     }
     assert!(
         counted,
-        "no honest certificate carries the equivocator's precommit"
+        "no honest certificate at an equivocated height carries the equivocator's precommit"
     );
     net.assert_nothing_signed_twice(&[1, 2, 3]);
 }

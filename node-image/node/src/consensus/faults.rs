@@ -55,8 +55,9 @@ pub struct Faults {
     /// to this file, so a test can check that nothing was ever signed twice.
     #[arg(long)]
     pub signature_log: Option<PathBuf>,
-    /// Append every vote from another coordinator whose signature verified (voter, height,
-    /// round, kind, value) to this file, so a test can see the equivocations that arrived.
+    /// Append every vote whose signature this node verified (voter, height, round, kind,
+    /// value; its own included, as certificates carry them) to this file, so a test can see
+    /// the equivocations that arrived.
     #[arg(long)]
     pub received_vote_log: Option<PathBuf>,
 }
