@@ -387,7 +387,7 @@ impl CacheArg {
 /// with the variable set (setting it in-process would be too late and is not thread-safe).
 /// Re-run this process with the environment a replayable CPU run needs (libtorch reads it when
 /// it loads), unless it already has it. See `train::determinism`.
-fn pin_cpu_capability(wanted: &str) -> anyhow::Result<()> {
+fn pin_replay_environment(wanted: &str) -> anyhow::Result<()> {
     use pot_node::train::determinism;
     if determinism::environment_is_pinned(wanted) {
         return Ok(());
@@ -470,7 +470,7 @@ fn main() -> anyhow::Result<()> {
             device,
             cache,
         } => {
-            pin_cpu_capability(&cpu_capability)?;
+            pin_replay_environment(&cpu_capability)?;
             keep_freed_memory_for_reuse();
             let device = device.device()?;
             let m = commands::train(&spec, &out, miner, salt, threads, device, &cache.cache())?;
@@ -499,7 +499,7 @@ fn main() -> anyhow::Result<()> {
             device,
             cache,
         } => {
-            pin_cpu_capability(&cpu_capability)?;
+            pin_replay_environment(&cpu_capability)?;
             keep_freed_memory_for_reuse();
             let steps = pot_node::train::task_file::TaskFile::read(&spec)?.steps;
             let claim = pot_node::verify::ClaimFacts {
@@ -525,7 +525,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Bench { what } => {
-            pin_cpu_capability("avx2")?;
+            pin_replay_environment("avx2")?;
             keep_freed_memory_for_reuse();
             let json = match what {
                 BenchWhat::Throughput {

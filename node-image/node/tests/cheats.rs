@@ -10,7 +10,7 @@ use pot_node::train::data::{Dataset, blobs};
 use pot_node::train::optim::{OptimizerConfig, OptimizerKind};
 use pot_node::train::{RunSpec, Trainer};
 use pot_node::verify::{
-    self, CheckpointSource, ClaimFacts, Finding, Plan, Report, Selected, Tolerance,
+    self, CheckpointSource, ClaimFacts, Finding, MemorySource, Plan, Report, Selected, Tolerance,
 };
 use pot_protocol::merkle::{self, Proof};
 use pot_protocol::{Address, Hash, SecretKey};
@@ -54,17 +54,14 @@ fn spec(who: &Address, s: &Hash, steps: u64, k: u64) -> RunSpec {
 struct Trajectory(Vec<Vec<u8>>);
 
 impl Trajectory {
-    fn hashes(&self) -> Vec<Hash> {
-        self.0.iter().map(|c| checkpoint::hash(c)).collect()
-    }
-
     /// What the chain records when `who` claims this trajectory with salt `s`.
     fn claim(&self, who: &Address, s: &Hash) -> ClaimFacts {
-        let hashes = self.hashes();
+        let source = MemorySource::new(self.0.clone());
+        let hashes = source.hashes();
         ClaimFacts {
             miner: *who,
             salt: *s,
-            checkpoint_root: merkle::root(&hashes),
+            checkpoint_root: merkle::root(hashes),
             model_hash: *hashes.last().unwrap(),
             steps: step_of(self.0.last().unwrap()),
         }
@@ -72,12 +69,8 @@ impl Trajectory {
 }
 
 impl CheckpointSource for Trajectory {
-    fn fetch(&self, i: usize, _max_bytes: u64) -> anyhow::Result<(Vec<u8>, Proof)> {
-        let bytes = self
-            .0
-            .get(i)
-            .ok_or_else(|| anyhow::anyhow!("no checkpoint {i}"))?;
-        Ok((bytes.clone(), merkle::prove(&self.hashes(), i).unwrap()))
+    fn fetch(&self, i: usize, max_bytes: u64) -> anyhow::Result<(Vec<u8>, Proof)> {
+        MemorySource::new(self.0.clone()).fetch(i, max_bytes)
     }
 }
 

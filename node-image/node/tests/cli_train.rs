@@ -229,13 +229,17 @@ fn replayed(o: &Output) -> Vec<serde_json::Value> {
     report["segments"].as_array().unwrap().clone()
 }
 
+/// A 60-step LeNet-5 task (convolutions: libtorch sums their gradients by thread) with `extra`
+/// settings.
+fn lenet5_task(extra: &str) -> String {
+    TASK.replace("mlp:32", "lenet5")
+        .replace("steps: 200", "steps: 60")
+        + extra
+}
+
 #[test]
 fn an_exact_task_replays_bit_for_bit_in_a_process_set_up_otherwise() {
-    // LeNet-5 (convolutions: libtorch sums their gradients by thread) with two threads.
-    let task = TASK
-        .replace("mlp:32", "lenet5")
-        .replace("steps: 200", "steps: 60")
-        + "cpu_threads: 2\n";
+    let task = lenet5_task("cpu_threads: 2\n");
     let ws = Workspace::new(&task);
     let refused = ws.train_with(&["--threads", "3"], &[]);
     assert!(!refused.status.success());
@@ -261,10 +265,7 @@ fn an_exact_task_replays_bit_for_bit_in_a_process_set_up_otherwise() {
 
 #[test]
 fn a_task_with_a_tolerance_replays_within_it_on_another_thread_count() {
-    let task = TASK
-        .replace("mlp:32", "lenet5")
-        .replace("steps: 200", "steps: 60")
-        + "replay_tolerance: 0.00001\n";
+    let task = lenet5_task("replay_tolerance: 0.00001\n");
     let ws = Workspace::new(&task);
     let out = ws.train_with(&["--threads", "2"], &[]);
     assert!(out.status.success(), "{}", text(&out));

@@ -5,13 +5,13 @@
 
 use std::time::Instant;
 
-use pot_protocol::merkle::{self, Proof};
+use pot_protocol::merkle;
 use pot_protocol::{Address, Hash};
 use serde::Serialize;
 
 use crate::run_dir::{Manifest, RunDir};
 use crate::train::{RunSpec, Trainer, checkpoint};
-use crate::verify::{self, CheckpointSource, ClaimFacts, Plan, RunDirSource, Tolerance};
+use crate::verify::{self, ClaimFacts, MemorySource, Plan, RunDirSource, Tolerance};
 
 #[derive(Serialize)]
 pub struct Soundness {
@@ -33,35 +33,6 @@ pub struct Soundness {
     /// Spliced runs judged invalid with the top-Q check, and with the sample alone.
     pub caught: u32,
     pub caught_by_sample_alone: u32,
-}
-
-/// Checkpoints held in memory, served with proofs from their own list.
-struct InMemory {
-    checkpoints: Vec<Vec<u8>>,
-    hashes: Vec<Hash>,
-}
-
-impl InMemory {
-    fn new(checkpoints: Vec<Vec<u8>>) -> InMemory {
-        let hashes = checkpoints.iter().map(|c| checkpoint::hash(c)).collect();
-        InMemory {
-            checkpoints,
-            hashes,
-        }
-    }
-}
-
-impl CheckpointSource for InMemory {
-    fn fetch(&self, i: usize, _max_bytes: u64) -> anyhow::Result<(Vec<u8>, Proof)> {
-        let bytes = self
-            .checkpoints
-            .get(i)
-            .ok_or_else(|| anyhow::anyhow!("no checkpoint {i}"))?;
-        Ok((
-            bytes.clone(),
-            merkle::prove(&self.hashes, i).expect("index checked"),
-        ))
-    }
 }
 
 const TASK_SEED: u64 = 1;
@@ -173,8 +144,8 @@ pub fn verification(
             t.train_steps(&d, k);
             ckpts.push(t.checkpoint());
         }
-        let spliced = InMemory::new(ckpts);
-        let c = claim(&spliced.hashes, steps);
+        let spliced = MemorySource::new(ckpts);
+        let c = claim(spliced.hashes(), steps);
         let sampled = sample(&mut rng);
         let judge = |top_q| {
             verify::verify(

@@ -62,6 +62,28 @@ pub struct Faults {
     pub received_vote_log: Option<PathBuf>,
 }
 
+/// A file a test reads line by line while the node appends to it (the signature and vote
+/// logs): each line is written whole, under a lock.
+#[derive(Clone)]
+pub struct LineLog(std::sync::Arc<std::sync::Mutex<std::fs::File>>);
+
+impl LineLog {
+    pub fn open(path: &std::path::Path) -> std::io::Result<LineLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(LineLog(std::sync::Arc::new(std::sync::Mutex::new(file))))
+    }
+
+    /// Append `line` and a newline (best effort: a test log never stops the node).
+    pub fn line(&self, line: &str) {
+        use std::io::Write as _;
+        let mut file = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = file.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
 /// Where `--crash-at` aborts the process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Crash {

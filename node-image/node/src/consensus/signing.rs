@@ -105,13 +105,13 @@ pub struct Signer {
     status: Option<Arc<EngineStatus>>,
     /// Tests: every guarded signature made, one line each.
     #[cfg(feature = "fault-injection")]
-    log: Option<Arc<std::sync::Mutex<std::fs::File>>>,
+    log: Option<super::faults::LineLog>,
     /// Tests: every vote this key signs, for a Byzantine node to contradict.
     #[cfg(feature = "fault-injection")]
     vote_tap: Option<mpsc::UnboundedSender<Vote>>,
     /// Tests: every vote from others whose signature verified, one line each.
     #[cfg(feature = "fault-injection")]
-    received: Option<Arc<std::sync::Mutex<std::fs::File>>>,
+    received: Option<super::faults::LineLog>,
 }
 
 impl Signer {
@@ -164,22 +164,14 @@ impl Signer {
     /// Append a line for every guarded signature to `path` (tests).
     #[cfg(feature = "fault-injection")]
     pub fn with_signature_log(mut self, path: &std::path::Path) -> std::io::Result<Signer> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        self.log = Some(Arc::new(std::sync::Mutex::new(file)));
+        self.log = Some(super::faults::LineLog::open(path)?);
         Ok(self)
     }
 
     /// Append a line for every verified vote to `path` (tests).
     #[cfg(feature = "fault-injection")]
     pub fn with_received_vote_log(mut self, path: &std::path::Path) -> std::io::Result<Signer> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        self.received = Some(Arc::new(std::sync::Mutex::new(file)));
+        self.received = Some(super::faults::LineLog::open(path)?);
         Ok(self)
     }
 
@@ -187,14 +179,12 @@ impl Signer {
     fn received_vote(&self, _vote: &Vote) {
         #[cfg(feature = "fault-injection")]
         if let Some(log) = &self.received {
-            use std::io::Write as _;
             let c = vote_content(_vote);
             let value = c.block.map_or("nil".to_string(), |b| b.to_string());
-            let line = format!(
-                "{} {} {} {:?} {}\n",
+            log.line(&format!(
+                "{} {} {} {:?} {}",
                 c.voter, c.height, c.round, c.kind, value
-            );
-            let _ = log.lock().expect("vote log").write_all(line.as_bytes());
+            ));
         }
     }
 
@@ -209,18 +199,13 @@ impl Signer {
     fn signed(&self, _height: Height, _round: mc::Round, _step: Step, _value: &Hash) {
         #[cfg(feature = "fault-injection")]
         if let Some(log) = &self.log {
-            use std::io::Write as _;
-            let line = format!(
-                "{} {} {} {}\n",
+            log.line(&format!(
+                "{} {} {} {}",
                 _height.0,
                 round_number(_round),
                 _step,
                 _value
-            );
-            let _ = log
-                .lock()
-                .expect("signature log")
-                .write_all(line.as_bytes());
+            ));
         }
     }
 

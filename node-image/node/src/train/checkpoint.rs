@@ -40,6 +40,52 @@ pub struct Checkpoint {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Each tensor's shape, by name.
+pub fn shapes(tensors: &BTreeMap<String, Tensor>) -> BTreeMap<String, Vec<i64>> {
+    tensors.iter().map(|(n, t)| (n.clone(), t.size())).collect()
+}
+
+impl Checkpoint {
+    /// Check that this is a checkpoint at `step` of the model whose tensors have `shapes`: it
+    /// records that step and nothing else, and holds exactly those tensors with those shapes.
+    pub fn check_layout(
+        &self,
+        step: u64,
+        shapes: &BTreeMap<String, Vec<i64>>,
+    ) -> Result<(), CheckpointError> {
+        let recorded = self.metadata.get("step").map(String::as_str);
+        if recorded != Some(step.to_string().as_str()) {
+            return Err(CheckpointError::WrongStep {
+                recorded: recorded.unwrap_or("nothing").into(),
+                expected: step,
+            });
+        }
+        if let Some(key) = self.metadata.keys().find(|k| *k != "step") {
+            return Err(CheckpointError::Metadata {
+                key: key.clone(),
+                why: "unexpected (a checkpoint records its step only)".into(),
+            });
+        }
+        for (name, t) in &self.tensors {
+            match shapes.get(name) {
+                None => return Err(CheckpointError::Unexpected(name.clone())),
+                Some(s) if *s != t.size() => {
+                    return Err(CheckpointError::WrongShape {
+                        name: name.clone(),
+                        expected: s.clone(),
+                        got: t.size(),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        match shapes.keys().find(|n| !self.tensors.contains_key(*n)) {
+            Some(missing) => Err(CheckpointError::Missing(missing.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The canonical bytes of `tensors` (converted to contiguous f32 on the CPU) and `metadata`.
 pub fn encode(tensors: &BTreeMap<String, Tensor>, metadata: &BTreeMap<String, String>) -> Vec<u8> {
     let mut header = String::from("{");

@@ -8,7 +8,7 @@ use pot_protocol::{Hash, merkle};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
-use super::checkpoint::{self, CheckpointError};
+use super::checkpoint;
 use super::data::{Dataset, epoch_order};
 use super::model::{ModelSpec, build, reinitialise};
 use super::optim::{Optimizer, OptimizerConfig};
@@ -105,43 +105,10 @@ impl Trainer {
     ) -> anyhow::Result<Trainer> {
         let mut t = Trainer::new(spec, data)?;
         let ckpt = checkpoint::decode(bytes)?;
-        let recorded = ckpt.metadata.get("step").map(String::as_str);
-        if recorded != Some(step.to_string().as_str()) {
-            return Err(CheckpointError::WrongStep {
-                recorded: recorded.unwrap_or("nothing").into(),
-                expected: step,
-            }
-            .into());
-        }
-        let mut expected = t.named_tensors();
+        let targets = t.named_tensors();
+        ckpt.check_layout(step, &checkpoint::shapes(&targets))?;
         for (name, loaded) in &ckpt.tensors {
-            let Some(target) = expected.remove(name) else {
-                return Err(CheckpointError::Unexpected(name.clone()).into());
-            };
-            if target.size() != loaded.size() {
-                return Err(CheckpointError::WrongShape {
-                    name: name.clone(),
-                    expected: target.size(),
-                    got: loaded.size(),
-                }
-                .into());
-            }
-            tch::no_grad(|| target.shallow_clone().copy_(loaded));
-        }
-        if let Some(name) = expected.into_keys().next() {
-            return Err(CheckpointError::Missing(name).into());
-        }
-        if ckpt.metadata.len() != 1 {
-            return Err(CheckpointError::Metadata {
-                key: ckpt
-                    .metadata
-                    .keys()
-                    .find(|k| *k != "step")
-                    .cloned()
-                    .unwrap_or_default(),
-                why: "unexpected (a checkpoint records its step only)".into(),
-            }
-            .into());
+            tch::no_grad(|| targets[name].shallow_clone().copy_(loaded));
         }
         t.step = step;
         Ok(t)

@@ -31,7 +31,7 @@ use crate::train::checkpoint::{self, CheckpointError};
 use crate::train::data::Dataset;
 use crate::train::{RunSpec, Trainer};
 pub use compare::{Comparison, Tolerance, Worst};
-pub use source::{CheckpointSource, RunDirSource};
+pub use source::{CheckpointSource, MemorySource, RunDirSource};
 
 /// What the chain records about one claim.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -164,7 +164,7 @@ pub fn verify(
     }
 
     let own_w0 = Trainer::new(spec, train)?.checkpoint();
-    let shapes = shapes(&checkpoint::decode(&own_w0)?);
+    let shapes = checkpoint::shapes(&checkpoint::decode(&own_w0)?.tensors);
     // Checkpoints of this model differ from W_0 only in the step's digits (and the header's
     // padding): anything longer is refused before it is read whole.
     let limits = Limits {
@@ -350,14 +350,6 @@ fn checkpoint_finding(i: usize, e: anyhow::Error) -> Finding {
     }
 }
 
-/// Every tensor's shape in a checkpoint of this model.
-fn shapes(c: &checkpoint::Checkpoint) -> BTreeMap<String, Vec<i64>> {
-    c.tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), t.size()))
-        .collect()
-}
-
 /// The `model.*` tensors of a checkpoint at `step`, which must hold exactly this model's
 /// tensors with their shapes.
 fn model_tensors(
@@ -366,31 +358,7 @@ fn model_tensors(
     step: u64,
 ) -> anyhow::Result<BTreeMap<String, Tensor>> {
     let c = checkpoint::decode(bytes)?;
-    let recorded = c.metadata.get("step").map(String::as_str);
-    if recorded != Some(step.to_string().as_str()) || c.metadata.len() != 1 {
-        return Err(CheckpointError::WrongStep {
-            recorded: recorded.unwrap_or("nothing").into(),
-            expected: step,
-        }
-        .into());
-    }
-    for (name, t) in &c.tensors {
-        match shapes.get(name) {
-            None => return Err(CheckpointError::Unexpected(name.clone()).into()),
-            Some(s) if *s != t.size() => {
-                return Err(CheckpointError::WrongShape {
-                    name: name.clone(),
-                    expected: s.clone(),
-                    got: t.size(),
-                }
-                .into());
-            }
-            Some(_) => {}
-        }
-    }
-    if let Some(missing) = shapes.keys().find(|n| !c.tensors.contains_key(*n)) {
-        return Err(CheckpointError::Missing(missing.clone()).into());
-    }
+    c.check_layout(step, shapes)?;
     // A NaN or an infinity would make every distance to it meaningless (and training from it
     // gives NaN everywhere): no honest checkpoint holds one.
     if let Some(name) = c

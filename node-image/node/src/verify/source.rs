@@ -5,12 +5,46 @@
 use pot_protocol::merkle::{self, Proof};
 
 use crate::run_dir::RunDir;
+use crate::train::checkpoint;
 
 /// Checkpoints of one run, by index (`0` is `W_0`).
 pub trait CheckpointSource {
     /// Checkpoint `i`'s bytes and a Merkle proof that they are leaf `i` of the run's tree; a
     /// checkpoint larger than `max_bytes` is not read (an error).
     fn fetch(&self, i: usize, max_bytes: u64) -> anyhow::Result<(Vec<u8>, Proof)>;
+}
+
+/// Checkpoints held in memory (a trajectory built by a test or a benchmark), served with
+/// proofs from their own hashes.
+pub struct MemorySource {
+    checkpoints: Vec<Vec<u8>>,
+    hashes: Vec<pot_protocol::Hash>,
+}
+
+impl MemorySource {
+    pub fn new(checkpoints: Vec<Vec<u8>>) -> MemorySource {
+        let hashes = checkpoints.iter().map(|c| checkpoint::hash(c)).collect();
+        MemorySource {
+            checkpoints,
+            hashes,
+        }
+    }
+
+    /// Each checkpoint's hash, `W_0` first.
+    pub fn hashes(&self) -> &[pot_protocol::Hash] {
+        &self.hashes
+    }
+}
+
+impl CheckpointSource for MemorySource {
+    fn fetch(&self, i: usize, _max_bytes: u64) -> anyhow::Result<(Vec<u8>, Proof)> {
+        let bytes = self
+            .checkpoints
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("no checkpoint {i}"))?;
+        let proof = merkle::prove(&self.hashes, i).expect("index checked above");
+        Ok((bytes.clone(), proof))
+    }
 }
 
 /// A run directory as a miner wrote it. Its manifest's list of checkpoint hashes is used only
