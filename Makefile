@@ -15,8 +15,9 @@ export LIBTORCH ?= $(POT_CACHE_DIR)/libtorch/2.11.0-cpu
 ## test: everything CI runs — formatting, lints, the whole test suite, and a check that no
 ## control-plane process outlived it
 test: lint k8s-tools
+	mkdir -p "$(POT_CACHE_DIR)" && touch "$(POT_CACHE_DIR)/test-started"
 	$(CARGO) test --workspace --locked
-	e2e/check-no-orphans.sh
+	e2e/check-no-orphans.sh "$(POT_CACHE_DIR)/test-started"
 
 ## k8s-tools: build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm
 ## and kwok from the Go module proxy into ~/.cache/pot-k8s/k8s-tools (once per pinned version)

@@ -236,6 +236,23 @@ impl ControlPlane {
         out
     }
 
+    /// Kill every component at once and remove the temporary data directory, for a control
+    /// plane that is never dropped (the one a test binary shares lives in a static, and statics
+    /// are not dropped): without this each test run left ~120 MB of etcd data in /tmp.
+    pub fn kill_and_remove(&self) {
+        let pids: Vec<u32> = self.processes.iter().map(Process::pid).collect();
+        for &pid in &pids {
+            crate::spawn::signal(pid, libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pids.iter().any(|&p| crate::spawn::alive(p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self._tmp.is_some() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
     pub fn log_path(&self, component: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{component}.log"))
     }

@@ -8,14 +8,32 @@ use kube::api::{Api, ObjectMeta, PostParams};
 
 use crate::control_plane::{ControlPlane, Options};
 
+static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+
 /// The control plane shared by every test in this binary (API server, controller manager and
-/// scheduler), started on first use. Its processes end with the test binary.
+/// scheduler), started on first use. Its processes and its data directory go when the test
+/// binary exits.
 pub fn shared() -> &'static ControlPlane {
-    static CP: OnceLock<ControlPlane> = OnceLock::new();
-    CP.get_or_init(|| match ControlPlane::start_with(Options::full()) {
-        Ok(cp) => cp,
+    SHARED.get_or_init(|| match ControlPlane::start_with(Options::full()) {
+        Ok(cp) => {
+            remove_at_exit();
+            cp
+        }
         Err(e) => panic!("starting the control plane: {e:#}"),
     })
+}
+
+/// The test harness ends with `exit`, which runs atexit handlers but drops no static.
+fn remove_at_exit() {
+    extern "C" fn remove_shared() {
+        if let Some(cp) = SHARED.get() {
+            cp.kill_and_remove();
+        }
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: atexit(3) with a plain `extern "C" fn()` that neither unwinds nor calls exit.
+    let rc = unsafe { libc::atexit(remove_shared) };
+    assert_eq!(rc, 0, "atexit");
 }
 
 /// One test's view: a client and a fresh namespace. If the test panics, the components' log
