@@ -24,46 +24,57 @@ fn pot_node(bin: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Start `pot-node run --dev` with its data in `data` and `extra` flags; returns the process
+/// and its API URL once it has decided a block.
+async fn dev_node(
+    bin: &std::path::Path,
+    data: &std::path::Path,
+    extra: &[&str],
+) -> (Process, String) {
+    let api = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{api}");
+    let mut cmd = Command::new(bin);
+    cmd.args(["run", "--dev", "--data-dir"])
+        .arg(data)
+        .args([
+            "--p2p-listen",
+            &format!("/ip4/127.0.0.1/tcp/{}", free_port()),
+        ])
+        .args(["--api-listen", &api])
+        .args(extra);
+    let log = data.with_extension("log");
+    let node = Process::start("dev node", cmd, &log).unwrap();
+    Client::new(url.clone())
+        .wait_height(1, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+    (node, url)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_node_takes_a_task_from_the_cli_and_shows_it() {
     let bin = pot_e2e::pot_node_binary();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let api = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://{api}");
-    let mut cmd = Command::new(&bin);
-    cmd.args(["run", "--dev", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--p2p-listen",
-            &format!("/ip4/127.0.0.1/tcp/{}", free_port()),
-        ])
-        .args(["--api-listen", &api]);
-    let _node = Process::start("dev node", cmd, &dir.path().join("node.log")).unwrap();
+    let (_node, url) = dev_node(&bin, &data, &[]).await;
     let client = Client::new(url.clone());
-    client.wait_height(1, WAIT).await.unwrap_or_else(|e| {
-        panic!(
-            "{e}\n{}",
-            std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default()
-        )
-    });
 
     let key = data.join("coordinator.key");
     let task_file = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../node-image/node/tasks/submit-digits-mlp.yaml"
+        "/../node-image/node/tasks/digits-mlp.yaml"
     );
     let secret = dir.path().join("eval-secret.json");
     let out = pot_node(
         &bin,
         &[
-            "tx",
+            "task",
+            "submit",
             "--node",
             &url,
             "--key",
             key.to_str().unwrap(),
-            "submit-task",
-            "--task",
+            "--file",
             task_file,
             "--secret-out",
             secret.to_str().unwrap(),
@@ -80,6 +91,16 @@ async fn dev_node_takes_a_task_from_the_cli_and_shows_it() {
     assert_eq!(shown["id"], id.as_str());
     assert_eq!(shown["phase"], "commit");
     assert_eq!(shown["task"]["bounty"], 5000);
+    // The chain shows the task in the format it was written in.
+    let lr = &shown["task"]["spec"]["optimizer"]["lr"];
+    assert_eq!((&lr["min"], &lr["default"]), (&0.01.into(), &0.05.into()));
+    assert_eq!(shown["task"]["spec"]["model"], "mlp:128,64");
+    // The eval-set secret was kept, and is the client's only.
+    let meta = std::fs::metadata(&secret).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
     let queue = client.queue().await.unwrap();
     assert_eq!(queue.open, 1);
     assert_eq!(queue.by_phase.get(&Phase::Commit), Some(&1));
@@ -263,4 +284,86 @@ async fn every_api_rejection_is_a_4xx_with_its_reason_and_changes_nothing() {
             TxStatus::Included { .. }
         ));
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dataset_a_task_names_is_fetched_from_the_peer_that_holds_it_and_served_over_http() {
+    let bin = pot_e2e::pot_node_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let digits = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../node-image/node/data/digits/digits.csv.gz"
+    ))
+    .unwrap();
+    let sha = Hash::digest(&digits);
+    // The holder: a node whose store has the digits dataset, put in place as a file (a store
+    // is a directory of blobs named by their SHA-256; the node announces them when it starts).
+    let holder = dir.path().join("holder");
+    std::fs::create_dir_all(holder.join("artifacts/blobs")).unwrap();
+    std::fs::write(holder.join("artifacts/blobs").join(sha.to_hex()), &digits).unwrap();
+    let holder_p2p = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let (_holder, _) = dev_node(&bin, &holder, &["--artifacts-listen", &holder_p2p]).await;
+    let data = dir.path().join("data");
+    let own_p2p = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let (_node, url) = dev_node(
+        &bin,
+        &data,
+        &["--artifacts-listen", &own_p2p, "--bootstrap", &holder_p2p],
+    )
+    .await;
+    let client = Client::new(url.clone());
+
+    // No task names it yet: a node never fetches a blob for a stranger's asking.
+    let err = client.artifact(&sha).await.unwrap_err();
+    assert_eq!(err.code(), Some("not_found"), "{err}");
+    assert!(
+        err.to_string().contains("no task on chain names it"),
+        "{err}"
+    );
+    let unknown = client
+        .artifact(&Hash::digest(b"nothing"))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Some("not_found"), "{unknown}");
+
+    let key = data.join("coordinator.key");
+    let task_file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../node-image/node/tasks/digits-mlp.yaml"
+    );
+    let secret = dir.path().join("eval-secret.json");
+    pot_node(
+        &bin,
+        &[
+            "task",
+            "submit",
+            "--node",
+            &url,
+            "--key",
+            key.to_str().unwrap(),
+            "--file",
+            task_file,
+            "--secret-out",
+            secret.to_str().unwrap(),
+        ],
+    );
+
+    // Now the chain names it: found through the network, fetched, checked, served. The
+    // holder may not be known yet right after start-up, so ask until it is (bounded).
+    let deadline = std::time::Instant::now() + WAIT;
+    let bytes = loop {
+        match client.artifact(&sha).await {
+            Ok(b) => break b,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert_eq!(e.code(), Some("artifact_unavailable"), "{e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!(
+                "never served: {e}\n{}",
+                std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
+            ),
+        }
+    };
+    assert_eq!(bytes, digits);
+    assert!(data.join("artifacts/blobs").join(sha.to_hex()).is_file());
 }

@@ -19,6 +19,8 @@ use pot_protocol::{Address, Hash, Phase, SignedTx, State};
 use serde::Deserialize;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::artifacts::net::ArtifactNet;
+use crate::artifacts::{BlobStore, wire::MAX_BLOB};
 use crate::chain::Chain;
 use crate::chain::mempool::AdmitError;
 use crate::chain::store::StoreError;
@@ -29,6 +31,9 @@ use crate::p2p::TxGossip;
 /// Largest request body: one hex-encoded transaction in JSON, with room to spare.
 pub const MAX_BODY_BYTES: usize = 2 * limits::MAX_TX_BYTES + 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `GET /v1/artifacts/{hash}` waits for a blob this node must fetch first (the fetch
+/// goes on, and a later request finds it stored).
+pub const HTTP_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Clone)]
 pub struct Api {
@@ -38,6 +43,10 @@ pub struct Api {
     pub gossip: Option<TxGossip>,
     /// What consensus lately did, for `/readyz`.
     pub status: Arc<EngineStatus>,
+    /// The blobs this node holds, served at `/v1/artifacts/{sha256}`.
+    pub blobs: BlobStore,
+    /// The artifact swarm, to fetch a blob the chain names that this node does not hold yet.
+    pub artifact_net: Option<ArtifactNet>,
 }
 
 /// An error response.
@@ -76,6 +85,10 @@ where
 }
 
 pub fn router(api: Api) -> Router {
+    // Downloads may take longer than any other request: no timeout.
+    let downloads = Router::new()
+        .route("/v1/artifacts/{hash}", get(artifact))
+        .with_state(api.clone());
     Router::new()
         .route("/v1/tx", post(submit_tx))
         .route("/v1/tx/{hash}", get(tx_status))
@@ -95,6 +108,75 @@ pub fn router(api: Api) -> Router {
             REQUEST_TIMEOUT,
         ))
         .with_state(api)
+        .merge(downloads)
+}
+
+/// `GET /v1/artifacts/{sha256}`: a blob this node holds; or, if the chain names it (a task's
+/// dataset or eval set, a claimed model) and this node has an artifact swarm, fetched from the
+/// peers that hold it first. Blobs nobody on chain named are never fetched for a stranger.
+async fn artifact(
+    AxumState(api): AxumState<Api>,
+    Path(hash): Path<String>,
+) -> Result<Response, Error> {
+    use axum::http::header;
+    let blob: Hash = parse("bad_hash", "artifact", &hash)?;
+    if !api.blobs.contains(&blob) {
+        let Some(net) = &api.artifact_net else {
+            return Err(not_found(format!(
+                "artifact {blob} is not held by this node"
+            )));
+        };
+        if !named_on_chain(&api.chain.state(), &blob) {
+            return Err(not_found(format!(
+                "artifact {blob} is not held by this node, and no task on chain names it"
+            )));
+        }
+        let fetch = tokio::time::timeout(HTTP_FETCH_TIMEOUT, net.fetch(blob, MAX_BLOB, &[]));
+        let fetched = fetch.await.map_err(|_| {
+            Error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "artifact_unavailable",
+                format!("fetching artifact {blob} from its holders took too long; try again"),
+            )
+        })?;
+        fetched.map_err(|e| {
+            Error(
+                StatusCode::BAD_GATEWAY,
+                "artifact_unavailable",
+                format!("{e:#}"),
+            )
+        })?;
+    }
+    let file = tokio::fs::File::open(api.blobs.path(&blob))
+        .await
+        .map_err(internal)?;
+    let len = file.metadata().await.map_err(internal)?.len();
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::ETAG, format!("\"{blob}\"")),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Whether a task on chain names `blob`: its dataset, its eval set, or a claimed model.
+fn named_on_chain(state: &State, blob: &Hash) -> bool {
+    state.tasks.values().any(|t| {
+        let datasets = t.spec.dataset.blobs().into_iter().chain(
+            t.eval_set
+                .iter()
+                .flat_map(pot_protocol::task::DatasetRef::blobs),
+        );
+        datasets.map(|b| b.sha256).any(|h| h == *blob)
+            || t.claims
+                .values()
+                .filter_map(|c| c.claim.as_ref())
+                .any(|c| c.model_hash == *blob)
+    })
 }
 
 async fn submit_tx(

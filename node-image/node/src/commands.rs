@@ -8,10 +8,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pot_protocol::{Address, Hash};
 use tch::Device;
 
-use crate::run_dir::{Manifest, RunDir};
+use crate::run_dir::{Manifest, RunDir, RunIdentity};
 use crate::train::Trainer;
 use crate::train::fetch::Cache;
-use crate::train::task_file::TaskFile;
+use crate::train::task::{self, TaskFile};
 use crate::verify::{self, ClaimFacts, Plan, Report, RunDirSource};
 
 /// The libtorch this binary is built against.
@@ -58,38 +58,67 @@ pub fn device_name(device: Device) -> String {
     }
 }
 
-/// Train the task in `task` as `miner` with `salt`, writing the run into `out`.
+/// Who trains and with which choices: the miner's address and salt go into the run seed, the
+/// hyper-parameters (`name=value`, within the task's ranges) override the task's defaults.
+pub struct RunChoice {
+    pub miner: Address,
+    pub salt: Hash,
+    pub hyper: Vec<String>,
+}
+
+/// Train the task in the file `task` as `who` chooses, writing the run into `out`.
 pub fn train(
     task: &Path,
     out: &Path,
-    miner: Address,
-    salt: Hash,
+    who: &RunChoice,
     threads: Option<i32>,
     device: Device,
     cache: &Cache,
 ) -> anyhow::Result<Manifest> {
-    let tf = TaskFile::read(task)?;
+    let task_spec = TaskFile::read(task)?.spec;
+    let hyper = task::choose_hyper(&task_spec, &who.hyper)?;
     // A task that demands bit-identical replays trains and replays with kernels whose sums do
     // not depend on the thread count.
-    crate::train::determinism::exact_cpu_kernels(tf.tolerance().is_exact());
-    if RunDir::exists(out) {
-        bail!(
-            "{} already holds a run; choose another --out",
-            out.display()
+    crate::train::determinism::exact_cpu_kernels(task_spec.verification.is_exact());
+    let threads = task::threads(&task_spec, threads)?;
+    tch::set_num_threads(threads);
+    let (miner, salt) = (who.miner, who.salt);
+    let spec = task::run_spec(&task_spec, &hyper, &miner, &salt, device, cache)?;
+    let (train, held_out) = task::load_data(&task_spec, cache)?;
+    let run = RunDir::new(out);
+    let identity = RunIdentity {
+        task: Hash::digest(&borsh::to_vec(&task_spec)?),
+        miner,
+        salt,
+        hyper: hyper.clone(),
+    };
+    let n = (spec.steps / spec.checkpoint_interval) as usize;
+    let mut progress = run.begin(&identity)?;
+    if let Some(p) = &mut progress
+        && p.hashes.len() > n
+    {
+        // Killed after its last checkpoint but before its manifest: train the last segment
+        // again (the same bytes), which also gives the final loss.
+        p.hashes.truncate(n);
+        p.last = std::fs::read(run.checkpoint_path(n - 1))?;
+    }
+    if let Some(p) = &progress {
+        eprintln!(
+            "resuming {} from checkpoint {} of {n}",
+            out.display(),
+            p.hashes.len() - 1
         );
     }
-    let threads = tf.threads(threads)?;
-    tch::set_num_threads(threads);
-    let spec = tf.run_spec(&miner, &salt, device, cache)?;
-    let (train, held_out) = tf.load_data(cache)?;
-    let run = RunDir::new(out);
     let bar = ProgressBar::new(spec.steps).with_style(
         ProgressStyle::with_template("{bar:30} step {pos}/{len}  loss {msg}  {per_sec}  eta {eta}")
             .expect("valid template"),
     );
     let started = Instant::now();
     let k = spec.checkpoint_interval;
-    let (record, trained) = Trainer::run(&spec, &train, |i, bytes, loss| {
+    if let Some(p) = &progress {
+        bar.set_position((p.hashes.len() as u64 - 1) * k);
+    }
+    let (record, trained) = Trainer::run_from(&spec, &train, progress, |i, bytes, loss| {
         run.write_checkpoint(i, bytes)?;
         if i > 0 {
             bar.inc(k);
@@ -101,9 +130,10 @@ pub fn train(
     let seconds = started.elapsed().as_secs_f64();
     let accuracy = trained.accuracy(&held_out);
     let manifest = Manifest {
-        model: tf.model.clone(),
+        model: task_spec.model.clone(),
         miner,
         salt,
+        hyper,
         run_seed: spec.run_seed,
         steps: spec.steps,
         checkpoint_interval: spec.checkpoint_interval,
@@ -133,32 +163,48 @@ pub fn verify(
     device: Device,
     cache: &Cache,
 ) -> anyhow::Result<Report> {
-    let tf = TaskFile::read(task)?;
-    tch::set_num_threads(tf.threads(threads)?);
+    let task_spec = TaskFile::read(task)?.spec;
+    tch::set_num_threads(task::threads(&task_spec, threads)?);
     // A task that demands bit-identical replays trains and replays with kernels whose sums do
     // not depend on the thread count.
-    crate::train::determinism::exact_cpu_kernels(tf.tolerance().is_exact());
+    crate::train::determinism::exact_cpu_kernels(task_spec.verification.is_exact());
     let source = RunDirSource::open(RunDir::new(dir))?;
-    let spec = tf.run_spec(&claim.miner, &claim.salt, device, cache)?;
-    let (train, held_out) = tf.load_data(cache)?;
+    let spec = task::run_spec(
+        &task_spec,
+        &claim.hyper,
+        &claim.miner,
+        &claim.salt,
+        device,
+        cache,
+    )
+    .context("the claim's hyper-parameters")?;
+    let (train, held_out) = task::load_data(&task_spec, cache)?;
     let plan = Plan {
         sampled: sampled.to_vec(),
-        top_q: tf.top_q,
-        tolerance: tf.tolerance(),
+        top_q: task_spec.verification.top_q,
+        tolerance: task::tolerance(&task_spec),
     };
-    verify::verify(&spec, tf.seed, claim, &plan, &source, &train, &held_out)
+    verify::verify(
+        &spec,
+        task_spec.seed,
+        claim,
+        &plan,
+        &source,
+        &train,
+        &held_out,
+    )
 }
 
 /// Accuracy of the run's final model on the task's held-out data.
 pub fn eval(task: &Path, dir: &Path, device: Device, cache: &Cache) -> anyhow::Result<f64> {
-    let tf = TaskFile::read(task)?;
+    let task_spec = TaskFile::read(task)?.spec;
     // A task that demands bit-identical replays trains and replays with kernels whose sums do
     // not depend on the thread count.
-    crate::train::determinism::exact_cpu_kernels(tf.tolerance().is_exact());
+    crate::train::determinism::exact_cpu_kernels(task_spec.verification.is_exact());
     let run = RunDir::new(dir);
     let m = run.read_manifest()?;
-    let spec = tf.run_spec(&m.miner, &m.salt, device, cache)?;
-    let (train, held_out) = tf.load_data(cache)?;
+    let spec = task::run_spec(&task_spec, &m.hyper, &m.miner, &m.salt, device, cache)?;
+    let (train, held_out) = task::load_data(&task_spec, cache)?;
     let last = run.read_checkpoint(&m, m.checkpoints.len() - 1)?;
     let t = Trainer::from_checkpoint(&spec, &train, &last, spec.steps)
         .context("loading the final model")?;

@@ -11,6 +11,8 @@ use pot_protocol::{Genesis, SecretKey};
 use tracing::info;
 
 use crate::api::{self, Api};
+use crate::artifacts::BlobStore;
+use crate::artifacts::net::ArtifactNet;
 use crate::chain::Chain;
 use crate::chain::mempool::Limits;
 use crate::consensus::{self, EngineConfig};
@@ -27,6 +29,8 @@ pub struct Options {
     /// Where to listen for transaction gossip, and the other coordinators' gossip addresses;
     /// without it, a transaction waits for this node's turn to propose.
     pub gossip: Option<(Multiaddr, Vec<Multiaddr>)>,
+    /// Where the artifact swarm listens, and the peers it joins through.
+    pub artifacts: Option<(Multiaddr, Vec<Multiaddr>)>,
     /// The record of what the key signed (see `consensus::sign_guard`).
     pub sign_state: PathBuf,
     /// Start a new record over a non-empty chain database.
@@ -78,11 +82,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     };
     let status = Arc::new(consensus::status::EngineStatus::default());
+    let blobs = BlobStore::open(&opts.data_dir.join("artifacts"))?;
+    let artifact_net = match opts.artifacts {
+        Some((listen, bootstrap)) => {
+            Some(ArtifactNet::start(&opts.key, listen, bootstrap, blobs.clone()).await?)
+        }
+        None => None,
+    };
     let router = api::router(Api {
         chain: chain.clone(),
         metrics: metrics.clone(),
         gossip,
         status: status.clone(),
+        blobs,
+        artifact_net,
     });
     let server = axum::serve(listener, router);
     let engine = consensus::run(

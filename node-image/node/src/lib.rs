@@ -2,6 +2,7 @@
 //! of runs; the coordinator: BFT consensus (Malachite), the ledger and its store, the HTTP API.
 
 pub mod api;
+pub mod artifacts;
 pub mod bench;
 pub mod chain;
 pub mod commands;

@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 use pot_node::chain::now_ms;
 use pot_node::train::allocator::keep_freed_memory_for_reuse;
 use pot_node::train::fetch::Cache;
-use pot_node::wallet::{TaskSubmission, Wallet};
+use pot_node::train::task::TaskFile;
+use pot_node::wallet::Wallet;
 use pot_node::{commands, genesis_builder, keyfile};
 use pot_protocol::client::Client;
 use pot_protocol::{Address, Genesis, Hash, Params, SecretKey, State};
@@ -59,12 +60,17 @@ enum Command {
         #[arg(long, conflicts_with_all = ["out", "coordinator_keys", "balances", "stakes", "params"])]
         check: Option<PathBuf>,
     },
-    /// Train a task spec (YAML) and write checkpoints and a manifest into a run directory.
+    /// Train a task file (YAML) and write checkpoints and a manifest into a run directory.
     Train {
-        #[arg(long)]
-        spec: PathBuf,
+        /// The task file (the format `task submit` takes; its submission fields are ignored).
+        #[arg(long, visible_alias = "spec")]
+        file: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// A hyper-parameter value, `NAME=VALUE` within the task's range (default: the task's
+        /// default); comma-separated or repeated.
+        #[arg(long, value_delimiter = ',')]
+        hyper: Vec<String>,
         /// The miner whose run this is: its address goes into the run seed.
         #[arg(long, env = "POT_MINER", default_value_t = Address::default())]
         miner: Address,
@@ -87,8 +93,12 @@ enum Command {
     /// its salt, the checkpoint root and model hash, the sampled segments), reading the
     /// checkpoints from a run directory. Prints the report; fails if the claim is invalid.
     Verify {
-        #[arg(long)]
-        spec: PathBuf,
+        /// The task file.
+        #[arg(long, visible_alias = "spec")]
+        file: PathBuf,
+        /// The hyper-parameters the claim names, `NAME=VALUE` (default: the task's defaults).
+        #[arg(long, value_delimiter = ',')]
+        hyper: Vec<String>,
         /// Where the miner's checkpoints are (its manifest is used only to build Merkle proofs,
         /// which are checked against --checkpoint-root).
         #[arg(long)]
@@ -136,7 +146,7 @@ enum Command {
         #[command(subcommand)]
         what: TxWhat,
     },
-    /// Show a task: spec, phase, claims, reports, result and payouts (JSON).
+    /// Submit a task, or show one.
     Task {
         #[command(subcommand)]
         what: TaskWhat,
@@ -148,8 +158,9 @@ enum Command {
     },
     /// Evaluate a run's final model on the task's held-out data.
     Eval {
-        #[arg(long)]
-        spec: PathBuf,
+        /// The task file.
+        #[arg(long, visible_alias = "spec")]
+        file: PathBuf,
         #[arg(long)]
         run: PathBuf,
         #[command(flatten)]
@@ -255,6 +266,19 @@ struct RunArgs {
         requires = "gossip_listen"
     )]
     gossip_peers: Vec<multiaddr::Multiaddr>,
+    /// libp2p listen address of the artifact swarm (checkpoints, models, datasets; off when
+    /// unset).
+    #[arg(long, env = "POT_ARTIFACTS_LISTEN")]
+    artifacts_listen: Option<multiaddr::Multiaddr>,
+    /// Artifact swarm peers to join the network through (comma-separated or repeated; with or
+    /// without `/p2p/<peer id>`).
+    #[arg(
+        long,
+        env = "POT_BOOTSTRAP",
+        value_delimiter = ',',
+        requires = "artifacts_listen"
+    )]
+    bootstrap: Vec<multiaddr::Multiaddr>,
     /// One coordinator on this machine: a genesis with this node's key as the only
     /// coordinator and a funded account, through the same consensus and block path.
     #[arg(long)]
@@ -317,11 +341,12 @@ enum TxWhat {
         #[arg(long)]
         amount: u64,
     },
-    /// Submit a training task (YAML: spec, bounty, eval_set, windows). Writes the eval-set
-    /// secret, needed to reveal it later, next to --secret-out.
+    /// Submit a training task: the same as `pot-node task submit`.
     SubmitTask {
-        #[arg(long)]
+        #[arg(long, visible_alias = "file")]
         task: PathBuf,
+        /// Where to write the eval-set secret needed to reveal it later (written before the
+        /// transaction is sent; must not exist).
         #[arg(long)]
         secret_out: PathBuf,
     },
@@ -329,6 +354,19 @@ enum TxWhat {
 
 #[derive(Subcommand)]
 enum TaskWhat {
+    /// Submit a task file (the task, plus bounty, eval_set and windows): checks it, commits to
+    /// the eval set, escrows the bounty, and prints the task id.
+    Submit {
+        #[command(flatten)]
+        signer: SignerArgs,
+        #[arg(long)]
+        file: PathBuf,
+        /// Where to write the eval-set secret needed to reveal it later (written before the
+        /// transaction is sent; must not exist).
+        #[arg(long)]
+        secret_out: PathBuf,
+    },
+    /// Show a task: spec, phase, claims, reports, result and payouts (JSON).
     Get {
         id: Hash,
         #[command(flatten)]
@@ -461,8 +499,9 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Train {
-            spec,
+            file,
             out,
+            hyper,
             miner,
             salt,
             threads,
@@ -473,7 +512,8 @@ fn main() -> anyhow::Result<()> {
             pin_replay_environment(&cpu_capability)?;
             keep_freed_memory_for_reuse();
             let device = device.device()?;
-            let m = commands::train(&spec, &out, miner, salt, threads, device, &cache.cache())?;
+            let who = commands::RunChoice { miner, salt, hyper };
+            let m = commands::train(&file, &out, &who, threads, device, &cache.cache())?;
             println!("device:       {}", m.device);
             println!("checkpoints:  {}", m.checkpoints.len());
             println!("merkle_root:  {}", m.merkle_root);
@@ -487,7 +527,8 @@ fn main() -> anyhow::Result<()> {
             );
         }
         Command::Verify {
-            spec,
+            file,
+            hyper,
             run,
             miner,
             salt,
@@ -501,16 +542,17 @@ fn main() -> anyhow::Result<()> {
         } => {
             pin_replay_environment(&cpu_capability)?;
             keep_freed_memory_for_reuse();
-            let steps = pot_node::train::task_file::TaskFile::read(&spec)?.steps;
+            let task = TaskFile::read(&file)?.spec;
             let claim = pot_node::verify::ClaimFacts {
                 miner,
                 salt,
                 checkpoint_root,
                 model_hash,
-                steps,
+                steps: task.steps,
+                hyper: pot_node::train::task::choose_hyper(&task, &hyper)?,
             };
             let report = commands::verify(
-                &spec,
+                &file,
                 &claim,
                 &run,
                 &segments,
@@ -575,6 +617,14 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run_node(args)?,
         Command::Tx { signer, what } => runtime()?.block_on(send_tx(signer, what))?,
         Command::Task {
+            what:
+                TaskWhat::Submit {
+                    signer,
+                    file,
+                    secret_out,
+                },
+        } => runtime()?.block_on(submit_task(signer, &file, &secret_out))?,
+        Command::Task {
             what: TaskWhat::Get { id, api },
         } => {
             let task = runtime()?.block_on(Client::new(api.node).task(&id))?;
@@ -587,13 +637,13 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&head)?);
         }
         Command::Eval {
-            spec,
+            file,
             run,
             device,
             cache,
         } => {
             keep_freed_memory_for_reuse();
-            let acc = commands::eval(&spec, &run, device.device()?, &cache.cache())?;
+            let acc = commands::eval(&file, &run, device.device()?, &cache.cache())?;
             println!("accuracy: {acc:.4}");
         }
     }
@@ -681,6 +731,7 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
         api_listen: args.api_listen,
         peers: args.peers,
         gossip: args.gossip_listen.map(|l| (l, args.gossip_peers)),
+        artifacts: args.artifacts_listen.map(|l| (l, args.bootstrap)),
         sign_state: args
             .sign_state
             .unwrap_or_else(|| args.data_dir.join("sign-state.json")),
@@ -690,14 +741,35 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
     }))
 }
 
-async fn send_tx(signer: SignerArgs, what: TxWhat) -> anyhow::Result<()> {
-    use pot_protocol::tx::TxBody;
+fn wallet(signer: SignerArgs) -> anyhow::Result<(Wallet, std::time::Duration)> {
     let wallet = Wallet {
         client: Client::new(signer.api.node),
         key: keyfile::read(&signer.key)?,
         fee: signer.fee.map(pot_protocol::Amount),
     };
-    let wait = std::time::Duration::from_secs(signer.wait);
+    Ok((wallet, std::time::Duration::from_secs(signer.wait)))
+}
+
+async fn submit_task(signer: SignerArgs, file: &Path, secret_out: &Path) -> anyhow::Result<()> {
+    let (wallet, wait) = wallet(signer)?;
+    submit_task_with(&wallet, wait, file, secret_out).await
+}
+
+async fn submit_task_with(
+    wallet: &Wallet,
+    wait: std::time::Duration,
+    file: &Path,
+    secret_out: &Path,
+) -> anyhow::Result<()> {
+    let task = TaskFile::read(file)?;
+    let id = wallet.submit_task(&task, secret_out, wait).await?;
+    println!("task: {id}");
+    Ok(())
+}
+
+async fn send_tx(signer: SignerArgs, what: TxWhat) -> anyhow::Result<()> {
+    use pot_protocol::tx::TxBody;
+    let (wallet, wait) = wallet(signer)?;
     let body = match what {
         TxWhat::Transfer { to, amount } => TxBody::Transfer {
             to,
@@ -708,12 +780,7 @@ async fn send_tx(signer: SignerArgs, what: TxWhat) -> anyhow::Result<()> {
             amount: pot_protocol::Amount(amount),
         },
         TxWhat::SubmitTask { task, secret_out } => {
-            let sub = TaskSubmission::read(&task)?;
-            let (id, secret) = wallet.submit_task(sub, wait).await?;
-            std::fs::write(&secret_out, serde_json::to_string_pretty(&secret)?)
-                .with_context(|| format!("writing {}", secret_out.display()))?;
-            println!("task: {id}");
-            return Ok(());
+            return submit_task_with(&wallet, wait, &task, &secret_out).await;
         }
     };
     let (hash, status) = wallet.send(body, wait).await?;

@@ -7,29 +7,11 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use pot_protocol::api::TxStatus;
 use pot_protocol::client::Client;
-use pot_protocol::tx::{DatasetRef, TaskSpec, Tx, TxBody, Windows, eval_commitment, task_id};
+use pot_protocol::tx::{DatasetRef, Tx, TxBody, eval_commitment, task_id};
 use pot_protocol::{Amount, Hash, SecretKey, SignedTx};
 use serde::{Deserialize, Serialize};
 
-/// A task as a client submits it (YAML): the on-chain spec, the bounty, the eval set it commits
-/// to now and reveals later, and the phase windows.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaskSubmission {
-    pub spec: TaskSpec,
-    pub bounty: Amount,
-    pub eval_set: DatasetRef,
-    pub windows: Windows,
-}
-
-impl TaskSubmission {
-    pub fn read(path: &Path) -> anyhow::Result<TaskSubmission> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading task submission {}", path.display()))?;
-        serde_yaml::from_str(&text)
-            .with_context(|| format!("task submission {} is malformed", path.display()))
-    }
-}
+use crate::train::task::TaskFile;
 
 /// What the client must keep to reveal its eval set later.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -81,29 +63,49 @@ impl Wallet {
         Ok((tx.sign(&self.key), account.nonce))
     }
 
-    /// Submit a task; returns its id and the secret needed to reveal the eval set.
+    /// Submit the task in `file`; returns its id. The secret needed to reveal the eval set is
+    /// written to `secret_out` before the transaction is sent, so that a timeout or a crash
+    /// after sending never loses it (an existing file is never overwritten).
     pub async fn submit_task(
         &self,
-        sub: TaskSubmission,
+        file: &TaskFile,
+        secret_out: &Path,
         wait: Duration,
-    ) -> anyhow::Result<(Hash, EvalSecret)> {
+    ) -> anyhow::Result<Hash> {
+        let (bounty, eval_set, windows) = file.submission()?;
         let salt = Hash(SecretKey::generate().seed());
         let body = TxBody::SubmitTask {
-            spec: sub.spec,
-            bounty: sub.bounty,
-            eval_commit: eval_commitment(&sub.eval_set, &salt),
-            windows: sub.windows,
+            spec: file.spec.clone(),
+            bounty,
+            eval_commit: eval_commitment(&eval_set, &salt),
+            windows,
         };
         let (stx, nonce) = self.sign(body).await?;
-        self.submit_and_wait(&stx, wait).await?;
         let task = task_id(&self.key.address(), nonce);
-        Ok((
+        let secret = EvalSecret {
             task,
-            EvalSecret {
-                task,
-                eval_set: sub.eval_set,
-                salt,
-            },
-        ))
+            eval_set,
+            salt,
+        };
+        write_new_private(secret_out, &serde_json::to_vec_pretty(&secret)?)?;
+        self.submit_and_wait(&stx, wait).await?;
+        Ok(task)
     }
+}
+
+/// Write `bytes` to a new file `path` readable only by its owner, durably; refuse to replace
+/// an existing one (it may be the secret of an earlier task).
+fn write_new_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }

@@ -64,6 +64,7 @@ impl Trajectory {
             checkpoint_root: merkle::root(hashes),
             model_hash: *hashes.last().unwrap(),
             steps: step_of(self.0.last().unwrap()),
+            hyper: Vec::new(),
         }
     }
 }

@@ -40,7 +40,7 @@ impl Workspace {
         ws
     }
 
-    /// `pot-node <command> --spec TASK <run flag> RUN <extra…>` with this workspace's cache.
+    /// `pot-node <command> --file TASK <run flag> RUN <extra…>` with this workspace's cache.
     fn pot_node(&self, command: &str, extra: &[&str]) -> Output {
         self.pot_node_env(command, extra, &[])
     }
@@ -51,7 +51,7 @@ impl Workspace {
         Command::new(env!("CARGO_BIN_EXE_pot-node"))
             .envs(env.iter().copied())
             .arg(command)
-            .args(["--spec", self.task.to_str().unwrap()])
+            .args(["--file", self.task.to_str().unwrap()])
             .args([run_flag, self.run.to_str().unwrap()])
             .args(extra)
             .args(["--data-cache", self.cache.to_str().unwrap()])
@@ -180,6 +180,73 @@ fn train_verify_eval_and_a_tampered_checkpoint() {
 }
 
 #[test]
+fn a_run_killed_mid_training_resumes_and_ends_with_the_same_checkpoints() {
+    let task = TASK.replace("steps: 200", "steps: 2000");
+    let whole = Workspace::new(&task);
+    let out = whole.train(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let uninterrupted = whole.claim.borrow().clone().unwrap();
+
+    let ws = Workspace::new(&task);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pot-node"))
+        .args(["train", "--cpu-capability", "native", "--file"])
+        .arg(&ws.task)
+        .arg("--out")
+        .arg(&ws.run)
+        .arg("--data-cache")
+        .arg(&ws.cache)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let fifth = ws.run.join("checkpoints/000005.safetensors");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !fifth.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "train ended early");
+        assert!(std::time::Instant::now() < deadline, "no fifth checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !ws.run.join("manifest.json").exists(),
+        "the run finished before it was killed; the test shows nothing"
+    );
+
+    // Another run (another salt) is not mixed into it.
+    let salt = "11".repeat(32);
+    let other = ws.train(&["--salt", &salt]);
+    assert_says(&other, "holds an unfinished run of another");
+
+    let resumed = ws.train(&[]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert_says(&resumed, "resuming");
+    assert_eq!(ws.claim.borrow().clone().unwrap(), uninterrupted);
+    // Complete now: a second start is refused rather than mixed in.
+    assert_says(&ws.train(&[]), "already holds a run");
+}
+
+#[test]
+fn hyper_parameters_are_chosen_within_the_task_ranges_and_verified_as_claimed() {
+    let task = TASK.replace("lr: 0.05", "lr: {min: 0.01, max: 0.1, default: 0.05}");
+    let ws = Workspace::new(&task);
+    assert_says(
+        &ws.train(&["--hyper", "lr=0.5"]),
+        "outside the task's range",
+    );
+    assert!(!ws.run.exists());
+    let out = ws.train(&["--hyper", "lr=0.08"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The claim names lr = 0.08: replaying with it passes; with the task's default it does
+    // not, so a verifier must take the hyper-parameters from the claim.
+    let ok = ws.verify_with("3", &["--hyper", "lr=0.08"]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let wrong = ws.verify("3");
+    assert!(!wrong.status.success());
+    assert_says(&wrong, "segment 3");
+}
+
+#[test]
 fn a_wrong_dataset_hash_trains_nothing() {
     let ws = Workspace::new(&TASK.replace("09f66e6d", "19f66e6d"));
     let out = ws.train(&[]);
@@ -194,13 +261,13 @@ fn a_wrong_dataset_hash_trains_nothing() {
     let out = ws.train(&[]);
     assert_says(
         &out,
-        "checkpoint_interval must be positive and divide steps",
+        "checkpoint_interval: must be positive and divide steps",
     );
 
     // Bit-identical parameters with a tolerance on the optimizer state would pin nothing.
     let ws = Workspace::new(&(TASK.to_string() + "optimizer_tolerance: 0.1\n"));
     let out = ws.train(&[]);
-    assert_says(&out, "replay_tolerance 0 demands bit-identical replays");
+    assert_says(&out, "must be 0 when replay_tolerance is 0");
 
     let ws = Workspace::new(&TASK.replace("model: mlp:32", "model: mlp:32\ncolour: blue"));
     let out = ws.train(&[]);
@@ -340,5 +407,5 @@ seed: 3
     );
     let ws = Workspace::new(&task.replace("  labels:", "  # labels:"));
     let out = ws.train(&[]);
-    assert_says(&out, "needs `labels");
+    assert_says(&out, "format idx needs a labels file");
 }

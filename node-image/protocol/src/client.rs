@@ -27,6 +27,8 @@ pub enum ClientError {
     },
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
+    #[error("artifact {blob} arrived with SHA-256 {actual}; it was not used")]
+    Corrupt { blob: Hash, actual: Hash },
 }
 
 impl ClientError {
@@ -121,6 +123,36 @@ impl Client {
         let url = format!("{}/v1/tasks", self.base);
         let req = self.http.get(&url).query(&[("state", phase)]);
         self.send(url, req).await
+    }
+
+    /// The blob with SHA-256 `blob`, checked against it (`GET /v1/artifacts/{blob}`).
+    pub async fn artifact(&self, blob: &Hash) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}/v1/artifacts/{blob}", self.base);
+        let http = |source| ClientError::Http {
+            url: url.clone(),
+            source,
+        };
+        let resp = self.http.get(&url).send().await.map_err(http)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(http)?;
+        if !status.is_success() {
+            let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
+                code: "http".into(),
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                error,
+            });
+        }
+        let actual = Hash::digest(&bytes);
+        if actual != *blob {
+            return Err(ClientError::Corrupt {
+                blob: *blob,
+                actual,
+            });
+        }
+        Ok(bytes.to_vec())
     }
 
     pub async fn task(&self, id: &TaskId) -> Result<TaskInfo, ClientError> {

@@ -104,6 +104,8 @@ pub enum TxError {
     WrongSegments { expected: Vec<u32> },
     #[error("report verdict does not follow from its checks")]
     InconsistentReport,
+    #[error("report metric {0} is outside 0..2^50 millionths")]
+    MetricOutOfRange(Fixed),
     #[error("validator {validator} revealed no report on the claim of {miner}")]
     UnknownReport { validator: Address, miner: Address },
     #[error("the challenged report states no {0:?}")]

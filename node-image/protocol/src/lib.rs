@@ -20,6 +20,7 @@ pub mod merkle;
 pub mod merkle_map;
 pub mod sampling;
 pub mod state;
+pub mod task;
 pub mod tx;
 pub mod units;
 
@@ -33,5 +34,6 @@ pub use ledger::{
     apply_verified_tx, begin_block, build_block, build_block_verified,
 };
 pub use state::{Phase, State};
+pub use task::TaskSpec;
 pub use tx::{SignedTx, Tx, TxBody};
 pub use units::{Amount, Fixed, Height, Ppm};

@@ -45,94 +45,10 @@ pub enum Role {
     Validator,
 }
 
-/// Which direction of a metric is better.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum MetricKind {
-    /// Classification accuracy on the eval set: higher is better.
-    Accuracy,
-    /// Mean loss on the eval set: lower is better.
-    Loss,
-}
-
-impl MetricKind {
-    pub fn higher_is_better(self) -> bool {
-        matches!(self, MetricKind::Accuracy)
-    }
-}
-
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Optimizer {
-    /// SGD with momentum (hyper-parameters `lr`, `momentum`, `weight_decay`).
-    Sgd,
-    /// AdamW (hyper-parameters `lr`, `weight_decay`).
-    AdamW,
-}
-
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum LossKind {
-    CrossEntropy,
-    Mse,
-}
-
-/// Where to get a dataset and the SHA-256 its bytes must have.
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
-pub struct DatasetRef {
-    pub locator: String,
-    pub sha256: Hash,
-}
-
-/// A hyper-parameter a miner may choose, and the closed range it must lie in.
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
-pub struct HyperRange {
-    pub name: String,
-    pub min: Fixed,
-    pub max: Fixed,
-}
-
-/// A miner's chosen value for one declared hyper-parameter.
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
-pub struct HyperValue {
-    pub name: String,
-    pub value: Fixed,
-}
-
-/// What a client asks to be trained. The ledger checks its shape; the node interprets `model`.
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
-pub struct TaskSpec {
-    /// A model descriptor the training engine understands (`mlp:64,32`, `lenet5`, ...).
-    pub model: String,
-    pub dataset: DatasetRef,
-    pub optimizer: Optimizer,
-    pub loss: LossKind,
-    /// Ranges for the hyper-parameters miners choose, sorted by name, names unique.
-    pub hyper: Vec<HyperRange>,
-    /// Total training steps of every claim.
-    pub steps: u64,
-    /// A checkpoint every `checkpoint_interval` steps; must divide `steps`.
-    pub checkpoint_interval: u64,
-    /// The task seed; each run's seed is `H(task seed ‖ miner ‖ salt)`.
-    pub seed: u64,
-    pub metric: MetricKind,
-    /// Largest normalised L2 distance a replayed segment may differ by; zero demands identical
-    /// checkpoint hashes (deterministic CPU runs).
-    pub replay_tolerance: Fixed,
-}
-
-impl TaskSpec {
-    /// Number of replayable segments (checkpoints minus one).
-    pub fn segments(&self) -> u64 {
-        self.steps / self.checkpoint_interval.max(1)
-    }
-}
+pub use crate::task::{
+    BlobRef, DataFormat, DatasetRef, HyperRange, HyperValue, LossKind, MetricKind, Optimizer,
+    TaskSpec, Verification,
+};
 
 /// Lengths of the task's phases, in blocks.
 #[derive(

@@ -27,18 +27,40 @@ fn role() -> impl Strategy<Value = Role> {
     prop_oneof![Just(Role::Miner), Just(Role::Validator)]
 }
 fn dataset() -> impl Strategy<Value = DatasetRef> {
-    (text(), hash()).prop_map(|(locator, sha256)| DatasetRef { locator, sha256 })
+    (text(), hash(), any::<(u8, bool, u32, Option<[u32; 3]>)>()).prop_map(
+        |(locator, sha256, (format, labelled, feature_divisor, image))| DatasetRef {
+            labels: labelled.then(|| BlobRef {
+                locator: locator.clone(),
+                sha256,
+            }),
+            locator,
+            sha256,
+            format: match format % 3 {
+                0 => DataFormat::Csv,
+                1 => DataFormat::Safetensors,
+                _ => DataFormat::Idx,
+            },
+            feature_divisor,
+            image,
+        },
+    )
 }
 fn spec() -> impl Strategy<Value = TaskSpec> {
     (
         text(),
         dataset(),
-        prop::collection::vec((text(), fixed(), fixed()), 0..4),
+        prop::collection::vec((text(), fixed(), fixed(), fixed()), 0..4),
         any::<(u64, u64, u64, bool, bool, bool)>(),
-        fixed(),
+        (fixed(), fixed(), any::<(u32, u32, u32, u32, u32)>()),
     )
         .prop_map(
-            |(model, dataset, hyper, (steps, k, seed, adam, mse, acc), tol)| TaskSpec {
+            |(
+                model,
+                dataset,
+                hyper,
+                (steps, k, seed, adam, mse, acc),
+                (tol, otol, (batch_size, holdout_per_mille, top_q, samples, cpu_threads)),
+            )| TaskSpec {
                 model,
                 dataset,
                 optimizer: if adam {
@@ -53,8 +75,14 @@ fn spec() -> impl Strategy<Value = TaskSpec> {
                 },
                 hyper: hyper
                     .into_iter()
-                    .map(|(name, min, max)| HyperRange { name, min, max })
+                    .map(|(name, min, max, default)| HyperRange {
+                        name,
+                        min,
+                        max,
+                        default,
+                    })
                     .collect(),
+                batch_size,
                 steps,
                 checkpoint_interval: k,
                 seed,
@@ -63,7 +91,14 @@ fn spec() -> impl Strategy<Value = TaskSpec> {
                 } else {
                     MetricKind::Loss
                 },
-                replay_tolerance: tol,
+                holdout_per_mille,
+                verification: Verification {
+                    replay_tolerance: tol,
+                    optimizer_tolerance: otol,
+                    top_q,
+                    samples,
+                    cpu_threads,
+                },
             },
         )
 }

@@ -336,11 +336,18 @@ fn submit_task() {
     spec_err("dataset")(c.try_tx("client", bad_spec(|s| s.dataset.locator.clear())));
     spec_err("hyper")(c.try_tx("client", bad_spec(|s| s.hyper.reverse())));
     spec_err("hyper")(c.try_tx("client", bad_spec(|s| s.hyper[0].min = Fixed(600_000))));
-    spec_err("hyper.name")(c.try_tx(
+    spec_err("hyper")(c.try_tx(
         "client",
         bad_spec(|s| s.hyper[0].name = "Learning Rate".into()),
     ));
-    spec_err("replay_tolerance")(c.try_tx("client", bad_spec(|s| s.replay_tolerance = Fixed(-1))));
+    spec_err("hyper")(c.try_tx("client", bad_spec(|s| s.hyper[0].default = Fixed(0))));
+    spec_err("replay_tolerance")(c.try_tx(
+        "client",
+        bad_spec(|s| s.verification.replay_tolerance = Fixed(-1)),
+    ));
+    spec_err("batch_size")(c.try_tx("client", bad_spec(|s| s.batch_size = 0)));
+    spec_err("top_q")(c.try_tx("client", bad_spec(|s| s.verification.top_q = 65)));
+    spec_err("samples")(c.try_tx("client", bad_spec(|s| s.verification.samples = 65)));
     assert!(matches!(
         c.try_tx(
             "client",
@@ -674,6 +681,15 @@ fn commit_and_reveal_reports() {
         c.try_tx(va, Chain::report_reveal_body(&id, va, "m1", &wrong_reason)),
         Err(TxError::InconsistentReport)
     );
+    // A metric no view of the chain could show exactly (an API reader would fail on it).
+    for metric in [Fixed(i64::MIN), Fixed(-1), Fixed(1 << 50)] {
+        let mut unreadable = report.clone();
+        unreadable.metric = metric;
+        assert_eq!(
+            c.try_tx(va, Chain::report_reveal_body(&id, va, "m1", &unreadable)),
+            Err(TxError::MetricOutOfRange(metric))
+        );
+    }
     // A different (consistent) report than the one committed: a validator cannot change its
     // mind after seeing the others.
     let changed = invalid_report(&segs, InvalidReason::SegmentMismatch);

@@ -44,6 +44,7 @@ fn claim(hashes: &[Hash], steps: u64) -> ClaimFacts {
         checkpoint_root: merkle::root(hashes),
         model_hash: *hashes.last().expect("W_0 at least"),
         steps,
+        hyper: Vec::new(),
     }
 }
 
@@ -78,6 +79,7 @@ pub fn verification(
         model: model.into(),
         miner: Address::default(),
         salt: Hash::ZERO,
+        hyper: Vec::new(),
         run_seed: sp.run_seed,
         steps,
         checkpoint_interval: k,

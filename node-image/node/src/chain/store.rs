@@ -46,7 +46,8 @@ const META_STATE: &str = "state";
 const META_FORMAT: &str = "format";
 
 /// The layout of the tables above. A database of another format is refused, never misread.
-pub const FORMAT: u32 = 3;
+/// 4: tasks carry the one task format (`pot_protocol::task::TaskSpec`).
+pub const FORMAT: u32 = 4;
 
 /// Why the store failed. Corruption is reported, never papered over.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,8 @@
-//! Getting dataset and model bytes from a locator — a local path, an `http(s)://` URL, or
-//! `builtin:digits` — always checked against the SHA-256 the task names, and kept in a
-//! content-addressed cache so a second run neither downloads nor trusts anything again.
+//! Getting dataset and model bytes from a locator — a local path or `file://` path, an
+//! `http(s)://` URL, `builtin:digits`, or `pot://<sha256>` (a blob a node fetched from its
+//! peers) — always checked against the SHA-256 the task names, and kept in a content-addressed
+//! cache so a second run neither downloads nor trusts anything again. The cache has the layout
+//! of a node's artifact store (`artifacts::store`), so a node's cache *is* its store.
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +27,7 @@ pub enum FetchError {
     UnknownBuiltin(String),
 }
 
-/// A content-addressed store of verified bytes: `<dir>/sha256/<hex>`.
+/// A content-addressed store of verified bytes: `<dir>/blobs/<hex>`.
 #[derive(Clone, Debug)]
 pub struct Cache {
     dir: PathBuf,
@@ -37,7 +39,7 @@ impl Cache {
     }
 
     fn path(&self, h: &Hash) -> PathBuf {
-        self.dir.join("sha256").join(h.to_hex())
+        self.dir.join("blobs").join(h.to_hex())
     }
 
     /// Cached bytes for `h`, re-checked (a corrupted cache entry is dropped, not used).
@@ -79,7 +81,18 @@ pub fn fetch(locator: &str, sha256: &Hash, cache: &Cache) -> Result<Vec<u8>, Fet
     if let Some(bytes) = cache.get(sha256) {
         return Ok(bytes);
     }
-    let bytes = if let Some(name) = locator.strip_prefix("builtin:") {
+    let bytes = if let Some(hex) = locator.strip_prefix("pot://") {
+        let why = match hex.parse::<Hash>() {
+            Ok(h) if h == *sha256 => format!(
+                "not in {}; pot:// blobs are fetched from peers by a running node (`pot-node \
+                 run`), or put there by `pot-node task submit`",
+                cache.dir.display()
+            ),
+            Ok(h) => format!("names blob {h}, but the task says its SHA-256 is {sha256}"),
+            Err(e) => format!("not a pot://<sha256> locator: {e}"),
+        };
+        return Err(unavailable(why));
+    } else if let Some(name) = locator.strip_prefix("builtin:") {
         match builtin(name) {
             Some(b) => b.csv_gz.to_vec(),
             None => return Err(FetchError::UnknownBuiltin(name.to_string())),

@@ -12,6 +12,6 @@ pub mod fetch;
 pub mod model;
 pub mod optim;
 pub mod run;
-pub mod task_file;
+pub mod task;
 
 pub use run::{RunRecord, RunSpec, Trainer};

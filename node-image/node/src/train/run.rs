@@ -49,6 +49,13 @@ pub struct RunRecord {
     pub final_loss: f32,
 }
 
+/// What an unfinished run left on disk: the hashes of its checkpoints `0..=j` and the bytes of
+/// checkpoint `j`.
+pub struct Progress {
+    pub hashes: Vec<Hash>,
+    pub last: Vec<u8>,
+}
+
 /// A model, its optimizer and the step it is at.
 pub struct Trainer {
     spec: RunSpec,
@@ -213,6 +220,19 @@ impl Trainer {
     pub fn run(
         spec: &RunSpec,
         data: &Dataset,
+        sink: impl FnMut(usize, &[u8], f32) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(RunRecord, Trainer)> {
+        Trainer::run_from(spec, data, None, sink)
+    }
+
+    /// `run`, continuing from what an unfinished run left (`progress`): checkpoint 0 must be
+    /// this run's initialisation, and training resumes at the last checkpoint. Per-step seeds
+    /// and batch orders derive from the run seed and the step, so the checkpoints that follow
+    /// are the ones an uninterrupted run would have written.
+    pub fn run_from(
+        spec: &RunSpec,
+        data: &Dataset,
+        progress: Option<Progress>,
         mut sink: impl FnMut(usize, &[u8], f32) -> anyhow::Result<()>,
     ) -> anyhow::Result<(RunRecord, Trainer)> {
         let k = spec.checkpoint_interval;
@@ -222,13 +242,33 @@ impl Trainer {
                 spec.steps
             );
         }
+        let n = (spec.steps / k) as usize;
         let mut t = Trainer::new(spec, data)?;
-        let mut hashes = Vec::new();
         let w0 = t.checkpoint();
-        hashes.push(checkpoint::hash(&w0));
-        sink(0, &w0, f32::NAN).context("storing checkpoint 0")?;
+        let mut hashes = vec![checkpoint::hash(&w0)];
+        let first = match progress {
+            None => {
+                sink(0, &w0, f32::NAN).context("storing checkpoint 0")?;
+                1
+            }
+            Some(p) => {
+                if p.hashes.first() != hashes.first() {
+                    bail!(
+                        "the first checkpoint on disk is not this run's initialisation; it \
+                         belongs to another run"
+                    );
+                }
+                let j = (p.hashes.len() - 1).min(n);
+                if j > 0 {
+                    t = Trainer::from_checkpoint(spec, data, &p.last, j as u64 * k)
+                        .with_context(|| format!("resuming from checkpoint {j}"))?;
+                }
+                hashes = p.hashes[..=j].to_vec();
+                j + 1
+            }
+        };
         let mut loss = f32::NAN;
-        for i in 1..=(spec.steps / k) as usize {
+        for i in first..=n {
             loss = t.train_steps(data, k);
             let w = t.checkpoint();
             hashes.push(checkpoint::hash(&w));

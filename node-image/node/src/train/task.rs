@@ -1,10 +1,13 @@
-//! The training spec a person (or, later, the miner role) hands to `pot-node train`, as YAML.
+//! A task file (the one format of `pot_protocol::task`, plus what a client adds to submit it),
+//! and what the trainer and verifier need from a task: the run, the data, the tolerance.
 
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use pot_protocol::{Address, Hash};
-use serde::{Deserialize, Serialize};
+use pot_protocol::task::{DataFormat, DatasetRef, HyperValue, LossKind, Optimizer, TaskSpec};
+use pot_protocol::tx::Windows;
+use pot_protocol::{Address, Amount, Fixed, Hash};
+use serde::de::DeserializeOwned;
 
 use super::data::Dataset;
 use super::datasets;
@@ -13,295 +16,300 @@ use super::model::ModelSpec;
 use super::optim::{OptimizerConfig, OptimizerKind};
 use super::run::{Loss, RunSpec};
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// AdamW's ε: fixed, since six decimal places cannot write 1e-8.
+const ADAMW_EPS: f64 = 1e-8;
+
+/// A task file: the task itself, and for `pot-node task submit` the bounty, the eval set the
+/// client commits to now and reveals later, and the phase windows. `pot-node train` reads the
+/// same file and ignores the submission fields.
+#[derive(Clone, Debug)]
 pub struct TaskFile {
-    /// `logistic`, `mlp:W1,W2,...` or `lenet5`.
-    pub model: String,
-    pub dataset: DatasetFile,
-    pub optimizer: OptimizerFile,
-    /// `cross_entropy` (default) or `mse` (against one-hot targets).
-    #[serde(default)]
-    pub loss: LossFile,
-    pub batch_size: i64,
-    pub steps: u64,
-    pub checkpoint_interval: u64,
-    /// The task seed; the run seed is `H(seed ‖ miner ‖ salt)`.
-    pub seed: u64,
-    /// Examples per thousand held out for evaluation (when no separate eval set is given).
-    #[serde(default = "default_holdout")]
-    pub holdout_per_mille: u32,
-    /// Largest relative L2 distance `‖replayed − committed‖ / ‖committed‖` each model tensor
-    /// of a replayed segment may be off by; 0 (with `optimizer_tolerance` 0) demands
-    /// bit-identical checkpoints.
-    #[serde(default)]
-    pub replay_tolerance: f64,
-    /// The same bound for each optimizer state tensor (momentum, Adam's moments); by default
-    /// thirty times `replay_tolerance`: honest replays on this project's benchmark CPU drift
-    /// 10–15 times further in optimizer state than in parameters (BENCHMARKS.md).
-    #[serde(default)]
-    pub optimizer_tolerance: Option<f64>,
-    /// Besides the sampled segments, a validator replays the `top_q` segments with the largest
-    /// parameter updates (a trajectory that jumps to a foreign model has one huge update).
-    #[serde(default = "default_top_q")]
-    pub top_q: u32,
-    /// libtorch intra-op threads for training and replaying on the CPU when replays must be
-    /// bit-identical: some of libtorch's sums split by thread, so the count is part of the task.
-    #[serde(default = "default_cpu_threads")]
-    pub cpu_threads: i32,
+    pub spec: TaskSpec,
+    pub bounty: Option<Amount>,
+    pub eval_set: Option<DatasetRef>,
+    pub windows: Option<Windows>,
 }
 
-fn default_cpu_threads() -> i32 {
-    1
-}
-
-fn default_top_q() -> u32 {
-    3
-}
-
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LossFile {
-    #[default]
-    CrossEntropy,
-    Mse,
-}
-
-fn default_holdout() -> u32 {
-    200
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatasetFile {
-    /// A path, an http(s) URL, `builtin:digits` or `builtin:mnist-5k`.
-    pub locator: String,
-    pub sha256: Hash,
-    /// `csv`, `safetensors` or `idx` (ignored for built-ins). For `idx` the locator holds the
-    /// images and `labels` the labels file.
-    #[serde(default = "default_format")]
-    pub format: String,
-    #[serde(default)]
-    pub labels: Option<LabelsFile>,
-    /// Multiply every feature by this (e.g. 1/255 for raw pixels).
-    #[serde(default = "one")]
-    pub feature_scale: f64,
-    /// `[channels, height, width]` when the features are flattened images.
-    #[serde(default)]
-    pub image: Option<[i64; 3]>,
-}
-
-/// The labels file of an IDX dataset (MNIST ships images and labels apart).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LabelsFile {
-    pub locator: String,
-    pub sha256: Hash,
-}
-
-fn default_format() -> String {
-    "csv".into()
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
-pub enum OptimizerFile {
-    Sgd {
-        lr: f64,
-        #[serde(default)]
-        momentum: f64,
-        #[serde(default)]
-        weight_decay: f64,
-    },
-    Adamw {
-        lr: f64,
-        #[serde(default = "beta1")]
-        beta1: f64,
-        #[serde(default = "beta2")]
-        beta2: f64,
-        #[serde(default = "eps")]
-        eps: f64,
-        #[serde(default)]
-        weight_decay: f64,
-    },
-}
-
-fn beta1() -> f64 {
-    0.9
-}
-fn beta2() -> f64 {
-    0.999
-}
-fn eps() -> f64 {
-    1e-8
+/// Take submission field `key` out of the document, read as a `T`.
+fn take<T: DeserializeOwned>(
+    doc: &mut serde_yaml::Mapping,
+    key: &str,
+) -> anyhow::Result<Option<T>> {
+    doc.remove(key)
+        .map(|v| serde_yaml::from_value(v).with_context(|| format!("`{key}`")))
+        .transpose()
 }
 
 impl TaskFile {
     pub fn read(path: &Path) -> anyhow::Result<TaskFile> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let t: TaskFile =
-            serde_yaml::from_str(&text).with_context(|| format!("task file {}", path.display()))?;
-        t.validate()
-            .with_context(|| format!("task file {}", path.display()))?;
-        Ok(t)
+        TaskFile::parse(&text).with_context(|| format!("task file {}", path.display()))
     }
 
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if !self.model.starts_with("torchscript:") {
-            self.model.parse::<ModelSpec>()?;
-        }
-        if self.batch_size < 1 {
-            bail!("batch_size must be at least 1");
-        }
-        if self.steps == 0
-            || self.checkpoint_interval == 0
-            || !self.steps.is_multiple_of(self.checkpoint_interval)
-        {
-            bail!(
-                "checkpoint_interval must be positive and divide steps ({})",
-                self.steps
-            );
-        }
-        if self.holdout_per_mille >= 1000 {
-            bail!("holdout_per_mille must be below 1000");
-        }
-        if !(1..=256).contains(&self.cpu_threads) {
-            bail!("cpu_threads must be between 1 and 256");
-        }
-        if self.replay_tolerance == 0.0 && self.optimizer_tolerance.is_some_and(|t| t > 0.0) {
-            bail!(
-                "replay_tolerance 0 demands bit-identical replays; set optimizer_tolerance to 0 \
-                 too, or give both a tolerance"
-            );
-        }
-        for (name, t) in [
-            ("replay_tolerance", Some(self.replay_tolerance)),
-            ("optimizer_tolerance", self.optimizer_tolerance),
-        ] {
-            if t.is_some_and(|t| !t.is_finite() || t < 0.0) {
-                bail!("{name} must be 0 or a positive number");
-            }
-        }
-        Ok(())
-    }
-
-    /// The intra-op thread count to train or replay with, given the one asked for: a task
-    /// that demands bit-identical replays fixes it (asking for another is refused, since its
-    /// checkpoints would not replay); a task with a tolerance takes what is asked, or 1.
-    pub fn threads(&self, asked: Option<i32>) -> anyhow::Result<i32> {
-        match asked {
-            Some(n) if n < 1 => bail!("--threads must be at least 1"),
-            Some(n) if self.tolerance().is_exact() && n != self.cpu_threads => bail!(
-                "this task demands bit-identical replays with cpu_threads: {}; training or \
-                 replaying with {n} threads would sum in another order",
-                self.cpu_threads
-            ),
-            Some(n) => Ok(n),
-            None if self.tolerance().is_exact() => Ok(self.cpu_threads),
-            None => Ok(1),
-        }
-    }
-
-    /// How far each tensor of a replay may be from the committed checkpoint.
-    pub fn tolerance(&self) -> crate::verify::Tolerance {
-        crate::verify::Tolerance {
-            parameters: self.replay_tolerance,
-            optimizer: self
-                .optimizer_tolerance
-                .unwrap_or(30.0 * self.replay_tolerance),
-        }
-    }
-
-    /// The run spec for `miner` with `salt`, training on `device` (fetching a TorchScript model
-    /// through `cache`).
-    pub fn run_spec(
-        &self,
-        miner: &Address,
-        salt: &Hash,
-        device: tch::Device,
-        cache: &Cache,
-    ) -> anyhow::Result<RunSpec> {
-        let optimizer = match self.optimizer {
-            OptimizerFile::Sgd {
-                lr,
-                momentum,
-                weight_decay,
-            } => OptimizerConfig {
-                kind: OptimizerKind::Sgd { momentum },
-                lr,
-                weight_decay,
-            },
-            OptimizerFile::Adamw {
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            } => OptimizerConfig {
-                kind: OptimizerKind::AdamW { beta1, beta2, eps },
-                lr,
-                weight_decay,
-            },
-        };
-        Ok(RunSpec {
-            loss: match self.loss {
-                LossFile::CrossEntropy => Loss::CrossEntropy,
-                LossFile::Mse => Loss::Mse,
-            },
-            model: ModelSpec::resolve(&self.model, cache)?,
-            optimizer,
-            batch_size: self.batch_size,
-            steps: self.steps,
-            checkpoint_interval: self.checkpoint_interval,
-            run_seed: pot_protocol::tx::run_seed(self.seed, miner, salt),
-            device,
+    /// Parse and check a task file: the task's fields as the chain will check them, and the
+    /// model descriptor as this node understands it.
+    pub fn parse(text: &str) -> anyhow::Result<TaskFile> {
+        let mut doc: serde_yaml::Mapping = serde_yaml::from_str(text)?;
+        let bounty = take(&mut doc, "bounty")?;
+        let eval_set = take(&mut doc, "eval_set")?;
+        let windows = take(&mut doc, "windows")?;
+        let spec: TaskSpec = serde_yaml::from_value(doc.into())?;
+        check_model(&spec)?;
+        Ok(TaskFile {
+            spec,
+            bounty,
+            eval_set,
+            windows,
         })
     }
 
-    /// The dataset, fetched and checked, split into `(train, held_out)`.
-    pub fn load_data(&self, cache: &Cache) -> anyhow::Result<(Dataset, Dataset)> {
-        let d = &self.dataset;
-        let bytes = fetch(&d.locator, &d.sha256, cache)?;
-        let builtin = d
-            .locator
-            .strip_prefix("builtin:")
-            .and_then(datasets::builtin);
-        let mut data = if let Some(b) = builtin {
-            b.load()
-        } else {
-            let mut data = match d.format.as_str() {
-                "csv" => datasets::from_csv(&bytes)?,
-                "safetensors" => datasets::from_safetensors(&bytes)?,
-                "idx" => {
-                    let Some(labels) = &d.labels else {
-                        bail!(
-                            "dataset format idx needs `labels: {{locator, sha256}}` for the labels file"
-                        );
-                    };
-                    let label_bytes = fetch(&labels.locator, &labels.sha256, cache)?;
-                    datasets::from_idx(&bytes, &label_bytes)?
-                }
-                other => bail!("dataset format {other:?} is not csv, safetensors or idx"),
-            };
-            if d.feature_scale != 1.0 {
-                data.x *= d.feature_scale;
-            }
-            data
+    /// What `SubmitTask` needs besides the spec; an error names what the file lacks.
+    pub fn submission(&self) -> anyhow::Result<(Amount, DatasetRef, Windows)> {
+        let missing = |what: &str| {
+            anyhow::anyhow!(
+                "a task to submit needs `{what}` (the file has the task but not the submission \
+                 fields bounty, eval_set, windows)"
+            )
         };
-        if let Some(image) = d.image {
-            if image.iter().product::<i64>() != data.features() {
-                bail!(
-                    "dataset image shape {image:?} does not match its {} features",
-                    data.features()
-                );
+        Ok((
+            self.bounty.ok_or_else(|| missing("bounty"))?,
+            self.eval_set.clone().ok_or_else(|| missing("eval_set"))?,
+            self.windows.ok_or_else(|| missing("windows"))?,
+        ))
+    }
+}
+
+/// The model descriptor must be one this node can build (a TorchScript model is checked when
+/// it is fetched).
+pub fn check_model(spec: &TaskSpec) -> anyhow::Result<()> {
+    if !spec.model.starts_with("torchscript:") {
+        spec.model.parse::<ModelSpec>()?;
+    }
+    Ok(())
+}
+
+/// The hyper-parameters of a run: the task's defaults, with `overrides` (`name=value`) in
+/// their place, checked against the task's ranges.
+pub fn choose_hyper(spec: &TaskSpec, overrides: &[String]) -> anyhow::Result<Vec<HyperValue>> {
+    let mut chosen = spec.default_hyper();
+    for o in overrides {
+        let Some((name, value)) = o.split_once('=') else {
+            bail!("--hyper {o:?}: expected NAME=VALUE");
+        };
+        let value: Fixed = value
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--hyper {o:?}: {e}"))?;
+        let Some(slot) = chosen.iter_mut().find(|v| v.name == name.trim()) else {
+            bail!(
+                "--hyper {o:?}: the task declares no hyper-parameter {name:?} (it declares {:?})",
+                spec.hyper.iter().map(|r| &r.name).collect::<Vec<_>>()
+            );
+        };
+        slot.value = value;
+    }
+    spec.check_hyper(&chosen).map_err(anyhow::Error::msg)?;
+    Ok(chosen)
+}
+
+/// How far each tensor of a replay may be from the committed checkpoint.
+pub fn tolerance(spec: &TaskSpec) -> crate::verify::Tolerance {
+    let v = &spec.verification;
+    crate::verify::Tolerance {
+        parameters: v.replay_tolerance.to_f64(),
+        optimizer: v.optimizer_tolerance.to_f64(),
+    }
+}
+
+/// The intra-op thread count to train or replay with, given the one asked for: a task that
+/// demands bit-identical replays fixes it (asking for another is refused, since its checkpoints
+/// would not replay); a task with a tolerance takes what is asked, or 1.
+pub fn threads(spec: &TaskSpec, asked: Option<i32>) -> anyhow::Result<i32> {
+    let exact = spec.verification.is_exact();
+    let fixed = spec.verification.cpu_threads as i32;
+    match asked {
+        Some(n) if n < 1 => bail!("--threads must be at least 1"),
+        Some(n) if exact && n != fixed => bail!(
+            "this task demands bit-identical replays with cpu_threads: {fixed}; training or \
+             replaying with {n} threads would sum in another order"
+        ),
+        Some(n) => Ok(n),
+        None if exact => Ok(fixed),
+        None => Ok(1),
+    }
+}
+
+/// The run of `miner` with `salt` and hyper-parameters `hyper`, training on `device`
+/// (fetching a TorchScript model through `cache`).
+pub fn run_spec(
+    spec: &TaskSpec,
+    hyper: &[HyperValue],
+    miner: &Address,
+    salt: &Hash,
+    device: tch::Device,
+    cache: &Cache,
+) -> anyhow::Result<RunSpec> {
+    spec.check_hyper(hyper).map_err(anyhow::Error::msg)?;
+    let h = |name: &str| {
+        spec.hyper_value(hyper, name)
+            .map(Fixed::to_f64)
+            .with_context(|| format!("the task gives no {name}"))
+    };
+    let kind = match spec.optimizer {
+        Optimizer::Sgd => OptimizerKind::Sgd {
+            momentum: h("momentum")?,
+        },
+        Optimizer::AdamW => OptimizerKind::AdamW {
+            beta1: h("beta1")?,
+            beta2: h("beta2")?,
+            eps: ADAMW_EPS,
+        },
+    };
+    Ok(RunSpec {
+        loss: match spec.loss {
+            LossKind::CrossEntropy => Loss::CrossEntropy,
+            LossKind::Mse => Loss::Mse,
+        },
+        model: ModelSpec::resolve(&spec.model, cache)?,
+        optimizer: OptimizerConfig {
+            kind,
+            lr: h("lr")?,
+            weight_decay: h("weight_decay")?,
+        },
+        batch_size: i64::from(spec.batch_size),
+        steps: spec.steps,
+        checkpoint_interval: spec.checkpoint_interval,
+        run_seed: pot_protocol::tx::run_seed(spec.seed, miner, salt),
+        device,
+    })
+}
+
+/// The task's dataset, fetched and checked, split into `(train, held_out)`.
+pub fn load_data(spec: &TaskSpec, cache: &Cache) -> anyhow::Result<(Dataset, Dataset)> {
+    let data = load_dataset(&spec.dataset, cache).context("the task's dataset")?;
+    Ok(datasets::split(&data, spec.holdout_per_mille, spec.seed))
+}
+
+/// A dataset (the training set or an eval set), fetched, checked against its hash and read.
+pub fn load_dataset(d: &DatasetRef, cache: &Cache) -> anyhow::Result<Dataset> {
+    let bytes = fetch(&d.locator, &d.sha256, cache)?;
+    let builtin = d
+        .locator
+        .strip_prefix("builtin:")
+        .and_then(datasets::builtin);
+    let mut data = if let Some(b) = builtin {
+        b.load()
+    } else {
+        let mut data = match d.format {
+            DataFormat::Csv => datasets::from_csv(&bytes)?,
+            DataFormat::Safetensors => datasets::from_safetensors(&bytes)?,
+            DataFormat::Idx => {
+                let Some(labels) = &d.labels else {
+                    bail!("dataset format idx needs `labels: {{locator, sha256}}`");
+                };
+                let label_bytes = fetch(&labels.locator, &labels.sha256, cache)?;
+                datasets::from_idx(&bytes, &label_bytes)?
             }
-            data.image = Some(image);
+        };
+        if d.feature_divisor != 1 {
+            data.x /= f64::from(d.feature_divisor);
         }
-        Ok(datasets::split(&data, self.holdout_per_mille, self.seed))
+        data
+    };
+    if let Some(image) = d.image {
+        let image = image.map(i64::from);
+        if image.iter().product::<i64>() != data.features() {
+            bail!(
+                "dataset image shape {image:?} does not match its {} features",
+                data.features()
+            );
+        }
+        data.image = Some(image);
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TASK: &str = "
+model: mlp:16
+dataset: {locator: 'builtin:digits', sha256: 09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22}
+optimizer: {kind: sgd, lr: {min: 0.01, max: 0.1, default: 0.05}, momentum: 0.9}
+batch_size: 32
+steps: 100
+checkpoint_interval: 10
+seed: 7
+";
+
+    #[test]
+    fn a_training_file_has_no_submission_and_says_what_is_missing() {
+        let f = TaskFile::parse(TASK).unwrap();
+        assert_eq!(f.spec.steps, 100);
+        let err = f.submission().unwrap_err().to_string();
+        assert!(err.contains("needs `bounty`"), "{err}");
+    }
+
+    #[test]
+    fn a_submission_file_is_the_same_task_plus_three_fields() {
+        let text = format!(
+            "{TASK}bounty: 5000\neval_set: {{locator: 'builtin:digits', sha256: {}}}\n\
+             windows: {{commit: 20, reveal: 10, eval_reveal: 10, report_commit: 20, \
+             report_reveal: 10, challenge: 10, challenge_reveal: 5, vote: 10, vote_reveal: 5}}\n",
+            Hash::ZERO
+        );
+        let f = TaskFile::parse(&text).unwrap();
+        assert_eq!(f.spec, TaskFile::parse(TASK).unwrap().spec);
+        let (bounty, eval, windows) = f.submission().unwrap();
+        assert_eq!(
+            (bounty, eval.sha256, windows.commit),
+            (Amount(5000), Hash::ZERO, 20)
+        );
+    }
+
+    #[test]
+    fn bad_files_are_refused_naming_the_problem() {
+        let says = |text: &str, what: &str| {
+            let err = format!("{:#}", TaskFile::parse(text).unwrap_err());
+            assert!(err.contains(what), "{what}: {err}");
+        };
+        says(&TASK.replace("mlp:16", "transformer"), "transformer");
+        says(&format!("{TASK}colour: blue\n"), "unknown field `colour`");
+        says(&format!("{TASK}bounty: lots\n"), "bounty");
+        says(
+            &TASK.replace("batch_size: 32", "batch_size: 0"),
+            "batch_size",
+        );
+    }
+
+    #[test]
+    fn hyper_parameters_are_chosen_within_the_ranges() {
+        let spec = TaskFile::parse(TASK).unwrap().spec;
+        let chosen = choose_hyper(&spec, &["lr=0.08".into()]).unwrap();
+        assert_eq!(spec.hyper_value(&chosen, "lr"), Some(Fixed(80_000)));
+        assert_eq!(spec.hyper_value(&chosen, "momentum"), Some(Fixed(900_000)));
+        for (bad, says) in [
+            ("lr=0.5", "outside"),
+            ("beta1=0.5", "declares no hyper-parameter"),
+            ("lr", "NAME=VALUE"),
+            ("lr=0.0000001", "six decimal places"),
+        ] {
+            let err = choose_hyper(&spec, &[bad.into()]).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_exact_task_fixes_the_thread_count() {
+        let mut spec = TaskFile::parse(TASK).unwrap().spec;
+        spec.verification.cpu_threads = 2;
+        assert_eq!(threads(&spec, None).unwrap(), 2);
+        assert!(threads(&spec, Some(3)).is_err());
+        spec.verification.replay_tolerance = Fixed(100);
+        spec.verification.optimizer_tolerance = Fixed(3000);
+        assert_eq!(threads(&spec, Some(3)).unwrap(), 3);
+        assert_eq!(threads(&spec, None).unwrap(), 1);
     }
 }

@@ -43,6 +43,8 @@ pub struct ClaimFacts {
     /// Hash of the final checkpoint.
     pub model_hash: Hash,
     pub steps: u64,
+    /// The hyper-parameters the claim names (one per range the task declares).
+    pub hyper: Vec<pot_protocol::task::HyperValue>,
 }
 
 /// What to replay and how strictly.

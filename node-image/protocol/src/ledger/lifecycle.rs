@@ -93,11 +93,15 @@ fn eligible_validators(state: &State, exclude: &[Address], collateral: Amount) -
 /// would judge a competitor). Claims are served in address order, each seeing the reservations
 /// made for the ones before it.
 fn assign(state: &mut State, id: &TaskId, beacon: &Hash) {
+    let task = &state.tasks[id];
+    // The chain's floor, or more if the task asks.
     let (v, s) = (
         state.params.validators_per_claim,
-        state.params.segments_per_claim,
+        state
+            .params
+            .segments_per_claim
+            .max(task.spec.verification.samples),
     );
-    let task = &state.tasks[id];
     let segments = task.spec.segments();
     let collateral = validator_collateral(&state.params, task.bounty);
     let mut exclude: Vec<Address> = task.claims.keys().copied().collect();

@@ -10,7 +10,7 @@ use crate::tx::{
     Dispute, Fact, InvalidReason, Report, TaskId, Verdict, challenge_commitment, report_commitment,
     vote_commitment,
 };
-use crate::units::Amount;
+use crate::units::{Amount, Fixed};
 
 use super::TxCtx;
 use super::tasks::task_in_phase;
@@ -83,6 +83,10 @@ pub(super) fn reveal_report(
     }
     if !report.is_consistent() {
         return Err(TxError::InconsistentReport);
+    }
+    // Accuracy and loss are never negative; the bound keeps every view of it exact.
+    if !(0..Fixed::DECIMAL_LIMIT).contains(&report.metric.0) {
+        return Err(TxError::MetricOutOfRange(report.metric));
     }
     if report_commitment(id, miner, &validator, report, &salt) != committed.commitment {
         return Err(TxError::RevealMismatch("report"));

@@ -8,10 +8,10 @@ use crate::error::TxError;
 use crate::hash::Hash;
 use crate::state::{ClaimEntry, Phase, Schedule, State, Task, TaskStatus};
 use crate::tx::{
-    Claim, DatasetRef, HyperRange, Role, TaskId, TaskSpec, Windows, claim_commitment,
-    eval_commitment, limits, task_id,
+    Claim, DatasetRef, Role, TaskId, TaskSpec, Windows, claim_commitment, eval_commitment, limits,
+    task_id,
 };
-use crate::units::{Amount, Fixed};
+use crate::units::Amount;
 
 use super::TxCtx;
 use super::accounts::{miner_collateral, reserve};
@@ -48,77 +48,34 @@ pub(super) fn check_len(field: &'static str, s: &str, max: usize) -> Result<(), 
     Ok(())
 }
 
-fn check_dataset(field: &'static str, d: &DatasetRef) -> Result<(), TxError> {
-    check_len(field, &d.locator, limits::MAX_LOCATOR)?;
-    if d.locator.is_empty() {
-        return Err(TxError::InvalidSpec {
-            field,
-            why: "locator is empty",
-        });
+/// Size limits on a dataset reference's strings (the shape is `task::check_dataset`'s).
+fn check_dataset_sizes(field: &'static str, d: &DatasetRef) -> Result<(), TxError> {
+    for blob in d.blobs() {
+        check_len(field, &blob.locator, limits::MAX_LOCATOR)?;
     }
     Ok(())
 }
 
 fn check_spec(state: &State, spec: &TaskSpec) -> Result<(), TxError> {
-    let bad = |field, why| Err(TxError::InvalidSpec { field, why });
     check_len("model", &spec.model, limits::MAX_MODEL)?;
-    if spec.model.is_empty() {
-        return bad("model", "is empty");
-    }
-    check_dataset("dataset", &spec.dataset)?;
-    check_hyper_ranges(&spec.hyper)?;
-    if spec.steps < state.params.min_steps || spec.steps > state.params.max_steps {
-        return bad(
-            "steps",
-            "must be between the chain's min_steps and max_steps",
-        );
-    }
-    if spec.checkpoint_interval == 0 || !spec.steps.is_multiple_of(spec.checkpoint_interval) {
-        return bad("checkpoint_interval", "must be positive and divide steps");
-    }
-    if spec.segments() > u64::from(u32::MAX) {
-        return bad("checkpoint_interval", "gives more than 2^32 segments");
-    }
-    if spec.replay_tolerance < Fixed(0) {
-        return bad("replay_tolerance", "must not be negative");
-    }
-    Ok(())
-}
-
-fn check_hyper_ranges(hyper: &[HyperRange]) -> Result<(), TxError> {
-    if hyper.len() > limits::MAX_HYPER {
+    check_dataset_sizes("dataset", &spec.dataset)?;
+    if spec.hyper.len() > limits::MAX_HYPER {
         return Err(TxError::FieldTooLarge {
             field: "hyper",
-            len: hyper.len(),
+            len: spec.hyper.len(),
             max: limits::MAX_HYPER,
         });
     }
-    for r in hyper {
-        check_len("hyper.name", &r.name, limits::MAX_HYPER_NAME)?;
-        let name_ok = !r.name.is_empty()
-            && r.name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !name_ok {
-            return Err(TxError::InvalidSpec {
-                field: "hyper.name",
-                why: "must be non-empty [a-z0-9_]",
-            });
-        }
-        if r.min > r.max {
-            return Err(TxError::InvalidSpec {
-                field: "hyper",
-                why: "min must not exceed max",
-            });
-        }
-    }
-    if !hyper.windows(2).all(|w| w[0].name < w[1].name) {
+    if spec.steps < state.params.min_steps || spec.steps > state.params.max_steps {
         return Err(TxError::InvalidSpec {
-            field: "hyper",
-            why: "names must be sorted and unique",
+            field: "steps",
+            why: "must be between the chain's min_steps and max_steps",
         });
     }
-    Ok(())
+    spec.check().map_err(|e| TxError::InvalidSpec {
+        field: e.field,
+        why: e.why,
+    })
 }
 
 fn check_windows(state: &State, w: &Windows) -> Result<(), TxError> {
@@ -326,7 +283,11 @@ pub(super) fn reveal_eval_set(
     if task.eval_set.is_some() {
         return Err(TxError::Duplicate("eval set reveal"));
     }
-    check_dataset("eval_set", eval_set)?;
+    check_dataset_sizes("eval_set", eval_set)?;
+    crate::task::check_dataset("eval_set", eval_set).map_err(|e| TxError::InvalidSpec {
+        field: e.field,
+        why: e.why,
+    })?;
     if eval_commitment(eval_set, &salt) != task.eval_commit {
         return Err(TxError::RevealMismatch("eval set"));
     }

@@ -228,17 +228,14 @@ use pot_protocol::Fixed;
 use pot_protocol::state::Task;
 use pot_protocol::tx::{
     Claim, DatasetRef, HyperRange, HyperValue, InvalidReason, LossKind, MetricKind, Optimizer,
-    Report, SegmentResult, TaskId, TaskSpec, Verdict, Windows, claim_commitment, eval_commitment,
-    report_commitment, task_id,
+    Report, SegmentResult, TaskId, TaskSpec, Verdict, Verification, Windows, claim_commitment,
+    eval_commitment, report_commitment, task_id,
 };
 
 pub fn spec() -> TaskSpec {
     TaskSpec {
         model: "mlp:64,32".into(),
-        dataset: DatasetRef {
-            locator: "builtin:digits".into(),
-            sha256: Hash::digest(b"digits train split"),
-        },
+        dataset: DatasetRef::new("builtin:digits", Hash::digest(b"digits train split")),
         optimizer: Optimizer::Sgd,
         loss: LossKind::CrossEntropy,
         hyper: vec![
@@ -246,18 +243,28 @@ pub fn spec() -> TaskSpec {
                 name: "lr".into(),
                 min: Fixed(1_000),
                 max: Fixed(500_000),
+                default: Fixed(50_000),
             },
             HyperRange {
                 name: "momentum".into(),
                 min: Fixed(0),
                 max: Fixed(990_000),
+                default: Fixed(900_000),
             },
         ],
+        batch_size: 32,
         steps: 100,
         checkpoint_interval: 10,
         seed: 7,
+        holdout_per_mille: 200,
         metric: MetricKind::Accuracy,
-        replay_tolerance: Fixed(0),
+        verification: Verification {
+            replay_tolerance: Fixed(0),
+            optimizer_tolerance: Fixed(0),
+            top_q: 3,
+            samples: 0,
+            cpu_threads: 1,
+        },
     }
 }
 
@@ -276,10 +283,10 @@ pub fn windows(w: u32) -> Windows {
 }
 
 pub fn eval_set() -> DatasetRef {
-    DatasetRef {
-        locator: "https://example.invalid/eval.safetensors".into(),
-        sha256: Hash::digest(b"hidden eval set"),
-    }
+    DatasetRef::new(
+        "https://example.invalid/eval.safetensors",
+        Hash::digest(b"hidden eval set"),
+    )
 }
 
 pub fn eval_salt() -> Hash {
