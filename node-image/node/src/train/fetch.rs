@@ -85,7 +85,7 @@ pub fn fetch(locator: &str, sha256: &Hash, cache: &Cache) -> Result<Vec<u8>, Fet
         let why = match hex.parse::<Hash>() {
             Ok(h) if h == *sha256 => format!(
                 "not in {}; pot:// blobs are fetched from peers by a running node (`pot-node \
-                 run`), or put there by `pot-node task submit`",
+                 run`)",
                 cache.dir.display()
             ),
             Ok(h) => format!("names blob {h}, but the task says its SHA-256 is {sha256}"),
