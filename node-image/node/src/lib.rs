@@ -12,6 +12,7 @@ pub mod genesis_builder;
 pub mod keyfile;
 pub mod metrics;
 pub mod p2p;
+pub mod roles;
 pub mod run_dir;
 pub mod train;
 pub mod verify;

@@ -1,0 +1,286 @@
+//! The miner's decisions, as a pure function of what the chain says and what this miner keeps
+//! on disk: which open tasks to take, when to commit and reveal, when to let a task go. Level
+//! triggered: whether a commitment or a reveal landed is read from the chain every time, never
+//! remembered, so a restarted miner decides from where things really are. The loop that acts on
+//! the decisions (training, transactions, serving artifacts) is I/O at the edge.
+
+use std::collections::BTreeMap;
+
+use pot_protocol::api::TaskInfo;
+use pot_protocol::state::TaskStatus;
+use pot_protocol::tx::{Claim, TaskId};
+use pot_protocol::{Address, Amount, Hash, Height, Phase};
+
+/// What the chain says about one task, as far as a miner cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskView {
+    pub id: TaskId,
+    pub client: Address,
+    pub bounty: Amount,
+    /// The phase a transaction sent now would meet.
+    pub phase: Phase,
+    /// The last height of the commit window.
+    pub commit_end: Height,
+    /// When the task was finalized or failed.
+    pub ended_at: Option<Height>,
+    /// This miner's claim on it, as the chain has it.
+    pub mine: OnChain,
+}
+
+/// This miner's claim on a task, as the chain has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnChain {
+    Nothing,
+    Committed,
+    Revealed,
+}
+
+impl TaskView {
+    pub fn of(info: &TaskInfo, me: &Address) -> TaskView {
+        let t = &info.task;
+        let mine = match t.claims.get(me) {
+            None => OnChain::Nothing,
+            Some(c) if c.claim.is_some() => OnChain::Revealed,
+            Some(_) => OnChain::Committed,
+        };
+        let ended_at = match &t.status {
+            TaskStatus::Active => None,
+            TaskStatus::Finalized(o) => Some(o.finalized_at),
+            TaskStatus::Failed { at, .. } => Some(*at),
+        };
+        TaskView {
+            id: t.id,
+            client: t.client,
+            bounty: t.bounty,
+            phase: info.phase,
+            commit_end: t.schedule.commit_end,
+            ended_at,
+            mine,
+        }
+    }
+}
+
+/// A task this miner took, as it keeps it on disk (the chain cannot know the salt or, before
+/// the reveal, the claim).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Job {
+    pub task: TaskId,
+    pub salt: Hash,
+    /// The claim, once training has finished.
+    pub claim: Option<Claim>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Take this task: choose a salt and hyper-parameters, and start training.
+    Take(TaskId),
+    /// Send the commitment to the finished claim.
+    Commit(TaskId),
+    /// Reveal the committed claim.
+    Reveal(TaskId),
+    /// Let the job go (and its artifacts, once the retention window has passed).
+    Drop(TaskId, Why),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// Its window closed before this miner got there.
+    TooLate,
+    /// The task ended and the retention window has passed.
+    Ended,
+    /// The chain no longer shows it.
+    Gone,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Tasks trained at once (one per GPU, or per CPU slot).
+    pub slots: usize,
+    /// A task is taken only with at least this many blocks of its commit window left.
+    pub min_commit_blocks: u64,
+    /// Artifacts are kept this many blocks after the task ends (validators and challengers
+    /// may still fetch them).
+    pub retention_blocks: u64,
+    /// Take no new task (the operator is scaling this miner down).
+    pub draining: bool,
+}
+
+/// What to do now, at `height`, given the tasks on chain and this miner's jobs.
+pub fn plan(
+    me: &Address,
+    height: Height,
+    tasks: &[TaskView],
+    jobs: &BTreeMap<TaskId, Job>,
+    limits: &Limits,
+) -> Vec<Action> {
+    let by_id: BTreeMap<TaskId, &TaskView> = tasks.iter().map(|t| (t.id, t)).collect();
+    let mut actions = Vec::new();
+    for (id, job) in jobs {
+        let Some(t) = by_id.get(id) else {
+            actions.push(Action::Drop(*id, Why::Gone));
+            continue;
+        };
+        let action = match (t.mine, &job.claim, t.phase) {
+            // Training: nothing to do until it ends, unless the window closed meanwhile.
+            (OnChain::Nothing, None, Phase::Commit) => None,
+            (OnChain::Nothing, Some(_), Phase::Commit) => Some(Action::Commit(*id)),
+            (OnChain::Nothing, _, _) => Some(Action::Drop(*id, Why::TooLate)),
+            (OnChain::Committed, _, Phase::Commit) => None,
+            (OnChain::Committed, Some(_), Phase::Reveal) => Some(Action::Reveal(*id)),
+            // Committed but the claim is lost, or the reveal window passed: the deposit is.
+            (OnChain::Committed, _, _) => Some(Action::Drop(*id, Why::TooLate)),
+            (OnChain::Revealed, _, _) => t
+                .ended_at
+                .filter(|&end| height >= end + limits.retention_blocks)
+                .map(|_| Action::Drop(*id, Why::Ended)),
+        };
+        actions.extend(action);
+    }
+    if limits.draining {
+        return actions;
+    }
+    let training = jobs.values().filter(|j| j.claim.is_none()).count();
+    let free = limits.slots.saturating_sub(training);
+    let mut open: Vec<&TaskView> = tasks
+        .iter()
+        .filter(|t| t.phase == Phase::Commit && t.mine == OnChain::Nothing)
+        .filter(|t| t.client != *me && !jobs.contains_key(&t.id))
+        .filter(|t| t.commit_end.saturating_sub(height) >= limits.min_commit_blocks)
+        .collect();
+    // The best-paid first; ties by id, so every miner's order is the same and reproducible.
+    open.sort_by(|a, b| b.bounty.cmp(&a.bounty).then(a.id.cmp(&b.id)));
+    actions.extend(open.into_iter().take(free).map(|t| Action::Take(t.id)));
+    actions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        slots: 2,
+        min_commit_blocks: 10,
+        retention_blocks: 100,
+        draining: false,
+    };
+
+    fn me() -> Address {
+        pot_protocol::SecretKey::from_seed([1; 32]).address()
+    }
+
+    fn task(n: u8, bounty: u64) -> TaskView {
+        TaskView {
+            id: Hash::digest(&[n]),
+            client: pot_protocol::SecretKey::from_seed([9; 32]).address(),
+            bounty: Amount(bounty),
+            phase: Phase::Commit,
+            commit_end: 50,
+            ended_at: None,
+            mine: OnChain::Nothing,
+        }
+    }
+
+    fn job(t: &TaskView, trained: bool) -> (TaskId, Job) {
+        let claim = trained.then(|| Claim {
+            model_hash: Hash::ZERO,
+            checkpoint_root: Hash::ZERO,
+            steps: 100,
+            hyper: Vec::new(),
+            artifacts: String::new(),
+        });
+        (
+            t.id,
+            Job {
+                task: t.id,
+                salt: Hash::ZERO,
+                claim,
+            },
+        )
+    }
+
+    #[test]
+    fn the_best_paid_open_tasks_are_taken_up_to_the_free_slots() {
+        let tasks = [task(1, 10), task(2, 30), task(3, 20)];
+        let actions = plan(&me(), 10, &tasks, &BTreeMap::new(), &LIMITS);
+        assert_eq!(
+            actions,
+            vec![Action::Take(tasks[1].id), Action::Take(tasks[2].id)]
+        );
+        // One slot busy training: one more.
+        let jobs = BTreeMap::from([job(&tasks[1], false)]);
+        let actions = plan(&me(), 10, &tasks, &jobs, &LIMITS);
+        assert_eq!(actions, vec![Action::Take(tasks[2].id)]);
+        // Draining: none.
+        let draining = Limits {
+            draining: true,
+            ..LIMITS
+        };
+        assert!(plan(&me(), 10, &tasks, &BTreeMap::new(), &draining).is_empty());
+    }
+
+    #[test]
+    fn tasks_too_close_to_their_deadline_or_its_own_are_not_taken() {
+        let mut own = task(1, 100);
+        own.client = me();
+        let late = task(2, 50);
+        let tasks = [own, late, task(3, 1)];
+        // At 45 the late one has 5 blocks left, fewer than the 10 asked for; all do.
+        assert!(plan(&me(), 45, &tasks, &BTreeMap::new(), &LIMITS).is_empty());
+        assert_eq!(
+            plan(&me(), 10, &tasks, &BTreeMap::new(), &LIMITS),
+            vec![Action::Take(tasks[1].id), Action::Take(tasks[2].id)]
+        );
+    }
+
+    #[test]
+    fn a_claim_is_committed_then_revealed_as_the_chain_moves() {
+        let mut t = task(1, 10);
+        let jobs = BTreeMap::from([job(&t, true)]);
+        let single = [t.clone()];
+        assert_eq!(
+            plan(&me(), 20, &single, &jobs, &LIMITS)[0],
+            Action::Commit(t.id)
+        );
+        t.mine = OnChain::Committed;
+        assert!(!plan(&me(), 20, &[t.clone()], &jobs, &LIMITS).contains(&Action::Commit(t.id)));
+        t.phase = Phase::Reveal;
+        assert_eq!(
+            plan(&me(), 55, &[t.clone()], &jobs, &LIMITS),
+            vec![Action::Reveal(t.id)]
+        );
+        // Revealed: kept (served) until the task ended and the retention window passed.
+        t.mine = OnChain::Revealed;
+        t.phase = Phase::Finalized;
+        t.ended_at = Some(200);
+        assert!(plan(&me(), 299, &[t.clone()], &jobs, &LIMITS).is_empty());
+        assert_eq!(
+            plan(&me(), 300, &[t.clone()], &jobs, &LIMITS),
+            vec![Action::Drop(t.id, Why::Ended)]
+        );
+    }
+
+    #[test]
+    fn a_missed_window_lets_the_job_go() {
+        let mut t = task(1, 10);
+        t.phase = Phase::Reveal;
+        // Still training when the commit window closed.
+        let training = BTreeMap::from([job(&t, false)]);
+        assert_eq!(
+            plan(&me(), 60, &[t.clone()], &training, &LIMITS),
+            vec![Action::Drop(t.id, Why::TooLate)]
+        );
+        // Committed, but the reveal window closed.
+        t.mine = OnChain::Committed;
+        t.phase = Phase::EvalReveal;
+        let trained = BTreeMap::from([job(&t, true)]);
+        assert_eq!(
+            plan(&me(), 70, &[t.clone()], &trained, &LIMITS),
+            vec![Action::Drop(t.id, Why::TooLate)]
+        );
+        // Gone from the chain's view.
+        assert_eq!(
+            plan(&me(), 70, &[], &trained, &LIMITS),
+            vec![Action::Drop(t.id, Why::Gone)]
+        );
+    }
+}
