@@ -51,6 +51,36 @@ async fn dev_node(
     (node, url)
 }
 
+/// `pot-node task submit` of the example digits task, signed by the dev node's funded key in
+/// `data`; returns what it printed.
+fn submit_digits_task(
+    bin: &std::path::Path,
+    url: &str,
+    data: &std::path::Path,
+    secret: &std::path::Path,
+) -> String {
+    let key = data.join("coordinator.key");
+    let task_file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../node-image/node/tasks/digits-mlp.yaml"
+    );
+    pot_node(
+        bin,
+        &[
+            "task",
+            "submit",
+            "--node",
+            url,
+            "--key",
+            key.to_str().unwrap(),
+            "--file",
+            task_file,
+            "--secret-out",
+            secret.to_str().unwrap(),
+        ],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_node_takes_a_task_from_the_cli_and_shows_it() {
     let bin = pot_e2e::pot_node_binary();
@@ -59,27 +89,8 @@ async fn dev_node_takes_a_task_from_the_cli_and_shows_it() {
     let (_node, url) = dev_node(&bin, &data, &[]).await;
     let client = Client::new(url.clone());
 
-    let key = data.join("coordinator.key");
-    let task_file = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../node-image/node/tasks/digits-mlp.yaml"
-    );
     let secret = dir.path().join("eval-secret.json");
-    let out = pot_node(
-        &bin,
-        &[
-            "task",
-            "submit",
-            "--node",
-            &url,
-            "--key",
-            key.to_str().unwrap(),
-            "--file",
-            task_file,
-            "--secret-out",
-            secret.to_str().unwrap(),
-        ],
-    );
+    let out = submit_digits_task(&bin, &url, &data, &secret);
     let id = out
         .lines()
         .find_map(|l| l.strip_prefix("task: "))
@@ -326,27 +337,8 @@ async fn a_dataset_a_task_names_is_fetched_from_the_peer_that_holds_it_and_serve
         .unwrap_err();
     assert_eq!(unknown.code(), Some("not_found"), "{unknown}");
 
-    let key = data.join("coordinator.key");
-    let task_file = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../node-image/node/tasks/digits-mlp.yaml"
-    );
     let secret = dir.path().join("eval-secret.json");
-    pot_node(
-        &bin,
-        &[
-            "task",
-            "submit",
-            "--node",
-            &url,
-            "--key",
-            key.to_str().unwrap(),
-            "--file",
-            task_file,
-            "--secret-out",
-            secret.to_str().unwrap(),
-        ],
-    );
+    submit_digits_task(&bin, &url, &data, &secret);
 
     // Now the chain names it: found through the network, fetched, checked, served. The
     // holder may not be known yet right after start-up, so ask until it is (bounded).

@@ -87,7 +87,7 @@ pub fn train(
     let (train, held_out) = task::load_data(&task_spec, cache)?;
     let run = RunDir::new(out);
     let identity = RunIdentity {
-        task: Hash::digest(&borsh::to_vec(&task_spec)?),
+        task: Hash::of_value("pot/task-spec", &task_spec),
         miner,
         salt,
         hyper: hyper.clone(),

@@ -31,6 +31,19 @@ pub enum ClientError {
     Corrupt { blob: Hash, actual: Hash },
 }
 
+/// The error a node answered with `status` and `body` (its `{code, message}`, or the body as
+/// text when it is not one).
+fn api_error(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+    let error = serde_json::from_slice::<ApiError>(body).unwrap_or_else(|_| ApiError {
+        code: "http".into(),
+        message: String::from_utf8_lossy(body).into_owned(),
+    });
+    ClientError::Api {
+        status: status.as_u16(),
+        error,
+    }
+}
+
 impl ClientError {
     /// The API's error code, when the node answered with one.
     pub fn code(&self) -> Option<&str> {
@@ -79,14 +92,7 @@ impl Client {
             return resp.json().await.map_err(http);
         }
         let bytes = resp.bytes().await.map_err(http)?;
-        let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
-            code: "http".into(),
-            message: String::from_utf8_lossy(&bytes).into_owned(),
-        });
-        Err(ClientError::Api {
-            status: status.as_u16(),
-            error,
-        })
+        Err(api_error(status, &bytes))
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -136,14 +142,7 @@ impl Client {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(http)?;
         if !status.is_success() {
-            let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
-                code: "http".into(),
-                message: String::from_utf8_lossy(&bytes).into_owned(),
-            });
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                error,
-            });
+            return Err(api_error(status, &bytes));
         }
         let actual = Hash::digest(&bytes);
         if actual != *blob {

@@ -28,6 +28,16 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
+    /// The store at `root`, touching nothing until it is written to (what the training cache
+    /// needs; a node opens its store with `open`).
+    pub fn at(root: PathBuf) -> BlobStore {
+        BlobStore { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Open (creating) the store at `root`, dropping what an interrupted write left in `tmp/`.
     pub fn open(root: &Path) -> anyhow::Result<BlobStore> {
         for sub in ["blobs", "manifests", "partial", "tmp"] {
@@ -162,12 +172,14 @@ impl BlobStore {
         {
             return Ok(Some((s, hashes)));
         }
+        // One pass over the file, chunk by chunk.
+        let mut file = File::open(self.path(blob))?;
         let mut hashes = Vec::with_capacity(chunk_count(size) as usize);
         let mut whole = Sha256::new();
-        for i in 0..chunk_count(size) {
-            let chunk = self
-                .read_chunk(blob, i)?
-                .context("the blob shrank while it was read")?;
+        let mut chunk = Vec::with_capacity(CHUNK as usize);
+        for _ in 0..chunk_count(size) {
+            chunk.clear();
+            (&mut file).take(CHUNK).read_to_end(&mut chunk)?;
             whole.update(&chunk);
             hashes.push(Hash::digest(&chunk));
         }
@@ -179,6 +191,7 @@ impl BlobStore {
         }
         // Keeping the list only saves work; a failure to keep it costs nothing else.
         let keep = || -> anyhow::Result<()> {
+            std::fs::create_dir_all(self.root.join("manifests"))?;
             let mut tmp = self.temp_file()?;
             tmp.write_all(&borsh::to_vec(&(size, hashes.clone()))?)?;
             tmp.persist(&kept)?;
@@ -212,14 +225,17 @@ impl BlobStore {
 
     /// A file in `tmp/` that is removed unless committed.
     fn temp_file(&self) -> anyhow::Result<tempfile::NamedTempFile> {
-        tempfile::NamedTempFile::new_in(self.root.join("tmp"))
-            .with_context(|| format!("creating a file in {}", self.root.join("tmp").display()))
+        let dir = self.root.join("tmp");
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| tempfile::NamedTempFile::new_in(&dir))
+            .with_context(|| format!("creating a file in {}", dir.display()))
     }
 
     /// Sync `tmp` and move it to the blob's place, durably.
     fn commit(&self, tmp: tempfile::NamedTempFile, hash: &Hash) -> anyhow::Result<()> {
         tmp.as_file().sync_all().context("syncing a blob")?;
         let dest = self.path(hash);
+        std::fs::create_dir_all(self.root.join("blobs"))?;
         tmp.persist(&dest)
             .with_context(|| format!("storing {}", dest.display()))?;
         File::open(self.root.join("blobs"))?.sync_all()?;

@@ -405,6 +405,13 @@ mod tests {
         )
     }
 
+    /// A store to fetch into, and the directory it lives in.
+    fn empty_store() -> (tempfile::TempDir, BlobStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
     fn run<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -418,8 +425,7 @@ mod tests {
         let bytes = blob();
         let h = Hash::digest(&bytes);
         let (_d, ids, net) = peers(&[Behaviour::CorruptsChunks, Behaviour::Honest], &bytes);
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (_dir, store) = empty_store();
         run(fetch(&store, &net, h, &ids, FetchLimits::up_to(1 << 30))).unwrap();
         assert_eq!(store.read(&h).unwrap(), bytes);
         // The liar was asked for a chunk and then never again.
@@ -437,8 +443,7 @@ mod tests {
         let bytes = blob();
         let h = Hash::digest(&bytes);
         let (_d, ids, net) = peers(&[Behaviour::VanishesAfter(1), Behaviour::Honest], &bytes);
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (_dir, store) = empty_store();
         let limits = FetchLimits {
             parallel: 1,
             ..FetchLimits::up_to(1 << 30)
@@ -452,8 +457,7 @@ mod tests {
         let bytes = blob();
         let h = Hash::digest(&bytes);
         let (_d, ids, net) = peers(&[Behaviour::Honest], &bytes);
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (_dir, store) = empty_store();
         let err = run(fetch(&store, &net, h, &ids, FetchLimits::up_to(CHUNK)))
             .unwrap_err()
             .to_string();
@@ -484,8 +488,7 @@ mod tests {
         std::fs::rename(liar_store.path(&other_hash), liar_store.path(&h)).unwrap();
         net.stores.insert(ids1[0], (liar_store, Behaviour::Honest));
         net.stores.extend(net2.stores);
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (_dir, store) = empty_store();
         let holders = [ids1[0], ids2[0]];
         run(fetch(
             &store,
@@ -503,8 +506,7 @@ mod tests {
         let bytes = blob();
         let h = Hash::digest(&bytes);
         let (_d, ids, net) = peers(&[Behaviour::AlwaysBusy, Behaviour::Honest], &bytes);
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (_dir, store) = empty_store();
         let limits = FetchLimits {
             busy_backoff: Duration::from_millis(1),
             max_busy: 3,
@@ -515,8 +517,7 @@ mod tests {
 
         // With only a busy holder, the fetch ends rather than asking forever.
         let (_d, ids, net) = peers(&[Behaviour::AlwaysBusy], &bytes);
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (_dir, store) = empty_store();
         let err = run(fetch(&store, &net, h, &ids, limits))
             .unwrap_err()
             .to_string();
@@ -528,8 +529,7 @@ mod tests {
         let bytes = blob();
         let h = Hash::digest(&bytes);
         let (_d, ids, net) = peers(&[Behaviour::CorruptsChunks], &bytes);
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (_dir, store) = empty_store();
         let err = run(fetch(&store, &net, h, &ids, FetchLimits::up_to(1 << 30)))
             .unwrap_err()
             .to_string();

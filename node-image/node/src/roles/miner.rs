@@ -60,11 +60,10 @@ impl TaskView {
     }
 }
 
-/// A task this miner took, as it keeps it on disk (the chain cannot know the salt or, before
-/// the reveal, the claim).
+/// A task this miner took (kept by task id), as it keeps it on disk: the chain cannot know
+/// the salt or, before the reveal, the claim.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Job {
-    pub task: TaskId,
     pub salt: Hash,
     /// The claim, once training has finished.
     pub claim: Option<Claim>,
@@ -191,7 +190,6 @@ mod tests {
         (
             t.id,
             Job {
-                task: t.id,
                 salt: Hash::ZERO,
                 claim,
             },

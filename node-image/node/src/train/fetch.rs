@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use pot_protocol::Hash;
 
 use super::datasets::{BUILTINS, builtin};
+use crate::artifacts::BlobStore;
 
 /// Largest download accepted (a bound on what a malicious locator can make a node store).
 pub const MAX_DOWNLOAD: u64 = 2 * 1024 * 1024 * 1024;
@@ -27,40 +28,28 @@ pub enum FetchError {
     UnknownBuiltin(String),
 }
 
-/// A content-addressed store of verified bytes: `<dir>/blobs/<hex>`.
+/// Verified bytes kept by their SHA-256: a node's artifact store (`<dir>/blobs/<hex>`).
 #[derive(Clone, Debug)]
 pub struct Cache {
-    dir: PathBuf,
+    store: BlobStore,
 }
 
 impl Cache {
     pub fn new(dir: impl Into<PathBuf>) -> Cache {
-        Cache { dir: dir.into() }
-    }
-
-    fn path(&self, h: &Hash) -> PathBuf {
-        self.dir.join("blobs").join(h.to_hex())
+        Cache {
+            store: BlobStore::at(dir.into()),
+        }
     }
 
     /// Cached bytes for `h`, re-checked (a corrupted cache entry is dropped, not used).
     fn get(&self, h: &Hash) -> Option<Vec<u8>> {
-        let p = self.path(h);
-        let bytes = std::fs::read(&p).ok()?;
+        let bytes = std::fs::read(self.store.path(h)).ok()?;
         if Hash::digest(&bytes) == *h {
             Some(bytes)
         } else {
-            let _ = std::fs::remove_file(&p);
+            let _ = self.store.remove(h);
             None
         }
-    }
-
-    /// Store verified bytes atomically (write then rename).
-    fn put(&self, h: &Hash, bytes: &[u8]) -> std::io::Result<()> {
-        let p = self.path(h);
-        std::fs::create_dir_all(p.parent().expect("has a parent"))?;
-        let tmp = p.with_extension(format!("partial-{}", std::process::id()));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(tmp, p)
     }
 }
 
@@ -86,7 +75,7 @@ pub fn fetch(locator: &str, sha256: &Hash, cache: &Cache) -> Result<Vec<u8>, Fet
             Ok(h) if h == *sha256 => format!(
                 "not in {}; pot:// blobs are fetched from peers by a running node (`pot-node \
                  run`)",
-                cache.dir.display()
+                cache.store.root().display()
             ),
             Ok(h) => format!("names blob {h}, but the task says its SHA-256 is {sha256}"),
             Err(e) => format!("not a pot://<sha256> locator: {e}"),
@@ -119,8 +108,9 @@ pub fn fetch(locator: &str, sha256: &Hash, cache: &Cache) -> Result<Vec<u8>, Fet
         });
     }
     cache
-        .put(sha256, &bytes)
-        .map_err(|e| unavailable(format!("caching: {e}")))?;
+        .store
+        .put(&bytes)
+        .map_err(|e| unavailable(format!("caching: {e:#}")))?;
     Ok(bytes)
 }
 
@@ -177,9 +167,9 @@ mod tests {
         let h = Hash::digest(b"5,6,1\n");
         assert!(fetch(file.to_str().unwrap(), &h, &cache).is_ok());
         // Corrupt the cached copy: it is detected, dropped, and the file read again.
-        std::fs::write(cache.path(&h), b"junk").unwrap();
+        std::fs::write(cache.store.path(&h), b"junk").unwrap();
         assert!(fetch(file.to_str().unwrap(), &h, &cache).is_ok());
-        assert_eq!(std::fs::read(cache.path(&h)).unwrap(), b"5,6,1\n");
+        assert_eq!(std::fs::read(cache.store.path(&h)).unwrap(), b"5,6,1\n");
 
         use crate::train::datasets::DIGITS_CSV_GZ;
         let digits = Hash::digest(DIGITS_CSV_GZ);
