@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use pot_protocol::api::{
-    AccountInfo, ApiError, BlockInfo, Head, Queue, SubmitTx, Submitted, TaskInfo, TxStatus,
+    AccountInfo, ApiError, BlockInfo, DecidedBlock, Head, Queue, SubmitTx, Submitted, TaskInfo,
+    TxStatus,
 };
 use pot_protocol::tx::{Role, limits};
 use pot_protocol::{Address, Hash, Phase, SignedTx, State};
@@ -94,6 +95,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/tx/{hash}", get(tx_status))
         .route("/v1/chain/head", get(head))
         .route("/v1/blocks/{height}", get(block))
+        .route("/v1/blocks/{height}/decided", get(decided_block))
         .route("/v1/accounts/{address}", get(account))
         .route("/v1/tasks", get(tasks))
         .route("/v1/tasks/{id}", get(task))
@@ -258,6 +260,28 @@ async fn block(
         .map(|c| (c.round, c.signers()))
         .unwrap_or_default();
     Ok(Json(BlockInfo::new(&block, signers, round)))
+}
+
+/// The block and its commit certificate, borsh-encoded as stored, for followers that check
+/// the certificate themselves.
+async fn decided_block(
+    AxumState(api): AxumState<Api>,
+    Path(height): Path<String>,
+) -> Result<Response, Error> {
+    let height: u64 = parse("bad_height", "height", &height)?;
+    let store = api.chain.store();
+    let missing = || not_found(format!("no block at height {height}"));
+    let block = store.block(height).map_err(internal)?.ok_or_else(missing)?;
+    let commit = store
+        .commit_at(height)
+        .map_err(internal)?
+        .ok_or_else(missing)?;
+    let bytes = pot_protocol::encoding::encode(&DecidedBlock { block, commit });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )
+        .into_response())
 }
 
 async fn account(

@@ -77,17 +77,65 @@ pub fn train(
 ) -> anyhow::Result<Manifest> {
     let task_spec = TaskFile::read(task)?.spec;
     let hyper = task::choose_hyper(&task_spec, &who.hyper)?;
+    let run = RunDir::new(out);
+    let bar = ProgressBar::new(task_spec.steps).with_style(
+        ProgressStyle::with_template("{bar:30} step {pos}/{len}  loss {msg}  {per_sec}  eta {eta}")
+            .expect("valid template"),
+    );
+    let m = train_spec(
+        &task_spec,
+        hyper,
+        &run,
+        (who.miner, who.salt),
+        threads,
+        device,
+        cache,
+        &mut |event| match event {
+            TrainEvent::Resumed { step } => {
+                eprintln!("resuming {} at step {step}", out.display());
+                bar.set_position(step);
+            }
+            TrainEvent::Checkpoint { step, loss } => {
+                bar.set_position(step);
+                bar.set_message(format!("{loss:.4}"));
+            }
+        },
+    )?;
+    bar.finish();
+    Ok(m)
+}
+
+/// What a training run reports as it goes.
+#[derive(Clone, Copy, Debug)]
+pub enum TrainEvent {
+    /// It picked up an earlier run's checkpoints: training goes on after `step`.
+    Resumed { step: u64 },
+    /// Checkpoint at `step` written; `loss` is the last batch's.
+    Checkpoint { step: u64, loss: f32 },
+}
+
+/// Train `task_spec` with `hyper` as `(miner, salt)` into `run`, resuming from the run's last
+/// checkpoint when it holds the same run, and write its manifest.
+#[allow(clippy::too_many_arguments)]
+pub fn train_spec(
+    task_spec: &pot_protocol::task::TaskSpec,
+    hyper: Vec<pot_protocol::task::HyperValue>,
+    run: &RunDir,
+    (miner, salt): (Address, Hash),
+    threads: Option<i32>,
+    device: Device,
+    cache: &Cache,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> anyhow::Result<Manifest> {
     // A task that demands bit-identical replays trains and replays with kernels whose sums do
     // not depend on the thread count.
     crate::train::determinism::exact_cpu_kernels(task_spec.verification.is_exact());
-    let threads = task::threads(&task_spec, threads)?;
+    let threads = task::threads(task_spec, threads)?;
     tch::set_num_threads(threads);
-    let (miner, salt) = (who.miner, who.salt);
-    let spec = task::run_spec(&task_spec, &hyper, &miner, &salt, device, cache)?;
-    let (train, held_out) = task::load_data(&task_spec, cache)?;
-    let run = RunDir::new(out);
+    let spec = task::run_spec(task_spec, &hyper, &miner, &salt, device, cache)?;
+    let (train, held_out) = task::load_data(task_spec, cache)?;
     let identity = RunIdentity {
-        task: Hash::of_value("pot/task-spec", &task_spec),
+        task: Hash::of_value("pot/task-spec", task_spec),
         miner,
         salt,
         hyper: hyper.clone(),
@@ -102,31 +150,23 @@ pub fn train(
         p.hashes.truncate(n);
         p.last = std::fs::read(run.checkpoint_path(n - 1))?;
     }
-    if let Some(p) = &progress {
-        eprintln!(
-            "resuming {} from checkpoint {} of {n}",
-            out.display(),
-            p.hashes.len() - 1
-        );
-    }
-    let bar = ProgressBar::new(spec.steps).with_style(
-        ProgressStyle::with_template("{bar:30} step {pos}/{len}  loss {msg}  {per_sec}  eta {eta}")
-            .expect("valid template"),
-    );
-    let started = Instant::now();
     let k = spec.checkpoint_interval;
     if let Some(p) = &progress {
-        bar.set_position((p.hashes.len() as u64 - 1) * k);
+        on_event(TrainEvent::Resumed {
+            step: (p.hashes.len() as u64 - 1) * k,
+        });
     }
+    let started = Instant::now();
     let (record, trained) = Trainer::run_from(&spec, &train, progress, |i, bytes, loss| {
         run.write_checkpoint(i, bytes)?;
         if i > 0 {
-            bar.inc(k);
-            bar.set_message(format!("{loss:.4}"));
+            on_event(TrainEvent::Checkpoint {
+                step: i as u64 * k,
+                loss,
+            });
         }
         Ok(())
     })?;
-    bar.finish();
     let seconds = started.elapsed().as_secs_f64();
     let accuracy = trained.accuracy(&held_out);
     let manifest = Manifest {
@@ -164,13 +204,32 @@ pub fn verify(
     cache: &Cache,
 ) -> anyhow::Result<Report> {
     let task_spec = TaskFile::read(task)?.spec;
-    tch::set_num_threads(task::threads(&task_spec, threads)?);
+    let source = RunDirSource::open(RunDir::new(dir))?;
+    verify_claim(
+        &task_spec, claim, &source, sampled, None, threads, device, cache,
+    )
+}
+
+/// Verify `claim` for `task_spec`, replaying the `sampled` segments and the task's top-Q with
+/// checkpoints from `source`; the model's accuracy is measured on `eval_set` (default: the
+/// task's held-out split).
+#[allow(clippy::too_many_arguments)]
+pub fn verify_claim(
+    task_spec: &pot_protocol::task::TaskSpec,
+    claim: &ClaimFacts,
+    source: &dyn verify::CheckpointSource,
+    sampled: &[u32],
+    eval_set: Option<&pot_protocol::task::DatasetRef>,
+    threads: Option<i32>,
+    device: Device,
+    cache: &Cache,
+) -> anyhow::Result<Report> {
+    tch::set_num_threads(task::threads(task_spec, threads)?);
     // A task that demands bit-identical replays trains and replays with kernels whose sums do
     // not depend on the thread count.
     crate::train::determinism::exact_cpu_kernels(task_spec.verification.is_exact());
-    let source = RunDirSource::open(RunDir::new(dir))?;
     let spec = task::run_spec(
-        &task_spec,
+        task_spec,
         &claim.hyper,
         &claim.miner,
         &claim.salt,
@@ -178,18 +237,22 @@ pub fn verify(
         cache,
     )
     .context("the claim's hyper-parameters")?;
-    let (train, held_out) = task::load_data(&task_spec, cache)?;
+    let (train, held_out) = task::load_data(task_spec, cache)?;
+    let held_out = match eval_set {
+        Some(d) => task::load_dataset(d, cache).context("the revealed eval set")?,
+        None => held_out,
+    };
     let plan = Plan {
         sampled: sampled.to_vec(),
         top_q: task_spec.verification.top_q,
-        tolerance: task::tolerance(&task_spec),
+        tolerance: task::tolerance(task_spec),
     };
     verify::verify(
         &spec,
         task_spec.seed,
         claim,
         &plan,
-        &source,
+        source,
         &train,
         &held_out,
     )

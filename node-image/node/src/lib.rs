@@ -8,6 +8,7 @@ pub mod chain;
 pub mod commands;
 pub mod consensus;
 pub mod coordinator;
+pub mod devnet;
 pub mod genesis_builder;
 pub mod keyfile;
 pub mod metrics;

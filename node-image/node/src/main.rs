@@ -137,8 +137,30 @@ enum Command {
         what: BenchWhat,
     },
     /// Run a node. Coordinators order transactions into blocks with BFT consensus and serve
-    /// the HTTP API.
+    /// the HTTP API; miners train open tasks; validators check claims.
     Run(RunArgs),
+    /// Start a whole network on loopback (coordinators, miners, validators as processes of
+    /// this binary), submit a task, show its progress, and print the outcome. Ctrl-C stops
+    /// everything it started.
+    Devnet {
+        #[arg(long, default_value_t = 4)]
+        coordinators: usize,
+        #[arg(long, default_value_t = 3)]
+        miners: usize,
+        #[arg(long, default_value_t = 3)]
+        validators: usize,
+        /// The task file to submit (its bounty, eval_set and windows included).
+        #[arg(long)]
+        task: PathBuf,
+        /// Where keys, chain data and logs go (default: a new directory under /tmp).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        block_time_ms: u64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+    },
     /// Sign and submit a transaction, and wait until it is in a block.
     Tx {
         #[command(flatten)]
@@ -230,7 +252,13 @@ enum BenchWhat {
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum NodeRole {
+    /// Agree on blocks (consensus) and serve the API.
     Coordinator,
+    /// Take open tasks, train them, commit and reveal claims; validates too unless
+    /// `--no-validate`.
+    Miner,
+    /// Verify the claims this node is assigned to, and commit and reveal reports.
+    Validator,
 }
 
 #[derive(clap::Args)]
@@ -300,6 +328,30 @@ struct RunArgs {
     /// Log as JSON lines (for pods) instead of text.
     #[arg(long, env = "POT_LOG_JSON")]
     log_json: bool,
+    /// Miners and validators: the coordinators' HTTP APIs, whose blocks it follows (checking
+    /// each commit certificate) and to which it sends transactions (comma-separated or
+    /// repeated).
+    #[arg(long = "coordinator", env = "POT_COORDINATORS", value_delimiter = ',')]
+    coordinators: Vec<String>,
+    /// Miners: tasks trained at once (default: one per GPU, else 1).
+    #[arg(long, env = "POT_SLOTS")]
+    slots: Option<usize>,
+    /// Miners: do not validate (miners validate the claims they are assigned to by default).
+    #[arg(long)]
+    no_validate: bool,
+    /// Miners and validators: a file holding the token `POST /v1/node/drain` must present
+    /// (a mounted Secret); draining is off without it.
+    #[arg(long, env = "POT_DRAIN_TOKEN_FILE")]
+    drain_token_file: Option<PathBuf>,
+    /// Miners and validators: libtorch's CPU kernel level (ATEN_CPU_CAPABILITY), fixed so
+    /// replays match across nodes.
+    #[arg(long, env = "POT_CPU_CAPABILITY", default_value = "avx2")]
+    cpu_capability: String,
+    /// Miners and validators: blocks after a task ends that its artifacts are still served.
+    #[arg(long, default_value_t = 1000)]
+    retention_blocks: u64,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 #[derive(clap::Args)]
@@ -615,6 +667,44 @@ fn main() -> anyhow::Result<()> {
             println!("{json}");
         }
         Command::Run(args) => run_node(args)?,
+        Command::Devnet {
+            coordinators,
+            miners,
+            validators,
+            task,
+            dir,
+            block_time_ms,
+            timeout,
+        } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => tempfile::Builder::new()
+                    .prefix("pot-devnet-")
+                    .tempdir()?
+                    .keep(),
+            };
+            let opts = pot_node::devnet::Options {
+                coordinators,
+                miners,
+                validators,
+                task,
+                dir,
+                block_time_ms,
+                bin: std::env::current_exe()?,
+                miner_args: Vec::new(),
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            let summary = runtime()?.block_on(async {
+                tokio::select! {
+                    s = pot_node::devnet::run(opts) => s.map(Some),
+                    _ = tokio::signal::ctrl_c() => Ok(None),
+                }
+            })?;
+            match summary {
+                Some(s) => print!("{}", pot_node::devnet::table(&s)),
+                None => eprintln!("interrupted: every process it started is stopped"),
+            }
+        }
         Command::Tx { signer, what } => runtime()?.block_on(send_tx(signer, what))?,
         Command::Task {
             what:
@@ -688,6 +778,15 @@ fn dev_or_read_key(path: Option<&Path>, dev_path: &Path) -> anyhow::Result<Secre
 }
 
 fn run_node(args: RunArgs) -> anyhow::Result<()> {
+    if args.role != NodeRole::Coordinator {
+        // Replays are compared bit for bit: every node trains with the same kernels.
+        pin_replay_environment(&args.cpu_capability)?;
+        anyhow::ensure!(
+            !args.dev,
+            "--dev starts a one-coordinator chain; a miner or validator joins one with --genesis, \
+             --key and --coordinator"
+        );
+    }
     init_logs(args.log_json);
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
@@ -722,7 +821,9 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
             genesis.coordinators.len()
         );
     }
-    let NodeRole::Coordinator = args.role;
+    if args.role != NodeRole::Coordinator {
+        return run_role(args, key, genesis);
+    }
     runtime()?.block_on(pot_node::coordinator::run(pot_node::coordinator::Options {
         genesis,
         key,
@@ -738,6 +839,51 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
         new_sign_state: args.new_sign_state,
         #[cfg(feature = "fault-injection")]
         faults: args.faults,
+    }))
+}
+
+/// `run --role miner|validator`.
+fn run_role(args: RunArgs, key: SecretKey, genesis: Genesis) -> anyhow::Result<()> {
+    use pot_node::roles::node;
+    let artifacts_listen = args.artifacts_listen.clone().context(
+        "a miner or validator serves and fetches artifacts: give --artifacts-listen (and \
+         --bootstrap with the coordinators' artifact addresses)",
+    )?;
+    let device = args.device.device()?;
+    let gpus = match device {
+        tch::Device::Cuda(_) => tch::Cuda::device_count().max(1) as usize,
+        _ => 1,
+    };
+    let drain_token = match &args.drain_token_file {
+        Some(p) => {
+            let token = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the drain token {}", p.display()))?;
+            let token = token.trim().to_string();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "the drain token file {} is empty",
+                p.display()
+            );
+            Some(token)
+        }
+        None => None,
+    };
+    keep_freed_memory_for_reuse();
+    runtime()?.block_on(node::run(node::Options {
+        genesis,
+        key,
+        data_dir: args.data_dir,
+        coordinators: args.coordinators,
+        api_listen: args.api_listen,
+        artifacts_listen,
+        bootstrap: args.bootstrap,
+        mine: args.role == NodeRole::Miner,
+        validate: args.role == NodeRole::Validator || !args.no_validate,
+        slots: args.slots.unwrap_or(gpus),
+        device,
+        drain_token,
+        poll: std::time::Duration::from_millis(500),
+        retention_blocks: args.retention_blocks,
     }))
 }
 

@@ -62,7 +62,7 @@ pub struct RunDir {
 }
 
 /// Write `bytes` to `path` atomically and durably: aside, synced, renamed.
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let dir = path.parent().expect("a file in a directory");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

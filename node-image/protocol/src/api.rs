@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::block::Block;
+use crate::commit::Commit;
 use crate::crypto::Address;
 use crate::hash::Hash;
 use crate::state::{Phase, Reputation, Task, Unbonding};
@@ -120,6 +121,20 @@ impl BlockInfo {
     }
 }
 
+/// `GET /v1/blocks/{height}/decided` (borsh, not JSON): a block and the commit certificate
+/// that decided it, for nodes that follow the chain and check the certificate themselves.
+#[derive(Clone, Debug, PartialEq, Eq, borsh::BorshSerialize, borsh::BorshDeserialize)]
+pub struct DecidedBlock {
+    pub block: Block,
+    pub commit: Commit,
+}
+
+impl DecidedBlock {
+    /// The largest encoding a follower reads: the ledger's block limit, the header, and a
+    /// certificate of up to a few hundred signatures.
+    pub const MAX_BYTES: usize = crate::ledger::block_limits::MAX_TX_BYTES_TOTAL + 256 * 1024;
+}
+
 /// `GET /v1/accounts/{address}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountInfo {
@@ -159,4 +174,47 @@ pub struct Queue {
 pub struct ApiError {
     pub code: String,
     pub message: String,
+}
+
+/// `GET /v1/node/status` of a miner or validator: its role, how far it has followed the chain,
+/// whether it is draining, and the tasks it is working on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// `miner`, `validator` or `miner+validator`.
+    pub role: String,
+    pub address: Address,
+    /// The last block this node followed (and checked).
+    pub height: Height,
+    /// It takes no new task and finishes those it has.
+    pub draining: bool,
+    pub tasks: BTreeMap<TaskId, TaskWork>,
+}
+
+/// Where a miner is with one task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TaskWork {
+    Training {
+        step: u64,
+        steps: u64,
+        loss: Option<f32>,
+        steps_per_second: Option<f64>,
+    },
+    /// Trained; its claim is about to be committed.
+    Trained,
+    Committed,
+    Revealed,
+    Failed {
+        error: String,
+    },
+}
+
+impl NodeStatus {
+    /// Tasks still to be trained, committed or revealed (what a drain waits for).
+    pub fn unfinished(&self) -> usize {
+        self.tasks
+            .values()
+            .filter(|w| !matches!(w, TaskWork::Revealed | TaskWork::Failed { .. }))
+            .count()
+    }
 }

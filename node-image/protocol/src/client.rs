@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    AccountInfo, ApiError, BlockInfo, Head, Queue, SubmitTx, Submitted, TaskInfo, TxStatus,
+    AccountInfo, ApiError, BlockInfo, DecidedBlock, Head, NodeStatus, Queue, SubmitTx, Submitted,
+    TaskInfo, TxStatus,
 };
 use crate::crypto::Address;
 use crate::hash::Hash;
@@ -27,6 +28,8 @@ pub enum ClientError {
     },
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
+    #[error("{url} answered with something that does not decode: {error}")]
+    Undecodable { url: String, error: String },
     #[error("artifact {blob} arrived with SHA-256 {actual}; it was not used")]
     Corrupt { blob: Hash, actual: Hash },
 }
@@ -118,6 +121,56 @@ impl Client {
 
     pub async fn block(&self, height: Height) -> Result<BlockInfo, ClientError> {
         self.get(&format!("/v1/blocks/{height}")).await
+    }
+
+    /// The block at `height` with its commit certificate, as stored (borsh). Nothing about it
+    /// is believed here: the caller checks the certificate.
+    pub async fn decided(&self, height: Height) -> Result<DecidedBlock, ClientError> {
+        let url = format!("{}/v1/blocks/{height}/decided", self.base);
+        let bytes = self.bytes(&url).await?;
+        crate::encoding::decode_limited(&bytes, DecidedBlock::MAX_BYTES).map_err(|e| {
+            ClientError::Undecodable {
+                url,
+                error: e.to_string(),
+            }
+        })
+    }
+
+    /// The body of a successful GET (at most `DecidedBlock::MAX_BYTES` of it is read).
+    async fn bytes(&self, url: &str) -> Result<Vec<u8>, ClientError> {
+        let http = |source| ClientError::Http {
+            url: url.to_string(),
+            source,
+        };
+        let mut resp = self.http.get(url).send().await.map_err(http)?;
+        let status = resp.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(http)? {
+            body.extend_from_slice(&chunk);
+            if body.len() > DecidedBlock::MAX_BYTES {
+                return Err(ClientError::Undecodable {
+                    url: url.to_string(),
+                    error: format!("the answer is over {} bytes", DecidedBlock::MAX_BYTES),
+                });
+            }
+        }
+        if !status.is_success() {
+            return Err(api_error(status, &body));
+        }
+        Ok(body)
+    }
+
+    /// A miner's or validator's own status (`GET /v1/node/status`).
+    pub async fn node_status(&self) -> Result<NodeStatus, ClientError> {
+        self.get("/v1/node/status").await
+    }
+
+    /// Ask a miner to take no new task and finish those it has (`POST /v1/node/drain` with
+    /// the node's drain token); returns its status.
+    pub async fn drain(&self, token: &str) -> Result<NodeStatus, ClientError> {
+        let url = format!("{}/v1/node/drain", self.base);
+        let req = self.http.post(&url).bearer_auth(token);
+        self.send(url, req).await
     }
 
     pub async fn account(&self, address: &Address) -> Result<AccountInfo, ClientError> {

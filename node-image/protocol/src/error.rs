@@ -100,7 +100,9 @@ pub enum TxError {
     UnknownClaim(Address),
     #[error("validator {validator} is not assigned to the claim of {miner}")]
     NotAssigned { validator: Address, miner: Address },
-    #[error("report must cover exactly the sampled segments {expected:?}")]
+    #[error(
+        "report must cover the sampled segments {expected:?} in order, then at most 128 other segments of the run, ascending"
+    )]
     WrongSegments { expected: Vec<u32> },
     #[error("report verdict does not follow from its checks")]
     InconsistentReport,

@@ -22,6 +22,9 @@ pub mod limits {
     pub const MAX_HYPER: usize = 16;
     /// A hyper-parameter name.
     pub const MAX_HYPER_NAME: usize = 32;
+    /// Segments a report may name besides its sampled ones: the largest-update segments and
+    /// the one before each (twice the largest `top_q` a task may ask for).
+    pub const MAX_EXTRA_SEGMENTS: usize = 2 * crate::task::limits::MAX_TOP_Q as usize;
 }
 
 /// The two staking roles; each has its own bond so slashing one never touches the other.
@@ -150,7 +153,9 @@ pub struct Report {
     pub init_ok: bool,
     /// The last checkpoint is the claimed model.
     pub final_ok: bool,
-    /// One result per sampled segment, in the sampled (ascending) order.
+    /// One result per sampled segment, in the sampled (ascending) order; then, ascending, the
+    /// other segments the validator replayed because their updates were among the largest
+    /// (the task's top-Q, and the segment before each). Every one can be challenged.
     pub segments: Vec<SegmentResult>,
 }
 

@@ -704,6 +704,58 @@ fn commit_and_reveal_reports() {
     );
 }
 
+/// A validator reports the largest-update segments it replayed besides its sample, so a
+/// splice that only the top-Q check catches can be reported (and challenged) on chain.
+#[test]
+fn a_report_may_add_the_largest_update_segments_after_its_sample() {
+    let (mut c, id) = at_report_commit();
+    let s = c.task(&id).schedule.clone();
+    let va = validator_name(&c.assigned(&id, "m1")[0]);
+    let segs = c.segments(&id, va, "m1");
+    let n = c.task(&id).spec.segments() as u32;
+    let others: Vec<u32> = (0..n).filter(|i| !segs.contains(i)).collect();
+    let mut report = valid_report(&segs, 950_000);
+    report.segments.push(SegmentResult {
+        index: others[0],
+        ok: true,
+    });
+    report.segments.push(SegmentResult {
+        index: others[1],
+        ok: false,
+    });
+    report.verdict = Verdict::Invalid(InvalidReason::SegmentMismatch);
+    assert!(report.is_consistent());
+    c.ok(va, Chain::report_commit_body(&id, va, "m1", &report));
+    c.advance_to(s.report_commit_end);
+
+    let wrong = |f: &dyn Fn(&mut Vec<SegmentResult>)| {
+        let mut r = report.clone();
+        f(&mut r.segments);
+        r
+    };
+    let k = segs.len();
+    for bad in [
+        // Not ascending.
+        wrong(&|v| v.swap(k, k + 1)),
+        // A sampled segment again.
+        wrong(&|v| v[k].index = segs[0]),
+        // Beyond the run.
+        wrong(&|v| v[k + 1].index = n),
+        // The sample cut short.
+        wrong(&|v| {
+            v.remove(0);
+        }),
+    ] {
+        assert_eq!(
+            c.try_tx(va, Chain::report_reveal_body(&id, va, "m1", &bad)),
+            Err(TxError::WrongSegments {
+                expected: segs.clone()
+            })
+        );
+    }
+    c.ok(va, Chain::report_reveal_body(&id, va, "m1", &report));
+}
+
 #[test]
 fn challenges_and_votes() {
     use pot_protocol::tx::{Dispute, Fact, challenge_commitment, vote_commitment};

@@ -3,6 +3,7 @@
 //! snapshots and submits transactions. Each is a short critical section; nothing here knows
 //! about the consensus engine.
 
+pub mod follow;
 pub mod mempool;
 pub mod store;
 

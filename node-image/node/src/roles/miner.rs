@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use pot_protocol::api::TaskInfo;
-use pot_protocol::state::TaskStatus;
+use pot_protocol::state::{Task, TaskStatus};
 use pot_protocol::tx::{Claim, TaskId};
 use pot_protocol::{Address, Amount, Hash, Height, Phase};
 
@@ -37,7 +37,11 @@ pub enum OnChain {
 
 impl TaskView {
     pub fn of(info: &TaskInfo, me: &Address) -> TaskView {
-        let t = &info.task;
+        TaskView::of_task(&info.task, info.phase, me)
+    }
+
+    /// The view of `t`, in `phase`, for miner `me`.
+    pub fn of_task(t: &Task, phase: Phase, me: &Address) -> TaskView {
         let mine = match t.claims.get(me) {
             None => OnChain::Nothing,
             Some(c) if c.claim.is_some() => OnChain::Revealed,
@@ -52,7 +56,7 @@ impl TaskView {
             id: t.id,
             client: t.client,
             bounty: t.bounty,
-            phase: info.phase,
+            phase,
             commit_end: t.schedule.commit_end,
             ended_at,
             mine,
@@ -65,8 +69,15 @@ impl TaskView {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     pub salt: Hash,
+    /// The hyper-parameters chosen within the task's ranges.
+    #[serde(default)]
+    pub hyper: Vec<pot_protocol::task::HyperValue>,
     /// The claim, once training has finished.
     pub claim: Option<Claim>,
+    /// Why training could not be done (a dataset that does not match its hash, a model this
+    /// node cannot build): the task is not taken again.
+    #[serde(default)]
+    pub failed: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +100,8 @@ pub enum Why {
     Ended,
     /// The chain no longer shows it.
     Gone,
+    /// Training failed and the commit window is over.
+    Failed,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -119,6 +132,12 @@ pub fn plan(
             actions.push(Action::Drop(*id, Why::Gone));
             continue;
         };
+        if job.failed.is_some() {
+            if t.ended_at.is_some() || t.phase > Phase::Commit {
+                actions.push(Action::Drop(*id, Why::Failed));
+            }
+            continue;
+        }
         let action = match (t.mine, &job.claim, t.phase) {
             // Training: nothing to do until it ends, unless the window closed meanwhile.
             (OnChain::Nothing, None, Phase::Commit) => None,
@@ -138,7 +157,10 @@ pub fn plan(
     if limits.draining {
         return actions;
     }
-    let training = jobs.values().filter(|j| j.claim.is_none()).count();
+    let training = jobs
+        .values()
+        .filter(|j| j.claim.is_none() && j.failed.is_none())
+        .count();
     let free = limits.slots.saturating_sub(training);
     let mut open: Vec<&TaskView> = tasks
         .iter()
@@ -191,7 +213,9 @@ mod tests {
             t.id,
             Job {
                 salt: Hash::ZERO,
+                hyper: Vec::new(),
                 claim,
+                failed: None,
             },
         )
     }

@@ -1,5 +1,10 @@
-//! The network roles besides the coordinator: what a miner (and, to come, a validator, a
-//! verifier and a client) decides, as pure functions of the chain and its own disk, tested
-//! without a network; the loops that act on them are at the edge.
+//! The network roles besides the coordinator. What a miner and a validator decide are pure
+//! functions of the chain and of their own records (`miner`, `validator`), tested without a
+//! network; `node` is the loop that acts on them, `status` what the node shows, `journal` what
+//! it must not forget across a restart.
 
+pub mod journal;
 pub mod miner;
+pub mod node;
+pub mod status;
+pub mod validator;

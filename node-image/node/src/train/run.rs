@@ -183,19 +183,47 @@ impl Trainer {
                 }
             }
             let out = self.model.forward_t(&x, true);
-            let loss = match self.spec.loss {
-                Loss::CrossEntropy => out.cross_entropy_for_logits(&y),
-                Loss::Mse => {
-                    let target = y.one_hot(data.classes).to_kind(tch::Kind::Float);
-                    out.mse_loss(&target, tch::Reduction::Mean)
-                }
-            };
+            let loss = self.loss(&out, &y, data.classes);
             loss.backward();
             self.step += 1;
             self.optimizer.step(&params, self.step);
             loss_value = loss.double_value(&[]) as f32;
         }
         loss_value
+    }
+
+    /// The task's loss of `out` against labels `y`, averaged.
+    fn loss(&self, out: &Tensor, y: &Tensor, classes: i64) -> Tensor {
+        match self.spec.loss {
+            Loss::CrossEntropy => out.cross_entropy_for_logits(y),
+            Loss::Mse => {
+                let target = y.one_hot(classes).to_kind(tch::Kind::Float);
+                out.mse_loss(&target, tch::Reduction::Mean)
+            }
+        }
+    }
+
+    /// The task's metric on `data`: accuracy, or the mean loss.
+    pub fn metric(&self, kind: pot_protocol::task::MetricKind, data: &Dataset) -> f64 {
+        match kind {
+            pot_protocol::task::MetricKind::Accuracy => self.accuracy(data),
+            pot_protocol::task::MetricKind::Loss => self.mean_loss(data),
+        }
+    }
+
+    /// The task's loss on all of `data`, in evaluation mode.
+    pub fn mean_loss(&self, data: &Dataset) -> f64 {
+        let _generator = matches!(self.spec.model, ModelSpec::TorchScript(_)).then(|| {
+            let g = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed(step_seed(&self.spec.run_seed, u64::MAX));
+            g
+        });
+        tch::no_grad(|| {
+            let device = self.spec.device;
+            let out = self.model.forward_t(&data.x.to_device(device), false);
+            self.loss(&out, &data.y.to_device(device), data.classes)
+                .double_value(&[])
+        })
     }
 
     /// Accuracy on `data`. A TorchScript model could draw in evaluation mode too: it draws

@@ -31,7 +31,7 @@ use crate::train::checkpoint::{self, CheckpointError};
 use crate::train::data::Dataset;
 use crate::train::{RunSpec, Trainer};
 pub use compare::{Comparison, Tolerance, Worst};
-pub use source::{CheckpointSource, MemorySource, RunDirSource};
+pub use source::{CheckpointSource, MemorySource, NetworkSource, RunDirSource};
 
 /// What the chain records about one claim.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -122,6 +122,8 @@ pub struct Report {
     pub update_norms: Vec<f64>,
     /// The claimed model's accuracy on the eval set, when it loads.
     pub accuracy: Option<f64>,
+    /// Its mean loss on the eval set, when it loads.
+    pub loss: Option<f64>,
     pub findings: Vec<Finding>,
     /// No findings.
     pub valid: bool,
@@ -179,6 +181,7 @@ pub fn verify(
         segments: Vec::new(),
         update_norms: Vec::new(),
         accuracy: None,
+        loss: None,
         findings: Vec::new(),
         valid: false,
     };
@@ -253,7 +256,10 @@ pub fn verify(
         Err(f) => return Ok(finish(report, f)),
     };
     match Trainer::from_checkpoint(spec, train, &last, spec.steps) {
-        Ok(t) => report.accuracy = Some(t.accuracy(eval)),
+        Ok(t) => {
+            report.accuracy = Some(t.accuracy(eval));
+            report.loss = Some(t.mean_loss(eval));
+        }
         Err(e) => return Ok(finish(report, checkpoint_finding(n, e))),
     }
     report.valid = report.findings.is_empty();

@@ -89,3 +89,39 @@ impl CheckpointSource for RunDirSource {
         Ok((bytes, proof))
     }
 }
+
+/// A claim's checkpoints fetched by hash from the artifact network into this node's blob store
+/// (a fetch cut short resumes from the chunks already stored). `leaves` come from the claim's
+/// run index, whose root the caller checked against the chain; each blob is checked against
+/// its hash as it arrives. Called from a blocking thread: each fetch waits on the runtime.
+pub struct NetworkSource {
+    pub net: crate::artifacts::net::ArtifactNet,
+    pub runtime: tokio::runtime::Handle,
+    pub leaves: Vec<pot_protocol::Hash>,
+    /// Peers asked first (the miner); the network's provider records add more.
+    pub holders: Vec<libp2p::PeerId>,
+    /// How long one checkpoint may take.
+    pub timeout: std::time::Duration,
+}
+
+impl CheckpointSource for NetworkSource {
+    fn fetch(&self, i: usize, max_bytes: u64) -> anyhow::Result<(Vec<u8>, Proof)> {
+        let blob = *self
+            .leaves
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("the run index has no checkpoint {i}"))?;
+        let fetch = self.net.fetch(blob, max_bytes, &self.holders);
+        self.runtime
+            .block_on(async { tokio::time::timeout(self.timeout, fetch).await })
+            .map_err(|_| {
+                anyhow::anyhow!("checkpoint {i} ({blob}) took over {:?}", self.timeout)
+            })??;
+        let bytes = self.net.store.read(&blob)?;
+        anyhow::ensure!(
+            bytes.len() as u64 <= max_bytes,
+            "checkpoint {i} is larger than any checkpoint of this model ({max_bytes} bytes)"
+        );
+        let proof = merkle::prove(&self.leaves, i).expect("index checked above");
+        Ok((bytes, proof))
+    }
+}

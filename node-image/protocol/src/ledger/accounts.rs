@@ -169,13 +169,13 @@ pub(crate) fn settle_reservation(
 
 /// The collateral a validator reserves per assignment: enough that the quorum needed to pass a
 /// claim loses at least the bounty between them, and never less than the minimum bond.
-pub(crate) fn validator_collateral(params: &Params, bounty: Amount) -> Amount {
+pub fn validator_collateral(params: &Params, bounty: Amount) -> Amount {
     let q = u64::from(params.quorum());
     Amount(bounty.0.div_ceil(q)).max(params.min_validator_bond)
 }
 
 /// The collateral a miner reserves per claim: the bounty (an invalid claim loses at least what
 /// it tried to win), and never less than the minimum bond.
-pub(crate) fn miner_collateral(params: &Params, bounty: Amount) -> Amount {
+pub fn miner_collateral(params: &Params, bounty: Amount) -> Amount {
     bounty.max(params.min_miner_bond)
 }

@@ -7,6 +7,7 @@
 //! to a copy and only swapped in when all of it is valid.
 
 mod accounts;
+pub use accounts::{miner_collateral, validator_collateral};
 mod finalize;
 mod lifecycle;
 mod reports;

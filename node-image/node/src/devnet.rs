@@ -1,0 +1,491 @@
+//! `pot-node devnet`: a whole network as processes of this binary on loopback — coordinators,
+//! miners, validators — with one task submitted by a client this command plays (it also
+//! reveals the eval set when its window opens), progress shown as it goes, and the outcome as
+//! a table at the end. Everything it starts is stopped when it ends or on Ctrl-C (the children
+//! are killed when their handles drop).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use pot_protocol::api::{TaskInfo, TaskWork};
+use pot_protocol::client::Client;
+use pot_protocol::genesis::{GenesisBalance, GenesisStake};
+use pot_protocol::state::TaskStatus;
+use pot_protocol::tx::{Role, TxBody};
+use pot_protocol::{Address, Amount, Genesis, Params, Phase, SecretKey};
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+use crate::keyfile;
+use crate::train::task::TaskFile;
+use crate::wallet::{EvalSecret, Wallet};
+
+pub struct Options {
+    pub coordinators: usize,
+    pub miners: usize,
+    pub validators: usize,
+    pub task: PathBuf,
+    /// Where keys, data and logs go (kept afterwards).
+    pub dir: PathBuf,
+    pub block_time_ms: u64,
+    /// The `pot-node` to start (this one by default).
+    pub bin: PathBuf,
+    /// Extra arguments for every miner (a test's fault-injection flags, for instance).
+    pub miner_args: Vec<Vec<String>>,
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+/// What `devnet` prints at the end, and writes as `summary.json` in its directory.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub task: pot_protocol::Hash,
+    pub phase: Phase,
+    pub miners: Vec<Address>,
+    pub validators: Vec<Address>,
+    pub client: Address,
+    /// The finalized (or failed) task as the chain records it.
+    pub info: TaskInfo,
+    pub seconds: f64,
+}
+
+const FUNDS: Amount = Amount(10_000_000);
+const MINER_STAKE: Amount = Amount(1_000_000);
+const VALIDATOR_STAKE: Amount = Amount(1_000_000);
+
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<Summary> {
+    anyhow::ensure!(
+        opts.coordinators == 1 || opts.coordinators >= 4,
+        "--coordinators is 1 (a development chain) or at least 4 (one may fail)"
+    );
+    anyhow::ensure!(opts.miners >= 1, "--miners must be at least 1");
+    let task_file = TaskFile::read(&opts.task)?;
+    task_file.submission()?;
+    std::fs::create_dir_all(&opts.dir)
+        .with_context(|| format!("creating {}", opts.dir.display()))?;
+    let dir = &opts.dir;
+    let started = Instant::now();
+
+    // Keys and the genesis.
+    let gen_keys = |prefix: &str, n: usize| -> anyhow::Result<Vec<SecretKey>> {
+        (0..n)
+            .map(|i| {
+                let key = SecretKey::generate();
+                keyfile::write(&dir.join(format!("{prefix}{i}.key")), &key)?;
+                Ok(key)
+            })
+            .collect()
+    };
+    let coord_keys = gen_keys("coordinator", opts.coordinators)?;
+    let miner_keys = gen_keys("miner", opts.miners)?;
+    let validator_keys = gen_keys("validator", opts.validators)?;
+    let client_key = SecretKey::generate();
+    keyfile::write(&dir.join("client.key"), &client_key)?;
+    let mut balances = vec![GenesisBalance {
+        address: client_key.address(),
+        amount: FUNDS,
+    }];
+    let mut stakes = Vec::new();
+    for (keys, role, stake) in [
+        (&miner_keys, Role::Miner, MINER_STAKE),
+        (&validator_keys, Role::Validator, VALIDATOR_STAKE),
+    ] {
+        for k in keys {
+            balances.push(GenesisBalance {
+                address: k.address(),
+                amount: FUNDS,
+            });
+            stakes.push(GenesisStake {
+                address: k.address(),
+                role,
+                amount: stake,
+            });
+        }
+    }
+    let genesis = crate::genesis_builder::build(
+        "pot-devnet".into(),
+        crate::chain::now_ms(),
+        Params {
+            block_time_ms: opts.block_time_ms,
+            ..Params::default()
+        },
+        &coord_keys,
+        balances,
+        stakes,
+    )?;
+    let genesis_path = dir.join("genesis.yaml");
+    std::fs::write(&genesis_path, genesis.to_yaml())?;
+
+    // Coordinators.
+    let n = opts.coordinators;
+    let ports = |k: usize| -> anyhow::Result<Vec<u16>> { (0..k).map(|_| free_port()).collect() };
+    let (p2p, gossip, api, art) = (ports(n)?, ports(n)?, ports(n)?, ports(n)?);
+    let others = |ports: &[u16], i: usize| -> String {
+        (0..n)
+            .filter(|j| *j != i)
+            .map(|j| format!("/ip4/127.0.0.1/tcp/{}", ports[j]))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let apis: Vec<String> = api
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let bootstrap: Vec<String> = coord_keys
+        .iter()
+        .zip(&art)
+        .map(|(k, p)| {
+            let peer = crate::artifacts::peer_of(&k.address()).expect("an ed25519 key");
+            format!("/ip4/127.0.0.1/tcp/{p}/p2p/{peer}")
+        })
+        .collect();
+    let mut procs = Vec::new();
+    for i in 0..n {
+        let mut args = vec![
+            "run".to_string(),
+            "--role=coordinator".into(),
+            format!("--genesis={}", genesis_path.display()),
+            format!(
+                "--key={}",
+                dir.join(format!("coordinator{i}.key")).display()
+            ),
+            format!(
+                "--data-dir={}",
+                dir.join(format!("coordinator{i}")).display()
+            ),
+            format!("--p2p-listen=/ip4/127.0.0.1/tcp/{}", p2p[i]),
+            format!("--api-listen=127.0.0.1:{}", api[i]),
+            format!("--artifacts-listen=/ip4/127.0.0.1/tcp/{}", art[i]),
+        ];
+        if n > 1 {
+            args.push(format!("--peers={}", others(&p2p, i)));
+            args.push(format!("--gossip-listen=/ip4/127.0.0.1/tcp/{}", gossip[i]));
+            args.push(format!("--gossip-peers={}", others(&gossip, i)));
+        }
+        procs.push(spawn(&opts.bin, dir, &format!("coordinator{i}"), &args)?);
+    }
+    let client = Client::new(apis[0].clone());
+    wait_until(Duration::from_secs(120), &mut procs, || async {
+        client.head().await.is_ok_and(|h| h.height >= 1)
+    })
+    .await
+    .context("waiting for the coordinators' first block")?;
+
+    // Miners and validators.
+    let node_args = |role: &str, name: &str| -> anyhow::Result<Vec<String>> {
+        Ok(vec![
+            "run".to_string(),
+            format!("--role={role}"),
+            format!("--genesis={}", genesis_path.display()),
+            format!("--key={}", dir.join(format!("{name}.key")).display()),
+            format!("--data-dir={}", dir.join(name).display()),
+            format!("--api-listen=127.0.0.1:{}", free_port()?),
+            format!("--artifacts-listen=/ip4/127.0.0.1/tcp/{}", free_port()?),
+            format!("--bootstrap={}", bootstrap.join(",")),
+            format!("--coordinator={}", apis.join(",")),
+        ])
+    };
+    let mut miner_apis = Vec::new();
+    for i in 0..opts.miners {
+        let name = format!("miner{i}");
+        let mut args = node_args("miner", &name)?;
+        args.push("--no-validate".into());
+        args.extend(opts.miner_args.get(i).cloned().unwrap_or_default());
+        miner_apis.push(api_of(&args));
+        procs.push(spawn(&opts.bin, dir, &name, &args)?);
+    }
+    for i in 0..opts.validators {
+        let name = format!("validator{i}");
+        let args = node_args("validator", &name)?;
+        procs.push(spawn(&opts.bin, dir, &name, &args)?);
+    }
+
+    // The client: submit, then reveal the eval set when its window opens.
+    let wallet = Wallet {
+        client: client.clone(),
+        key: client_key.clone(),
+        fee: None,
+    };
+    let secret_path = dir.join("eval-secret.json");
+    let _ = std::fs::remove_file(&secret_path);
+    let id = wallet
+        .submit_task(&task_file, &secret_path, Duration::from_secs(60))
+        .await?;
+    let secret: EvalSecret = serde_json::from_slice(&std::fs::read(&secret_path)?)?;
+    println!("task {id} submitted; network in {}", dir.display());
+
+    let multi = MultiProgress::new();
+    let header = multi.add(ProgressBar::new_spinner());
+    header.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+    let bars: Vec<ProgressBar> = (0..opts.miners)
+        .map(|i| {
+            let bar = multi.add(ProgressBar::new(task_file.spec.steps));
+            bar.set_style(
+                ProgressStyle::with_template(&format!(
+                    "miner{i} {{bar:30}} {{pos}}/{{len}} {{msg}}"
+                ))
+                .expect("valid template"),
+            );
+            bar
+        })
+        .collect();
+    let miner_clients: Vec<Client> = miner_apis.iter().map(Client::new).collect();
+    let mut last_phase = None;
+    let mut revealed = false;
+    let info = loop {
+        check_alive(&mut procs)?;
+        if started.elapsed() > opts.timeout {
+            bail!(
+                "the task did not finish within {:?}; logs in {}",
+                opts.timeout,
+                dir.display()
+            );
+        }
+        let (Ok(info), Ok(head)) = (client.task(&id).await, client.head().await) else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        if last_phase != Some(info.phase) {
+            say(
+                &multi,
+                format!(
+                    "height {:>5}  task is in phase {:?}",
+                    head.height, info.phase
+                ),
+            )?;
+            last_phase = Some(info.phase);
+        }
+        header.set_message(format!("height {}  phase {:?}", head.height, info.phase));
+        header.tick();
+        for (bar, mc) in bars.iter().zip(&miner_clients) {
+            if let Ok(s) = mc.node_status().await {
+                match s.tasks.get(&id) {
+                    Some(TaskWork::Training {
+                        step,
+                        loss,
+                        steps_per_second,
+                        ..
+                    }) => {
+                        bar.set_position(*step);
+                        bar.set_message(format!(
+                            "loss {}  {} steps/s",
+                            loss.map_or("-".into(), |l| format!("{l:.3}")),
+                            steps_per_second.map_or("-".into(), |r| format!("{r:.0}"))
+                        ));
+                    }
+                    Some(other) => {
+                        bar.set_position(task_file.spec.steps);
+                        bar.set_message(format!("{other:?}").to_lowercase());
+                    }
+                    None => {}
+                }
+            }
+        }
+        if info.phase == Phase::EvalReveal && !revealed && info.task.eval_set.is_none() {
+            let body = TxBody::RevealEvalSet {
+                task: id,
+                eval_set: secret.eval_set.clone(),
+                salt: secret.salt,
+            };
+            match wallet.send(body, Duration::from_secs(30)).await {
+                Ok(_) => {
+                    revealed = true;
+                    say(&multi, "eval set revealed")?;
+                }
+                Err(e) => say(&multi, format!("revealing the eval set: {e:#}"))?,
+            }
+        }
+        if matches!(info.phase, Phase::Finalized | Phase::Failed) {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    header.finish_and_clear();
+    for b in &bars {
+        b.finish();
+    }
+    let summary = Summary {
+        task: id,
+        phase: info.phase,
+        miners: miner_keys.iter().map(SecretKey::address).collect(),
+        validators: validator_keys.iter().map(SecretKey::address).collect(),
+        client: client_key.address(),
+        info,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    std::fs::write(
+        dir.join("summary.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
+    for p in &mut procs {
+        let _ = p.child.start_kill();
+    }
+    Ok(summary)
+}
+
+/// The final table: claims, verdicts, metrics, winner, payouts.
+pub fn table(s: &Summary) -> String {
+    use std::fmt::Write as _;
+    let name = |a: &Address| -> String {
+        if let Some(i) = s.miners.iter().position(|m| m == a) {
+            format!("miner{i}")
+        } else if let Some(i) = s.validators.iter().position(|m| m == a) {
+            format!("validator{i}")
+        } else if *a == s.client {
+            "client".into()
+        } else {
+            a.to_string()[..12].to_string()
+        }
+    };
+    let mut out = String::new();
+    let t = &s.info.task;
+    let _ = writeln!(
+        out,
+        "task {}: {:?} after {:.0} s",
+        s.task, s.phase, s.seconds
+    );
+    let _ = writeln!(out, "\n{:<10} {:<34} {:>8}", "claim", "verdicts", "metric");
+    for (miner, c) in &t.claims {
+        let verdicts: Vec<String> = c
+            .reports
+            .iter()
+            .map(|(v, r)| {
+                let verdict = r
+                    .report
+                    .as_ref()
+                    .map_or("hidden".to_string(), |r| match r.verdict {
+                        pot_protocol::tx::Verdict::Valid => "valid".into(),
+                        pot_protocol::tx::Verdict::Invalid(why) => format!("{why:?}"),
+                    });
+                format!("{}:{verdict}", name(v))
+            })
+            .collect();
+        let metric = c
+            .reports
+            .values()
+            .filter_map(|r| r.report.as_ref().map(|r| r.metric.to_string()))
+            .next()
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:<10} {:<34} {:>8}",
+            name(miner),
+            verdicts.join(" "),
+            metric
+        );
+    }
+    match &t.status {
+        TaskStatus::Finalized(o) => {
+            let winner = o.winner.as_ref().map_or("none".into(), name);
+            let metric = o.winning_metric.map_or("-".into(), |m| m.to_string());
+            let _ = writeln!(
+                out,
+                "\nwinner: {winner} (metric {metric}), minted {}",
+                o.minted
+            );
+            let _ = writeln!(out, "\n{:<12} {:>12}  kind", "payout to", "amount");
+            for p in &o.payouts {
+                let _ = writeln!(out, "{:<12} {:>12}  {:?}", name(&p.to), p.amount, p.kind);
+            }
+            for sl in &o.slashes {
+                let _ = writeln!(
+                    out,
+                    "slashed {:<10} {:>10}  {:?}",
+                    name(&sl.who),
+                    sl.amount,
+                    sl.reason
+                );
+            }
+        }
+        TaskStatus::Failed { reason, .. } => {
+            let _ = writeln!(out, "\nfailed: {reason:?}");
+        }
+        TaskStatus::Active => {}
+    }
+    out
+}
+
+/// A line above the progress bars, or on its own when they are hidden (not a terminal).
+fn say(multi: &MultiProgress, line: impl AsRef<str>) -> std::io::Result<()> {
+    if multi.is_hidden() {
+        println!("{}", line.as_ref());
+        Ok(())
+    } else {
+        multi.println(line)
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn api_of(args: &[String]) -> String {
+    let addr = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--api-listen="))
+        .expect("every node has an API");
+    format!("http://{addr}")
+}
+
+fn spawn(bin: &Path, dir: &Path, name: &str, args: &[String]) -> anyhow::Result<Proc> {
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log)?;
+    let child = Command::new(bin)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name} ({})", bin.display()))?;
+    Ok(Proc {
+        name: name.into(),
+        child,
+        log,
+    })
+}
+
+/// Fail if a process the network needs has exited.
+fn check_alive(procs: &mut [Proc]) -> anyhow::Result<()> {
+    for p in procs {
+        if let Some(status) = p.child.try_wait()? {
+            bail!("{} exited ({status}); its log: {}", p.name, p.log.display());
+        }
+    }
+    Ok(())
+}
+
+async fn wait_until<F, Fut>(limit: Duration, procs: &mut [Proc], mut ok: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !ok().await {
+        check_alive(procs)?;
+        if start.elapsed() > limit {
+            bail!("not within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Read a genesis file (for tests that inspect a devnet's directory).
+pub fn read_genesis(dir: &Path) -> anyhow::Result<Genesis> {
+    Ok(Genesis::from_yaml(&std::fs::read_to_string(
+        dir.join("genesis.yaml"),
+    )?)?)
+}

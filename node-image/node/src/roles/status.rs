@@ -1,0 +1,275 @@
+//! What a miner or validator shows: `GET /v1/node/status` (role, height, draining, the tasks in
+//! progress), `POST /v1/node/drain` (authenticated with the token from a mounted Secret: the
+//! operator scales miners down through it), Prometheus `/metrics`, `/healthz` and `/readyz`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use axum::extract::State as AxumState;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pot_protocol::api::{ApiError, NodeStatus as StatusView, TaskWork};
+use pot_protocol::tx::TaskId;
+use pot_protocol::{Address, Height};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+pub use pot_protocol::api::TaskWork as Work;
+
+type Labels = Vec<(String, String)>;
+
+/// The node's Prometheus metrics (its own registry: two nodes can run in one process).
+#[derive(Default)]
+pub struct RoleMetrics {
+    registry: Registry,
+    height: Gauge,
+    draining: Gauge,
+    pub training_step: Family<Labels, Gauge>,
+    pub training_loss: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub training_rate: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub claims_revealed: Counter,
+    pub reports_revealed: Counter,
+}
+
+impl RoleMetrics {
+    fn new() -> RoleMetrics {
+        let mut m = RoleMetrics::default();
+        let r = m.registry.sub_registry_with_prefix("pot");
+        r.register("height", "Last block this node followed", m.height.clone());
+        r.register(
+            "draining",
+            "1 while the node takes no new task",
+            m.draining.clone(),
+        );
+        r.register(
+            "training_step",
+            "Step a task's training reached",
+            m.training_step.clone(),
+        );
+        r.register(
+            "training_loss",
+            "Last batch loss of a task's training",
+            m.training_loss.clone(),
+        );
+        r.register(
+            "training_steps_per_second",
+            "Training speed of a task since this process started it",
+            m.training_rate.clone(),
+        );
+        r.register(
+            "claims_revealed",
+            "Claims this miner revealed",
+            m.claims_revealed.clone(),
+        );
+        r.register(
+            "reports_revealed",
+            "Reports this validator revealed",
+            m.reports_revealed.clone(),
+        );
+        m
+    }
+
+    fn export(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+pub struct NodeStatus {
+    role: &'static str,
+    address: Address,
+    height: AtomicU64,
+    draining: AtomicBool,
+    tasks: Mutex<BTreeMap<TaskId, TaskWork>>,
+    pub metrics: RoleMetrics,
+}
+
+impl NodeStatus {
+    pub fn new(role: &'static str, address: Address) -> NodeStatus {
+        NodeStatus {
+            role,
+            address,
+            height: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            tasks: Mutex::default(),
+            metrics: RoleMetrics::new(),
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn set_height(&self, h: Height) {
+        self.height.store(h, Ordering::SeqCst);
+        self.metrics.height.set(h as i64);
+    }
+
+    pub fn set_work(&self, task: TaskId, work: TaskWork) {
+        let labels = vec![("task".to_string(), task.to_string())];
+        if let TaskWork::Training {
+            step,
+            loss,
+            steps_per_second,
+            ..
+        } = &work
+        {
+            self.metrics
+                .training_step
+                .get_or_create(&labels)
+                .set(*step as i64);
+            if let Some(l) = loss {
+                self.metrics
+                    .training_loss
+                    .get_or_create(&labels)
+                    .set(f64::from(*l));
+            }
+            if let Some(r) = steps_per_second {
+                self.metrics.training_rate.get_or_create(&labels).set(*r);
+            }
+        } else {
+            self.metrics.training_rate.remove(&labels);
+        }
+        self.tasks.lock().expect("status lock").insert(task, work);
+    }
+
+    pub fn remove_work(&self, task: &TaskId) {
+        let labels = vec![("task".to_string(), task.to_string())];
+        self.metrics.training_step.remove(&labels);
+        self.metrics.training_loss.remove(&labels);
+        self.metrics.training_rate.remove(&labels);
+        self.tasks.lock().expect("status lock").remove(task);
+    }
+
+    pub fn view(&self) -> StatusView {
+        StatusView {
+            role: self.role.into(),
+            address: self.address,
+            height: self.height.load(Ordering::SeqCst),
+            draining: self.draining(),
+            tasks: self.tasks.lock().expect("status lock").clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    status: Arc<NodeStatus>,
+    drain_token: Option<Arc<str>>,
+    tip: watch::Receiver<u64>,
+    started: std::time::Instant,
+}
+
+/// Serve the node's API on `listen`; returns the address bound (port 0 picks one).
+pub async fn serve(
+    listen: SocketAddr,
+    status: Arc<NodeStatus>,
+    drain_token: Option<String>,
+    tip: watch::Receiver<u64>,
+) -> anyhow::Result<SocketAddr> {
+    let shared = Shared {
+        status,
+        drain_token: drain_token.map(Arc::from),
+        tip,
+        started: std::time::Instant::now(),
+    };
+    let app = Router::new()
+        .route("/v1/node/status", get(status_view))
+        .route("/v1/node/drain", post(drain))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(shared);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the node API on {listen}"))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("node API stopped: {e}");
+        }
+    });
+    Ok(addr)
+}
+
+async fn status_view(AxumState(s): AxumState<Shared>) -> Json<StatusView> {
+    Json(s.status.view())
+}
+
+fn refuse(status: StatusCode, code: &str, message: &str) -> axum::response::Response {
+    let body = ApiError {
+        code: code.into(),
+        message: message.into(),
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Start draining. The token is compared in constant time; without a configured token the
+/// endpoint is off (nobody can drain a node whose operator did not arrange it).
+async fn drain(AxumState(s): AxumState<Shared>, headers: HeaderMap) -> axum::response::Response {
+    let Some(expected) = &s.drain_token else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "drain_disabled",
+            "this node was started without --drain-token-file",
+        );
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "bad_token",
+            "a drain request needs `Authorization: Bearer <the node's drain token>`",
+        );
+    }
+    if !s.status.draining.swap(true, Ordering::SeqCst) {
+        tracing::info!("draining: no new tasks; finishing those in progress");
+        s.status.metrics.draining.set(1);
+    }
+    Json(s.status.view()).into_response()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn metrics(AxumState(s): AxumState<Shared>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.status.metrics.export(),
+    )
+}
+
+/// Ready once this node has followed the chain past genesis (the follower checks every
+/// block's certificate on the way): before that it knows no task.
+async fn readyz(AxumState(s): AxumState<Shared>) -> axum::response::Response {
+    let height = *s.tip.borrow();
+    if height > 0 {
+        return (StatusCode::OK, format!("following at height {height}\n")).into_response();
+    }
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        &format!(
+            "has not followed a block yet ({} s after start)",
+            s.started.elapsed().as_secs()
+        ),
+    )
+}

@@ -1,0 +1,229 @@
+//! The validator's duties, as a pure function of the chain and of the reports this node keeps
+//! on disk, and the report it files, as a pure function of what its verification found.
+//! Level triggered like the miner's plan: whether a report commitment or reveal landed is read
+//! from the chain every time.
+
+use std::collections::BTreeMap;
+
+use pot_protocol::state::Task;
+use pot_protocol::task::MetricKind;
+use pot_protocol::tx::{InvalidReason, Report, SegmentResult, TaskId, Verdict, limits};
+use pot_protocol::units::Fixed;
+use pot_protocol::{Address, Hash, Height, Phase};
+use serde::{Deserialize, Serialize};
+
+use crate::verify::{self, Finding};
+
+/// One claim this validator is assigned to.
+pub type Assigned = (TaskId, Address);
+
+/// A report this validator made and must be able to reveal: kept on disk before its commitment
+/// is sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filed {
+    pub report: Report,
+    pub salt: Hash,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Duty {
+    /// Fetch the claim's artifacts, replay, evaluate: make the report.
+    Check(Assigned),
+    /// Send the commitment to the report made.
+    Commit(Assigned),
+    /// Reveal the committed report.
+    Reveal(Assigned),
+    /// The task ended: the report is no longer needed.
+    Forget(Assigned),
+}
+
+/// What to do at `height` (transactions sent now land at `height + 1` or later).
+pub fn duties(
+    me: &Address,
+    height: Height,
+    tasks: &[&Task],
+    filed: &BTreeMap<Assigned, Filed>,
+) -> Vec<Duty> {
+    let next = height + 1;
+    let mut out = Vec::new();
+    for t in tasks.iter().filter(|t| t.is_active()) {
+        let phase = t.phase(next);
+        for (miner, c) in &t.claims {
+            if c.assignment(me).is_none() {
+                continue;
+            }
+            let key = (t.id, *miner);
+            let on_chain = c.reports.get(me).map(|r| r.report.is_some());
+            let duty = match (on_chain, filed.contains_key(&key), phase) {
+                // The eval set is revealed: the replay can start before the report window.
+                (None, false, Phase::EvalReveal | Phase::ReportCommit) if t.eval_set.is_some() => {
+                    Some(Duty::Check(key))
+                }
+                (None, true, Phase::ReportCommit) => Some(Duty::Commit(key)),
+                (Some(false), true, Phase::ReportReveal) => Some(Duty::Reveal(key)),
+                _ => None,
+            };
+            out.extend(duty);
+        }
+    }
+    for key in filed.keys() {
+        if !tasks.iter().any(|t| t.id == key.0 && t.is_active()) {
+            out.push(Duty::Forget(*key));
+        }
+    }
+    out
+}
+
+/// The report on a claim whose artifacts could not be had (or whose run index does not match
+/// the committed root).
+pub fn unavailable(assigned_segments: &[u32]) -> Report {
+    Report {
+        verdict: Verdict::Invalid(InvalidReason::ArtifactsUnavailable),
+        metric: Fixed(0),
+        init_ok: false,
+        final_ok: false,
+        segments: assigned_segments
+            .iter()
+            .map(|&index| SegmentResult { index, ok: false })
+            .collect(),
+    }
+}
+
+/// The report a verification supports: the sampled segments in the chain's order, then the
+/// other segments it replayed (the largest updates), each with its result; the verdict follows
+/// from those facts (artifacts that could not be had or are not checkpoints of this task come
+/// first, since nothing else could be checked).
+pub fn report(found: &verify::Report, assigned_segments: &[u32], metric: MetricKind) -> Report {
+    let artifacts_bad = found.findings.iter().any(|f| {
+        matches!(
+            f,
+            Finding::Unavailable { .. }
+                | Finding::NotCommitted { .. }
+                | Finding::NotACheckpoint { .. }
+                | Finding::WrongStep { .. }
+        )
+    });
+    if artifacts_bad {
+        return unavailable(assigned_segments);
+    }
+    let replayed = |index: u32| found.segments.iter().find(|s| s.index == index);
+    // A sampled segment that was not replayed (the run stopped at an earlier finding) is not
+    // reported as failing: nothing showed that it fails.
+    let mut segments: Vec<SegmentResult> = assigned_segments
+        .iter()
+        .map(|&index| SegmentResult {
+            index,
+            ok: replayed(index).is_none_or(|s| s.ok),
+        })
+        .collect();
+    let mut extra: Vec<SegmentResult> = found
+        .segments
+        .iter()
+        .filter(|s| !assigned_segments.contains(&s.index))
+        .map(|s| SegmentResult {
+            index: s.index,
+            ok: s.ok,
+        })
+        .collect();
+    extra.sort_by_key(|s| s.index);
+    extra.dedup_by_key(|s| s.index);
+    // Keep the failing ones first if there are too many to report.
+    if extra.len() > limits::MAX_EXTRA_SEGMENTS {
+        extra.sort_by_key(|s| (s.ok, s.index));
+        extra.truncate(limits::MAX_EXTRA_SEGMENTS);
+        extra.sort_by_key(|s| s.index);
+    }
+    segments.extend(extra);
+    let verdict = if !found.init_ok {
+        Verdict::Invalid(InvalidReason::InitMismatch)
+    } else if !found.final_ok {
+        Verdict::Invalid(InvalidReason::FinalMismatch)
+    } else if segments.iter().any(|s| !s.ok) {
+        Verdict::Invalid(InvalidReason::SegmentMismatch)
+    } else {
+        Verdict::Valid
+    };
+    let value = match metric {
+        MetricKind::Accuracy => found.accuracy,
+        MetricKind::Loss => found.loss,
+    };
+    // Clamped into what the ledger accepts: a diverged run's loss can be infinite.
+    let metric = value
+        .filter(|v| v.is_finite())
+        .map(|v| Fixed::from_f64(v.clamp(0.0, (Fixed::DECIMAL_LIMIT - 1) as f64 / 1e6)))
+        .unwrap_or(Fixed(0));
+    Report {
+        verdict,
+        metric,
+        init_ok: found.init_ok,
+        final_ok: found.final_ok,
+        segments,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::{SegmentCheck, Selected};
+
+    fn check(index: u32, ok: bool) -> SegmentCheck {
+        SegmentCheck {
+            index,
+            selected: Selected::Sampled,
+            ok,
+            worst: None,
+            parameters: 0.0,
+            optimizer: 0.0,
+        }
+    }
+
+    fn found(segments: Vec<SegmentCheck>) -> verify::Report {
+        verify::Report {
+            init_ok: true,
+            final_ok: true,
+            segments,
+            update_norms: Vec::new(),
+            accuracy: Some(0.97),
+            loss: Some(0.1),
+            findings: Vec::new(),
+            valid: true,
+        }
+    }
+
+    #[test]
+    fn a_failing_largest_update_segment_outside_the_sample_makes_the_report_invalid() {
+        let f = found(vec![check(2, true), check(5, true), check(9, false)]);
+        let r = report(&f, &[2, 5], MetricKind::Accuracy);
+        assert_eq!(r.verdict, Verdict::Invalid(InvalidReason::SegmentMismatch));
+        let indices: Vec<u32> = r.segments.iter().map(|s| s.index).collect();
+        assert_eq!(indices, [2, 5, 9]);
+        assert!(r.is_consistent());
+        assert_eq!(r.metric, Fixed::from_f64(0.97));
+    }
+
+    #[test]
+    fn an_honest_run_is_valid_with_the_task_metric() {
+        let f = found(vec![check(1, true), check(3, true)]);
+        let r = report(&f, &[3, 1], MetricKind::Loss);
+        assert_eq!(r.verdict, Verdict::Valid);
+        // The chain's order of the sampled segments is kept.
+        assert_eq!(r.segments[0].index, 3);
+        assert_eq!(r.metric, Fixed::from_f64(0.1));
+        assert!(r.is_consistent());
+    }
+
+    #[test]
+    fn artifacts_that_are_not_checkpoints_are_reported_unavailable() {
+        let mut f = found(vec![]);
+        f.findings.push(Finding::NotACheckpoint {
+            checkpoint: 3,
+            why: "garbage".into(),
+        });
+        let r = report(&f, &[0, 4], MetricKind::Accuracy);
+        assert_eq!(
+            r.verdict,
+            Verdict::Invalid(InvalidReason::ArtifactsUnavailable)
+        );
+        assert!(r.is_consistent());
+    }
+}
