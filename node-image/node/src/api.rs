@@ -119,19 +119,43 @@ pub fn router(api: Api) -> Router {
 async fn artifact(
     AxumState(api): AxumState<Api>,
     Path(hash): Path<String>,
+    Query(q): Query<ArtifactQuery>,
 ) -> Result<Response, Error> {
     use axum::http::header;
     let blob: Hash = parse("bad_hash", "artifact", &hash)?;
+    let task: Option<Hash> = q
+        .task
+        .as_deref()
+        .map(|t| parse("bad_hash", "task id", t))
+        .transpose()?;
     if !api.blobs.contains(&blob) {
         let Some(net) = &api.artifact_net else {
             return Err(not_found(format!(
                 "artifact {blob} is not held by this node"
             )));
         };
-        if !named_on_chain(&api.chain.state(), &blob) {
-            return Err(not_found(format!(
-                "artifact {blob} is not held by this node, and no task on chain names it"
-            )));
+        let named = match task {
+            // A task that has ended is looked up by its id (the state holds active ones only).
+            Some(id) => any_task_info(&api.chain, id)
+                .map_err(internal)?
+                .is_some_and(|info| task_names(&info.task, &blob)),
+            None => api
+                .chain
+                .state()
+                .tasks
+                .values()
+                .any(|t| task_names(t, &blob)),
+        };
+        if !named {
+            return Err(not_found(match task {
+                Some(id) => format!(
+                    "artifact {blob} is not held by this node, and task {id} does not name it"
+                ),
+                None => format!(
+                    "artifact {blob} is not held by this node, and no active task names it \
+                     (add ?task=<id> for a task that has ended)"
+                ),
+            }));
         }
         let fetch = tokio::time::timeout(HTTP_FETCH_TIMEOUT, net.fetch(blob, MAX_BLOB, &[]));
         let fetched = fetch.await.map_err(|_| {
@@ -165,20 +189,24 @@ async fn artifact(
         .into_response())
 }
 
-/// Whether a task on chain names `blob`: its dataset, its eval set, or a claimed model.
-fn named_on_chain(state: &State, blob: &Hash) -> bool {
-    state.tasks.values().any(|t| {
-        let datasets = t.spec.dataset.blobs().into_iter().chain(
-            t.eval_set
-                .iter()
-                .flat_map(pot_protocol::task::DatasetRef::blobs),
-        );
-        datasets.map(|b| b.sha256).any(|h| h == *blob)
-            || t.claims
-                .values()
-                .filter_map(|c| c.claim.as_ref())
-                .any(|c| c.model_hash == *blob)
-    })
+#[derive(Deserialize)]
+struct ArtifactQuery {
+    /// The task that names the blob (needed for one that has ended).
+    task: Option<String>,
+}
+
+/// Whether task `t` names `blob`: its dataset, its eval set, or a claimed model.
+fn task_names(t: &pot_protocol::state::Task, blob: &Hash) -> bool {
+    let datasets = t.spec.dataset.blobs().into_iter().chain(
+        t.eval_set
+            .iter()
+            .flat_map(pot_protocol::task::DatasetRef::blobs),
+    );
+    datasets.map(|b| b.sha256).any(|h| h == *blob)
+        || t.claims
+            .values()
+            .filter_map(|c| c.claim.as_ref())
+            .any(|c| c.model_hash == *blob)
 }
 
 async fn submit_tx(

@@ -10,31 +10,37 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use pot_protocol::api::{TaskInfo, TaskWork};
+use pot_protocol::api::{AccountInfo, TaskInfo, TaskWork};
 use pot_protocol::client::Client;
 use pot_protocol::genesis::{GenesisBalance, GenesisStake};
 use pot_protocol::state::TaskStatus;
-use pot_protocol::tx::{Role, TxBody};
+use pot_protocol::tx::Role;
 use pot_protocol::{Address, Amount, Genesis, Params, Phase, SecretKey};
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
 use crate::keyfile;
 use crate::train::task::TaskFile;
-use crate::wallet::{EvalSecret, Wallet};
+use crate::wallet::Wallet;
 
 pub struct Options {
     pub coordinators: usize,
     pub miners: usize,
     pub validators: usize,
+    /// Nodes that re-check revealed reports and challenge wrong ones (funded, not staked, so
+    /// never assigned to a claim).
+    pub verifiers: usize,
     pub task: PathBuf,
     /// Where keys, data and logs go (kept afterwards).
     pub dir: PathBuf,
     pub block_time_ms: u64,
     /// The `pot-node` to start (this one by default).
     pub bin: PathBuf,
-    /// Extra arguments for every miner (a test's fault-injection flags, for instance).
+    /// Extra `run` arguments for miner `i` (`miner_args[i]`): a device, or a test build's
+    /// fault-injection flags.
     pub miner_args: Vec<Vec<String>>,
+    /// Extra `run` arguments for validator `i`.
+    pub validator_args: Vec<Vec<String>>,
     /// Give up after this long.
     pub timeout: Duration,
 }
@@ -46,9 +52,17 @@ pub struct Summary {
     pub phase: Phase,
     pub miners: Vec<Address>,
     pub validators: Vec<Address>,
+    pub verifiers: Vec<Address>,
     pub client: Address,
     /// The finalized (or failed) task as the chain records it.
     pub info: TaskInfo,
+    /// How often each process that exited was restarted.
+    pub restarts: std::collections::BTreeMap<String, u32>,
+    /// Every account the network started with, as the chain has it at the end.
+    pub accounts: Vec<AccountInfo>,
+    /// The winner's model, fetched by hash through a coordinator's `GET /v1/artifacts`, scored
+    /// on the task's held-out split.
+    pub winner_held_out_accuracy: Option<f64>,
     pub seconds: f64,
 }
 
@@ -58,9 +72,14 @@ const VALIDATOR_STAKE: Amount = Amount(1_000_000);
 
 struct Proc {
     name: String,
+    args: Vec<String>,
     child: Child,
     log: PathBuf,
+    restarts: u32,
 }
+
+/// Restarts of one process before the devnet gives up (a crash loop is a bug to see).
+const MAX_RESTARTS: u32 = 3;
 
 pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     anyhow::ensure!(
@@ -88,6 +107,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     let coord_keys = gen_keys("coordinator", opts.coordinators)?;
     let miner_keys = gen_keys("miner", opts.miners)?;
     let validator_keys = gen_keys("validator", opts.validators)?;
+    let verifier_keys = gen_keys("verifier", opts.verifiers)?;
     let client_key = SecretKey::generate();
     keyfile::write(&dir.join("client.key"), &client_key)?;
     let mut balances = vec![GenesisBalance {
@@ -95,6 +115,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
         amount: FUNDS,
     }];
     let mut stakes = Vec::new();
+    for k in &verifier_keys {
+        balances.push(GenesisBalance {
+            address: k.address(),
+            amount: FUNDS,
+        });
+    }
     for (keys, role, stake) in [
         (&miner_keys, Role::Miner, MINER_STAKE),
         (&validator_keys, Role::Validator, VALIDATOR_STAKE),
@@ -174,7 +200,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
         procs.push(spawn(&opts.bin, dir, &format!("coordinator{i}"), &args)?);
     }
     let client = Client::new(apis[0].clone());
-    wait_until(Duration::from_secs(120), &mut procs, || async {
+    wait_until(Duration::from_secs(120), &opts.bin, &mut procs, || async {
         client.head().await.is_ok_and(|h| h.height >= 1)
     })
     .await
@@ -205,22 +231,41 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     }
     for i in 0..opts.validators {
         let name = format!("validator{i}");
-        let args = node_args("validator", &name)?;
+        let mut args = node_args("validator", &name)?;
+        args.extend(opts.validator_args.get(i).cloned().unwrap_or_default());
+        procs.push(spawn(&opts.bin, dir, &name, &args)?);
+    }
+    for i in 0..opts.verifiers {
+        let name = format!("verifier{i}");
+        let mut args = node_args("validator", &name)?;
+        args.push("--verify-reports".into());
         procs.push(spawn(&opts.bin, dir, &name, &args)?);
     }
 
-    // The client: submit, then reveal the eval set when its window opens.
+    // The client: a node of its own that serves the task's local files (published by hash) and
+    // reveals the eval set when its window opens; this command submits the task for it.
+    let client_dir = dir.join("client");
+    let mut task_file = task_file;
+    let store = crate::artifacts::BlobStore::open(&client_dir.join("artifacts"))?;
+    for blob in crate::roles::client::publish_local(&mut task_file, &store)? {
+        println!("published pot://{blob}");
+    }
+    let secrets = crate::roles::client::secrets_dir(&client_dir);
+    std::fs::create_dir_all(&secrets)?;
+    procs.push(spawn(
+        &opts.bin,
+        dir,
+        "client",
+        &node_args("client", "client")?,
+    )?);
     let wallet = Wallet {
         client: client.clone(),
         key: client_key.clone(),
         fee: None,
     };
-    let secret_path = dir.join("eval-secret.json");
-    let _ = std::fs::remove_file(&secret_path);
     let id = wallet
-        .submit_task(&task_file, &secret_path, Duration::from_secs(60))
+        .submit_task(&task_file, &secrets, Duration::from_secs(60))
         .await?;
-    let secret: EvalSecret = serde_json::from_slice(&std::fs::read(&secret_path)?)?;
     println!("task {id} submitted; network in {}", dir.display());
 
     let multi = MultiProgress::new();
@@ -242,7 +287,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     let mut last_phase = None;
     let mut revealed = false;
     let info = loop {
-        check_alive(&mut procs)?;
+        supervise(&opts.bin, &mut procs)?;
         if started.elapsed() > opts.timeout {
             bail!(
                 "the task did not finish within {:?}; logs in {}",
@@ -290,19 +335,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
                 }
             }
         }
-        if info.phase == Phase::EvalReveal && !revealed && info.task.eval_set.is_none() {
-            let body = TxBody::RevealEvalSet {
-                task: id,
-                eval_set: secret.eval_set.clone(),
-                salt: secret.salt,
-            };
-            match wallet.send(body, Duration::from_secs(30)).await {
-                Ok(_) => {
-                    revealed = true;
-                    say(&multi, "eval set revealed")?;
-                }
-                Err(e) => say(&multi, format!("revealing the eval set: {e:#}"))?,
-            }
+        if !revealed && info.task.eval_set.is_some() {
+            revealed = true;
+            say(&multi, "the client revealed the eval set")?;
         }
         if matches!(info.phase, Phase::Finalized | Phase::Failed) {
             break info;
@@ -313,13 +348,42 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     for b in &bars {
         b.finish();
     }
+    let winner_held_out_accuracy = match &info.task.status {
+        TaskStatus::Finalized(o) => match o.winner {
+            Some(w) => Some(
+                score_winner(&client, &info.task, &w, dir)
+                    .await
+                    .context("scoring the winner's model")?,
+            ),
+            None => None,
+        },
+        _ => None,
+    };
+    let mut accounts = Vec::new();
+    for a in miner_keys
+        .iter()
+        .chain(&validator_keys)
+        .chain(&verifier_keys)
+        .chain([&client_key])
+        .map(SecretKey::address)
+    {
+        accounts.push(client.account(&a).await?);
+    }
     let summary = Summary {
         task: id,
         phase: info.phase,
         miners: miner_keys.iter().map(SecretKey::address).collect(),
         validators: validator_keys.iter().map(SecretKey::address).collect(),
+        verifiers: verifier_keys.iter().map(SecretKey::address).collect(),
         client: client_key.address(),
         info,
+        accounts,
+        restarts: procs
+            .iter()
+            .filter(|p| p.restarts > 0)
+            .map(|p| (p.name.clone(), p.restarts))
+            .collect(),
+        winner_held_out_accuracy,
         seconds: started.elapsed().as_secs_f64(),
     };
     std::fs::write(
@@ -332,6 +396,46 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
+/// Fetch the winner's model by its hash from the network (through a coordinator's API, which
+/// fetches it from the miner's swarm) and score it on the task's held-out split.
+async fn score_winner(
+    client: &Client,
+    task: &pot_protocol::state::Task,
+    winner: &Address,
+    dir: &Path,
+) -> anyhow::Result<f64> {
+    let entry = &task.claims[winner];
+    let claim = entry
+        .claim
+        .clone()
+        .context("the winner revealed no claim")?;
+    let salt = entry.salt.context("the winner revealed no salt")?;
+    let model = tokio::time::timeout(
+        Duration::from_secs(300),
+        client.task_artifact(&claim.model_hash, &task.id),
+    )
+    .await
+    .context("fetching the winner's model took over 300 s")??;
+    let spec = task.spec.clone();
+    let cache = crate::train::fetch::Cache::new(dir.join("client-cache"));
+    let winner = *winner;
+    tokio::task::spawn_blocking(move || {
+        crate::train::determinism::exact_cpu_kernels(spec.verification.is_exact());
+        let run = crate::train::task::run_spec(
+            &spec,
+            &claim.hyper,
+            &winner,
+            &salt,
+            tch::Device::Cpu,
+            &cache,
+        )?;
+        let (train, held_out) = crate::train::task::load_data(&spec, &cache)?;
+        let t = crate::train::Trainer::from_checkpoint(&run, &train, &model, spec.steps)?;
+        Ok(t.accuracy(&held_out))
+    })
+    .await?
+}
+
 /// The final table: claims, verdicts, metrics, winner, payouts.
 pub fn table(s: &Summary) -> String {
     use std::fmt::Write as _;
@@ -340,6 +444,8 @@ pub fn table(s: &Summary) -> String {
             format!("miner{i}")
         } else if let Some(i) = s.validators.iter().position(|m| m == a) {
             format!("validator{i}")
+        } else if let Some(i) = s.verifiers.iter().position(|m| m == a) {
+            format!("verifier{i}")
         } else if *a == s.client {
             "client".into()
         } else {
@@ -392,6 +498,9 @@ pub fn table(s: &Summary) -> String {
                 "\nwinner: {winner} (metric {metric}), minted {}",
                 o.minted
             );
+            if let Some(acc) = s.winner_held_out_accuracy {
+                let _ = writeln!(out, "winner's model on the task's held-out split: {acc:.4}");
+            }
             let _ = writeln!(out, "\n{:<12} {:>12}  kind", "payout to", "amount");
             for p in &o.payouts {
                 let _ = writeln!(out, "{:<12} {:>12}  {:?}", name(&p.to), p.amount, p.kind);
@@ -424,6 +533,22 @@ fn say(multi: &MultiProgress, line: impl AsRef<str>) -> std::io::Result<()> {
     }
 }
 
+/// Group `I=ARG` pairs into each node's extra arguments.
+pub fn per_node_args(pairs: &[String], nodes: usize) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut out = vec![Vec::new(); nodes];
+    for p in pairs {
+        let (i, arg) = p
+            .split_once('=')
+            .with_context(|| format!("{p:?}: expected INDEX=ARGUMENT"))?;
+        let i: usize = i
+            .parse()
+            .with_context(|| format!("{p:?}: {i:?} is not a node index"))?;
+        anyhow::ensure!(i < nodes, "{p:?}: there are only {nodes} such nodes");
+        out[i].push(arg.to_string());
+    }
+    Ok(out)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -440,8 +565,22 @@ fn api_of(args: &[String]) -> String {
 
 fn spawn(bin: &Path, dir: &Path, name: &str, args: &[String]) -> anyhow::Result<Proc> {
     let log = dir.join(format!("{name}.log"));
-    let out = std::fs::File::create(&log)?;
-    let child = Command::new(bin)
+    Ok(Proc {
+        name: name.into(),
+        args: args.to_vec(),
+        child: start(bin, name, args, &log)?,
+        log,
+        restarts: 0,
+    })
+}
+
+/// Start a process, its output appended to `log`.
+fn start(bin: &Path, name: &str, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Command::new(bin)
         .args(args)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -449,32 +588,43 @@ fn spawn(bin: &Path, dir: &Path, name: &str, args: &[String]) -> anyhow::Result<
         .stderr(out)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {name} ({})", bin.display()))?;
-    Ok(Proc {
-        name: name.into(),
-        child,
-        log,
-    })
+        .with_context(|| format!("starting {name} ({})", bin.display()))
 }
 
-/// Fail if a process the network needs has exited.
-fn check_alive(procs: &mut [Proc]) -> anyhow::Result<()> {
+/// Restart a process that exited, as a pod's `restartPolicy: Always` would (it resumes from
+/// its data directory); fail after `MAX_RESTARTS` of one process.
+fn supervise(bin: &Path, procs: &mut [Proc]) -> anyhow::Result<()> {
     for p in procs {
         if let Some(status) = p.child.try_wait()? {
-            bail!("{} exited ({status}); its log: {}", p.name, p.log.display());
+            if p.restarts >= MAX_RESTARTS {
+                bail!(
+                    "{} exited ({status}) after {} restarts; its log: {}",
+                    p.name,
+                    p.restarts,
+                    p.log.display()
+                );
+            }
+            p.restarts += 1;
+            println!("{} exited ({status}); restarting it", p.name);
+            p.child = start(bin, &p.name, &p.args, &p.log)?;
         }
     }
     Ok(())
 }
 
-async fn wait_until<F, Fut>(limit: Duration, procs: &mut [Proc], mut ok: F) -> anyhow::Result<()>
+async fn wait_until<F, Fut>(
+    limit: Duration,
+    bin: &Path,
+    procs: &mut [Proc],
+    mut ok: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let start = Instant::now();
     while !ok().await {
-        check_alive(procs)?;
+        supervise(bin, procs)?;
         if start.elapsed() > limit {
             bail!("not within {limit:?}");
         }

@@ -149,6 +149,9 @@ enum Command {
         miners: usize,
         #[arg(long, default_value_t = 3)]
         validators: usize,
+        /// Nodes that re-check revealed reports and challenge wrong ones.
+        #[arg(long, default_value_t = 0)]
+        verifiers: usize,
         /// The task file to submit (its bounty, eval_set and windows included).
         #[arg(long)]
         task: PathBuf,
@@ -160,6 +163,13 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
+        /// An extra `run` argument for one miner, `INDEX=ARGUMENT` (e.g. `0=--device=cuda`);
+        /// repeatable.
+        #[arg(long = "miner-arg")]
+        miner_args: Vec<String>,
+        /// An extra `run` argument for one validator, `INDEX=ARGUMENT`; repeatable.
+        #[arg(long = "validator-arg")]
+        validator_args: Vec<String>,
     },
     /// Sign and submit a transaction, and wait until it is in a block.
     Tx {
@@ -259,6 +269,9 @@ enum NodeRole {
     Miner,
     /// Verify the claims this node is assigned to, and commit and reveal reports.
     Validator,
+    /// Serve a client's published datasets and reveal its eval sets when their windows open
+    /// (`task submit --publish-to` this node's data directory).
+    Client,
 }
 
 #[derive(clap::Args)]
@@ -339,6 +352,10 @@ struct RunArgs {
     /// Miners: do not validate (miners validate the claims they are assigned to by default).
     #[arg(long)]
     no_validate: bool,
+    /// Miners and validators: re-check the revealed reports of tasks this node has no part
+    /// in, and challenge a report that states what a replay contradicts (a verifier).
+    #[arg(long, env = "POT_VERIFY_REPORTS")]
+    verify_reports: bool,
     /// Miners and validators: a file holding the token `POST /v1/node/drain` must present
     /// (a mounted Secret); draining is off without it.
     #[arg(long, env = "POT_DRAIN_TOKEN_FILE")]
@@ -352,6 +369,13 @@ struct RunArgs {
     retention_blocks: u64,
     #[command(flatten)]
     device: DeviceArg,
+    /// Cheat as a miner (only in builds with `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, value_enum)]
+    cheat: Option<pot_node::roles::cheats::Cheat>,
+    #[cfg(feature = "fault-injection")]
+    #[command(flatten)]
+    crashes: pot_node::roles::cheats::Crashes,
 }
 
 #[derive(clap::Args)]
@@ -414,9 +438,15 @@ enum TaskWhat {
         #[arg(long)]
         file: PathBuf,
         /// Where to write the eval-set secret needed to reveal it later (written before the
-        /// transaction is sent; must not exist).
+        /// transaction is sent; a file must not exist, a directory gets `<task id>.json`).
+        #[arg(long, required_unless_present = "publish_to")]
+        secret_out: Option<PathBuf>,
+        /// A client node's data directory: local dataset and eval set files are put into its
+        /// artifact store and named `pot://<sha256>`, and the eval secret goes into its
+        /// `eval-secrets/`; `pot-node run --role client --data-dir DIR` then serves them and
+        /// reveals the eval set when its window opens.
         #[arg(long)]
-        secret_out: PathBuf,
+        publish_to: Option<PathBuf>,
     },
     /// Show a task: spec, phase, claims, reports, result and payouts (JSON).
     Get {
@@ -671,10 +701,13 @@ fn main() -> anyhow::Result<()> {
             coordinators,
             miners,
             validators,
+            verifiers,
             task,
             dir,
             block_time_ms,
             timeout,
+            miner_args,
+            validator_args,
         } => {
             let dir = match dir {
                 Some(d) => d,
@@ -687,11 +720,13 @@ fn main() -> anyhow::Result<()> {
                 coordinators,
                 miners,
                 validators,
+                verifiers,
                 task,
                 dir,
                 block_time_ms,
                 bin: std::env::current_exe()?,
-                miner_args: Vec::new(),
+                miner_args: pot_node::devnet::per_node_args(&miner_args, miners)?,
+                validator_args: pot_node::devnet::per_node_args(&validator_args, validators)?,
                 timeout: std::time::Duration::from_secs(timeout),
             };
             let summary = runtime()?.block_on(async {
@@ -712,8 +747,30 @@ fn main() -> anyhow::Result<()> {
                     signer,
                     file,
                     secret_out,
+                    publish_to,
                 },
-        } => runtime()?.block_on(submit_task(signer, &file, &secret_out))?,
+        } => {
+            let mut task = TaskFile::read(&file)?;
+            let secret_out = match (&publish_to, secret_out) {
+                (_, Some(s)) => s,
+                (Some(dir), None) => {
+                    let d = pot_node::roles::client::secrets_dir(dir);
+                    std::fs::create_dir_all(&d)
+                        .with_context(|| format!("creating {}", d.display()))?;
+                    d
+                }
+                (None, None) => unreachable!("clap requires one"),
+            };
+            if let Some(dir) = &publish_to {
+                let store = pot_node::artifacts::BlobStore::open(&dir.join("artifacts"))?;
+                for blob in pot_node::roles::client::publish_local(&mut task, &store)? {
+                    eprintln!("published pot://{blob} into {}", dir.display());
+                }
+            }
+            let (wallet, wait) = wallet(signer)?;
+            let id = runtime()?.block_on(wallet.submit_task(&task, &secret_out, wait))?;
+            println!("task: {id}");
+        }
         Command::Task {
             what: TaskWhat::Get { id, api },
         } => {
@@ -878,12 +935,18 @@ fn run_role(args: RunArgs, key: SecretKey, genesis: Genesis) -> anyhow::Result<(
         artifacts_listen,
         bootstrap: args.bootstrap,
         mine: args.role == NodeRole::Miner,
-        validate: args.role == NodeRole::Validator || !args.no_validate,
+        validate: args.role == NodeRole::Validator
+            || (args.role == NodeRole::Miner && !args.no_validate),
+        verify_reports: args.verify_reports,
         slots: args.slots.unwrap_or(gpus),
         device,
         drain_token,
         poll: std::time::Duration::from_millis(500),
         retention_blocks: args.retention_blocks,
+        #[cfg(feature = "fault-injection")]
+        cheat: args.cheat,
+        #[cfg(feature = "fault-injection")]
+        crashes: args.crashes,
     }))
 }
 
@@ -894,11 +957,6 @@ fn wallet(signer: SignerArgs) -> anyhow::Result<(Wallet, std::time::Duration)> {
         fee: signer.fee.map(pot_protocol::Amount),
     };
     Ok((wallet, std::time::Duration::from_secs(signer.wait)))
-}
-
-async fn submit_task(signer: SignerArgs, file: &Path, secret_out: &Path) -> anyhow::Result<()> {
-    let (wallet, wait) = wallet(signer)?;
-    submit_task_with(&wallet, wait, file, secret_out).await
 }
 
 async fn submit_task_with(

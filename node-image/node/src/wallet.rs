@@ -82,6 +82,13 @@ impl Wallet {
         };
         let (stx, nonce) = self.sign(body).await?;
         let task = task_id(&self.key.address(), nonce);
+        // A directory keeps each task's secret as `<task id>.json`.
+        let secret_out = if secret_out.is_dir() {
+            secret_out.join(format!("{task}.json"))
+        } else {
+            secret_out.to_path_buf()
+        };
+        let secret_out = secret_out.as_path();
         let secret = EvalSecret {
             task,
             eval_set,

@@ -186,7 +186,18 @@ impl Client {
 
     /// The blob with SHA-256 `blob`, checked against it (`GET /v1/artifacts/{blob}`).
     pub async fn artifact(&self, blob: &Hash) -> Result<Vec<u8>, ClientError> {
-        let url = format!("{}/v1/artifacts/{blob}", self.base);
+        self.fetch_artifact(format!("{}/v1/artifacts/{blob}", self.base), blob)
+            .await
+    }
+
+    /// The blob with SHA-256 `blob` that task `task` names (its dataset, eval set or a claimed
+    /// model), checked against it; works for a task that has ended too.
+    pub async fn task_artifact(&self, blob: &Hash, task: &TaskId) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}/v1/artifacts/{blob}?task={task}", self.base);
+        self.fetch_artifact(url, blob).await
+    }
+
+    async fn fetch_artifact(&self, url: String, blob: &Hash) -> Result<Vec<u8>, ClientError> {
         let http = |source| ClientError::Http {
             url: url.clone(),
             source,

@@ -144,3 +144,109 @@ async fn catch_up(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pot_protocol::commit::{Commit, CommitSignature, VoteContent, VoteKind};
+    use pot_protocol::genesis::{Coordinator, GenesisBalance};
+    use pot_protocol::{Amount, Block, Genesis, ProposerKey, SecretKey};
+
+    fn keys() -> Vec<SecretKey> {
+        (1..=4).map(|i| SecretKey::from_seed([i; 32])).collect()
+    }
+
+    fn genesis(keys: &[SecretKey]) -> Genesis {
+        Genesis {
+            chain_id: "t".into(),
+            genesis_time_ms: 0,
+            params: Default::default(),
+            balances: vec![GenesisBalance {
+                address: keys[0].address(),
+                amount: Amount(1_000_000),
+            }],
+            stakes: vec![],
+            coordinators: keys.iter().map(Coordinator::for_key).collect(),
+        }
+    }
+
+    /// A certificate for `block` signed by `signers`.
+    fn certificate(chain: &Chain, block: &Block, signers: &[&SecretKey]) -> Commit {
+        let signatures = signers
+            .iter()
+            .map(|k| {
+                let vote = VoteContent {
+                    kind: VoteKind::Precommit,
+                    height: block.header.height,
+                    round: 0,
+                    block: Some(block.hash()),
+                    voter: k.address(),
+                };
+                CommitSignature {
+                    coordinator: k.address(),
+                    signature: k.sign(vote.digest(&chain.genesis_hash()).as_bytes()),
+                }
+            })
+            .collect();
+        Commit {
+            height: block.header.height,
+            round: 0,
+            block: block.hash(),
+            signatures,
+        }
+    }
+
+    #[test]
+    fn only_a_block_more_than_two_thirds_of_the_coordinators_signed_is_followed() {
+        let keys = keys();
+        let dir = tempfile::tempdir().unwrap();
+        let network =
+            Chain::open(genesis(&keys), &dir.path().join("n"), Default::default()).unwrap();
+        let follower =
+            Chain::open(genesis(&keys), &dir.path().join("f"), Default::default()).unwrap();
+        let (block, _) = network.propose(&ProposerKey::new(&keys[0]), 1_000);
+
+        // Two of four is not a quorum; a stranger's signature counts for nothing.
+        let stranger = SecretKey::from_seed([9; 32]);
+        for signers in [
+            vec![&keys[0], &keys[1]],
+            vec![&keys[0], &keys[1], &stranger],
+        ] {
+            let d = DecidedBlock {
+                block: block.clone(),
+                commit: certificate(&network, &block, &signers),
+            };
+            assert!(matches!(
+                check(&follower, 1, &d),
+                Err(Refused::Certificate(_))
+            ));
+        }
+        // A quorum's certificate does not cover another block: one lying coordinator cannot
+        // swap the transactions under a real certificate.
+        let quorum = [&keys[0], &keys[1], &keys[2]];
+        let (mut forged, _) = network.propose(&ProposerKey::new(&keys[0]), 2_000);
+        forged.header.time_ms += 1;
+        let d = DecidedBlock {
+            block: forged,
+            commit: certificate(&network, &block, &quorum),
+        };
+        assert!(matches!(
+            check(&follower, 1, &d),
+            Err(Refused::Certificate(CommitError::OtherBlock { .. }))
+        ));
+        // Served for another height.
+        let d = DecidedBlock {
+            block: block.clone(),
+            commit: certificate(&network, &block, &quorum),
+        };
+        assert!(matches!(
+            check(&follower, 2, &d),
+            Err(Refused::OtherHeight { .. })
+        ));
+        // The real thing is followed.
+        check(&follower, 1, &d).unwrap();
+        follower.commit(&d.block, &d.commit, None).unwrap();
+        assert_eq!(follower.height(), 1);
+        assert_eq!(follower.state().tip.hash, block.hash());
+    }
+}

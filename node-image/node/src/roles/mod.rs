@@ -3,6 +3,10 @@
 //! network; `node` is the loop that acts on them, `status` what the node shows, `journal` what
 //! it must not forget across a restart.
 
+pub mod challenge;
+#[cfg(feature = "fault-injection")]
+pub mod cheats;
+pub mod client;
 pub mod journal;
 pub mod miner;
 pub mod node;

@@ -16,12 +16,16 @@ use libp2p::Multiaddr;
 use pot_protocol::api::TxStatus;
 use pot_protocol::client::Client;
 use pot_protocol::state::State;
-use pot_protocol::tx::{Claim, Report, Role, TaskId, TxBody, claim_commitment, report_commitment};
+use pot_protocol::tx::{
+    Claim, Dispute, Fact, Report, Role, TaskId, TxBody, claim_commitment, report_commitment,
+    vote_commitment,
+};
 use pot_protocol::{Address, Amount, Genesis, Hash, SecretKey};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use super::challenge::{self, ChallengeRef, Rechecked, Vote};
 use super::journal::Journal;
 use super::miner::{self, Action, Job, Limits, TaskView};
 use super::status::{NodeStatus, Work};
@@ -54,8 +58,10 @@ pub struct Options {
     pub bootstrap: Vec<Multiaddr>,
     /// Take tasks and train them.
     pub mine: bool,
-    /// Validate claims this node is assigned to.
+    /// Validate claims this node is assigned to (and serve on challenge committees).
     pub validate: bool,
+    /// Re-check revealed reports of tasks this node has no part in, and challenge wrong ones.
+    pub verify_reports: bool,
     /// Tasks trained at once.
     pub slots: usize,
     pub device: tch::Device,
@@ -65,6 +71,12 @@ pub struct Options {
     pub poll: Duration,
     /// Blocks after a task ends that its artifacts are still served.
     pub retention_blocks: u64,
+    /// Cheat as a miner (tests only).
+    #[cfg(feature = "fault-injection")]
+    pub cheat: Option<super::cheats::Cheat>,
+    /// Crash once at a chosen point (tests only).
+    #[cfg(feature = "fault-injection")]
+    pub crashes: super::cheats::Crashes,
 }
 
 /// Run until SIGTERM/Ctrl-C or a fatal error.
@@ -99,7 +111,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let role = match (opts.mine, opts.validate) {
         (true, true) => "miner+validator",
         (true, false) => "miner",
-        _ => "validator",
+        (false, true) => "validator",
+        (false, false) => "client",
     };
     let status = Arc::new(NodeStatus::new(role, opts.key.address()));
     let api = super::status::serve(
@@ -130,8 +143,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         next_client: 0,
         status,
         training: HashMap::new(),
-        checking: HashMap::new(),
-        check_failed: HashMap::new(),
+        rechecked: Journal::open(&opts.data_dir.join("verifier-rechecks.json"))?,
+        votes: Journal::open(&opts.data_dir.join("committee-votes.json"))?,
+        replays: HashMap::new(),
+        replay_failed: HashMap::new(),
         tip: tip.clone(),
         opts,
     };
@@ -166,6 +181,168 @@ async fn shutdown_signal() {
     }
 }
 
+/// Work done on a blocking thread: replays for a report, a re-check, a committee vote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Replay {
+    Check(Assigned),
+    Recheck(TaskId, Address),
+    Judge(ChallengeRef),
+}
+
+enum Done {
+    Report(Report),
+    Rechecked(Vec<Dispute>),
+    Vote(bool),
+}
+
+/// What a replay needs: the swarm to fetch checkpoints from, the dataset cache, the device.
+struct Replayer {
+    net: ArtifactNet,
+    cache: Cache,
+    device: tch::Device,
+    runtime: tokio::runtime::Handle,
+    /// Abort half-way through the checkpoints (once; tests only).
+    #[cfg(feature = "fault-injection")]
+    crash_mid_download: Option<PathBuf>,
+}
+
+impl Replayer {
+    /// Replay `segments` of `miner`'s claim on `task` (and the task's largest-update segments
+    /// when `top_q`), fetching its checkpoints over the swarm; `None` when they cannot be had
+    /// (no pot:// run index, a run index that is not the committed one, a holder that never
+    /// answers). Blocking.
+    fn replay(
+        &self,
+        task: &pot_protocol::state::Task,
+        miner: Address,
+        segments: &[u32],
+        top_q: bool,
+    ) -> anyhow::Result<Option<crate::verify::Report>> {
+        let entry = &task.claims[&miner];
+        let (Some(claim), Some(salt)) = (&entry.claim, entry.salt) else {
+            anyhow::bail!("the claim is not revealed");
+        };
+        let n = task.spec.segments();
+        let holders: Vec<_> = peer_of(&miner).into_iter().collect();
+        let Some(index) = parse_pot_locator(&claim.artifacts) else {
+            warn!(task = %task.id, %miner, locator = claim.artifacts, "the claim's artifacts are not a pot:// run index");
+            return Ok(None);
+        };
+        let fetched = self.runtime.block_on(async {
+            tokio::time::timeout(
+                ARTIFACT_TIMEOUT,
+                self.net.fetch(index, RunIndex::bytes_for(n), &holders),
+            )
+            .await
+        });
+        let leaves = match fetched
+            .map_err(|_| anyhow::anyhow!("timed out"))
+            .and_then(|r| r)
+            .and_then(|()| self.net.store.read(&index))
+            .and_then(|bytes| RunIndex::decode(&bytes, n, &claim.checkpoint_root))
+        {
+            Ok(i) => i.checkpoints,
+            Err(e) => {
+                warn!(task = %task.id, %miner, "the claim's run index: {e:#}");
+                return Ok(None);
+            }
+        };
+        let source = NetworkSource {
+            net: self.net.clone(),
+            runtime: self.runtime.clone(),
+            leaves,
+            holders,
+            timeout: ARTIFACT_TIMEOUT,
+        };
+        let facts = ClaimFacts {
+            miner,
+            salt,
+            checkpoint_root: claim.checkpoint_root,
+            model_hash: claim.model_hash,
+            steps: claim.steps,
+            hyper: claim.hyper.clone(),
+        };
+        self.runtime
+            .block_on(fetch_published(&self.net, task, true))
+            .context("fetching the task's published datasets")?;
+        let mut spec = task.spec.clone();
+        if !top_q {
+            spec.verification.top_q = 0;
+        }
+        #[cfg(feature = "fault-injection")]
+        let crashing =
+            self.crash_mid_download
+                .clone()
+                .map(|data_dir| super::cheats::CrashMidDownload {
+                    inner: &source,
+                    at: (n / 2) as usize,
+                    data_dir,
+                });
+        #[cfg(feature = "fault-injection")]
+        let source: &dyn crate::verify::CheckpointSource = match &crashing {
+            Some(c) => c,
+            None => &source,
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let source = &source;
+        let found = commands::verify_claim(
+            &spec,
+            &facts,
+            source,
+            segments,
+            task.eval_set.as_ref(),
+            None,
+            self.device,
+            &self.cache,
+        )?;
+        for f in &found.findings {
+            warn!(task = %task.id, %miner, "finding: {f}");
+        }
+        // Checkpoints that could not be fetched are the miner's failure, not a finding
+        // about the training.
+        if found
+            .findings
+            .iter()
+            .any(|f| matches!(f, crate::verify::Finding::Unavailable { .. }))
+        {
+            return Ok(None);
+        }
+        Ok(Some(found))
+    }
+}
+
+/// Fetch the task's dataset files named `pot://<sha256>` (and its eval set's, with `eval`) from
+/// the swarm, the client first; each is checked against its hash as it arrives.
+async fn fetch_published(
+    net: &ArtifactNet,
+    task: &pot_protocol::state::Task,
+    eval: bool,
+) -> anyhow::Result<()> {
+    let client: Vec<_> = peer_of(&task.client).into_iter().collect();
+    let eval_blobs = task
+        .eval_set
+        .iter()
+        .filter(|_| eval)
+        .flat_map(pot_protocol::task::DatasetRef::blobs);
+    for b in task.spec.dataset.blobs().into_iter().chain(eval_blobs) {
+        if let Some(blob) = parse_pot_locator(&b.locator) {
+            anyhow::ensure!(
+                blob == b.sha256,
+                "{} names another blob than its sha256 {}",
+                b.locator,
+                b.sha256
+            );
+            tokio::time::timeout(
+                ARTIFACT_TIMEOUT,
+                net.fetch(blob, crate::artifacts::wire::MAX_BLOB, &client),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("{} took over {ARTIFACT_TIMEOUT:?}", b.locator))??;
+        }
+    }
+    Ok(())
+}
+
 /// A trained run's claim and every blob it put in the store (to announce).
 type Published = (Claim, Vec<Hash>);
 
@@ -183,8 +360,10 @@ struct Node {
     next_client: usize,
     status: Arc<NodeStatus>,
     training: HashMap<TaskId, JoinHandle<anyhow::Result<Published>>>,
-    checking: HashMap<Assigned, JoinHandle<anyhow::Result<Report>>>,
-    check_failed: HashMap<Assigned, Instant>,
+    rechecked: Journal<(TaskId, Address), Rechecked>,
+    votes: Journal<ChallengeRef, Vote>,
+    replays: HashMap<Replay, JoinHandle<anyhow::Result<Done>>>,
+    replay_failed: HashMap<Replay, Instant>,
     tip: watch::Receiver<u64>,
 }
 
@@ -194,7 +373,7 @@ impl Node {
     /// a report); anything else is logged and tried again at the next pass.
     async fn tick(&mut self) -> anyhow::Result<()> {
         self.collect_training().await?;
-        self.collect_checks().await?;
+        self.collect_replays().await?;
         let state = self.chain.state();
         self.status.set_height(state.tip.height);
         if self.opts.mine {
@@ -203,6 +382,9 @@ impl Node {
         if self.opts.validate {
             self.validate(&state).await?;
         }
+        // Committee seats come with validator stake; a verifier challenges.
+        self.disputes(&state).await?;
+        self.reveal_eval_sets(&state).await;
         Ok(())
     }
 
@@ -244,6 +426,10 @@ impl Node {
                     if self.send(body, "claim reveal").await {
                         self.status.set_work(id, Work::Revealed);
                         self.status.metrics.claims_revealed.inc();
+                        #[cfg(feature = "fault-injection")]
+                        if self.opts.cheat == Some(super::cheats::Cheat::Withhold) {
+                            self.withhold(&id);
+                        }
                     }
                 }
                 Action::Drop(id, why) => {
@@ -327,16 +513,9 @@ impl Node {
     async fn start_training(&mut self, task: &pot_protocol::state::Task, id: TaskId) {
         let job = self.jobs.entries[&id].clone();
         // A dataset named by hash is fetched from the swarm first (the client holds it).
-        if let Some(blob) = parse_pot_locator(&task.spec.dataset.locator) {
-            let known: Vec<_> = peer_of(&task.client).into_iter().collect();
-            if let Err(e) = self
-                .net
-                .fetch(blob, crate::artifacts::wire::MAX_BLOB, &known)
-                .await
-            {
-                warn!(task = %id, "fetching the dataset: {e:#}; trying again later");
-                return;
-            }
+        if let Err(e) = fetch_published(&self.net, task, false).await {
+            warn!(task = %id, "fetching the dataset: {e:#}; trying again later");
+            return;
         }
         self.status.set_work(
             id,
@@ -352,6 +531,12 @@ impl Node {
         let (me, cache, device) = (self.me, self.cache.clone(), self.opts.device);
         let store = self.net.store.clone();
         let status = self.status.clone();
+        #[cfg(feature = "fault-injection")]
+        let (cheat, crash_at, data_dir) = (
+            self.opts.cheat,
+            self.opts.crashes.crash_at_step,
+            self.opts.data_dir.clone(),
+        );
         self.training.insert(
             id,
             tokio::task::spawn_blocking(move || {
@@ -363,6 +548,10 @@ impl Node {
                         from = step;
                     }
                     TrainEvent::Checkpoint { step, loss } => {
+                        #[cfg(feature = "fault-injection")]
+                        if crash_at.is_some_and(|s| step >= s) {
+                            super::cheats::crash_once(&data_dir, "training");
+                        }
                         let rate = (step - from) as f64 / started.elapsed().as_secs_f64();
                         info!(task = %id, step, steps = spec.steps, loss, steps_per_second = format!("{rate:.1}"), "training");
                         status.set_work(
@@ -376,6 +565,20 @@ impl Node {
                         );
                     }
                 };
+                #[cfg(feature = "fault-injection")]
+                if let Some(cheat) = cheat
+                    && let Some(m) = super::cheats::trajectory(
+                        cheat,
+                        &spec,
+                        &job.hyper,
+                        &run,
+                        (me, job.salt),
+                        &cache,
+                    )?
+                {
+                    warn!(task = %id, ?cheat, "cheating");
+                    return publish_run(&store, &run, &m);
+                }
                 let m = commands::train_spec(
                     &spec,
                     job.hyper.clone(),
@@ -389,6 +592,28 @@ impl Node {
                 publish_run(&store, &run, &m)
             }),
         );
+    }
+
+    /// Delete a revealed claim's checkpoints and index from the store: nobody can fetch them.
+    #[cfg(feature = "fault-injection")]
+    fn withhold(&self, id: &TaskId) {
+        let Some(claim) = self.jobs.entries.get(id).and_then(|j| j.claim.as_ref()) else {
+            return;
+        };
+        let Some(index) = parse_pot_locator(&claim.artifacts) else {
+            return;
+        };
+        let store = &self.net.store;
+        let leaves = store
+            .read(&index)
+            .ok()
+            .and_then(|b| pot_protocol::encoding::decode::<RunIndex>(&b).ok())
+            .map(|i| i.checkpoints)
+            .unwrap_or_default();
+        for blob in leaves.iter().chain([&index]) {
+            let _ = store.remove(blob);
+        }
+        warn!(task = %id, "withholding the claim's artifacts");
     }
 
     /// Collect finished training: record the claim (or why it failed) and announce the
@@ -482,119 +707,256 @@ impl Node {
         Ok(())
     }
 
-    /// Start verifying the claim `key` on a blocking thread, unless it is already running or
-    /// failed moments ago.
-    fn start_check(&mut self, state: &State, key: Assigned) {
-        if self.checking.contains_key(&key)
+    /// Reveal the eval set of every task whose secret this node keeps (`task submit
+    /// --publish-to`) once its window opens. Level triggered: the chain says whether it is done.
+    async fn reveal_eval_sets(&mut self, state: &State) {
+        let height = state.tip.height;
+        for secret in super::client::read_secrets(&super::client::secrets_dir(&self.opts.data_dir))
+        {
+            let Some(task) = state.tasks.get(&secret.task) else {
+                continue;
+            };
+            if !super::client::due(task, &self.me, height) {
+                continue;
+            }
+            let body = TxBody::RevealEvalSet {
+                task: secret.task,
+                eval_set: secret.eval_set.clone(),
+                salt: secret.salt,
+            };
+            self.send(body, "eval set reveal").await;
+        }
+    }
+
+    /// Challenge committee seats (any node with validator stake may be drawn) and, with
+    /// `--verify-reports`, re-checks and challenges.
+    async fn disputes(&mut self, state: &State) -> anyhow::Result<()> {
+        use challenge::Duty as D;
+        let height = state.tip.height;
+        let tasks: Vec<&pot_protocol::state::Task> = state.tasks.values().collect();
+        let mut duties = challenge::committee_duties(&self.me, height, &tasks, &self.votes.entries);
+        if self.opts.verify_reports {
+            duties.extend(challenge::verifier_duties(
+                &self.me,
+                height,
+                &tasks,
+                &self.rechecked.entries,
+            ));
+        }
+        for duty in duties {
+            match duty {
+                D::Recheck(id, miner) => self.start_recheck(state, id, miner),
+                D::Challenge(task, dispute, salt) => {
+                    let commitment =
+                        pot_protocol::tx::challenge_commitment(&task, &self.me, &dispute, &salt);
+                    self.send(TxBody::Challenge { task, commitment }, "challenge")
+                        .await;
+                }
+                D::RevealChallenge((task, challenge), dispute, salt) => {
+                    let body = TxBody::RevealChallenge {
+                        task,
+                        challenge,
+                        dispute,
+                        salt,
+                    };
+                    self.send(body, "challenge reveal").await;
+                }
+                D::Judge(key) => self.start_judging(state, key),
+                D::CommitVote((task, challenge)) => {
+                    let v = &self.votes.entries[&(task, challenge)];
+                    let commitment = vote_commitment(&task, challenge, &self.me, v.upheld, &v.salt);
+                    let body = TxBody::CommitVote {
+                        task,
+                        challenge,
+                        commitment,
+                    };
+                    self.send(body, "vote commitment").await;
+                }
+                D::RevealVote((task, challenge)) => {
+                    let v = &self.votes.entries[&(task, challenge)];
+                    let body = TxBody::RevealVote {
+                        task,
+                        challenge,
+                        upheld: v.upheld,
+                        salt: v.salt,
+                    };
+                    self.send(body, "vote reveal").await;
+                }
+                D::Forget(task) => {
+                    let keys: Vec<_> = self
+                        .votes
+                        .entries
+                        .keys()
+                        .filter(|k| k.0 == task)
+                        .copied()
+                        .collect();
+                    for k in keys {
+                        self.votes.remove(&k)?;
+                    }
+                    let keys: Vec<_> = self
+                        .rechecked
+                        .entries
+                        .keys()
+                        .filter(|k| k.0 == task)
+                        .copied()
+                        .collect();
+                    for k in keys {
+                        self.rechecked.remove(&k)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Start `job` on a blocking thread, unless it is already running or failed moments ago.
+    fn start_replay(
+        &mut self,
+        job: Replay,
+        work: impl FnOnce(Replayer) -> anyhow::Result<Done> + Send + 'static,
+    ) {
+        if self.replays.contains_key(&job)
             || self
-                .check_failed
-                .get(&key)
+                .replay_failed
+                .get(&job)
                 .is_some_and(|at| at.elapsed() < CHECK_RETRY)
         {
             return;
         }
+        let replayer = Replayer {
+            net: self.net.clone(),
+            cache: self.cache.clone(),
+            device: self.opts.device,
+            runtime: tokio::runtime::Handle::current(),
+            #[cfg(feature = "fault-injection")]
+            crash_mid_download: self
+                .opts
+                .crashes
+                .crash_mid_download
+                .then(|| self.opts.data_dir.clone()),
+        };
+        self.replays
+            .insert(job, tokio::task::spawn_blocking(move || work(replayer)));
+    }
+
+    /// Verify the claim `key` this validator is assigned to.
+    fn start_check(&mut self, state: &State, key: Assigned) {
         let (id, miner) = key;
         let task = state.tasks[&id].clone();
-        let entry = task.claims[&miner].clone();
-        let segments = entry
+        let segments = task.claims[&miner]
             .assignment(&self.me)
             .expect("duties name assigned claims")
             .segments
             .clone();
-        let (Some(claim), Some(salt), Some(eval_set)) =
-            (entry.claim, entry.salt, task.eval_set.clone())
+        #[cfg(feature = "fault-injection")]
+        if self.opts.cheat == Some(super::cheats::Cheat::RubberStamp) {
+            warn!(task = %id, %miner, "reporting valid without replaying");
+            let report = super::cheats::rubber_stamp(&segments);
+            self.start_replay(Replay::Check(key), move |_| Ok(Done::Report(report)));
+            return;
+        }
+        info!(task = %id, %miner, ?segments, "verifying a claim");
+        self.start_replay(Replay::Check(key), move |r| {
+            let report = match r.replay(&task, miner, &segments, true)? {
+                Some(found) => validator::report(&found, &segments, task.spec.metric),
+                None => validator::unavailable(&segments),
+            };
+            Ok(Done::Report(report))
+        });
+    }
+
+    /// Re-check every segment the reports on `(task, miner)` state (a verifier).
+    fn start_recheck(&mut self, state: &State, id: TaskId, miner: Address) {
+        let task = state.tasks[&id].clone();
+        let mut segments = challenge::stated_segments(&task, &miner);
+        if segments.is_empty() {
+            segments.push(0);
+        }
+        info!(task = %id, %miner, ?segments, "re-checking the reports on a claim");
+        self.start_replay(Replay::Recheck(id, miner), move |r| {
+            let disputes = match r.replay(&task, miner, &segments, false)? {
+                Some(found) => challenge::disputes(&task, &miner, &found),
+                // Availability cannot be disputed.
+                None => Vec::new(),
+            };
+            Ok(Done::Rechecked(disputes))
+        });
+    }
+
+    /// Replay the fact challenge `key` disputes (a committee member), and decide the vote.
+    fn start_judging(&mut self, state: &State, key: ChallengeRef) {
+        let task = state.tasks[&key.0].clone();
+        let dispute = task.challenges[key.1 as usize]
+            .dispute
+            .expect("duties name revealed challenges");
+        let Some(report) = task.claims[&dispute.miner]
+            .reports
+            .get(&dispute.validator)
+            .and_then(|r| r.report.clone())
         else {
             return;
         };
-        info!(task = %id, %miner, ?segments, "verifying a claim");
-        let net = self.net.clone();
-        let cache = self.cache.clone();
-        let device = self.opts.device;
-        let runtime = tokio::runtime::Handle::current();
-        self.checking.insert(
-            key,
-            tokio::task::spawn_blocking(move || {
-                let n = task.spec.segments();
-                let holders: Vec<_> = peer_of(&miner).into_iter().collect();
-                let Some(index) = parse_pot_locator(&claim.artifacts) else {
-                    warn!(task = %id, %miner, locator = claim.artifacts, "the claim's artifacts are not a pot:// run index");
-                    return Ok(validator::unavailable(&segments));
-                };
-                let fetched = runtime.block_on(async {
-                    tokio::time::timeout(
-                        ARTIFACT_TIMEOUT,
-                        net.fetch(index, RunIndex::bytes_for(n), &holders),
-                    )
-                    .await
-                });
-                let leaves = match fetched
-                    .map_err(|_| anyhow::anyhow!("timed out"))
-                    .and_then(|r| r)
-                    .and_then(|()| net.store.read(&index))
-                    .and_then(|bytes| RunIndex::decode(&bytes, n, &claim.checkpoint_root))
-                {
-                    Ok(i) => i.checkpoints,
-                    Err(e) => {
-                        warn!(task = %id, %miner, "the claim's run index: {e:#}");
-                        return Ok(validator::unavailable(&segments));
-                    }
-                };
-                let source = NetworkSource {
-                    net,
-                    runtime,
-                    leaves,
-                    holders,
-                    timeout: ARTIFACT_TIMEOUT,
-                };
-                let facts = ClaimFacts {
-                    miner,
-                    salt,
-                    checkpoint_root: claim.checkpoint_root,
-                    model_hash: claim.model_hash,
-                    steps: claim.steps,
-                    hyper: claim.hyper.clone(),
-                };
-                let found = commands::verify_claim(
-                    &task.spec,
-                    &facts,
-                    &source,
-                    &segments,
-                    Some(&eval_set),
-                    None,
-                    device,
-                    &cache,
-                )?;
-                for f in &found.findings {
-                    warn!(task = %id, %miner, "finding: {f}");
+        let segments = match dispute.fact {
+            Fact::Segment(i) => vec![i],
+            _ => vec![0],
+        };
+        info!(task = %key.0, challenge = key.1, ?dispute, "judging a challenge");
+        self.start_replay(Replay::Judge(key), move |r| {
+            let upheld = match r.replay(&task, dispute.miner, &segments, false)? {
+                Some(found) => {
+                    let metric = match task.spec.metric {
+                        pot_protocol::task::MetricKind::Accuracy => found.accuracy,
+                        pot_protocol::task::MetricKind::Loss => found.loss,
+                    };
+                    let exact = task.spec.verification.is_exact();
+                    challenge::vote(dispute.fact, &report, &found, metric, exact)
                 }
-                Ok(validator::report(&found, &segments, task.spec.metric))
-            }),
-        );
+                // The artifacts are gone: nothing contradicts the report.
+                None => false,
+            };
+            Ok(Done::Vote(upheld))
+        });
     }
 
-    async fn collect_checks(&mut self) -> anyhow::Result<()> {
-        let done: Vec<Assigned> = self
-            .checking
+    /// Collect finished replays and record what they found, before anything is sent.
+    async fn collect_replays(&mut self) -> anyhow::Result<()> {
+        let done: Vec<Replay> = self
+            .replays
             .iter()
             .filter(|(_, h)| h.is_finished())
             .map(|(k, _)| *k)
             .collect();
-        for key in done {
-            let handle = self.checking.remove(&key).expect("listed above");
+        for job in done {
+            let handle = self.replays.remove(&job).expect("listed above");
             let outcome = match handle.await {
                 Ok(r) => r,
-                Err(e) => Err(anyhow::anyhow!("verification panicked: {e}")),
+                Err(e) => Err(anyhow::anyhow!("the replay panicked: {e}")),
             };
-            match outcome {
-                Ok(report) => {
+            let salt = Hash(SecretKey::generate().seed());
+            match (job, outcome) {
+                (Replay::Check(key), Ok(Done::Report(report))) => {
                     info!(task = %key.0, miner = %key.1, verdict = ?report.verdict, metric = %report.metric, "claim verified");
-                    let salt = Hash(SecretKey::generate().seed());
                     // On disk before its commitment is sent: a restart can still reveal it.
                     self.filed.put(key, Filed { report, salt })?;
                 }
-                Err(e) => {
-                    error!(task = %key.0, miner = %key.1, "verification could not be done: {e:#}");
-                    self.check_failed.insert(key, Instant::now());
+                (Replay::Recheck(id, miner), Ok(Done::Rechecked(disputes))) => {
+                    for d in &disputes {
+                        warn!(task = %id, %miner, validator = %d.validator, fact = ?d.fact, "a report states what the replay contradicts");
+                    }
+                    let disputes = disputes
+                        .into_iter()
+                        .map(|d| (d, Hash(SecretKey::generate().seed())))
+                        .collect();
+                    self.rechecked.put((id, miner), Rechecked { disputes })?;
+                }
+                (Replay::Judge(key), Ok(Done::Vote(upheld))) => {
+                    info!(task = %key.0, challenge = key.1, upheld, "challenge judged");
+                    self.votes.put(key, Vote { upheld, salt })?;
+                }
+                (job, Ok(_)) => unreachable!("{job:?} gave another kind of result"),
+                (job, Err(e)) => {
+                    error!(?job, "replay could not be done: {e:#}");
+                    self.replay_failed.insert(job, Instant::now());
                 }
             }
         }

@@ -7,7 +7,7 @@
 //! **Costs that cannot be avoided.** Every transaction pays at least `tx_fee`, burned (not paid
 //! to the proposer: a proposer could otherwise fill its own blocks at no cost). Submitting a task
 //! burns `task_burn` of its bounty on top of the escrowed bounty. Committing a claim escrows
-//! `max(claim_deposit, bounty / max_claims_per_task)`: back when the claim is revealed, burned
+//! `max(claim_deposit, ⌈bounty / max_claims_per_task⌉)`: back when the claim is revealed, burned
 //! when it is not, so filling every claim slot without revealing burns about the bounty.
 //!
 //! **Collateral.** A claim reserves `max(bounty, min_miner_bond)` of the miner's bonded stake; a
