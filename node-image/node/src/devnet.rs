@@ -31,6 +31,8 @@ pub struct Options {
     /// never assigned to a claim).
     pub verifiers: usize,
     pub task: PathBuf,
+    /// Copies of the task to submit (for throughput).
+    pub tasks: usize,
     /// Where keys, data and logs go (kept afterwards).
     pub dir: PathBuf,
     pub block_time_ms: u64,
@@ -54,8 +56,12 @@ pub struct Summary {
     pub validators: Vec<Address>,
     pub verifiers: Vec<Address>,
     pub client: Address,
-    /// The finalized (or failed) task as the chain records it.
+    /// The (first) task as the chain records it at the end.
     pub info: TaskInfo,
+    /// Every task submitted (`--tasks`), as the chain records it at the end.
+    pub tasks: Vec<TaskInfo>,
+    /// Seconds from each task's submission to its end.
+    pub task_seconds: Vec<f64>,
     /// How often each process that exited was restarted.
     pub restarts: std::collections::BTreeMap<String, u32>,
     /// Every account the network started with, as the chain has it at the end.
@@ -263,10 +269,17 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
         key: client_key.clone(),
         fee: None,
     };
-    let id = wallet
-        .submit_task(&task_file, &secrets, Duration::from_secs(60))
-        .await?;
-    println!("task {id} submitted; network in {}", dir.display());
+    let mut ids = Vec::new();
+    let mut submitted_at = Vec::new();
+    for _ in 0..opts.tasks.max(1) {
+        let id = wallet
+            .submit_task(&task_file, &secrets, Duration::from_secs(60))
+            .await?;
+        println!("task {id} submitted; network in {}", dir.display());
+        ids.push(id);
+        submitted_at.push(Instant::now());
+    }
+    let many = ids.len() > 1;
 
     let multi = MultiProgress::new();
     let header = multi.add(ProgressBar::new_spinner());
@@ -284,36 +297,79 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
         })
         .collect();
     let miner_clients: Vec<Client> = miner_apis.iter().map(Client::new).collect();
-    let mut last_phase = None;
-    let mut revealed = false;
-    let info = loop {
+    let mut last_phase = vec![None; ids.len()];
+    let mut revealed = vec![false; ids.len()];
+    let mut ended_after: Vec<Option<f64>> = vec![None; ids.len()];
+    let infos = loop {
         supervise(&opts.bin, &mut procs)?;
         if started.elapsed() > opts.timeout {
             bail!(
-                "the task did not finish within {:?}; logs in {}",
+                "the tasks did not finish within {:?}; logs in {}",
                 opts.timeout,
                 dir.display()
             );
         }
-        let (Ok(info), Ok(head)) = (client.task(&id).await, client.head().await) else {
+        let Ok(head) = client.head().await else {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
-        if last_phase != Some(info.phase) {
-            say(
-                &multi,
-                format!(
-                    "height {:>5}  task is in phase {:?}",
-                    head.height, info.phase
-                ),
-            )?;
-            last_phase = Some(info.phase);
+        let mut infos = Vec::new();
+        for id in &ids {
+            match client.task(id).await {
+                Ok(info) => infos.push(info),
+                Err(_) => break,
+            }
         }
-        header.set_message(format!("height {}  phase {:?}", head.height, info.phase));
+        if infos.len() < ids.len() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        for (k, info) in infos.iter().enumerate() {
+            let which = if many {
+                format!("task {k}")
+            } else {
+                "task".into()
+            };
+            if last_phase[k] != Some(info.phase) {
+                say(
+                    &multi,
+                    format!(
+                        "height {:>5}  {which} is in phase {:?}",
+                        head.height, info.phase
+                    ),
+                )?;
+                last_phase[k] = Some(info.phase);
+            }
+            if !revealed[k] && info.task.eval_set.is_some() {
+                revealed[k] = true;
+                say(
+                    &multi,
+                    format!("the client revealed the eval set of {which}"),
+                )?;
+            }
+            if ended_after[k].is_none() && matches!(info.phase, Phase::Finalized | Phase::Failed) {
+                ended_after[k] = Some(submitted_at[k].elapsed().as_secs_f64());
+            }
+        }
+        let done = ended_after.iter().filter(|e| e.is_some()).count();
+        let progress = if many {
+            format!("  {done}/{} tasks ended", ids.len())
+        } else {
+            String::new()
+        };
+        header.set_message(format!(
+            "height {}  phase {:?}{progress}",
+            head.height, infos[0].phase
+        ));
         header.tick();
         for (bar, mc) in bars.iter().zip(&miner_clients) {
             if let Ok(s) = mc.node_status().await {
-                match s.tasks.get(&id) {
+                let work = s
+                    .tasks
+                    .values()
+                    .find(|w| matches!(w, TaskWork::Training { .. }))
+                    .or_else(|| s.tasks.values().next());
+                match work {
                     Some(TaskWork::Training {
                         step,
                         loss,
@@ -335,12 +391,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
                 }
             }
         }
-        if !revealed && info.task.eval_set.is_some() {
-            revealed = true;
-            say(&multi, "the client revealed the eval set")?;
-        }
-        if matches!(info.phase, Phase::Finalized | Phase::Failed) {
-            break info;
+        if done == ids.len() {
+            break infos;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -348,6 +400,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     for b in &bars {
         b.finish();
     }
+    let info = infos[0].clone();
     let winner_held_out_accuracy = match &info.task.status {
         TaskStatus::Finalized(o) => match o.winner {
             Some(w) => Some(
@@ -370,13 +423,15 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
         accounts.push(client.account(&a).await?);
     }
     let summary = Summary {
-        task: id,
+        task: ids[0],
         phase: info.phase,
         miners: miner_keys.iter().map(SecretKey::address).collect(),
         validators: validator_keys.iter().map(SecretKey::address).collect(),
         verifiers: verifier_keys.iter().map(SecretKey::address).collect(),
         client: client_key.address(),
         info,
+        tasks: infos,
+        task_seconds: ended_after.into_iter().map(|e| e.unwrap_or(0.0)).collect(),
         accounts,
         restarts: procs
             .iter()
@@ -453,6 +508,15 @@ pub fn table(s: &Summary) -> String {
         }
     };
     let mut out = String::new();
+    if s.tasks.len() > 1 {
+        let ended = s.task_seconds.iter().cloned().fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "{} tasks ended within {ended:.0} s of their submission ({:.2} a minute); the first:\n",
+            s.tasks.len(),
+            s.tasks.len() as f64 * 60.0 / ended.max(1e-9)
+        );
+    }
     let t = &s.info.task;
     let _ = writeln!(
         out,

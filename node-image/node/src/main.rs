@@ -152,6 +152,9 @@ enum Command {
         /// Nodes that re-check revealed reports and challenge wrong ones.
         #[arg(long, default_value_t = 0)]
         verifiers: usize,
+        /// Copies of the task to submit at once (throughput).
+        #[arg(long, default_value_t = 1)]
+        tasks: usize,
         /// The task file to submit (its bounty, eval_set and windows included).
         #[arg(long)]
         task: PathBuf,
@@ -703,6 +706,7 @@ fn main() -> anyhow::Result<()> {
             validators,
             verifiers,
             task,
+            tasks,
             dir,
             block_time_ms,
             timeout,
@@ -722,6 +726,7 @@ fn main() -> anyhow::Result<()> {
                 validators,
                 verifiers,
                 task,
+                tasks,
                 dir,
                 block_time_ms,
                 bin: std::env::current_exe()?,
