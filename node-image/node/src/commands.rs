@@ -128,10 +128,10 @@ pub fn train_spec(
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> anyhow::Result<Manifest> {
     // A task that demands bit-identical replays trains and replays with kernels whose sums do
-    // not depend on the thread count.
-    crate::train::determinism::exact_cpu_kernels(task_spec.verification.is_exact());
+    // not depend on the thread count; held for the whole run (other work in this process
+    // with other settings waits).
     let threads = task::threads(task_spec, threads)?;
-    tch::set_num_threads(threads);
+    let _settings = crate::train::determinism::hold(task_spec.verification.is_exact(), threads);
     let spec = task::run_spec(task_spec, &hyper, &miner, &salt, device, cache)?;
     let (train, held_out) = task::load_data(task_spec, cache)?;
     let identity = RunIdentity {
@@ -224,10 +224,12 @@ pub fn verify_claim(
     device: Device,
     cache: &Cache,
 ) -> anyhow::Result<Report> {
-    tch::set_num_threads(task::threads(task_spec, threads)?);
     // A task that demands bit-identical replays trains and replays with kernels whose sums do
-    // not depend on the thread count.
-    crate::train::determinism::exact_cpu_kernels(task_spec.verification.is_exact());
+    // not depend on the thread count; held for the whole verification.
+    let _settings = crate::train::determinism::hold(
+        task_spec.verification.is_exact(),
+        task::threads(task_spec, threads)?,
+    );
     let spec = task::run_spec(
         task_spec,
         &claim.hyper,

@@ -253,7 +253,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     let client_dir = dir.join("client");
     let mut task_file = task_file;
     let store = crate::artifacts::BlobStore::open(&client_dir.join("artifacts"))?;
-    for blob in crate::roles::client::publish_local(&mut task_file, &store)? {
+    let held = crate::roles::client::held_store(&client_dir);
+    for blob in crate::roles::client::publish_local(&mut task_file, &store, &held)? {
         println!("published pot://{blob}");
     }
     let secrets = crate::roles::client::secrets_dir(&client_dir);

@@ -768,7 +768,8 @@ fn main() -> anyhow::Result<()> {
             };
             if let Some(dir) = &publish_to {
                 let store = pot_node::artifacts::BlobStore::open(&dir.join("artifacts"))?;
-                for blob in pot_node::roles::client::publish_local(&mut task, &store)? {
+                let held = pot_node::roles::client::held_store(dir);
+                for blob in pot_node::roles::client::publish_local(&mut task, &store, &held)? {
                     eprintln!("published pot://{blob} into {}", dir.display());
                 }
             }

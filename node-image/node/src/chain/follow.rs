@@ -71,6 +71,9 @@ pub async fn follow(
                         "caught up with the chain"
                     );
                 }
+                // The next poll asks the next coordinator: one that answers but holds back its
+                // head (or answers slowly) delays this node by a poll, never for good.
+                next_source += 1;
                 tokio::time::sleep(poll).await
             }
             Err(Failure::Source(why)) => {

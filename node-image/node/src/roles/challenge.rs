@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use pot_protocol::state::Task;
+use pot_protocol::task::MetricKind;
 use pot_protocol::tx::{Dispute, Fact, Report, TaskId, Verdict, challenge_commitment};
 use pot_protocol::{Address, Hash, Height, Phase};
 use serde::{Deserialize, Serialize};
@@ -193,28 +194,23 @@ pub fn disputes(t: &Task, miner: &Address, r: &verify::Report) -> Vec<Dispute> {
 }
 
 /// A committee vote: upheld when the replay finds the disputed fact other than the report
-/// says; for the metric, when the model's metric differs from the reported one by more than
-/// one millionth (exact CPU tasks) or a thousandth of it (tasks with a replay tolerance).
+/// says; for the metric (both as `validator::metric_of` maps them), when the model's metric
+/// differs from the reported one by more than one millionth (exact CPU tasks) or a thousandth
+/// of it (tasks with a replay tolerance).
 pub fn vote(
     fact: Fact,
     report: &Report,
     r: &verify::Report,
-    metric: Option<f64>,
+    metric: MetricKind,
     exact: bool,
 ) -> bool {
     match fact {
-        Fact::Metric => match metric {
-            Some(m) => {
-                let said = report.metric.to_f64();
-                let tol = if exact {
-                    1e-6
-                } else {
-                    1e-3 * said.abs().max(1e-6)
-                };
-                (m - said).abs() > tol + f64::EPSILON
-            }
-            None => true,
-        },
+        Fact::Metric => {
+            let is = i128::from(super::validator::metric_of(r, metric).0);
+            let said = i128::from(report.metric.0);
+            let tol = if exact { 1 } else { (said.abs() / 1000).max(1) };
+            (is - said).abs() > tol
+        }
         f => match (f.passed_in(report), found(f, r)) {
             (Some(said), Some(is)) => said != is,
             // The replay could not reach the fact: the committed artifacts themselves are

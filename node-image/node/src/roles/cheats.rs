@@ -52,8 +52,8 @@ pub fn trajectory(
     if matches!(cheat, Cheat::Withhold | Cheat::RubberStamp) {
         return Ok(None);
     }
-    crate::train::determinism::exact_cpu_kernels(spec.verification.is_exact());
-    tch::set_num_threads(task::threads(spec, None)?);
+    let _settings =
+        crate::train::determinism::hold(spec.verification.is_exact(), task::threads(spec, None)?);
     let device = tch::Device::Cpu;
     let own = task::run_spec(spec, hyper, &miner, &salt, device, cache)?;
     let (data, _) = task::load_data(spec, cache)?;

@@ -19,6 +19,13 @@ pub fn secrets_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("eval-secrets")
 }
 
+/// Where a client keeps its published eval set files until they are revealed: a store of the
+/// same layout as its artifacts, but neither announced nor served (miners must not see the
+/// eval set before their claims are in).
+pub fn held_store(data_dir: &Path) -> BlobStore {
+    BlobStore::at(data_dir.join("eval-held"))
+}
+
 /// The local file a locator names (`file://PATH` or a bare path), if it names one.
 fn local_path(locator: &str) -> Option<PathBuf> {
     if let Some(p) = locator.strip_prefix("file://") {
@@ -56,14 +63,35 @@ fn publish_dataset(store: &BlobStore, d: &mut DatasetRef) -> anyhow::Result<Vec<
     Ok(published)
 }
 
-/// Publish the task's local dataset and eval set files into `store`, rewriting their
-/// locators to `pot://<sha256>`; returns the blobs published.
-pub fn publish_local(file: &mut TaskFile, store: &BlobStore) -> anyhow::Result<Vec<Hash>> {
+/// Publish the task's local dataset files into `store` (served at once) and its eval set files
+/// into `held` (served only once revealed), rewriting their locators to `pot://<sha256>`;
+/// returns the blobs published.
+pub fn publish_local(
+    file: &mut TaskFile,
+    store: &BlobStore,
+    held: &BlobStore,
+) -> anyhow::Result<Vec<Hash>> {
     let mut published = publish_dataset(store, &mut file.spec.dataset).context("the dataset")?;
     if let Some(eval) = &mut file.eval_set {
-        published.extend(publish_dataset(store, eval).context("the eval set")?);
+        published.extend(publish_dataset(held, eval).context("the eval set")?);
     }
     Ok(published)
+}
+
+/// Move a revealed eval set's held files into the served store; returns the blobs to announce.
+pub fn release_eval_set(
+    eval_set: &DatasetRef,
+    held: &BlobStore,
+    store: &BlobStore,
+) -> anyhow::Result<Vec<Hash>> {
+    let mut released = Vec::new();
+    for b in eval_set.blobs() {
+        if crate::artifacts::parse_pot_locator(&b.locator).is_some() && held.contains(&b.sha256) {
+            store.put_file(&held.path(&b.sha256))?;
+            released.push(b.sha256);
+        }
+    }
+    Ok(released)
 }
 
 /// The eval secrets kept in `dir` (each `<task id>.json`); a file that does not parse is
@@ -98,6 +126,39 @@ pub fn due(t: &Task, me: &Address, height: Height) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The eval set is not served before its reveal: miners would train on it.
+    #[test]
+    fn the_eval_set_is_held_back_until_it_is_revealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let eval = dir.path().join("eval.csv");
+        std::fs::write(&eval, b"1,2,0\n").unwrap();
+        let sha = Hash::digest(b"1,2,0\n");
+        let example = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tasks/digits-mlp.yaml"
+        ))
+        .unwrap();
+        let (head, rest) = example.split_once("eval_set:").unwrap();
+        let (_, tail) = rest.split_once("# Phase lengths").unwrap();
+        let text = format!(
+            "{head}eval_set:\n  locator: {}\n  sha256: {sha}\n# Phase lengths{tail}",
+            eval.display()
+        );
+        let mut file = TaskFile::parse(&text).unwrap();
+        let store = BlobStore::open(&dir.path().join("artifacts")).unwrap();
+        let held = held_store(dir.path());
+        assert_eq!(publish_local(&mut file, &store, &held).unwrap(), [sha]);
+        assert!(
+            !store.contains(&sha),
+            "the eval set is served before its reveal"
+        );
+        assert!(held.contains(&sha));
+        let revealed = file.eval_set.unwrap();
+        assert_eq!(revealed.locator, pot_locator(&sha));
+        assert_eq!(release_eval_set(&revealed, &held, &store).unwrap(), [sha]);
+        assert!(store.contains(&sha));
+    }
 
     #[test]
     fn a_local_dataset_is_published_by_hash_and_a_wrong_hash_is_refused() {

@@ -168,8 +168,11 @@ pub fn plan(
         .filter(|t| t.client != *me && !jobs.contains_key(&t.id))
         .filter(|t| t.commit_end.saturating_sub(height) >= limits.min_commit_blocks)
         .collect();
-    // The best-paid first; ties by id, so every miner's order is the same and reproducible.
-    open.sort_by(|a, b| b.bounty.cmp(&a.bounty).then(a.id.cmp(&b.id)));
+    // The best-paid first; ties in an order of this miner's own (a hash of its address and the
+    // task), so that miners deciding at the same height spread over equal tasks instead of all
+    // piling onto one; reproducible for each miner.
+    let rank = |t: &TaskView| Hash::of_value("pot/miner-order", &(me, &t.id));
+    open.sort_by(|a, b| b.bounty.cmp(&a.bounty).then(rank(a).cmp(&rank(b))));
     actions.extend(open.into_iter().take(free).map(|t| Action::Take(t.id)));
     actions
 }
@@ -232,6 +235,23 @@ mod tests {
         let jobs = BTreeMap::from([job(&tasks[1], false)]);
         let actions = plan(&me(), 10, &tasks, &jobs, &LIMITS);
         assert_eq!(actions, vec![Action::Take(tasks[2].id)]);
+        // Equal bounties: another miner's order differs, so they do not all take one task.
+        let equal: Vec<TaskView> = (0..8).map(|n| task(n, 10)).collect();
+        let one = |who: u8| {
+            let m = pot_protocol::SecretKey::from_seed([who; 32]).address();
+            plan(
+                &m,
+                10,
+                &equal,
+                &BTreeMap::new(),
+                &Limits { slots: 1, ..LIMITS },
+            )
+        };
+        assert!(
+            (2..6).any(|who| one(who) != one(1)),
+            "every miner takes the same task"
+        );
+        assert_eq!(one(3), one(3));
         // Draining: none.
         let draining = Limits {
             draining: true,

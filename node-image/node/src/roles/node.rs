@@ -147,6 +147,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         votes: Journal::open(&opts.data_dir.join("committee-votes.json"))?,
         replays: HashMap::new(),
         replay_failed: HashMap::new(),
+        fetch_retry: HashMap::new(),
         tip: tip.clone(),
         opts,
     };
@@ -343,6 +344,11 @@ async fn fetch_published(
     Ok(())
 }
 
+/// A dataset could not be fetched yet: training is tried again later, the job kept.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct FetchLater(String);
+
 /// A trained run's claim and every blob it put in the store (to announce).
 type Published = (Claim, Vec<Hash>);
 
@@ -364,6 +370,8 @@ struct Node {
     votes: Journal<ChallengeRef, Vote>,
     replays: HashMap<Replay, JoinHandle<anyhow::Result<Done>>>,
     replay_failed: HashMap<Replay, Instant>,
+    /// When a job's dataset could last not be fetched.
+    fetch_retry: HashMap<TaskId, Instant>,
     tip: watch::Receiver<u64>,
 }
 
@@ -511,12 +519,14 @@ impl Node {
     }
 
     async fn start_training(&mut self, task: &pot_protocol::state::Task, id: TaskId) {
-        let job = self.jobs.entries[&id].clone();
-        // A dataset named by hash is fetched from the swarm first (the client holds it).
-        if let Err(e) = fetch_published(&self.net, task, false).await {
-            warn!(task = %id, "fetching the dataset: {e:#}; trying again later");
+        if self
+            .fetch_retry
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < CHECK_RETRY)
+        {
             return;
         }
+        let job = self.jobs.entries[&id].clone();
         self.status.set_work(
             id,
             Work::Training {
@@ -531,6 +541,11 @@ impl Node {
         let (me, cache, device) = (self.me, self.cache.clone(), self.opts.device);
         let store = self.net.store.clone();
         let status = self.status.clone();
+        let (net, runtime, task) = (
+            self.net.clone(),
+            tokio::runtime::Handle::current(),
+            task.clone(),
+        );
         #[cfg(feature = "fault-injection")]
         let (cheat, crash_at, data_dir) = (
             self.opts.cheat,
@@ -540,6 +555,18 @@ impl Node {
         self.training.insert(
             id,
             tokio::task::spawn_blocking(move || {
+                // A run that finished before a restart is published as it is.
+                if let Ok(m) = run.read_manifest()
+                    && (m.miner, m.salt, &m.hyper) == (me, job.salt, &job.hyper)
+                {
+                    info!(task = %id, "the run finished before a restart; publishing it");
+                    return publish_run(&store, &run, &m);
+                }
+                // A dataset named by hash is fetched from the swarm first (the client holds
+                // it), here, off the node's loop.
+                runtime
+                    .block_on(fetch_published(&net, &task, false))
+                    .map_err(|e| anyhow::Error::new(FetchLater(format!("{e:#}"))))?;
                 let started = Instant::now();
                 let mut from = 0;
                 let mut on_event = |e: TrainEvent| match e {
@@ -635,6 +662,13 @@ impl Node {
             let Some(job) = self.jobs.entries.get(&id).cloned() else {
                 continue;
             };
+            if let Err(e) = &outcome
+                && let Some(FetchLater(why)) = e.downcast_ref::<FetchLater>()
+            {
+                warn!(task = %id, "fetching the dataset: {why}; trying again later");
+                self.fetch_retry.insert(id, Instant::now());
+                continue;
+            }
             match outcome {
                 Ok((claim, blobs)) => {
                     for blob in blobs {
@@ -718,6 +752,19 @@ impl Node {
             };
             if !super::client::due(task, &self.me, height) {
                 continue;
+            }
+            // Served from now on (validators fetch it), not before: miners must not see it.
+            let held = super::client::held_store(&self.opts.data_dir);
+            match super::client::release_eval_set(&secret.eval_set, &held, &self.net.store) {
+                Ok(blobs) => {
+                    for blob in blobs {
+                        self.net.provide(blob).await;
+                    }
+                }
+                Err(e) => {
+                    error!(task = %secret.task, "the eval set to reveal is not at hand: {e:#}");
+                    continue;
+                }
             }
             let body = TxBody::RevealEvalSet {
                 task: secret.task,
@@ -904,12 +951,8 @@ impl Node {
         self.start_replay(Replay::Judge(key), move |r| {
             let upheld = match r.replay(&task, dispute.miner, &segments, false)? {
                 Some(found) => {
-                    let metric = match task.spec.metric {
-                        pot_protocol::task::MetricKind::Accuracy => found.accuracy,
-                        pot_protocol::task::MetricKind::Loss => found.loss,
-                    };
                     let exact = task.spec.verification.is_exact();
-                    challenge::vote(dispute.fact, &report, &found, metric, exact)
+                    challenge::vote(dispute.fact, &report, &found, task.spec.metric, exact)
                 }
                 // The artifacts are gone: nothing contradicts the report.
                 None => false,
@@ -968,10 +1011,11 @@ impl Node {
     /// on the next pass whether it landed.
     async fn send(&mut self, body: TxBody, what: &str) -> bool {
         let client = self.clients[self.next_client % self.clients.len()].clone();
+        // The fee the chain asks, as this node followed it: a coordinator's API could name any.
         let wallet = Wallet {
             client,
             key: self.wallet_key.clone(),
-            fee: None,
+            fee: Some(self.chain.state().params.tx_fee),
         };
         match wallet.send(body, TX_WAIT).await {
             Ok((hash, TxStatus::Included { height, .. })) => {

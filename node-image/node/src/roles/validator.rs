@@ -74,6 +74,23 @@ pub fn duties(
     out
 }
 
+/// The task's metric of a verified model, as the ledger holds it: clamped into what the ledger
+/// accepts, and a value that is not a number (a diverged run, a model that did not load) is
+/// the worst there is — 0 for accuracy, the largest value for a loss — never the best. Reports
+/// and committee votes both use this, so they compare like with like.
+pub fn metric_of(found: &verify::Report, kind: MetricKind) -> Fixed {
+    let (value, worst) = match kind {
+        MetricKind::Accuracy => (found.accuracy, Fixed(0)),
+        MetricKind::Loss => (found.loss, Fixed(Fixed::DECIMAL_LIMIT - 1)),
+    };
+    match value {
+        Some(v) if v.is_finite() => {
+            Fixed::from_f64(v.clamp(0.0, (Fixed::DECIMAL_LIMIT - 1) as f64 / 1e6))
+        }
+        _ => worst,
+    }
+}
+
 /// The report on a claim whose artifacts could not be had (or whose run index does not match
 /// the committed root).
 pub fn unavailable(assigned_segments: &[u32]) -> Report {
@@ -143,15 +160,7 @@ pub fn report(found: &verify::Report, assigned_segments: &[u32], metric: MetricK
     } else {
         Verdict::Valid
     };
-    let value = match metric {
-        MetricKind::Accuracy => found.accuracy,
-        MetricKind::Loss => found.loss,
-    };
-    // Clamped into what the ledger accepts: a diverged run's loss can be infinite.
-    let metric = value
-        .filter(|v| v.is_finite())
-        .map(|v| Fixed::from_f64(v.clamp(0.0, (Fixed::DECIMAL_LIMIT - 1) as f64 / 1e6)))
-        .unwrap_or(Fixed(0));
+    let metric = metric_of(found, metric);
     Report {
         verdict,
         metric,
@@ -210,6 +219,25 @@ mod tests {
         assert_eq!(r.segments[0].index, 3);
         assert_eq!(r.metric, Fixed::from_f64(0.1));
         assert!(r.is_consistent());
+    }
+
+    #[test]
+    fn a_loss_that_is_not_a_number_is_the_worst_loss_not_the_best() {
+        let mut f = found(vec![check(1, true)]);
+        for bad in [f64::NAN, f64::INFINITY] {
+            f.loss = Some(bad);
+            assert_eq!(
+                metric_of(&f, MetricKind::Loss),
+                Fixed(Fixed::DECIMAL_LIMIT - 1)
+            );
+        }
+        f.loss = Some(1e300);
+        assert_eq!(
+            metric_of(&f, MetricKind::Loss),
+            Fixed(Fixed::DECIMAL_LIMIT - 1)
+        );
+        f.accuracy = None;
+        assert_eq!(metric_of(&f, MetricKind::Accuracy), Fixed(0));
     }
 
     #[test]

@@ -57,6 +57,55 @@ pub fn exact_cpu_kernels(exact: bool) {
     }
 }
 
+/// libtorch's kernel choice (oneDNN) and intra-op thread count are process-wide: a replay that
+/// must be bit-identical cannot run while other work in the same process switches them. Work
+/// holds the settings it needs through a [`Settings`] guard: any number of holders of the same
+/// settings run together; others wait until the last has let go.
+pub struct Settings {
+    _private: (),
+}
+
+type Held = (Option<(bool, i32)>, usize);
+
+fn settings_lock() -> &'static (std::sync::Mutex<Held>, std::sync::Condvar) {
+    static LOCK: std::sync::OnceLock<(std::sync::Mutex<Held>, std::sync::Condvar)> =
+        std::sync::OnceLock::new();
+    LOCK.get_or_init(Default::default)
+}
+
+/// Wait until the process runs with `exact` kernels and `threads` threads (setting them if
+/// nobody holds other settings), and hold them until the guard drops.
+pub fn hold(exact: bool, threads: i32) -> Settings {
+    let (lock, freed) = settings_lock();
+    let mut held = lock.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        match held.0 {
+            Some(s) if s == (exact, threads) => break,
+            None => {
+                exact_cpu_kernels(exact);
+                tch::set_num_threads(threads);
+                held.0 = Some((exact, threads));
+                break;
+            }
+            Some(_) => held = freed.wait(held).unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+    held.1 += 1;
+    Settings { _private: () }
+}
+
+impl Drop for Settings {
+    fn drop(&mut self) {
+        let (lock, freed) = settings_lock();
+        let mut held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        held.1 -= 1;
+        if held.1 == 0 {
+            held.0 = None;
+            freed.notify_all();
+        }
+    }
+}
+
 /// Whether libtorch may use oneDNN now.
 pub fn onednn_enabled() -> bool {
     // SAFETY: as above; the getter only reads the flag.
@@ -68,13 +117,46 @@ pub fn onednn_enabled() -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// Work with other kernel settings waits until the last holder of the current ones is
+    /// done; holders of the same settings run together.
+    #[test]
+    fn other_settings_wait_for_the_current_ones_to_be_released() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let a = super::hold(true, 1);
+        let b = super::hold(true, 1);
+        assert!(!super::onednn_enabled());
+        let other_ran = Arc::new(AtomicBool::new(false));
+        let flag = other_ran.clone();
+        let other = std::thread::spawn(move || {
+            let _c = super::hold(false, 1);
+            flag.store(true, Ordering::SeqCst);
+            super::onednn_enabled()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!other_ran.load(Ordering::SeqCst));
+        drop(a);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(
+            !other_ran.load(Ordering::SeqCst),
+            "ran while settings were held"
+        );
+        drop(b);
+        assert!(
+            other.join().unwrap(),
+            "the waiting work got its own settings"
+        );
+    }
+
     use super::*;
 
     #[test]
     fn the_onednn_switch_reaches_libtorch() {
-        exact_cpu_kernels(true);
+        // Through the settings lock: tests run on threads of one process.
+        let exact = hold(true, 1);
         assert!(!onednn_enabled());
-        exact_cpu_kernels(false);
+        drop(exact);
+        let _fast = hold(false, 1);
         assert!(onednn_enabled());
     }
 }
