@@ -591,7 +591,7 @@ def measured_block_cost_section(pot_node: str) -> list[str]:
     return block_cost_section(costs)
 
 
-LOOP_WINDOWS = ("windows: { commit: 10, reveal: 4, eval_reveal: 4, report_commit: 12, report_reveal: 4, "
+LOOP_WINDOWS = ("windows: { commit: 10, reveal: 4, eval_reveal: 4, report_commit: 30, report_reveal: 12, "
                 "challenge: 2, challenge_reveal: 1, vote: 1, vote_reveal: 1 }")
 
 
@@ -653,7 +653,7 @@ def pot_loop_section(rows: list[dict], real: dict) -> list[str]:
         "",
         "`pot-node devnet` on this machine (`bench/run.py --only pot-loop`): 4 coordinators (0.5 s blocks), 3 validators,",
         "1, 2 or 4 miners, every node a process; 4 copies of a tiny digits task (200 steps, so the protocol dominates) are",
-        "submitted at once and followed to finalization. Each task's windows add up to 39 blocks. Tasks per minute =",
+        "submitted at once and followed to finalization. Each task's windows add up to 65 blocks. Tasks per minute =",
         "tasks finalized with a winner (a valid claim, paid) ÷ time from the first submission to the last finalization.",
         "With the windows this short the phases, not the miners, bound throughput.",
         "",

@@ -614,10 +614,31 @@ pub fn per_node_args(pairs: &[String], nodes: usize) -> anyhow::Result<Vec<Vec<S
     Ok(out)
 }
 
+/// A loopback port for a node to listen on, not handed out before by this process. Ports come
+/// from below the kernel's ephemeral range: one taken with `bind(0)` and released would be fair
+/// game for the next outgoing connection of any process (and a node restarted with it would
+/// find it taken).
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (start, end) = (low.saturating_sub(12_000).max(1024), low);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    let seed = std::process::id() as u64 ^ crate::chain::now_ms();
+    let span = u64::from(end - start);
+    for i in 0..span {
+        let port = start + (seed.wrapping_mul(7919).wrapping_add(i) % span) as u16;
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port in {start}..{end}")
 }
 
 fn api_of(args: &[String]) -> String {
