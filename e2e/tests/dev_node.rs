@@ -328,7 +328,7 @@ async fn a_dataset_a_task_names_is_fetched_from_the_peer_that_holds_it_and_serve
     let err = client.artifact(&sha).await.unwrap_err();
     assert_eq!(err.code(), Some("not_found"), "{err}");
     assert!(
-        err.to_string().contains("no task on chain names it"),
+        err.to_string().contains("no active task names it"),
         "{err}"
     );
     let unknown = client
