@@ -327,10 +327,7 @@ async fn a_dataset_a_task_names_is_fetched_from_the_peer_that_holds_it_and_serve
     // No task names it yet: a node never fetches a blob for a stranger's asking.
     let err = client.artifact(&sha).await.unwrap_err();
     assert_eq!(err.code(), Some("not_found"), "{err}");
-    assert!(
-        err.to_string().contains("no active task names it"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("no active task names it"), "{err}");
     let unknown = client
         .artifact(&Hash::digest(b"nothing"))
         .await
