@@ -595,6 +595,11 @@ LOOP_WINDOWS = ("windows: { commit: 10, reveal: 4, eval_reveal: 4, report_commit
                 "challenge: 2, challenge_reveal: 1, vote: 1, vote_reveal: 1 }")
 
 
+def window_blocks(windows: str) -> int:
+    """The blocks a task's phase windows add up to."""
+    return sum(int(part.split(":")[1]) for part in windows.split("{")[1].split("}")[0].split(","))
+
+
 def loop_task(path: pathlib.Path, steps: int, windows: str) -> None:
     """The digits example with `steps` steps and other phase windows."""
     text = (ROOT / "node-image/node/tasks/digits-mlp.yaml").read_text()
@@ -633,15 +638,16 @@ def pot_loop_rows(pot_node: str) -> tuple[list[dict], dict]:
             print(rows[-1], file=sys.stderr)
         # One realistic task: submission to finalization beside plain training.
         digits = tmp / "digits.yaml"
-        loop_task(digits, 2000, ("windows: { commit: 30, reveal: 4, eval_reveal: 4, report_commit: 20, "
-                                 "report_reveal: 4, challenge: 2, challenge_reveal: 1, vote: 1, vote_reveal: 1 }"))
+        digits_windows = ("windows: { commit: 30, reveal: 4, eval_reveal: 4, report_commit: 20, "
+                          "report_reveal: 4, challenge: 2, challenge_reveal: 1, vote: 1, vote_reveal: 1 }")
+        loop_task(digits, 2000, digits_windows)
         t0 = time.perf_counter()
         subprocess.run([pot_node, "train", "--file", str(digits), "--out", str(tmp / "plain")], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         plain = time.perf_counter() - t0
         s = devnet(pot_node, digits, 1, 1, tmp)
         real = {"plain_train_seconds": plain, "submission_to_final_seconds": s["task_seconds"][0],
-                "blocks": 67, "block_seconds": 0.5, "phase": s["tasks"][0]["phase"]}
+                "blocks": window_blocks(digits_windows), "block_seconds": 0.5, "phase": s["tasks"][0]["phase"]}
         print(real, file=sys.stderr)
         return rows, real
 
@@ -653,7 +659,7 @@ def pot_loop_section(rows: list[dict], real: dict) -> list[str]:
         "",
         "`pot-node devnet` on this machine (`bench/run.py --only pot-loop`): 4 coordinators (0.5 s blocks), 3 validators,",
         "1, 2 or 4 miners, every node a process; 4 copies of a tiny digits task (200 steps, so the protocol dominates) are",
-        "submitted at once and followed to finalization. Each task's windows add up to 65 blocks. Tasks per minute =",
+        f"submitted at once and followed to finalization. Each task's windows add up to {window_blocks(LOOP_WINDOWS)} blocks. Tasks per minute =",
         "tasks finalized with a winner (a valid claim, paid) ÷ time from the first submission to the last finalization.",
         "With the windows this short the phases, not the miners, bound throughput.",
         "",

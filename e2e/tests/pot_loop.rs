@@ -8,6 +8,7 @@
 //! least 95 % on the held-out split, and every payout is the amount the ledger's rules give.
 //! A second network shows a verifier's challenge beating validators that do not replay.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use pot_protocol::api::{AccountInfo, TaskInfo};
@@ -60,6 +61,24 @@ fn write_task(path: &std::path::Path, windows: &str) {
     std::fs::write(path, text.join("\n")).unwrap();
 }
 
+/// A directory with the digits task (these windows) and a `pot-node devnet` command for it,
+/// with 0.5 s blocks, its network in `net`: the caller adds the nodes.
+fn devnet(windows: &str) -> (tempfile::TempDir, PathBuf, PathBuf, Command) {
+    let dir = tempfile::Builder::new()
+        .prefix("pot-loop-")
+        .tempdir()
+        .unwrap();
+    let (task, net) = (dir.path().join("digits.yaml"), dir.path().join("net"));
+    write_task(&task, windows);
+    let mut cmd = Command::new(pot_e2e::pot_node_binary());
+    cmd.args(["devnet", "--block-time-ms", "500"])
+        .arg("--task")
+        .arg(&task)
+        .arg("--dir")
+        .arg(&net);
+    (dir, task, net, cmd)
+}
+
 /// Run `pot-node devnet` to the end and read its summary. One network at a time: two would
 /// share two cores and their phase windows.
 fn run_devnet(mut cmd: Command, net: &std::path::Path) -> Summary {
@@ -79,29 +98,24 @@ fn run_devnet(mut cmd: Command, net: &std::path::Path) -> Summary {
 
 #[test]
 fn a_digits_task_pays_the_best_honest_claim_and_slashes_every_cheat() {
-    let bin = pot_e2e::pot_node_binary();
-    let dir = tempfile::Builder::new()
-        .prefix("pot-loop-")
-        .tempdir()
-        .unwrap();
-    let task = dir.path().join("digits.yaml");
     // Room for seven miners training at once on two cores (0.5 s blocks).
-    let windows = "windows: { commit: 100, reveal: 10, eval_reveal: 10, report_commit: 80, \
-                   report_reveal: 10, challenge: 5, challenge_reveal: 3, vote: 5, vote_reveal: 3 }";
-    write_task(&task, windows);
-    let net = dir.path().join("net");
-    let mut cmd = Command::new(&bin);
-    cmd.args(["devnet", "--coordinators", "4", "--validators", "3"])
-        .args(["--timeout", "1200", "--block-time-ms", "500"])
-        // An honest miner killed half-way through training, and a validator half-way through
-        // fetching a claim's checkpoints: restarted, they resume from their data directories.
-        .args(["--miner-arg", "0=--crash-at-step=1000"])
-        .args(["--validator-arg", "0=--crash-mid-download"])
-        .arg(format!("--miners={}", MINERS.len()))
-        .arg("--task")
-        .arg(&task)
-        .arg("--dir")
-        .arg(&net);
+    let (_dir, _task, net, mut cmd) = devnet(
+        "windows: { commit: 100, reveal: 10, eval_reveal: 10, report_commit: 80, \
+         report_reveal: 10, challenge: 5, challenge_reveal: 3, vote: 5, vote_reveal: 3 }",
+    );
+    cmd.args([
+        "--coordinators",
+        "4",
+        "--validators",
+        "3",
+        "--timeout",
+        "1200",
+    ])
+    // An honest miner killed half-way through training, and a validator half-way through
+    // fetching a claim's checkpoints: restarted, they resume from their data directories.
+    .args(["--miner-arg", "0=--crash-at-step=1000"])
+    .args(["--validator-arg", "0=--crash-mid-download"])
+    .arg(format!("--miners={}", MINERS.len()));
     for (i, cheat) in MINERS.iter().enumerate() {
         if let Some(c) = cheat {
             cmd.arg(format!("--miner-arg={i}=--cheat={c}"));
@@ -232,15 +246,10 @@ fn a_digits_task_pays_the_best_honest_claim_and_slashes_every_cheat() {
 /// claim is proven fraudulent and slashed, and the verifier is paid.
 #[test]
 fn a_validator_that_reports_valid_without_replaying_loses_a_challenge() {
-    let bin = pot_e2e::pot_node_binary();
-    let dir = tempfile::Builder::new()
-        .prefix("pot-loop-")
-        .tempdir()
-        .unwrap();
-    let task = dir.path().join("digits.yaml");
-    let windows = "windows: { commit: 40, reveal: 8, eval_reveal: 8, report_commit: 30, \
-                   report_reveal: 10, challenge: 20, challenge_reveal: 10, vote: 30, vote_reveal: 10 }";
-    write_task(&task, windows);
+    let (dir, task, net, mut cmd) = devnet(
+        "windows: { commit: 40, reveal: 8, eval_reveal: 8, report_commit: 30, \
+         report_reveal: 10, challenge: 20, challenge_reveal: 10, vote: 30, vote_reveal: 10 }",
+    );
     // The eval set is a local file the client publishes by hash (`pot://`) and serves.
     let eval = dir.path().join("eval.csv");
     let rows: String = (0..200u32)
@@ -264,26 +273,11 @@ fn a_validator_that_reports_valid_without_replaying_loses_a_challenge() {
         ),
     )
     .unwrap();
-    let net = dir.path().join("net");
     // Three validators per claim, and three more with no part in the task for the committees.
     let validators = 6;
-    let mut cmd = Command::new(&bin);
-    cmd.args([
-        "devnet",
-        "--coordinators",
-        "1",
-        "--miners",
-        "1",
-        "--verifiers",
-        "1",
-    ])
-    .args(["--timeout", "900", "--miner-arg", "0=--cheat=lazy"])
-    .args(["--block-time-ms", "500"])
-    .arg(format!("--validators={validators}"))
-    .arg("--task")
-    .arg(&task)
-    .arg("--dir")
-    .arg(&net);
+    cmd.args(["--coordinators", "1", "--miners", "1", "--verifiers", "1"])
+        .args(["--timeout", "900", "--miner-arg", "0=--cheat=lazy"])
+        .arg(format!("--validators={validators}"));
     for i in 0..validators {
         cmd.arg(format!("--validator-arg={i}=--cheat=rubber-stamp"));
     }

@@ -15,7 +15,7 @@ use pot_protocol::client::Client;
 use pot_protocol::genesis::{GenesisBalance, GenesisStake};
 use pot_protocol::state::TaskStatus;
 use pot_protocol::tx::Role;
-use pot_protocol::{Address, Amount, Genesis, Params, Phase, SecretKey};
+use pot_protocol::{Address, Amount, Params, Phase, SecretKey};
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
@@ -717,11 +717,4 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
-}
-
-/// Read a genesis file (for tests that inspect a devnet's directory).
-pub fn read_genesis(dir: &Path) -> anyhow::Result<Genesis> {
-    Ok(Genesis::from_yaml(&std::fs::read_to_string(
-        dir.join("genesis.yaml"),
-    )?)?)
 }

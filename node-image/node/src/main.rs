@@ -774,8 +774,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             let (wallet, wait) = wallet(signer)?;
-            let id = runtime()?.block_on(wallet.submit_task(&task, &secret_out, wait))?;
-            println!("task: {id}");
+            runtime()?.block_on(submit_task_with(&wallet, wait, &task, &secret_out))?;
         }
         Command::Task {
             what: TaskWhat::Get { id, api },
@@ -965,14 +964,14 @@ fn wallet(signer: SignerArgs) -> anyhow::Result<(Wallet, std::time::Duration)> {
     Ok((wallet, std::time::Duration::from_secs(signer.wait)))
 }
 
+/// Submit `task` and print its id (`task submit` and `tx submit-task`).
 async fn submit_task_with(
     wallet: &Wallet,
     wait: std::time::Duration,
-    file: &Path,
+    task: &TaskFile,
     secret_out: &Path,
 ) -> anyhow::Result<()> {
-    let task = TaskFile::read(file)?;
-    let id = wallet.submit_task(&task, secret_out, wait).await?;
+    let id = wallet.submit_task(task, secret_out, wait).await?;
     println!("task: {id}");
     Ok(())
 }
@@ -990,7 +989,7 @@ async fn send_tx(signer: SignerArgs, what: TxWhat) -> anyhow::Result<()> {
             amount: pot_protocol::Amount(amount),
         },
         TxWhat::SubmitTask { task, secret_out } => {
-            return submit_task_with(&wallet, wait, &task, &secret_out).await;
+            return submit_task_with(&wallet, wait, &TaskFile::read(&task)?, &secret_out).await;
         }
     };
     let (hash, status) = wallet.send(body, wait).await?;

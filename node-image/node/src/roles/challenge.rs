@@ -63,10 +63,9 @@ pub fn verifier_duties(
     tasks: &[&Task],
     rechecked: &BTreeMap<(TaskId, Address), Rechecked>,
 ) -> Vec<Duty> {
-    let phase_next = |t: &Task| t.phase(height + 1);
     let mut out = Vec::new();
     for t in tasks.iter().filter(|t| t.is_active()) {
-        let phase = phase_next(t);
+        let phase = t.phase(height + 1);
         for (miner, c) in &t.claims {
             if !may_challenge(t, miner, me) {
                 continue;

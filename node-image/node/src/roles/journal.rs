@@ -55,6 +55,16 @@ where
         self.save()
     }
 
+    /// Keep only the entries `keep` accepts, and save if any went.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) -> anyhow::Result<()> {
+        let before = self.entries.len();
+        self.entries.retain(|k, _| keep(k));
+        if self.entries.len() != before {
+            self.save()?;
+        }
+        Ok(())
+    }
+
     /// Remove `key` and save.
     pub fn remove(&mut self, key: &K) -> anyhow::Result<()> {
         if self.entries.remove(key).is_some() {
@@ -77,6 +87,8 @@ mod tests {
         j.put("a".into(), 1).unwrap();
         j.put("b".into(), 2).unwrap();
         j.remove(&"a".to_string()).unwrap();
+        j.put("c".into(), 3).unwrap();
+        j.retain(|k| k != "c").unwrap();
         let again: Journal<String, u32> = Journal::open(&path).unwrap();
         assert_eq!(
             again.entries.into_iter().collect::<Vec<_>>(),

@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 use super::challenge::{self, ChallengeRef, Rechecked, Vote};
 use super::journal::Journal;
 use super::miner::{self, Action, Job, Limits, TaskView};
-use super::status::{NodeStatus, Work};
+use super::status::NodeStatus;
 use super::validator::{self, Assigned, Duty, Filed};
 use crate::artifacts::net::ArtifactNet;
 use crate::artifacts::{BlobStore, RunIndex, parse_pot_locator, peer_of, pot_locator};
@@ -38,6 +38,7 @@ use crate::run_dir::RunDir;
 use crate::train::fetch::Cache;
 use crate::verify::{ClaimFacts, NetworkSource};
 use crate::wallet::Wallet;
+use pot_protocol::api::TaskWork;
 
 /// How long a checkpoint or a run index may take to arrive before the claim is reported as
 /// unavailable.
@@ -421,7 +422,7 @@ impl Node {
                         commitment,
                     };
                     if self.send(body, "claim commitment").await {
-                        self.status.set_work(id, Work::Committed);
+                        self.status.set_work(id, TaskWork::Committed);
                     }
                 }
                 Action::Reveal(id) => {
@@ -432,7 +433,7 @@ impl Node {
                         salt: job.salt,
                     };
                     if self.send(body, "claim reveal").await {
-                        self.status.set_work(id, Work::Revealed);
+                        self.status.set_work(id, TaskWork::Revealed);
                         self.status.metrics.claims_revealed.inc();
                         #[cfg(feature = "fault-injection")]
                         if self.opts.cheat == Some(super::cheats::Cheat::Withhold) {
@@ -529,7 +530,7 @@ impl Node {
         let job = self.jobs.entries[&id].clone();
         self.status.set_work(
             id,
-            Work::Training {
+            TaskWork::Training {
                 step: 0,
                 steps: task.spec.steps,
                 loss: None,
@@ -583,7 +584,7 @@ impl Node {
                         info!(task = %id, step, steps = spec.steps, loss, steps_per_second = format!("{rate:.1}"), "training");
                         status.set_work(
                             id,
-                            Work::Training {
+                            TaskWork::Training {
                                 step,
                                 steps: spec.steps,
                                 loss: Some(loss),
@@ -675,7 +676,7 @@ impl Node {
                         self.net.provide(blob).await;
                     }
                     info!(task = %id, model = %claim.model_hash, root = %claim.checkpoint_root, "training finished");
-                    self.status.set_work(id, Work::Trained);
+                    self.status.set_work(id, TaskWork::Trained);
                     self.jobs.put(
                         id,
                         Job {
@@ -688,7 +689,7 @@ impl Node {
                     error!(task = %id, "training failed: {e:#}");
                     self.status.set_work(
                         id,
-                        Work::Failed {
+                        TaskWork::Failed {
                             error: format!("{e:#}"),
                         },
                     );
@@ -830,26 +831,8 @@ impl Node {
                     self.send(body, "vote reveal").await;
                 }
                 D::Forget(task) => {
-                    let keys: Vec<_> = self
-                        .votes
-                        .entries
-                        .keys()
-                        .filter(|k| k.0 == task)
-                        .copied()
-                        .collect();
-                    for k in keys {
-                        self.votes.remove(&k)?;
-                    }
-                    let keys: Vec<_> = self
-                        .rechecked
-                        .entries
-                        .keys()
-                        .filter(|k| k.0 == task)
-                        .copied()
-                        .collect();
-                    for k in keys {
-                        self.rechecked.remove(&k)?;
-                    }
+                    self.votes.retain(|k| k.0 != task)?;
+                    self.rechecked.retain(|k| k.0 != task)?;
                 }
             }
         }

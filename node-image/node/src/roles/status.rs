@@ -22,9 +22,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
-pub use pot_protocol::api::TaskWork as Work;
-
 type Labels = Vec<(String, String)>;
+
+fn task_labels(task: &TaskId) -> Labels {
+    vec![("task".to_string(), task.to_string())]
+}
 
 /// The node's Prometheus metrics (its own registry: two nodes can run in one process).
 #[derive(Default)]
@@ -116,7 +118,7 @@ impl NodeStatus {
     }
 
     pub fn set_work(&self, task: TaskId, work: TaskWork) {
-        let labels = vec![("task".to_string(), task.to_string())];
+        let labels = task_labels(&task);
         if let TaskWork::Training {
             step,
             loss,
@@ -144,7 +146,7 @@ impl NodeStatus {
     }
 
     pub fn remove_work(&self, task: &TaskId) {
-        let labels = vec![("task".to_string(), task.to_string())];
+        let labels = task_labels(task);
         self.metrics.training_step.remove(&labels);
         self.metrics.training_loss.remove(&labels);
         self.metrics.training_rate.remove(&labels);
