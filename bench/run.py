@@ -200,6 +200,7 @@ def cuda_lines(recs: list[dict]) -> list[str]:
         f"| held-out accuracy of a GPU LeNet-5 run (AdamW, 1,000 steps) | {value('lenet5_gpu_held_out_accuracy')} |",
         f"| the GPU run verifies on the GPU within the task's tolerance (10⁻⁴) | {ok('gpu_run_verifies_on_gpu')} |",
         f"| a checkpoint replaced by an earlier one fails verification | {ok('tampered_checkpoint_fails')} |",
+        devnet_row(checks.get("devnet_gpu")),
         "",
         "**Honest replay distances** — what a verifier sees when the replaying machine differs from the trainer's: the",
         "relative L2 distance between each replayed segment's end and the committed checkpoint (today's check, over the",
@@ -237,6 +238,22 @@ def cuda_lines(recs: list[dict]) -> list[str]:
     if benches:
         plot_cuda_steps(benches, gpu)
     return lines + [""]
+
+
+def devnet_row(d: dict | None) -> str:
+    """The PoT loop on the GPU machine: `pot-node devnet` with a GPU miner and a CPU miner, each
+    claim replayed by a GPU and a CPU validator."""
+    name = ("the PoT loop (`pot-node devnet`, 1 coordinator): a GPU miner and a CPU miner, claims replayed by a "
+            "GPU and a CPU validator")
+    if d is None:
+        return f"| {name} | not run |"
+    if not d.get("ok"):
+        return f"| {name} | **no** (phase {d.get('phase', 'unknown')}) |"
+    claims = "; ".join(f"{c['device'].upper()} miner's claim {'valid' if c['valid'] else '**invalid**'} "
+                       f"({c['valid_reports']} valid, {c['invalid_reports']} invalid reports)" for c in d["claims"])
+    acc = d.get("winner_held_out_accuracy")
+    return (f"| {name} | finalized in {d['seconds']:.0f} s; {claims}; winner's model "
+            f"{'–' if acc is None else f'{acc:.3f}'} held out |")
 
 
 def plot_cuda_steps(benches: list[dict], gpu: str) -> None:

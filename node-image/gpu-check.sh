@@ -95,3 +95,40 @@ for model in mlp:128,64 lenet5; do
     say "{\"bench\": \"train_steps_cuda\", \"pot_node\": $ours, \"pytorch\": $ref}"
   done
 done
+
+# The PoT loop on the GPU: a devnet (1 coordinator, 500 ms blocks) whose first miner trains with
+# `--device auto` (so on the GPU) and second on the CPU, with one validator replaying on the GPU
+# and one on the CPU (miners validate too), so claims are checked across devices by real
+# processes. A GPU task needs a replay tolerance: the digits task is submitted with 10^-4.
+sed 's/^replay_tolerance: 0$/replay_tolerance: 0.0001/' node-image/node/tasks/digits-mlp.yaml >"$work/gpu-task.yaml"
+if timeout 420 "$bin" devnet --coordinators 1 --miners 2 --validators 2 --task "$work/gpu-task.yaml" \
+  --dir "$work/devnet" --block-time-ms 500 --timeout 360 \
+  --miner-arg 0=--device=auto --miner-arg 1=--device=cpu \
+  --validator-arg 0=--device=cuda --validator-arg 1=--device=cpu >"$work/devnet.out" 2>&1; then ok=true; else ok=false; fi
+tail -n 40 "$work/devnet.out" >"$out/devnet-tail.txt" || true
+tar czf "$out/devnet-logs.tgz" -C "$work" devnet.out $(cd "$work" && ls -d devnet/*/*.log devnet/*.log 2>/dev/null) 2>/dev/null || true
+say "$(python3 - "$work/devnet/summary.json" "$ok" <<'PY'
+import json, sys
+ok = sys.argv[2] == "true"
+try:
+    s = json.load(open(sys.argv[1]))
+except (OSError, ValueError):
+    print(json.dumps({"check": "devnet_gpu", "ok": False}))
+    sys.exit()
+status = s["info"]["task"]["status"]
+outcome = status.get("finalized", {}) if isinstance(status, dict) else {}
+miners = s["miners"]
+print(json.dumps({
+    "check": "devnet_gpu", "ok": ok and s["phase"] == "finalized",
+    "phase": s["phase"], "seconds": s["task_seconds"][0] if s["task_seconds"] else None,
+    "winner": miners.index(outcome["winner"]) if outcome.get("winner") in miners else None,
+    "winner_held_out_accuracy": s.get("winner_held_out_accuracy"),
+    "claims": [{"miner": miners.index(c["miner"]) if c["miner"] in miners else None,
+                "device": ["gpu", "cpu"][miners.index(c["miner"])] if c["miner"] in miners else None,
+                "valid": c["valid"], "valid_reports": c["valid_reports"],
+                "invalid_reports": c["invalid_reports"], "metric": c.get("median_metric")}
+               for c in outcome.get("claims", [])],
+    "slashes": len(outcome.get("slashes", [])),
+}))
+PY
+)"

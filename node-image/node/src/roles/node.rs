@@ -129,6 +129,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         artifacts = %net.address(),
         api = %api,
         role,
+        device = ?opts.device,
         "node started"
     );
     let mut node = Node {
