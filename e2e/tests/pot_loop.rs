@@ -115,6 +115,8 @@ fn a_digits_task_pays_the_best_honest_claim_and_slashes_every_cheat() {
     // fetching a claim's checkpoints: restarted, they resume from their data directories.
     .args(["--miner-arg", "0=--crash-at-step=1000"])
     .args(["--validator-arg", "0=--crash-mid-download"])
+    // An honest miner that searches: its claim's hyper-parameters are its own draw.
+    .args(["--miner-arg", "1=--hyper-search=random"])
     .arg(format!("--miners={}", MINERS.len()));
     for (i, cheat) in MINERS.iter().enumerate() {
         if let Some(c) = cheat {
@@ -151,6 +153,28 @@ fn a_digits_task_pays_the_best_honest_claim_and_slashes_every_cheat() {
             assert_eq!(r.verdict, expected(i), "miner{i} as judged by {v}");
         }
     }
+
+    // The searching miner trained with its own draw (inside the ranges, or the ledger would
+    // have refused the claim), and its replays used it: valid above.
+    let searched = &t.claims[&s.miners[1]]
+        .claim
+        .as_ref()
+        .expect("revealed")
+        .hyper;
+    assert_ne!(
+        searched,
+        &t.spec.default_hyper(),
+        "miner1 drew its own hyper-parameters"
+    );
+    assert_eq!(
+        t.claims[&s.miners[0]]
+            .claim
+            .as_ref()
+            .expect("revealed")
+            .hyper,
+        t.spec.default_hyper(),
+        "miner0 took the defaults"
+    );
 
     // The winner: the honest claim with the best median metric (ties: the earliest commitment).
     let median = |m: &Address| {

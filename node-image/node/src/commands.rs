@@ -187,6 +187,7 @@ pub fn train_spec(
         threads,
         device: device_name(device),
         train_seconds: seconds,
+        checkpoint_seconds: record.checkpoint_seconds,
     };
     run.write_manifest(&manifest)?;
     Ok(manifest)

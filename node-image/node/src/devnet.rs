@@ -70,6 +70,13 @@ pub struct Summary {
     /// on the task's held-out split.
     pub winner_held_out_accuracy: Option<f64>,
     pub seconds: f64,
+    /// Seconds the miners, validators and verifiers spent on each kind of work, summed over
+    /// them (their `/v1/node/status` counters at the end: a restarted process's work before its
+    /// restart is not counted).
+    pub work_seconds: std::collections::BTreeMap<String, f64>,
+    /// CPU seconds the coordinators used (consensus, block execution, the API) from their start
+    /// to the end.
+    pub coordinator_cpu_seconds: f64,
 }
 
 const FUNDS: Amount = Amount(10_000_000);
@@ -423,6 +430,19 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     {
         accounts.push(client.account(&a).await?);
     }
+    let mut work_seconds = std::collections::BTreeMap::<String, f64>::new();
+    let mut coordinator_cpu_seconds = 0.0;
+    for p in &procs {
+        if p.name.starts_with("coordinator") {
+            coordinator_cpu_seconds += p.child.id().map_or(0.0, cpu_seconds);
+        } else if p.name != "client"
+            && let Ok(s) = Client::new(api_of(&p.args)).node_status().await
+        {
+            for (kind, seconds) in s.work_seconds {
+                *work_seconds.entry(kind).or_default() += seconds;
+            }
+        }
+    }
     let summary = Summary {
         task: ids[0],
         phase: info.phase,
@@ -441,6 +461,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
             .collect(),
         winner_held_out_accuracy,
         seconds: started.elapsed().as_secs_f64(),
+        work_seconds,
+        coordinator_cpu_seconds,
     };
     std::fs::write(
         dir.join("summary.json"),
@@ -585,6 +607,19 @@ pub fn table(s: &Summary) -> String {
         }
         TaskStatus::Active => {}
     }
+    if !s.work_seconds.is_empty() {
+        let work: Vec<String> = s
+            .work_seconds
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1} s"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nwork: {}; coordinators' CPU {:.1} s",
+            work.join(", "),
+            s.coordinator_cpu_seconds
+        );
+    }
     out
 }
 
@@ -639,6 +674,26 @@ fn free_port() -> anyhow::Result<u16> {
         }
     }
     anyhow::bail!("no free loopback port in {start}..{end}")
+}
+
+/// CPU seconds (user and system) process `pid` has used, from `/proc/<pid>/stat`; 0 when it
+/// cannot be read.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // After the command name (which may hold spaces, in parentheses): state is the first field,
+    // utime the 12th and stime the 13th, in clock ticks.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // In USER_HZ, which Linux fixes at 100 for user space on every architecture it runs on.
+    ticks as f64 / 100.0
 }
 
 fn api_of(args: &[String]) -> String {
@@ -717,4 +772,22 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_counts_this_process_work() {
+        let before = cpu_seconds(std::process::id());
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let after = cpu_seconds(std::process::id());
+        assert!(after - before >= 0.1, "{before} -> {after}");
+        assert_eq!(cpu_seconds(u32::MAX), 0.0);
+    }
 }

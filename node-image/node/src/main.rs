@@ -352,6 +352,10 @@ struct RunArgs {
     /// Miners: tasks trained at once (default: one per GPU, else 1).
     #[arg(long, env = "POT_SLOTS")]
     slots: Option<usize>,
+    /// Miners: how to pick each claim's hyper-parameters within the task's ranges: the task's
+    /// defaults, or one random draw per claim (seeded by its secret salt).
+    #[arg(long, env = "POT_HYPER_SEARCH", value_enum, default_value = "defaults")]
+    hyper_search: pot_node::roles::miner::HyperSearch,
     /// Miners: do not validate (miners validate the claims they are assigned to by default).
     #[arg(long)]
     no_validate: bool,
@@ -944,6 +948,7 @@ fn run_role(args: RunArgs, key: SecretKey, genesis: Genesis) -> anyhow::Result<(
             || (args.role == NodeRole::Miner && !args.no_validate),
         verify_reports: args.verify_reports,
         slots: args.slots.unwrap_or(gpus),
+        hyper_search: args.hyper_search,
         device,
         drain_token,
         poll: std::time::Duration::from_millis(500),

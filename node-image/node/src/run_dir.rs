@@ -41,6 +41,9 @@ pub struct Manifest {
     #[serde(default = "cpu")]
     pub device: String,
     pub train_seconds: f64,
+    /// The part of `train_seconds` spent taking, hashing and storing checkpoints.
+    #[serde(default)]
+    pub checkpoint_seconds: f64,
 }
 
 fn cpu() -> String {

@@ -35,6 +35,65 @@ impl Wallet {
         self.submit_and_wait(&stx, wait).await
     }
 
+    /// Send `bodies` in one go: signed with consecutive nonces from the account's next one,
+    /// all submitted, then each waited for. Duties that fall due together (reveals on several
+    /// tasks in one short window) land in one block or two instead of one block each. A
+    /// transaction the node refuses stops the rest, which are not sent: their nonces would
+    /// wait on one that never comes. One result per body, in order.
+    pub async fn send_all(
+        &self,
+        bodies: Vec<TxBody>,
+        wait: Duration,
+    ) -> Vec<anyhow::Result<(Hash, TxStatus)>> {
+        let n = bodies.len();
+        let fail_all = |e: String| (0..n).map(|_| Err(anyhow::anyhow!("{e}"))).collect();
+        let head = match self.client.head().await {
+            Ok(h) => h,
+            Err(e) => return fail_all(format!("{e:#}")),
+        };
+        let account = match self.client.account(&self.key.address()).await {
+            Ok(a) => a,
+            Err(e) => return fail_all(format!("{e:#}")),
+        };
+        let mut submitted = Vec::new();
+        let mut refused = None;
+        for (i, body) in bodies.into_iter().enumerate() {
+            let tx = Tx {
+                chain_id: head.chain_id.clone(),
+                signer: self.key.address(),
+                nonce: account.nonce + i as u64,
+                fee: self.fee.unwrap_or(head.tx_fee),
+                body,
+            };
+            match self.client.submit(&tx.sign(&self.key)).await {
+                Ok(hash) => submitted.push(hash),
+                Err(e) => {
+                    refused = Some(format!("{e:#}"));
+                    break;
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(n);
+        for hash in submitted {
+            out.push(match self.client.wait_included(&hash, wait).await {
+                Ok(TxStatus::Rejected { reason }) => {
+                    Err(anyhow::anyhow!("transaction {hash} was rejected: {reason}"))
+                }
+                Ok(status) => Ok((hash, status)),
+                Err(e) => Err(e.into()),
+            });
+        }
+        if let Some(why) = refused {
+            out.push(Err(anyhow::anyhow!("refused: {why}")));
+        }
+        while out.len() < n {
+            out.push(Err(anyhow::anyhow!(
+                "not sent: an earlier transaction of the batch was refused"
+            )));
+        }
+        out
+    }
+
     /// Submit a signed transaction and wait until it is in a block; a rejection is an error.
     async fn submit_and_wait(
         &self,

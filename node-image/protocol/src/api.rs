@@ -188,6 +188,11 @@ pub struct NodeStatus {
     /// It takes no new task and finishes those it has.
     pub draining: bool,
     pub tasks: BTreeMap<TaskId, TaskWork>,
+    /// Seconds this process spent on each kind of work since it started: `training`,
+    /// `checkpointing` (taking, hashing, storing and publishing checkpoints), `transfer`
+    /// (fetching datasets and checkpoints), `replay_sampled`, `replay_top_q`, `evaluation`.
+    #[serde(default)]
+    pub work_seconds: BTreeMap<String, f64>,
 }
 
 /// Where a miner is with one task.

@@ -92,6 +92,22 @@ impl BlobStore {
         Ok(out)
     }
 
+    /// Every stored blob with the seconds since it was written.
+    pub fn list_with_age(&self) -> anyhow::Result<Vec<(Hash, f64)>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter_map(|h| {
+                let age = std::fs::metadata(self.path(&h))
+                    .and_then(|m| m.modified())
+                    .ok()?
+                    .elapsed()
+                    .map_or(0.0, |d| d.as_secs_f64());
+                Some((h, age))
+            })
+            .collect())
+    }
+
     /// Store `bytes`; returns their hash.
     pub fn put(&self, bytes: &[u8]) -> anyhow::Result<Hash> {
         let hash = Hash::digest(bytes);

@@ -93,6 +93,7 @@ pub fn verification(
         threads: 1,
         device: "cpu".into(),
         train_seconds,
+        checkpoint_seconds: record.checkpoint_seconds,
     })?;
     let plan = |sampled: Vec<u32>, top_q: u32| Plan {
         sampled,

@@ -120,6 +120,7 @@ pub fn trajectory(
         threads: 1,
         device: "cpu".into(),
         train_seconds: 0.0,
+        checkpoint_seconds: 0.0,
     };
     run.write_manifest(&m)?;
     Ok(Some(m))

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use pot_protocol::api::TaskInfo;
 use pot_protocol::state::{Task, TaskStatus};
+use pot_protocol::task::{HyperValue, TaskSpec};
 use pot_protocol::tx::{Claim, TaskId};
+use pot_protocol::units::Fixed;
 use pot_protocol::{Address, Amount, Hash, Height, Phase};
 
 /// What the chain says about one task, as far as a miner cares.
@@ -61,6 +63,47 @@ impl TaskView {
             ended_at,
             mine,
         }
+    }
+}
+
+/// How a miner picks the hyper-parameters of a claim within the task's ranges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum HyperSearch {
+    /// The task's defaults: what its client expects to work.
+    #[default]
+    Defaults,
+    /// One draw from each range (random search, one trial per claim), seeded by the claim's
+    /// secret salt so that rivals cannot predict it: log-uniform for a learning rate or weight
+    /// decay whose range is positive (their useful values span decades), uniform otherwise.
+    Random,
+}
+
+/// The hyper-parameters of a claim with `salt`, as `search` picks them; always inside the
+/// task's ranges.
+pub fn choose_hyper(spec: &TaskSpec, search: HyperSearch, salt: &Hash) -> Vec<HyperValue> {
+    match search {
+        HyperSearch::Defaults => spec.default_hyper(),
+        HyperSearch::Random => spec
+            .hyper
+            .iter()
+            .map(|r| {
+                let u = Hash::tagged("pot/hyper-draw", &[salt.as_bytes(), r.name.as_bytes()])
+                    .low_u64() as f64
+                    / (u64::MAX as f64 + 1.0);
+                let (lo, hi) = (r.min.to_f64(), r.max.to_f64());
+                let log_scale = matches!(r.name.as_str(), "lr" | "weight_decay") && lo > 0.0;
+                let x = if log_scale {
+                    (lo.ln() + u * (hi.ln() - lo.ln())).exp()
+                } else {
+                    lo + u * (hi - lo)
+                };
+                let value = Fixed((x * Fixed::SCALE as f64).round() as i64).clamp(r.min, r.max);
+                HyperValue {
+                    name: r.name.clone(),
+                    value,
+                }
+            })
+            .collect(),
     }
 }
 
@@ -221,6 +264,52 @@ mod tests {
                 failed: None,
             },
         )
+    }
+
+    /// The digits example's spec with a learning-rate range two decades wide.
+    fn searchable_spec() -> TaskSpec {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tasks/digits-mlp.yaml"),
+        )
+        .unwrap()
+        .replace(
+            "min: 0.01, max: 0.1, default: 0.05",
+            "min: 0.001, max: 0.1, default: 0.05",
+        );
+        crate::train::task::TaskFile::parse(&text).unwrap().spec
+    }
+
+    #[test]
+    fn random_search_draws_inside_the_ranges_from_the_salt_and_lr_on_a_log_scale() {
+        let spec = searchable_spec();
+        assert_eq!(
+            choose_hyper(&spec, HyperSearch::Defaults, &Hash([1; 32])),
+            spec.default_hyper()
+        );
+        let draws: Vec<Vec<HyperValue>> = (0..400u32)
+            .map(|i| {
+                let salt = Hash::tagged("test", &[&i.to_le_bytes()]);
+                let h = choose_hyper(&spec, HyperSearch::Random, &salt);
+                assert_eq!(
+                    h,
+                    choose_hyper(&spec, HyperSearch::Random, &salt),
+                    "deterministic"
+                );
+                spec.check_hyper(&h).unwrap();
+                h
+            })
+            .collect();
+        let lr: Vec<f64> = draws.iter().map(|h| h[0].value.to_f64()).collect();
+        let distinct: std::collections::BTreeSet<i64> =
+            draws.iter().map(|h| h[0].value.0).collect();
+        assert!(distinct.len() > 390, "salts give different draws");
+        // Log-uniform on [0.001, 0.1]: half the draws below 0.01 (uniform would give 9 %).
+        let below = lr.iter().filter(|&&x| x < 0.01).count() as f64 / lr.len() as f64;
+        assert!((0.4..0.6).contains(&below), "{below}");
+        // Momentum is uniform on [0, 0.95]: about half below 0.475.
+        let m: Vec<f64> = draws.iter().map(|h| h[1].value.to_f64()).collect();
+        let below = m.iter().filter(|&&x| x < 0.475).count() as f64 / m.len() as f64;
+        assert!((0.4..0.6).contains(&below), "{below}");
     }
 
     #[test]

@@ -10,5 +10,6 @@ pub mod client;
 pub mod journal;
 pub mod miner;
 pub mod node;
+pub mod retention;
 pub mod status;
 pub mod validator;

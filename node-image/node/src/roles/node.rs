@@ -28,6 +28,7 @@ use tracing::{error, info, warn};
 use super::challenge::{self, ChallengeRef, Rechecked, Vote};
 use super::journal::Journal;
 use super::miner::{self, Action, Job, Limits, TaskView};
+use super::retention;
 use super::status::NodeStatus;
 use super::validator::{self, Assigned, Duty, Filed};
 use crate::artifacts::net::ArtifactNet;
@@ -47,6 +48,10 @@ const ARTIFACT_TIMEOUT: Duration = Duration::from_secs(120);
 const TX_WAIT: Duration = Duration::from_secs(60);
 /// A verification that failed for this node's own reasons is tried again after this long.
 const CHECK_RETRY: Duration = Duration::from_secs(20);
+/// How often the blob store is swept for blobs no retained task names.
+const GC_EVERY: Duration = Duration::from_secs(300);
+/// A blob younger than this is never swept (a download or publication in progress).
+const GC_GRACE: Duration = Duration::from_secs(3600);
 
 pub struct Options {
     pub genesis: Genesis,
@@ -65,6 +70,8 @@ pub struct Options {
     pub verify_reports: bool,
     /// Tasks trained at once.
     pub slots: usize,
+    /// How claims' hyper-parameters are picked within the tasks' ranges.
+    pub hyper_search: super::miner::HyperSearch,
     pub device: tch::Device,
     /// The bearer token `POST /v1/node/drain` must carry (off when unset).
     pub drain_token: Option<String>,
@@ -143,6 +150,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         net,
         clients,
         next_client: 0,
+        outbox: Vec::new(),
         status,
         training: HashMap::new(),
         rechecked: Journal::open(&opts.data_dir.join("verifier-rechecks.json"))?,
@@ -150,6 +158,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         replays: HashMap::new(),
         replay_failed: HashMap::new(),
         fetch_retry: HashMap::new(),
+        last_gc: Instant::now(),
         tip: tip.clone(),
         opts,
     };
@@ -198,9 +207,11 @@ enum Done {
     Vote(bool),
 }
 
-/// What a replay needs: the swarm to fetch checkpoints from, the dataset cache, the device.
+/// What a replay needs: the swarm to fetch checkpoints from, the dataset cache, the device
+/// (and the status its time is counted in).
 struct Replayer {
     net: ArtifactNet,
+    status: Arc<NodeStatus>,
     cache: Cache,
     device: tch::Device,
     runtime: tokio::runtime::Handle,
@@ -231,6 +242,7 @@ impl Replayer {
             warn!(task = %task.id, %miner, locator = claim.artifacts, "the claim's artifacts are not a pot:// run index");
             return Ok(None);
         };
+        let started = Instant::now();
         let fetched = self.runtime.block_on(async {
             tokio::time::timeout(
                 ARTIFACT_TIMEOUT,
@@ -268,6 +280,8 @@ impl Replayer {
         self.runtime
             .block_on(fetch_published(&self.net, task, true))
             .context("fetching the task's published datasets")?;
+        self.status
+            .add_work_seconds("transfer", started.elapsed().as_secs_f64());
         let mut spec = task.spec.clone();
         if !top_q {
             spec.verification.top_q = 0;
@@ -298,6 +312,7 @@ impl Replayer {
             self.device,
             &self.cache,
         )?;
+        self.status.add_verification(&found.timings);
         for f in &found.findings {
             warn!(task = %task.id, %miner, "finding: {f}");
         }
@@ -374,7 +389,26 @@ struct Node {
     replay_failed: HashMap<Replay, Instant>,
     /// When a job's dataset could last not be fetched.
     fetch_retry: HashMap<TaskId, Instant>,
+    /// When the blob store was last swept.
+    last_gc: Instant,
     tip: watch::Receiver<u64>,
+    /// Transactions the duties of this pass call for (sent together by `flush`).
+    outbox: Vec<Outgoing>,
+}
+
+/// A transaction a duty calls for.
+struct Outgoing {
+    body: TxBody,
+    what: &'static str,
+    then: Then,
+}
+
+/// What a transaction settles once it is in a block.
+enum Then {
+    Nothing,
+    ClaimCommitted(TaskId),
+    ClaimRevealed(TaskId),
+    ReportRevealed,
 }
 
 impl Node {
@@ -395,7 +429,57 @@ impl Node {
         // Committee seats come with validator stake; a verifier challenges.
         self.disputes(&state).await?;
         self.reveal_eval_sets(&state).await;
+        self.flush().await;
+        if self.last_gc.elapsed() >= GC_EVERY {
+            self.last_gc = Instant::now();
+            self.collect_garbage(&state);
+        }
         Ok(())
+    }
+
+    /// Delete the blobs no retained task and no unrevealed run of this node names (see
+    /// `retention`).
+    fn collect_garbage(&self, state: &State) {
+        let store = &self.net.store;
+        let run_index = |h: &Hash| {
+            let bytes = store.read(h).ok()?;
+            let index: RunIndex = pot_protocol::encoding::decode(&bytes).ok()?;
+            Some(index.checkpoints)
+        };
+        let named: Vec<retention::Named> = state.tasks.values().map(retention::Named::of).collect();
+        let mut keep = retention::kept_by_chain(
+            &named,
+            state.tip.height,
+            self.opts.retention_blocks,
+            run_index,
+        );
+        for claim in self.jobs.entries.values().filter_map(|j| j.claim.as_ref()) {
+            if let Some(index) = parse_pot_locator(&claim.artifacts) {
+                keep.insert(index);
+                keep.extend(run_index(&index).unwrap_or_default());
+            }
+        }
+        let stored = match store.list_with_age() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("listing the blob store: {e:#}");
+                return;
+            }
+        };
+        let gone = retention::collectable(stored, &keep, GC_GRACE.as_secs_f64());
+        let mut bytes = 0;
+        for blob in &gone {
+            bytes += store.size(blob).unwrap_or(0);
+            if let Err(e) = store.remove(blob) {
+                warn!(%blob, "removing a blob no task names: {e:#}");
+            }
+        }
+        if !gone.is_empty() {
+            info!(
+                blobs = gone.len(),
+                bytes, "removed blobs no retained task names"
+            );
+        }
     }
 
     async fn mine(&mut self, state: &State) -> anyhow::Result<()> {
@@ -422,9 +506,7 @@ impl Node {
                         task: id,
                         commitment,
                     };
-                    if self.send(body, "claim commitment").await {
-                        self.status.set_work(id, TaskWork::Committed);
-                    }
+                    self.queue(body, "claim commitment", Then::ClaimCommitted(id));
                 }
                 Action::Reveal(id) => {
                     let job = &self.jobs.entries[&id];
@@ -433,14 +515,7 @@ impl Node {
                         claim: job.claim.clone().expect("the plan reveals trained jobs"),
                         salt: job.salt,
                     };
-                    if self.send(body, "claim reveal").await {
-                        self.status.set_work(id, TaskWork::Revealed);
-                        self.status.metrics.claims_revealed.inc();
-                        #[cfg(feature = "fault-injection")]
-                        if self.opts.cheat == Some(super::cheats::Cheat::Withhold) {
-                            self.withhold(&id);
-                        }
-                    }
+                    self.queue(body, "claim reveal", Then::ClaimRevealed(id));
                 }
                 Action::Drop(id, why) => {
                     info!(task = %id, ?why, "letting the task go");
@@ -500,22 +575,17 @@ impl Node {
                 return Ok(());
             }
         }
-        let hyper = match crate::train::task::choose_hyper(&task.spec, &[]) {
-            Ok(h) => h,
-            Err(e) => {
-                warn!(task = %id, "cannot choose hyper-parameters: {e:#}");
-                return Ok(());
-            }
-        };
+        let salt = Hash(SecretKey::generate().seed());
+        let hyper = super::miner::choose_hyper(&task.spec, self.opts.hyper_search, &salt);
         let job = Job {
-            salt: Hash(SecretKey::generate().seed()),
+            salt,
             hyper,
             claim: None,
             failed: None,
         };
         // The salt is on disk before anything depends on it.
         self.jobs.put(id, job)?;
-        info!(task = %id, bounty = %task.bounty, "took the task");
+        info!(task = %id, bounty = %task.bounty, hyper = ?self.jobs.entries[&id].hyper, "took the task");
         self.start_training(task, id).await;
         Ok(())
     }
@@ -566,9 +636,11 @@ impl Node {
                 }
                 // A dataset named by hash is fetched from the swarm first (the client holds
                 // it), here, off the node's loop.
+                let fetching = Instant::now();
                 runtime
                     .block_on(fetch_published(&net, &task, false))
                     .map_err(|e| anyhow::Error::new(FetchLater(format!("{e:#}"))))?;
+                status.add_work_seconds("transfer", fetching.elapsed().as_secs_f64());
                 let started = Instant::now();
                 let mut from = 0;
                 let mut on_event = |e: TrainEvent| match e {
@@ -618,7 +690,14 @@ impl Node {
                     &cache,
                     &mut on_event,
                 )?;
-                publish_run(&store, &run, &m)
+                let publishing = Instant::now();
+                let published = publish_run(&store, &run, &m);
+                status.add_work_seconds("training", m.train_seconds - m.checkpoint_seconds);
+                status.add_work_seconds(
+                    "checkpointing",
+                    m.checkpoint_seconds + publishing.elapsed().as_secs_f64(),
+                );
+                published
             }),
         );
     }
@@ -721,7 +800,7 @@ impl Node {
                         miner,
                         commitment,
                     };
-                    self.send(body, "report commitment").await;
+                    self.queue(body, "report commitment", Then::Nothing);
                 }
                 Duty::Reveal((task, miner)) => {
                     let f = &self.filed.entries[&(task, miner)];
@@ -731,9 +810,7 @@ impl Node {
                         report: f.report.clone(),
                         salt: f.salt,
                     };
-                    if self.send(body, "report reveal").await {
-                        self.status.metrics.reports_revealed.inc();
-                    }
+                    self.queue(body, "report reveal", Then::ReportRevealed);
                 }
                 Duty::Forget(key) => {
                     self.filed.remove(&key)?;
@@ -773,7 +850,7 @@ impl Node {
                 eval_set: secret.eval_set.clone(),
                 salt: secret.salt,
             };
-            self.send(body, "eval set reveal").await;
+            self.queue(body, "eval set reveal", Then::Nothing);
         }
     }
 
@@ -798,8 +875,11 @@ impl Node {
                 D::Challenge(task, dispute, salt) => {
                     let commitment =
                         pot_protocol::tx::challenge_commitment(&task, &self.me, &dispute, &salt);
-                    self.send(TxBody::Challenge { task, commitment }, "challenge")
-                        .await;
+                    self.queue(
+                        TxBody::Challenge { task, commitment },
+                        "challenge",
+                        Then::Nothing,
+                    );
                 }
                 D::RevealChallenge((task, challenge), dispute, salt) => {
                     let body = TxBody::RevealChallenge {
@@ -808,7 +888,7 @@ impl Node {
                         dispute,
                         salt,
                     };
-                    self.send(body, "challenge reveal").await;
+                    self.queue(body, "challenge reveal", Then::Nothing);
                 }
                 D::Judge(key) => self.start_judging(state, key),
                 D::CommitVote((task, challenge)) => {
@@ -819,7 +899,7 @@ impl Node {
                         challenge,
                         commitment,
                     };
-                    self.send(body, "vote commitment").await;
+                    self.queue(body, "vote commitment", Then::Nothing);
                 }
                 D::RevealVote((task, challenge)) => {
                     let v = &self.votes.entries[&(task, challenge)];
@@ -829,7 +909,7 @@ impl Node {
                         upheld: v.upheld,
                         salt: v.salt,
                     };
-                    self.send(body, "vote reveal").await;
+                    self.queue(body, "vote reveal", Then::Nothing);
                 }
                 D::Forget(task) => {
                     self.votes.retain(|k| k.0 != task)?;
@@ -856,6 +936,7 @@ impl Node {
         }
         let replayer = Replayer {
             net: self.net.clone(),
+            status: self.status.clone(),
             cache: self.cache.clone(),
             device: self.opts.device,
             runtime: tokio::runtime::Handle::current(),
@@ -993,14 +1074,81 @@ impl Node {
     /// Sign and send `body`, wait for its block and for this node to have followed it. A
     /// failure is logged (and the next coordinator used next time); the caller's plan sees
     /// on the next pass whether it landed.
-    async fn send(&mut self, body: TxBody, what: &str) -> bool {
-        let client = self.clients[self.next_client % self.clients.len()].clone();
-        // The fee the chain asks, as this node followed it: a coordinator's API could name any.
-        let wallet = Wallet {
-            client,
+    /// This node's wallet, through the coordinator in turn.
+    fn wallet(&self) -> Wallet {
+        Wallet {
+            client: self.clients[self.next_client % self.clients.len()].clone(),
             key: self.wallet_key.clone(),
+            // The fee the chain asks, as this node followed it: a coordinator's API could name
+            // any.
             fee: Some(self.chain.state().params.tx_fee),
-        };
+        }
+    }
+
+    /// Queue a duty's transaction for the end of this pass (`flush`).
+    fn queue(&mut self, body: TxBody, what: &'static str, then: Then) {
+        self.outbox.push(Outgoing { body, what, then });
+    }
+
+    /// Send every queued transaction at once (consecutive nonces, see `Wallet::send_all`), and
+    /// record what each one that landed settles. One not sent or not included is due again at
+    /// the next pass: the duties are read from the chain.
+    async fn flush(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.outbox);
+        let (bodies, rest): (Vec<TxBody>, Vec<(&'static str, Then)>) = batch
+            .into_iter()
+            .map(|o| (o.body, (o.what, o.then)))
+            .unzip();
+        let results = self.wallet().send_all(bodies, TX_WAIT).await;
+        let (mut last_height, mut failed) = (None, false);
+        for ((what, then), result) in rest.into_iter().zip(results) {
+            match result {
+                Ok((hash, TxStatus::Included { height, .. })) => {
+                    info!(tx = %hash, height, "{what} included");
+                    last_height = last_height.max(Some(height));
+                    self.settle(then);
+                }
+                Ok((hash, status)) => warn!(tx = %hash, ?status, "{what} not included"),
+                Err(e) => {
+                    warn!("{what}: {e:#}");
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            self.next_client += 1;
+        }
+        if let Some(height) = last_height {
+            let mut tip = self.tip.clone();
+            let _ = tokio::time::timeout(TX_WAIT, tip.wait_for(|h| *h >= height)).await;
+        }
+    }
+
+    /// Record what a transaction that landed settles.
+    fn settle(&mut self, then: Then) {
+        match then {
+            Then::Nothing => {}
+            Then::ClaimCommitted(id) => self.status.set_work(id, TaskWork::Committed),
+            Then::ClaimRevealed(id) => {
+                self.status.set_work(id, TaskWork::Revealed);
+                self.status.metrics.claims_revealed.inc();
+                #[cfg(feature = "fault-injection")]
+                if self.opts.cheat == Some(super::cheats::Cheat::Withhold) {
+                    self.withhold(&id);
+                }
+            }
+            Then::ReportRevealed => {
+                self.status.metrics.reports_revealed.inc();
+            }
+        }
+    }
+
+    /// Send one transaction now and wait for its block (a bond a claim depends on).
+    async fn send(&mut self, body: TxBody, what: &str) -> bool {
+        let wallet = self.wallet();
         match wallet.send(body, TX_WAIT).await {
             Ok((hash, TxStatus::Included { height, .. })) => {
                 info!(tx = %hash, height, "{what} included");

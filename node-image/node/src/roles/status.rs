@@ -39,6 +39,7 @@ pub struct RoleMetrics {
     pub training_rate: Family<Labels, Gauge<f64, AtomicU64>>,
     pub claims_revealed: Counter,
     pub reports_revealed: Counter,
+    work_seconds: Family<Vec<(String, String)>, Counter<f64, AtomicU64>>,
 }
 
 impl RoleMetrics {
@@ -76,6 +77,12 @@ impl RoleMetrics {
             "Reports this validator revealed",
             m.reports_revealed.clone(),
         );
+        r.register(
+            "work_seconds",
+            "Seconds spent on each kind of work (training, checkpointing, transfer, replay_sampled, \
+             replay_top_q, evaluation)",
+            m.work_seconds.clone(),
+        );
         m
     }
 
@@ -93,6 +100,7 @@ pub struct NodeStatus {
     height: AtomicU64,
     draining: AtomicBool,
     tasks: Mutex<BTreeMap<TaskId, TaskWork>>,
+    work_seconds: Mutex<BTreeMap<&'static str, f64>>,
     pub metrics: RoleMetrics,
 }
 
@@ -104,6 +112,7 @@ impl NodeStatus {
             height: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             tasks: Mutex::default(),
+            work_seconds: Mutex::default(),
             metrics: RoleMetrics::new(),
         }
     }
@@ -145,6 +154,32 @@ impl NodeStatus {
         self.tasks.lock().expect("status lock").insert(task, work);
     }
 
+    /// Count `seconds` of work of one kind (where a task's cost goes, for operators and the
+    /// cost-split benchmark).
+    pub fn add_work_seconds(&self, kind: &'static str, seconds: f64) {
+        if !(seconds.is_finite() && seconds > 0.0) {
+            return;
+        }
+        self.metrics
+            .work_seconds
+            .get_or_create(&vec![("work".to_string(), kind.to_string())])
+            .inc_by(seconds);
+        *self
+            .work_seconds
+            .lock()
+            .expect("status lock")
+            .entry(kind)
+            .or_default() += seconds;
+    }
+
+    /// Count a verification's time by kind.
+    pub fn add_verification(&self, t: &crate::verify::Timings) {
+        self.add_work_seconds("transfer", t.transfer);
+        self.add_work_seconds("replay_sampled", t.replay_sampled);
+        self.add_work_seconds("replay_top_q", t.replay_top_q);
+        self.add_work_seconds("evaluation", t.evaluation);
+    }
+
     pub fn remove_work(&self, task: &TaskId) {
         let labels = task_labels(task);
         self.metrics.training_step.remove(&labels);
@@ -160,6 +195,13 @@ impl NodeStatus {
             height: self.height.load(Ordering::SeqCst),
             draining: self.draining(),
             tasks: self.tasks.lock().expect("status lock").clone(),
+            work_seconds: self
+                .work_seconds
+                .lock()
+                .expect("status lock")
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
         }
     }
 }

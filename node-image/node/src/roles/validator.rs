@@ -196,6 +196,7 @@ mod tests {
             loss: Some(0.1),
             findings: Vec::new(),
             valid: true,
+            timings: Default::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! from any checkpoint.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use pot_protocol::{Hash, merkle};
@@ -47,6 +48,9 @@ pub struct RunRecord {
     pub checkpoints: Vec<Hash>,
     pub root: Hash,
     pub final_loss: f32,
+    /// Seconds spent taking, hashing and storing checkpoints (the rest of the run's time is
+    /// training proper).
+    pub checkpoint_seconds: f64,
 }
 
 /// What an unfinished run left on disk: the hashes of its checkpoints `0..=j` and the bytes of
@@ -272,6 +276,7 @@ impl Trainer {
         }
         let n = (spec.steps / k) as usize;
         let mut t = Trainer::new(spec, data)?;
+        let started = Instant::now();
         let w0 = t.checkpoint();
         let mut hashes = vec![checkpoint::hash(&w0)];
         let first = match progress {
@@ -295,17 +300,21 @@ impl Trainer {
                 j + 1
             }
         };
+        let mut checkpoint_seconds = started.elapsed().as_secs_f64();
         let mut loss = f32::NAN;
         for i in first..=n {
             loss = t.train_steps(data, k);
+            let started = Instant::now();
             let w = t.checkpoint();
             hashes.push(checkpoint::hash(&w));
             sink(i, &w, loss).with_context(|| format!("storing checkpoint {i}"))?;
+            checkpoint_seconds += started.elapsed().as_secs_f64();
         }
         let record = RunRecord {
             root: merkle::root(&hashes),
             checkpoints: hashes,
             final_loss: loss,
+            checkpoint_seconds,
         };
         Ok((record, t))
     }

@@ -22,7 +22,9 @@ pub mod compare;
 pub mod source;
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
+use pot_protocol::merkle::Proof;
 use pot_protocol::{Address, Hash};
 use serde::Serialize;
 use tch::Tensor;
@@ -127,6 +129,38 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// No findings.
     pub valid: bool,
+    /// Where the time went (a node adds it to its work counters).
+    pub timings: Timings,
+}
+
+/// Seconds a verification spent on each kind of work: the parts of a task's cost that fall
+/// on its validators.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Reading checkpoints from the source (the network, for a validator).
+    pub transfer: f64,
+    /// Replaying the beacon's sampled segments.
+    pub replay_sampled: f64,
+    /// Replaying the largest-update segments besides.
+    pub replay_top_q: f64,
+    /// Scoring the final model on the eval set.
+    pub evaluation: f64,
+}
+
+/// A source that adds the time its reads take to a counter.
+struct Timed<'a> {
+    inner: &'a dyn CheckpointSource,
+    seconds: std::cell::Cell<f64>,
+}
+
+impl CheckpointSource for Timed<'_> {
+    fn fetch(&self, i: usize, max_bytes: u64) -> anyhow::Result<(Vec<u8>, Proof)> {
+        let started = Instant::now();
+        let got = self.inner.fetch(i, max_bytes);
+        self.seconds
+            .set(self.seconds.get() + started.elapsed().as_secs_f64());
+        got
+    }
 }
 
 /// Verify `claim` for the task with seed `task_seed` whose run spec for this claim's miner and
@@ -167,6 +201,11 @@ pub fn verify(
         anyhow::bail!("segment {bad} does not exist: the run has {n} segments");
     }
 
+    let timed = Timed {
+        inner: source,
+        seconds: Default::default(),
+    };
+    let source: &dyn CheckpointSource = &timed;
     let own_w0 = Trainer::new(spec, train)?.checkpoint();
     let shapes = checkpoint::shapes(&checkpoint::decode(&own_w0)?.tensors);
     // Checkpoints of this model differ from W_0 only in the step's digits (and the header's
@@ -184,6 +223,7 @@ pub fn verify(
         loss: None,
         findings: Vec::new(),
         valid: false,
+        timings: Timings::default(),
     };
 
     // Every checkpoint: under the root, at its step, of this model; and the update norms.
@@ -225,6 +265,7 @@ pub fn verify(
             (Ok(from), Ok(to)) => (from, to),
             (Err(f), _) | (_, Err(f)) => return Ok(finish(report, f)),
         };
+        let started = Instant::now();
         let mut t = match Trainer::from_checkpoint(spec, train, &from, i as u64 * k) {
             Ok(t) => t,
             Err(e) => return Ok(finish(report, checkpoint_finding(i, e))),
@@ -249,12 +290,18 @@ pub fn verify(
             parameters: c.parameters,
             optimizer: c.optimizer,
         });
+        let seconds = started.elapsed().as_secs_f64();
+        match selected {
+            Selected::LargestUpdate => report.timings.replay_top_q += seconds,
+            Selected::Sampled | Selected::Both => report.timings.replay_sampled += seconds,
+        }
     }
 
     let last = match refetch(source, claim, &limits, n, &hashes) {
         Ok(bytes) => bytes,
         Err(f) => return Ok(finish(report, f)),
     };
+    let started = Instant::now();
     match Trainer::from_checkpoint(spec, train, &last, spec.steps) {
         Ok(t) => {
             report.accuracy = Some(t.accuracy(eval));
@@ -262,6 +309,8 @@ pub fn verify(
         }
         Err(e) => return Ok(finish(report, checkpoint_finding(n, e))),
     }
+    report.timings.evaluation = started.elapsed().as_secs_f64();
+    report.timings.transfer = timed.seconds.get();
     report.valid = report.findings.is_empty();
     Ok(report)
 }
