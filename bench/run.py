@@ -249,7 +249,7 @@ def devnet_row(d: dict | None) -> str:
         return f"| {name} | not run |"
     if not d.get("ok"):
         return f"| {name} | **no** (phase {d.get('phase', 'unknown')}) |"
-    claims = "; ".join(f"{c['device'].upper()} miner's claim {'valid' if c['valid'] else '**invalid**'} "
+    claims = "; ".join(f"{(c['device'] or '?').upper()} miner's claim {'valid' if c['valid'] else '**invalid**'} "
                        f"({c['valid_reports']} valid, {c['invalid_reports']} invalid reports)" for c in d["claims"])
     acc = d.get("winner_held_out_accuracy")
     return (f"| {name} | finalized in {d['seconds']:.0f} s; {claims}; winner's model "
@@ -744,9 +744,9 @@ def cost_split_lines(real: dict) -> list[str]:
     lines += ["", f"Everything but consensus: {sum(work.get(k, 0.0) for k, _ in COST_PARTS[:-1]) / plain:.2f}× plain "
               f"training, of which verification (transfer, replays, evaluation, by 3 validators) "
               f"{verification / plain:.2f}×. Transfer is the largest part of it: each validator fetches every",
-              "checkpoint of the claim (the run is checked whole, under its Merkle root) one request after another, on a",
-              "2-core machine that the coordinators and the other nodes share; fetching ahead in parallel while replaying",
-              "is the next speed-up. Seconds are wall time of the work on each node, so they include waiting for a core."]
+              "checkpoint of the claim (the run is checked whole, under its Merkle root), eight requests ahead of the one",
+              f"it reads, on a {os.cpu_count()}-core machine that the coordinators and the other nodes share. Seconds are wall",
+              "time of the work on each node, so they include waiting for a core."]
     plot_cost_split(work, plain)
     return lines
 

@@ -96,14 +96,14 @@ for model in mlp:128,64 lenet5; do
   done
 done
 
-# The PoT loop on the GPU: a devnet (1 coordinator, 500 ms blocks) whose first miner trains with
-# `--device auto` (so on the GPU) and second on the CPU, with one validator replaying on the GPU
-# and one on the CPU (miners validate too), so claims are checked across devices by real
+# The PoT loop on the GPU: a devnet (1 coordinator, 500 ms blocks) whose first miner trains on
+# the GPU (`--device cuda`) and second on the CPU, with one validator replaying on the GPU
+# and one on the CPU, so claims are checked across devices by real
 # processes. A GPU task needs a replay tolerance: the digits task is submitted with 10^-4.
 sed 's/^replay_tolerance: 0$/replay_tolerance: 0.0001/' node-image/node/tasks/digits-mlp.yaml >"$work/gpu-task.yaml"
 if timeout 420 "$bin" devnet --coordinators 1 --miners 2 --validators 2 --task "$work/gpu-task.yaml" \
   --dir "$work/devnet" --block-time-ms 500 --timeout 360 \
-  --miner-arg 0=--device=auto --miner-arg 1=--device=cpu \
+  --miner-arg 0=--device=cuda --miner-arg 1=--device=cpu \
   --validator-arg 0=--device=cuda --validator-arg 1=--device=cpu >"$work/devnet.out" 2>&1; then ok=true; else ok=false; fi
 tail -n 40 "$work/devnet.out" >"$out/devnet-tail.txt" || true
 tar czf "$out/devnet-logs.tgz" -C "$work" devnet.out $(cd "$work" && ls -d devnet/*/*.log devnet/*.log 2>/dev/null) 2>/dev/null || true

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use pot_protocol::api::TxStatus;
-use pot_protocol::client::Client;
+use pot_protocol::client::{Client, ClientError};
 use pot_protocol::tx::{DatasetRef, Tx, TxBody, eval_commitment, task_id};
 use pot_protocol::{Amount, Hash, SecretKey, SignedTx};
 use serde::{Deserialize, Serialize};
@@ -36,10 +36,13 @@ impl Wallet {
     }
 
     /// Send `bodies` in one go: signed with consecutive nonces from the account's next one,
-    /// all submitted, then each waited for. Duties that fall due together (reveals on several
-    /// tasks in one short window) land in one block or two instead of one block each. A
-    /// transaction the node refuses stops the rest, which are not sent: their nonces would
-    /// wait on one that never comes. One result per body, in order.
+    /// all submitted, then waited for under one deadline. Duties that fall due together
+    /// (reveals on several tasks in one short window) land in one block or two instead of one
+    /// block each. A body the node refuses (a 4xx: it would not apply) does not use up its
+    /// nonce: the next body is signed with it, so one duty that keeps failing never holds up
+    /// the others. Anything else (no answer, a 5xx) stops the rest, which are not sent: the
+    /// node may hold the transaction, and later nonces would wait on it. One result per body,
+    /// in order.
     pub async fn send_all(
         &self,
         bodies: Vec<TxBody>,
@@ -55,41 +58,70 @@ impl Wallet {
             Ok(a) => a,
             Err(e) => return fail_all(format!("{e:#}")),
         };
-        let mut submitted = Vec::new();
-        let mut refused = None;
-        for (i, body) in bodies.into_iter().enumerate() {
+        // Per body: the submitted transaction's hash, or why it was not sent.
+        let mut sent: Vec<Result<Hash, String>> = Vec::with_capacity(n);
+        let mut nonce = account.nonce;
+        let mut stopped = false;
+        for body in bodies {
+            if stopped {
+                sent.push(Err(
+                    "not sent: the node did not answer for an earlier transaction of the batch"
+                        .into(),
+                ));
+                continue;
+            }
             let tx = Tx {
                 chain_id: head.chain_id.clone(),
                 signer: self.key.address(),
-                nonce: account.nonce + i as u64,
+                nonce,
                 fee: self.fee.unwrap_or(head.tx_fee),
                 body,
             };
             match self.client.submit(&tx.sign(&self.key)).await {
-                Ok(hash) => submitted.push(hash),
+                Ok(hash) => {
+                    sent.push(Ok(hash));
+                    nonce += 1;
+                }
+                Err(
+                    e @ ClientError::Api {
+                        status: 400..=499, ..
+                    },
+                ) => {
+                    sent.push(Err(format!("refused: {e}")));
+                }
                 Err(e) => {
-                    refused = Some(format!("{e:#}"));
-                    break;
+                    sent.push(Err(format!("{e:#}")));
+                    stopped = true;
                 }
             }
         }
+        // One deadline for the batch; once one fails to land, the later ones (queued behind its
+        // nonce) are looked at once, not waited for.
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut landed_so_far = true;
         let mut out = Vec::with_capacity(n);
-        for hash in submitted {
-            out.push(match self.client.wait_included(&hash, wait).await {
+        for s in sent {
+            let hash = match s {
+                Ok(hash) => hash,
+                Err(why) => {
+                    out.push(Err(anyhow::anyhow!("{why}")));
+                    continue;
+                }
+            };
+            let left = if landed_so_far {
+                deadline.saturating_duration_since(tokio::time::Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            let result = match self.client.wait_included(&hash, left).await {
                 Ok(TxStatus::Rejected { reason }) => {
                     Err(anyhow::anyhow!("transaction {hash} was rejected: {reason}"))
                 }
                 Ok(status) => Ok((hash, status)),
                 Err(e) => Err(e.into()),
-            });
-        }
-        if let Some(why) = refused {
-            out.push(Err(anyhow::anyhow!("refused: {why}")));
-        }
-        while out.len() < n {
-            out.push(Err(anyhow::anyhow!(
-                "not sent: an earlier transaction of the batch was refused"
-            )));
+            };
+            landed_so_far &= result.is_ok();
+            out.push(result);
         }
         out
     }

@@ -108,10 +108,19 @@ impl BlobStore {
             .collect())
     }
 
+    /// Mark a stored blob as just written (a sweep spares young blobs).
+    fn touch(&self, blob: &Hash) {
+        if let Ok(f) = File::options().write(true).open(self.path(blob)) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
     /// Store `bytes`; returns their hash.
     pub fn put(&self, bytes: &[u8]) -> anyhow::Result<Hash> {
         let hash = Hash::digest(bytes);
-        if !self.contains(&hash) {
+        if self.contains(&hash) {
+            self.touch(&hash);
+        } else {
             let mut tmp = self.temp_file()?;
             tmp.write_all(bytes).context("writing a blob")?;
             self.commit(tmp, &hash)?;
@@ -136,7 +145,9 @@ impl BlobStore {
             tmp.write_all(&buf[..n]).context("writing a blob")?;
         }
         let hash = Hash(hasher.finalize().into());
-        if !self.contains(&hash) {
+        if self.contains(&hash) {
+            self.touch(&hash);
+        } else {
             self.commit(tmp, &hash)?;
         }
         Ok(hash)
@@ -342,6 +353,34 @@ mod tests {
         std::fs::write(store.path(&h), &corrupt).unwrap();
         let err = store.read(&h).unwrap_err().to_string();
         assert!(err.contains("corrupt"), "{err}");
+    }
+
+    #[test]
+    fn storing_a_blob_again_makes_it_young_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let h = store.put(b"a checkpoint").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(store.path(&h))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let age = |s: &BlobStore| s.list_with_age().unwrap()[0].1;
+        assert!(age(&store) > 7000.0);
+        store.put(b"a checkpoint").unwrap();
+        assert!(age(&store) < 60.0, "put refreshed it");
+        File::options()
+            .write(true)
+            .open(store.path(&h))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let src = dir.path().join("src");
+        std::fs::write(&src, b"a checkpoint").unwrap();
+        store.put_file(&src).unwrap();
+        assert!(age(&store) < 60.0, "put_file refreshed it");
     }
 
     #[test]

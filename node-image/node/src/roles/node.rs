@@ -158,7 +158,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         replays: HashMap::new(),
         replay_failed: HashMap::new(),
         fetch_retry: HashMap::new(),
-        last_gc: Instant::now(),
+        // The first sweep a minute after start (a node restarted for a full disk frees it).
+        last_gc: Instant::now()
+            .checked_sub(GC_EVERY - Duration::from_secs(60))
+            .unwrap_or_else(Instant::now),
+        gc: None,
         tip: tip.clone(),
         opts,
     };
@@ -268,6 +272,7 @@ impl Replayer {
             leaves,
             holders,
             timeout: ARTIFACT_TIMEOUT,
+            started: Default::default(),
         };
         let facts = ClaimFacts {
             miner,
@@ -389,8 +394,9 @@ struct Node {
     replay_failed: HashMap<Replay, Instant>,
     /// When a job's dataset could last not be fetched.
     fetch_retry: HashMap<TaskId, Instant>,
-    /// When the blob store was last swept.
+    /// When the blob store was last swept, and the sweep in progress.
     last_gc: Instant,
+    gc: Option<JoinHandle<()>>,
     tip: watch::Receiver<u64>,
     /// Transactions the duties of this pass call for (sent together by `flush`).
     outbox: Vec<Outgoing>,
@@ -437,49 +443,35 @@ impl Node {
         Ok(())
     }
 
-    /// Delete the blobs no retained task and no unrevealed run of this node names (see
-    /// `retention`).
-    fn collect_garbage(&self, state: &State) {
-        let store = &self.net.store;
-        let run_index = |h: &Hash| {
-            let bytes = store.read(h).ok()?;
-            let index: RunIndex = pot_protocol::encoding::decode(&bytes).ok()?;
-            Some(index.checkpoints)
-        };
-        let named: Vec<retention::Named> = state.tasks.values().map(retention::Named::of).collect();
-        let mut keep = retention::kept_by_chain(
-            &named,
+    /// Delete, off the loop, the blobs no retained task and no unrevealed run of this node
+    /// names (see `retention`). One sweep at a time.
+    fn collect_garbage(&mut self, state: &State) {
+        if self.gc.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let mut named: Vec<retention::Named> =
+            state.tasks.values().map(retention::Named::of).collect();
+        // This node's own runs, committed or not yet revealed: kept as if a task named them.
+        for (id, job) in &self.jobs.entries {
+            if let (Some(claim), Some(task)) = (&job.claim, state.tasks.get(id))
+                && let Some(index) = parse_pot_locator(&claim.artifacts)
+            {
+                named.push(retention::Named {
+                    ended_at: None,
+                    files: Vec::new(),
+                    run_indexes: vec![(index, claim.checkpoint_root)],
+                    segments: task.spec.segments(),
+                });
+            }
+        }
+        let (store, height, retention_blocks) = (
+            self.net.store.clone(),
             state.tip.height,
             self.opts.retention_blocks,
-            run_index,
         );
-        for claim in self.jobs.entries.values().filter_map(|j| j.claim.as_ref()) {
-            if let Some(index) = parse_pot_locator(&claim.artifacts) {
-                keep.insert(index);
-                keep.extend(run_index(&index).unwrap_or_default());
-            }
-        }
-        let stored = match store.list_with_age() {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("listing the blob store: {e:#}");
-                return;
-            }
-        };
-        let gone = retention::collectable(stored, &keep, GC_GRACE.as_secs_f64());
-        let mut bytes = 0;
-        for blob in &gone {
-            bytes += store.size(blob).unwrap_or(0);
-            if let Err(e) = store.remove(blob) {
-                warn!(%blob, "removing a blob no task names: {e:#}");
-            }
-        }
-        if !gone.is_empty() {
-            info!(
-                blobs = gone.len(),
-                bytes, "removed blobs no retained task names"
-            );
-        }
+        self.gc = Some(tokio::task::spawn_blocking(move || {
+            sweep(&store, &named, height, retention_blocks)
+        }));
     }
 
     async fn mine(&mut self, state: &State) -> anyhow::Result<()> {
@@ -571,6 +563,8 @@ impl Node {
                 role: Role::Miner,
                 amount: missing,
             };
+            // Duties queued earlier in this pass go first: the bond waits for its block.
+            self.flush().await;
             if !self.send(body, "miner bond").await {
                 return Ok(());
             }
@@ -690,6 +684,13 @@ impl Node {
                     &cache,
                     &mut on_event,
                 )?;
+                // A run that diverged is not claimed: a replay elsewhere cannot match a NaN
+                // unless bit-identical, so an honest claim could be judged invalid.
+                anyhow::ensure!(
+                    m.final_loss.is_finite(),
+                    "training diverged (final loss {}); not claiming",
+                    m.final_loss
+                );
                 let publishing = Instant::now();
                 let published = publish_run(&store, &run, &m);
                 status.add_work_seconds("training", m.train_seconds - m.checkpoint_seconds);
@@ -1166,6 +1167,43 @@ impl Node {
                 false
             }
         }
+    }
+}
+
+/// Delete the blobs of `store` that none of `named` keeps at `height` and that are older than
+/// the grace period. A run index is read only if it is no larger than its task allows and
+/// proves under the claim's root: a claim cannot make a sweep read a dataset-sized blob.
+fn sweep(store: &BlobStore, named: &[retention::Named], height: u64, retention_blocks: u64) {
+    let run_index = |h: &Hash, segments: u64, root: &Hash| {
+        if store.size(h)? > RunIndex::bytes_for(segments) {
+            return None;
+        }
+        let bytes = store.read(h).ok()?;
+        RunIndex::decode(&bytes, segments, root)
+            .ok()
+            .map(|i| i.checkpoints)
+    };
+    let keep = retention::kept_by_chain(named, height, retention_blocks, run_index);
+    let stored = match store.list_with_age() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("listing the blob store: {e:#}");
+            return;
+        }
+    };
+    let gone = retention::collectable(stored, &keep, GC_GRACE.as_secs_f64());
+    let mut bytes = 0;
+    for blob in &gone {
+        bytes += store.size(blob).unwrap_or(0);
+        if let Err(e) = store.remove(blob) {
+            warn!(%blob, "removing a blob no task names: {e:#}");
+        }
+    }
+    if !gone.is_empty() {
+        info!(
+            blobs = gone.len(),
+            bytes, "removed blobs no retained task names"
+        );
     }
 }
 

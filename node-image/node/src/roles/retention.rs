@@ -18,10 +18,12 @@ use crate::artifacts::parse_pot_locator;
 pub struct Named {
     /// When it was finalized or failed (`None` while active).
     pub ended_at: Option<Height>,
-    /// Its dataset's and eval set's files.
+    /// Its dataset's and eval set's files, and its TorchScript model's.
     pub files: Vec<Hash>,
-    /// Its revealed claims' run indexes (`pot://`).
-    pub run_indexes: Vec<Hash>,
+    /// Its revealed claims' run indexes (`pot://`), each with its committed checkpoint root.
+    pub run_indexes: Vec<(Hash, Hash)>,
+    /// Checkpoint segments per run (what bounds a run index's size).
+    pub segments: u64,
 }
 
 impl Named {
@@ -37,24 +39,37 @@ impl Named {
                 .chain(t.eval_set.as_ref())
                 .flat_map(|d| d.blobs())
                 .map(|b| b.sha256)
+                .chain(torchscript_hash(&t.spec.model))
                 .collect(),
             run_indexes: t
                 .claims
                 .values()
                 .filter_map(|c| c.claim.as_ref())
-                .filter_map(|c| parse_pot_locator(&c.artifacts))
+                .filter_map(|c| Some((parse_pot_locator(&c.artifacts)?, c.checkpoint_root)))
                 .collect(),
+            segments: t.spec.segments(),
         }
     }
 }
 
-/// The blobs that tasks still retained at `height` name. `run_index` reads a run index this
-/// node holds (its checkpoint hashes); one it does not hold names nothing more.
+/// The file hash of a `torchscript:<locator>#<sha256>` model (stored like a dataset file).
+fn torchscript_hash(model: &str) -> Option<Hash> {
+    model
+        .strip_prefix("torchscript:")?
+        .rsplit_once('#')?
+        .1
+        .parse()
+        .ok()
+}
+
+/// The blobs that tasks still retained at `height` name. `run_index(index, segments, root)`
+/// reads a run index this node holds (its checkpoint hashes, if it is one of `segments`
+/// under `root`); one it does not hold names nothing more.
 pub fn kept_by_chain(
     tasks: &[Named],
     height: Height,
     retention_blocks: u64,
-    run_index: impl Fn(&Hash) -> Option<Vec<Hash>>,
+    run_index: impl Fn(&Hash, u64, &Hash) -> Option<Vec<Hash>>,
 ) -> BTreeSet<Hash> {
     let mut keep = BTreeSet::new();
     for t in tasks {
@@ -64,9 +79,9 @@ pub fn kept_by_chain(
             continue;
         }
         keep.extend(t.files.iter().copied());
-        for index in &t.run_indexes {
+        for (index, root) in &t.run_indexes {
             keep.insert(*index);
-            keep.extend(run_index(index).unwrap_or_default());
+            keep.extend(run_index(index, t.segments, root).unwrap_or_default());
         }
     }
     keep
@@ -100,11 +115,12 @@ mod tests {
         Named {
             ended_at,
             files: vec![h(n)],
-            run_indexes: vec![h(n + 1)],
+            run_indexes: vec![(h(n + 1), h(0))],
+            segments: 1,
         }
     }
 
-    fn index(i: &Hash) -> Option<Vec<Hash>> {
+    fn index(i: &Hash, _: u64, _: &Hash) -> Option<Vec<Hash>> {
         Some(vec![h(i.0[0] + 1), h(i.0[0] + 2)])
     }
 
@@ -124,8 +140,18 @@ mod tests {
         );
         assert!(keep.contains(&h(12)), "an active task's stay");
         // A run index this node does not hold keeps only itself.
-        let keep = kept_by_chain(&tasks, 0, 50, |_| None);
+        let keep = kept_by_chain(&tasks, 0, 50, |_, _, _| None);
         assert!(keep.contains(&h(11)) && !keep.contains(&h(12)));
+    }
+
+    #[test]
+    fn a_torchscript_model_file_is_named_by_its_hash() {
+        let sha = "ab".repeat(32);
+        assert_eq!(
+            torchscript_hash(&format!("torchscript:https://x/m.pt#{sha}")),
+            Some(sha.parse().unwrap())
+        );
+        assert_eq!(torchscript_hash("mlp:64,32"), None);
     }
 
     #[test]

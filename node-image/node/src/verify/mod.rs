@@ -176,6 +176,25 @@ pub fn verify(
     train: &Dataset,
     eval: &Dataset,
 ) -> anyhow::Result<Report> {
+    // Reads are timed whichever way the verification ends (a claim found bad early included).
+    let timed = Timed {
+        inner: source,
+        seconds: Default::default(),
+    };
+    let mut report = verify_timed(spec, task_seed, claim, plan, &timed, train, eval)?;
+    report.timings.transfer = timed.seconds.get();
+    Ok(report)
+}
+
+fn verify_timed(
+    spec: &RunSpec,
+    task_seed: u64,
+    claim: &ClaimFacts,
+    plan: &Plan,
+    source: &dyn CheckpointSource,
+    train: &Dataset,
+    eval: &Dataset,
+) -> anyhow::Result<Report> {
     let k = spec.checkpoint_interval;
     anyhow::ensure!(
         k > 0 && spec.steps.is_multiple_of(k),
@@ -201,11 +220,6 @@ pub fn verify(
         anyhow::bail!("segment {bad} does not exist: the run has {n} segments");
     }
 
-    let timed = Timed {
-        inner: source,
-        seconds: Default::default(),
-    };
-    let source: &dyn CheckpointSource = &timed;
     let own_w0 = Trainer::new(spec, train)?.checkpoint();
     let shapes = checkpoint::shapes(&checkpoint::decode(&own_w0)?.tensors);
     // Checkpoints of this model differ from W_0 only in the step's digits (and the header's
@@ -310,7 +324,6 @@ pub fn verify(
         Err(e) => return Ok(finish(report, checkpoint_finding(n, e))),
     }
     report.timings.evaluation = started.elapsed().as_secs_f64();
-    report.timings.transfer = timed.seconds.get();
     report.valid = report.findings.is_empty();
     Ok(report)
 }
