@@ -356,3 +356,147 @@ async fn a_dataset_a_task_names_is_fetched_from_the_peer_that_holds_it_and_serve
     assert_eq!(bytes, digits);
     assert!(data.join("artifacts/blobs").join(sha.to_hex()).is_file());
 }
+
+/// A miner's training step as its `GET /v1/node/status` shows it (the first task's).
+async fn training_step(miner: &Client) -> Option<u64> {
+    let s = miner.node_status().await.ok()?;
+    s.tasks.values().find_map(|w| match w {
+        pot_protocol::api::TaskWork::Training { step, .. } => Some(*step),
+        _ => None,
+    })
+}
+
+/// A miner stopped with SIGTERM half-way through a long run exits at once (the run resumes
+/// from its last checkpoint) instead of spending its pod's grace period on the segment in
+/// progress; started again on the same data directory, it resumes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_miner_stops_at_once_on_sigterm_and_resumes_its_run() {
+    let bin = pot_e2e::pot_node_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let (_coordinator, url) = dev_node(&bin, &data, &[]).await;
+    // Long enough that no run finishes during the test: 400,000 steps, a checkpoint every
+    // 4,000, and a commit window of 600 blocks.
+    let task = dir.path().join("long.yaml");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../node-image/node/tasks/digits-mlp.yaml"
+    ))
+    .unwrap()
+    .replace("steps: 2000", "steps: 400000")
+    .replace("checkpoint_interval: 50", "checkpoint_interval: 4000")
+    .replace("commit: 60,", "commit: 600,");
+    std::fs::write(&task, text).unwrap();
+    let key = data.join("coordinator.key");
+    pot_node(
+        &bin,
+        &[
+            "task",
+            "submit",
+            "--node",
+            &url,
+            "--key",
+            key.to_str().unwrap(),
+            "--file",
+            task.to_str().unwrap(),
+            "--secret-out",
+            dir.path().join("secret.json").to_str().unwrap(),
+        ],
+    );
+
+    // The miner: its own key (a client's miner may not claim its task), funded by the dev key.
+    let miner_key = dir.path().join("miner.key");
+    let address = pot_node(&bin, &["keygen", "--out", miner_key.to_str().unwrap()]);
+    pot_node(
+        &bin,
+        &[
+            "tx",
+            "--node",
+            &url,
+            "--key",
+            key.to_str().unwrap(),
+            "transfer",
+            "--to",
+            address.lines().next().unwrap().trim(),
+            "--amount",
+            "100000000",
+        ],
+    );
+    let miner_data = dir.path().join("miner");
+    let start_miner = |n: u32| {
+        let api = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(&bin);
+        cmd.args(["run", "--role", "miner", "--no-validate", "--genesis"])
+            .arg(data.join("genesis.yaml"))
+            .arg("--key")
+            .arg(&miner_key)
+            .arg("--data-dir")
+            .arg(&miner_data)
+            .args(["--coordinator", &url, "--api-listen", &api])
+            .args([
+                "--artifacts-listen",
+                &format!("/ip4/127.0.0.1/tcp/{}", free_port()),
+            ]);
+        let log = dir.path().join(format!("miner-{n}.log"));
+        let p = Process::start("miner", cmd, &log).unwrap();
+        (p, Client::new(format!("http://{api}")), log)
+    };
+    let until = |what: &str, log: &std::path::Path| {
+        format!(
+            "{what}; the miner's log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        )
+    };
+
+    let (mut miner, client, log) = start_miner(1);
+    let deadline = std::time::Instant::now() + WAIT;
+    let step = loop {
+        if let Some(step) = training_step(&client).await.filter(|s| *s > 0) {
+            break step;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            until("the miner never reached its first checkpoint", &log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    pot_e2e::spawn::signal(miner.pid(), libc::SIGTERM);
+    let stopped = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = miner.exited() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "{}",
+            until("the miner did not exit within 10 s of SIGTERM", &log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status.success(),
+        "{}",
+        until(&format!("exit {status}"), &log)
+    );
+
+    // Started again, it goes on from its checkpoints rather than from the start.
+    let (_miner, client, log) = start_miner(2);
+    let deadline = std::time::Instant::now() + WAIT;
+    while training_step(&client).await.is_none_or(|s| s <= step) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            until(
+                "the restarted miner did not get past the step it stopped at",
+                &log
+            )
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("resuming training from its last checkpoint"),
+        "{text}"
+    );
+}

@@ -357,7 +357,7 @@ struct RunArgs {
     #[arg(long, env = "POT_HYPER_SEARCH", value_enum, default_value = "defaults")]
     hyper_search: pot_node::roles::miner::HyperSearch,
     /// Miners: do not validate (miners validate the claims they are assigned to by default).
-    #[arg(long)]
+    #[arg(long, env = "POT_NO_VALIDATE")]
     no_validate: bool,
     /// Miners and validators: re-check the revealed reports of tasks this node has no part
     /// in, and challenge a report that states what a replay contradicts (a verifier).
@@ -372,7 +372,7 @@ struct RunArgs {
     #[arg(long, env = "POT_CPU_CAPABILITY", default_value = "avx2")]
     cpu_capability: String,
     /// Miners and validators: blocks after a task ends that its artifacts are still served.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "POT_RETENTION_BLOCKS", default_value_t = 1000)]
     retention_blocks: u64,
     #[command(flatten)]
     device: DeviceArg,
@@ -935,7 +935,10 @@ fn run_role(args: RunArgs, key: SecretKey, genesis: Genesis) -> anyhow::Result<(
         None => None,
     };
     keep_freed_memory_for_reuse();
-    runtime()?.block_on(node::run(node::Options {
+    // Training and replay threads are not waited for on the way out: a run resumes from its
+    // last checkpoint (written atomically), and a pod's grace period is not spent on a segment.
+    let runtime = runtime()?;
+    let outcome = runtime.block_on(node::run(node::Options {
         genesis,
         key,
         data_dir: args.data_dir,
@@ -957,7 +960,31 @@ fn run_role(args: RunArgs, key: SecretKey, genesis: Genesis) -> anyhow::Result<(
         cheat: args.cheat,
         #[cfg(feature = "fault-injection")]
         crashes: args.crashes,
-    }))
+    }));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    leave_now(outcome)
+}
+
+/// End the process without running atexit handlers: libtorch's static destructors would run
+/// while a training or replay thread still uses libtorch, and crash. Every durable write of a
+/// node (journals, checkpoints, blobs) is complete, written and renamed, before it is relied
+/// on, so nothing is lost; log lines are written whole.
+fn leave_now(outcome: anyhow::Result<()>) -> ! {
+    use std::io::Write as _;
+    let code = match outcome {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            1
+        }
+    };
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    #[allow(unsafe_code)]
+    // SAFETY: _exit(2) takes a plain status and never returns; it touches no Rust state.
+    unsafe {
+        libc::_exit(code)
+    }
 }
 
 fn wallet(signer: SignerArgs) -> anyhow::Result<(Wallet, std::time::Duration)> {

@@ -123,6 +123,24 @@ pub struct Job {
     pub failed: Option<String>,
 }
 
+/// Collateral this miner has promised that the chain has not reserved yet: the ledger reserves
+/// a claim's collateral at its commitment, so every job taken, not failed and not yet committed
+/// still needs its share of the free stake. `task` gives a job's collateral and whether this
+/// miner's commitment is on chain (`None`: the task is gone).
+pub fn unreserved_collateral(
+    jobs: &BTreeMap<TaskId, Job>,
+    task: impl Fn(&TaskId) -> Option<(Amount, bool)>,
+) -> Amount {
+    Amount(
+        jobs.iter()
+            .filter(|(_, j)| j.failed.is_none())
+            .filter_map(|(id, _)| task(id))
+            .filter(|(_, committed)| !committed)
+            .map(|(collateral, _)| collateral.0)
+            .sum(),
+    )
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Take this task: choose a salt and hyper-parameters, and start training.
@@ -264,6 +282,21 @@ mod tests {
                 failed: None,
             },
         )
+    }
+
+    #[test]
+    fn collateral_promised_to_uncommitted_jobs_is_not_free() {
+        let t = |n: u8| task(n, 100);
+        let mut jobs: BTreeMap<TaskId, Job> =
+            [job(&t(1), true), job(&t(2), false), job(&t(3), false)]
+                .into_iter()
+                .collect();
+        jobs.get_mut(&t(3).id).unwrap().failed = Some("no".into());
+        // Task 1 is committed (reserved on chain), task 2 not yet, task 3 failed.
+        let promised = unreserved_collateral(&jobs, |id| Some((Amount(500), *id == t(1).id)));
+        assert_eq!(promised, Amount(500));
+        // A task the chain no longer has promises nothing.
+        assert_eq!(unreserved_collateral(&jobs, |_| None), Amount(0));
     }
 
     /// The digits example's spec with a learning-rate range two decades wide.

@@ -548,7 +548,20 @@ impl Node {
     async fn take(&mut self, state: &State, id: TaskId) -> anyhow::Result<()> {
         let task = &state.tasks[&id];
         let collateral = pot_protocol::ledger::miner_collateral(&state.params, task.bounty);
-        let free = state.free_stake(&self.me, Role::Miner);
+        // Jobs taken but not yet committed will reserve theirs first (several slots).
+        let promised = miner::unreserved_collateral(&self.jobs.entries, |id| {
+            let t = state.tasks.get(id)?;
+            Some((
+                pot_protocol::ledger::miner_collateral(&state.params, t.bounty),
+                t.claims.contains_key(&self.me),
+            ))
+        });
+        let free = Amount(
+            state
+                .free_stake(&self.me, Role::Miner)
+                .0
+                .saturating_sub(promised.0),
+        );
         if free < collateral {
             let missing = Amount(collateral.0 - free.0);
             let spendable = state
