@@ -953,6 +953,7 @@ fn run_role(args: RunArgs, key: SecretKey, genesis: Genesis) -> anyhow::Result<(
         slots: args.slots.unwrap_or(gpus),
         hyper_search: args.hyper_search,
         device,
+        spread_gpus: matches!(args.device.device.as_str(), "cuda" | "auto"),
         drain_token,
         poll: std::time::Duration::from_millis(500),
         retention_blocks: args.retention_blocks,

@@ -123,6 +123,14 @@ pub struct Job {
     pub failed: Option<String>,
 }
 
+/// The GPU for a new training job on a machine with `count` GPUs, given those the jobs in
+/// progress hold: the lowest-numbered free one, else the least busy (more slots than GPUs).
+pub fn pick_gpu(count: usize, held: &[usize]) -> usize {
+    (0..count.max(1))
+        .min_by_key(|g| (held.iter().filter(|h| *h == g).count(), *g))
+        .unwrap_or(0)
+}
+
 /// Collateral this miner has promised that the chain has not reserved yet: the ledger reserves
 /// a claim's collateral at its commitment, so every job taken, not failed and not yet committed
 /// still needs its share of the free stake. `task` gives a job's collateral and whether this
@@ -282,6 +290,17 @@ mod tests {
                 failed: None,
             },
         )
+    }
+
+    #[test]
+    fn each_training_job_gets_a_gpu_of_its_own_while_there_are_free_ones() {
+        assert_eq!(pick_gpu(4, &[]), 0);
+        assert_eq!(pick_gpu(4, &[0, 2]), 1);
+        assert_eq!(pick_gpu(4, &[0, 1, 2]), 3);
+        // All taken: the least busy, lowest first.
+        assert_eq!(pick_gpu(2, &[0, 1, 0]), 1);
+        assert_eq!(pick_gpu(1, &[0]), 0);
+        assert_eq!(pick_gpu(0, &[]), 0);
     }
 
     #[test]

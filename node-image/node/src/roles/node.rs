@@ -73,6 +73,9 @@ pub struct Options {
     /// How claims' hyper-parameters are picked within the tasks' ranges.
     pub hyper_search: super::miner::HyperSearch,
     pub device: tch::Device,
+    /// Put each training job on a GPU of its own (`--device cuda` or `auto` on a machine with
+    /// several GPUs); `cuda:N` pins all work to GPU N.
+    pub spread_gpus: bool,
     /// The bearer token `POST /v1/node/drain` must carry (off when unset).
     pub drain_token: Option<String>,
     /// How often to ask the coordinators for new blocks.
@@ -163,6 +166,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .checked_sub(GC_EVERY - Duration::from_secs(60))
             .unwrap_or_else(Instant::now),
         gc: None,
+        training_gpu: HashMap::new(),
         tip: tip.clone(),
         opts,
     };
@@ -394,6 +398,8 @@ struct Node {
     replay_failed: HashMap<Replay, Instant>,
     /// When a job's dataset could last not be fetched.
     fetch_retry: HashMap<TaskId, Instant>,
+    /// The GPU each training job in progress holds (when spreading over GPUs).
+    training_gpu: HashMap<TaskId, usize>,
     /// When the blob store was last swept, and the sweep in progress.
     last_gc: Instant,
     gc: Option<JoinHandle<()>>,
@@ -511,6 +517,7 @@ impl Node {
                 }
                 Action::Drop(id, why) => {
                     info!(task = %id, ?why, "letting the task go");
+                    self.training_gpu.remove(&id);
                     if let Some(h) = self.training.remove(&id) {
                         h.abort();
                     }
@@ -617,7 +624,16 @@ impl Node {
         );
         let spec = task.spec.clone();
         let run = RunDir::new(self.runs.join(id.to_string()));
-        let (me, cache, device) = (self.me, self.cache.clone(), self.opts.device);
+        let device = match self.opts.device {
+            tch::Device::Cuda(_) if self.opts.spread_gpus => {
+                let held: Vec<usize> = self.training_gpu.values().copied().collect();
+                let gpu = miner::pick_gpu(tch::Cuda::device_count().max(0) as usize, &held);
+                self.training_gpu.insert(id, gpu);
+                tch::Device::Cuda(gpu)
+            }
+            other => other,
+        };
+        let (me, cache) = (self.me, self.cache.clone());
         let store = self.net.store.clone();
         let status = self.status.clone();
         let (net, runtime, task) = (
@@ -749,6 +765,7 @@ impl Node {
             .collect();
         for id in done {
             let handle = self.training.remove(&id).expect("listed above");
+            self.training_gpu.remove(&id);
             let outcome = match handle.await {
                 Ok(r) => r,
                 Err(e) if e.is_cancelled() => continue,
