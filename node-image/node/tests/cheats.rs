@@ -611,20 +611,6 @@ fn a_checkpoint_larger_than_any_of_the_models_is_refused() {
     );
 }
 
-/// A source that takes 5 ms per read, like a network would, and can lose checkpoint `gone`.
-struct Slow<'a> {
-    inner: &'a dyn CheckpointSource,
-    gone: Option<usize>,
-}
-
-impl CheckpointSource for Slow<'_> {
-    fn fetch(&self, i: usize, max_bytes: u64) -> anyhow::Result<(Vec<u8>, Proof)> {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        anyhow::ensure!(Some(i) != self.gone, "checkpoint {i} is gone");
-        self.inner.fetch(i, max_bytes)
-    }
-}
-
 #[test]
 fn a_verification_says_where_its_time_went_even_when_it_stops_early() {
     let d = data();
@@ -632,12 +618,17 @@ fn a_verification_says_where_its_time_went_even_when_it_stops_early() {
     let sp = spec(&a, &s, 100, 10);
     let t = honest(&sp, &d);
     let claim = t.claim(&a, &s);
-    let slow = Slow {
-        inner: &t,
-        gone: None,
+    // A source that takes 5 ms per read, like a network would, and can lose checkpoint `gone`.
+    let slow = |gone: Option<usize>| {
+        let t = &t;
+        Hostile(move |i| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            anyhow::ensure!(Some(i) != gone, "checkpoint {i} is gone");
+            t.fetch(i, u64::MAX)
+        })
     };
     // Late segments move least: the two largest updates are others.
-    let r = judge(&sp, &claim, &slow, &[9], 2, Tolerance::EXACT, &d);
+    let r = judge(&sp, &claim, &slow(None), &[9], 2, Tolerance::EXACT, &d);
     assert!(r.valid, "{r:#?}");
     let w = r.timings;
     // 11 checkpoints read once, then again for each replayed segment and the evaluation.
@@ -648,11 +639,15 @@ fn a_verification_says_where_its_time_went_even_when_it_stops_early() {
     );
     // A claim whose checkpoint 5 cannot be had is judged on the first pass: the reads are
     // still counted, nothing is replayed.
-    let slow = Slow {
-        inner: &t,
-        gone: Some(5),
-    };
-    let r = judge(&sp, &claim, &slow, &[1, 6], 2, Tolerance::EXACT, &d);
+    let r = judge(
+        &sp,
+        &claim,
+        &slow(Some(5)),
+        &[1, 6],
+        2,
+        Tolerance::EXACT,
+        &d,
+    );
     assert!(
         has(&r, |f| matches!(f, Finding::Unavailable { .. })),
         "{r:#?}"

@@ -80,7 +80,7 @@ pub enum HyperSearch {
 
 /// The hyper-parameters of a claim with `salt`, as `search` picks them; always inside the
 /// task's ranges.
-pub fn choose_hyper(spec: &TaskSpec, search: HyperSearch, salt: &Hash) -> Vec<HyperValue> {
+pub fn search_hyper(spec: &TaskSpec, search: HyperSearch, salt: &Hash) -> Vec<HyperValue> {
     match search {
         HyperSearch::Defaults => spec.default_hyper(),
         HyperSearch::Random => spec
@@ -335,16 +335,16 @@ mod tests {
     fn random_search_draws_inside_the_ranges_from_the_salt_and_lr_on_a_log_scale() {
         let spec = searchable_spec();
         assert_eq!(
-            choose_hyper(&spec, HyperSearch::Defaults, &Hash([1; 32])),
+            search_hyper(&spec, HyperSearch::Defaults, &Hash([1; 32])),
             spec.default_hyper()
         );
         let draws: Vec<Vec<HyperValue>> = (0..400u32)
             .map(|i| {
                 let salt = Hash::tagged("test", &[&i.to_le_bytes()]);
-                let h = choose_hyper(&spec, HyperSearch::Random, &salt);
+                let h = search_hyper(&spec, HyperSearch::Random, &salt);
                 assert_eq!(
                     h,
-                    choose_hyper(&spec, HyperSearch::Random, &salt),
+                    search_hyper(&spec, HyperSearch::Random, &salt),
                     "deterministic"
                 );
                 spec.check_hyper(&h).unwrap();

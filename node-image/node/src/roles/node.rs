@@ -441,7 +441,7 @@ impl Node {
         // Committee seats come with validator stake; a verifier challenges.
         self.disputes(&state).await?;
         self.reveal_eval_sets(&state).await;
-        self.flush().await;
+        let _ = self.flush().await;
         if self.last_gc.elapsed() >= GC_EVERY {
             self.last_gc = Instant::now();
             self.collect_garbage(&state);
@@ -583,14 +583,15 @@ impl Node {
                 role: Role::Miner,
                 amount: missing,
             };
-            // Duties queued earlier in this pass go first: the bond waits for its block.
-            self.flush().await;
-            if !self.send(body, "miner bond").await {
+            // Duties queued earlier in this pass go first; then the bond, alone, and its block.
+            let _ = self.flush().await;
+            self.queue(body, "miner bond", Then::Nothing);
+            if !self.flush().await {
                 return Ok(());
             }
         }
         let salt = Hash(SecretKey::generate().seed());
-        let hyper = super::miner::choose_hyper(&task.spec, self.opts.hyper_search, &salt);
+        let hyper = super::miner::search_hyper(&task.spec, self.opts.hyper_search, &salt);
         let job = Job {
             salt,
             hyper,
@@ -1123,10 +1124,10 @@ impl Node {
 
     /// Send every queued transaction at once (consecutive nonces, see `Wallet::send_all`), and
     /// record what each one that landed settles. One not sent or not included is due again at
-    /// the next pass: the duties are read from the chain.
-    async fn flush(&mut self) {
+    /// the next pass: the duties are read from the chain. True when every one landed.
+    async fn flush(&mut self) -> bool {
         if self.outbox.is_empty() {
-            return;
+            return true;
         }
         let batch = std::mem::take(&mut self.outbox);
         let (bodies, rest): (Vec<TxBody>, Vec<(&'static str, Then)>) = batch
@@ -1134,13 +1135,14 @@ impl Node {
             .map(|o| (o.body, (o.what, o.then)))
             .unzip();
         let results = self.wallet().send_all(bodies, TX_WAIT).await;
-        let (mut last_height, mut failed) = (None, false);
+        let (mut last_height, mut failed, mut all_landed) = (None, false, true);
         for ((what, then), result) in rest.into_iter().zip(results) {
             match result {
                 Ok((hash, TxStatus::Included { height, .. })) => {
                     info!(tx = %hash, height, "{what} included");
                     last_height = last_height.max(Some(height));
                     self.settle(then);
+                    continue;
                 }
                 Ok((hash, status)) => warn!(tx = %hash, ?status, "{what} not included"),
                 Err(e) => {
@@ -1148,6 +1150,7 @@ impl Node {
                     failed = true;
                 }
             }
+            all_landed = false;
         }
         if failed {
             self.next_client += 1;
@@ -1156,6 +1159,7 @@ impl Node {
             let mut tip = self.tip.clone();
             let _ = tokio::time::timeout(TX_WAIT, tip.wait_for(|h| *h >= height)).await;
         }
+        all_landed
     }
 
     /// Record what a transaction that landed settles.
@@ -1173,28 +1177,6 @@ impl Node {
             }
             Then::ReportRevealed => {
                 self.status.metrics.reports_revealed.inc();
-            }
-        }
-    }
-
-    /// Send one transaction now and wait for its block (a bond a claim depends on).
-    async fn send(&mut self, body: TxBody, what: &str) -> bool {
-        let wallet = self.wallet();
-        match wallet.send(body, TX_WAIT).await {
-            Ok((hash, TxStatus::Included { height, .. })) => {
-                info!(tx = %hash, height, "{what} included");
-                let mut tip = self.tip.clone();
-                let _ = tokio::time::timeout(TX_WAIT, tip.wait_for(|h| *h >= height)).await;
-                true
-            }
-            Ok((hash, status)) => {
-                warn!(tx = %hash, ?status, "{what} not included");
-                false
-            }
-            Err(e) => {
-                warn!("{what}: {e:#}");
-                self.next_client += 1;
-                false
             }
         }
     }
