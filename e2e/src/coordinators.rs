@@ -362,3 +362,30 @@ impl Coordinators {
         out
     }
 }
+
+/// Start `pot-node run --dev` with its data in `data` and `extra` flags; returns the process
+/// and its API URL once it has decided a block.
+pub async fn dev_node(
+    bin: &std::path::Path,
+    data: &std::path::Path,
+    extra: &[&str],
+) -> (Process, String) {
+    let api = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{api}");
+    let mut cmd = Command::new(bin);
+    cmd.args(["run", "--dev", "--data-dir"])
+        .arg(data)
+        .args([
+            "--p2p-listen",
+            &format!("/ip4/127.0.0.1/tcp/{}", free_port()),
+        ])
+        .args(["--api-listen", &api])
+        .args(extra);
+    let log = data.with_extension("log");
+    let node = Process::start("dev node", cmd, &log).unwrap();
+    Client::new(url.clone())
+        .wait_height(1, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+    (node, url)
+}

@@ -1,6 +1,7 @@
 //! The test fixture: one control plane per test binary, one namespace per test.
 
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
@@ -34,6 +35,25 @@ fn remove_at_exit() {
     // SAFETY: atexit(3) with a plain `extern "C" fn()` that neither unwinds nor calls exit.
     let rc = unsafe { libc::atexit(remove_shared) };
     assert_eq!(rc, 0, "atexit");
+}
+
+/// Poll `check` until it returns `Some`, or fail after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// One test's view: a client and a fresh namespace. If the test panics, the components' log

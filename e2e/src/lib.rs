@@ -7,13 +7,14 @@ pub mod coordinators;
 pub mod fixture;
 pub mod ledger_bench;
 pub mod link_delay;
+pub mod operator;
 pub mod pki;
 pub mod ports;
 pub mod spawn;
 pub mod tools;
 
 pub use control_plane::{ControlPlane, Options};
-pub use fixture::{TestEnv, shared};
+pub use fixture::{TestEnv, eventually, shared};
 
 use std::path::PathBuf;
 use std::process::Command;

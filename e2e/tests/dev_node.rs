@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use pot_e2e::coordinators::Coordinators;
+use pot_e2e::coordinators::{Coordinators, dev_node};
 use pot_e2e::ports::free_port;
 use pot_e2e::spawn::Process;
 use pot_protocol::api::{SubmitTx, TxStatus};
@@ -24,32 +24,11 @@ fn pot_node(bin: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Start `pot-node run --dev` with its data in `data` and `extra` flags; returns the process
-/// and its API URL once it has decided a block.
-async fn dev_node(
-    bin: &std::path::Path,
-    data: &std::path::Path,
-    extra: &[&str],
-) -> (Process, String) {
-    let api = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://{api}");
-    let mut cmd = Command::new(bin);
-    cmd.args(["run", "--dev", "--data-dir"])
-        .arg(data)
-        .args([
-            "--p2p-listen",
-            &format!("/ip4/127.0.0.1/tcp/{}", free_port()),
-        ])
-        .args(["--api-listen", &api])
-        .args(extra);
-    let log = data.with_extension("log");
-    let node = Process::start("dev node", cmd, &log).unwrap();
-    Client::new(url.clone())
-        .wait_height(1, WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
-    (node, url)
-}
+/// The example digits task file.
+const DIGITS_TASK: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../node-image/node/tasks/digits-mlp.yaml"
+);
 
 /// `pot-node task submit` of the example digits task, signed by the dev node's funded key in
 /// `data`; returns what it printed.
@@ -59,11 +38,19 @@ fn submit_digits_task(
     data: &std::path::Path,
     secret: &std::path::Path,
 ) -> String {
+    submit_task(bin, url, data, std::path::Path::new(DIGITS_TASK), secret)
+}
+
+/// `pot-node task submit` of the task in `task_file`, signed by the dev node's funded key in
+/// `data`; returns what it printed.
+fn submit_task(
+    bin: &std::path::Path,
+    url: &str,
+    data: &std::path::Path,
+    task_file: &std::path::Path,
+    secret: &std::path::Path,
+) -> String {
     let key = data.join("coordinator.key");
-    let task_file = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../node-image/node/tasks/digits-mlp.yaml"
-    );
     pot_node(
         bin,
         &[
@@ -74,7 +61,7 @@ fn submit_digits_task(
             "--key",
             key.to_str().unwrap(),
             "--file",
-            task_file,
+            task_file.to_str().unwrap(),
             "--secret-out",
             secret.to_str().unwrap(),
         ],
@@ -378,31 +365,14 @@ async fn a_miner_stops_at_once_on_sigterm_and_resumes_its_run() {
     // Long enough that no run finishes during the test: 400,000 steps, a checkpoint every
     // 4,000, and a commit window of 600 blocks.
     let task = dir.path().join("long.yaml");
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../node-image/node/tasks/digits-mlp.yaml"
-    ))
-    .unwrap()
-    .replace("steps: 2000", "steps: 400000")
-    .replace("checkpoint_interval: 50", "checkpoint_interval: 4000")
-    .replace("commit: 60,", "commit: 600,");
+    let text = std::fs::read_to_string(DIGITS_TASK)
+        .unwrap()
+        .replace("steps: 2000", "steps: 400000")
+        .replace("checkpoint_interval: 50", "checkpoint_interval: 4000")
+        .replace("commit: 60,", "commit: 600,");
     std::fs::write(&task, text).unwrap();
+    submit_task(&bin, &url, &data, &task, &dir.path().join("secret.json"));
     let key = data.join("coordinator.key");
-    pot_node(
-        &bin,
-        &[
-            "task",
-            "submit",
-            "--node",
-            &url,
-            "--key",
-            key.to_str().unwrap(),
-            "--file",
-            task.to_str().unwrap(),
-            "--secret-out",
-            dir.path().join("secret.json").to_str().unwrap(),
-        ],
-    );
 
     // The miner: its own key (a client's miner may not claim its task), funded by the dev key.
     let miner_key = dir.path().join("miner.key");

@@ -1,4 +1,14 @@
-//! `pot-operator`: reconciles `PotNetwork`, `Miner` and `TrainingTask` resources. The CRD types
-//! and controllers arrive with their issue; what is here is the scaling rule they will use.
+//! `pot-operator`: reconciles `PotNetwork`, `Miner` and `TrainingTask` resources into the
+//! workloads of a PoT network.
 
+pub mod apply;
 pub mod autoscale;
+pub mod backoff;
+pub mod conditions;
+pub mod context;
+pub mod crd;
+pub mod error;
+pub mod metrics;
+pub mod miner;
+pub mod network;
+pub mod run;

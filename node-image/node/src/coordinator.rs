@@ -19,6 +19,27 @@ use crate::consensus::{self, EngineConfig};
 use crate::metrics::Metrics;
 use crate::p2p;
 
+/// `peers` without this host's own entries: a `/dns4/<host>…` or `/dns/<host>…` address whose
+/// first label is `host` (a pod's `$HOSTNAME`). A StatefulSet gives every coordinator the same
+/// list of all of them; dialling oneself only fails and retries.
+pub fn peers_other_than(host: &str, peers: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    use multiaddr::Protocol;
+    if host.is_empty() {
+        return peers;
+    }
+    peers
+        .into_iter()
+        .filter(|p| {
+            !p.iter().any(|part| match part {
+                Protocol::Dns(name) | Protocol::Dns4(name) | Protocol::Dns6(name) => {
+                    name.split('.').next() == Some(host)
+                }
+                _ => false,
+            })
+        })
+        .collect()
+}
+
 pub struct Options {
     pub genesis: Genesis,
     pub key: SecretKey,
@@ -131,5 +152,29 @@ async fn shutdown() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_coordinator_does_not_dial_itself() {
+        let all: Vec<Multiaddr> = [
+            "/dns4/net-coordinator-0.net-coordinators.ns.svc.cluster.local/tcp/26656",
+            "/dns4/net-coordinator-1.net-coordinators.ns.svc.cluster.local/tcp/26656",
+            "/dns/net-coordinator-10/tcp/26656",
+            "/ip4/127.0.0.1/tcp/26656",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let kept = peers_other_than("net-coordinator-1", all.clone());
+        assert_eq!(kept.len(), 3);
+        assert!(!kept.contains(&all[1]));
+        // A prefix is not a match (coordinator-1 is not coordinator-10).
+        assert!(kept.contains(&all[2]));
+        assert_eq!(peers_other_than("", all.clone()), all);
     }
 }

@@ -1,27 +1,15 @@
-//! Key files: a small JSON document with the address and the secret seed, written with
-//! owner-only permissions. Pods mount them from Secrets.
+//! Key files on disk (the format is `pot_protocol::keyfile`), written with owner-only
+//! permissions. Pods mount them from Secrets.
 
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, bail};
-use pot_protocol::{Address, SecretKey};
-use serde::{Deserialize, Serialize};
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyFile {
-    address: Address,
-    secret_key: String,
-}
+use anyhow::Context;
+use pot_protocol::{SecretKey, keyfile};
 
 /// Write `key` to `path`; refuses to overwrite an existing file so no key is lost by accident.
 pub fn write(path: &Path, key: &SecretKey) -> anyhow::Result<()> {
-    let doc = KeyFile {
-        address: key.address(),
-        secret_key: hex_seed(key),
-    };
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -32,8 +20,7 @@ pub fn write(path: &Path, key: &SecretKey) -> anyhow::Result<()> {
     let mut f = opts
         .open(path)
         .with_context(|| format!("creating key file {}", path.display()))?;
-    f.write_all(serde_json::to_string_pretty(&doc)?.as_bytes())?;
-    f.write_all(b"\n")?;
+    f.write_all(keyfile::encode(key).as_bytes())?;
     Ok(())
 }
 
@@ -41,25 +28,7 @@ pub fn write(path: &Path, key: &SecretKey) -> anyhow::Result<()> {
 pub fn read(path: &Path) -> anyhow::Result<SecretKey> {
     let text =
         fs::read_to_string(path).with_context(|| format!("reading key file {}", path.display()))?;
-    let doc: KeyFile = serde_json::from_str(&text)
-        .with_context(|| format!("key file {} is not valid", path.display()))?;
-    let key: SecretKey = doc
-        .secret_key
-        .parse()
-        .with_context(|| format!("key file {}: secret_key", path.display()))?;
-    if key.address() != doc.address {
-        bail!(
-            "key file {}: address {} does not belong to its secret key (which gives {})",
-            path.display(),
-            doc.address,
-            key.address()
-        );
-    }
-    Ok(key)
-}
-
-fn hex_seed(key: &SecretKey) -> String {
-    key.seed().iter().map(|b| format!("{b:02x}")).collect()
+    keyfile::decode(&text).with_context(|| format!("key file {}", path.display()))
 }
 
 #[cfg(test)]
@@ -91,7 +60,7 @@ mod tests {
             &path,
             format!(
                 "{{\"address\":\"{other}\",\"secret_key\":\"{}\"}}",
-                hex_seed(&SecretKey::from_seed([6; 32]))
+                hex::encode(SecretKey::from_seed([6; 32]).seed())
             ),
         )
         .unwrap();

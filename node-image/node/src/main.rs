@@ -890,14 +890,21 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
     if args.role != NodeRole::Coordinator {
         return run_role(args, key, genesis);
     }
+    // In a pod, the host name is the pod's name: the peer list may name this pod too.
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
     runtime()?.block_on(pot_node::coordinator::run(pot_node::coordinator::Options {
         genesis,
         key,
         data_dir: args.data_dir.clone(),
         p2p_listen: args.p2p_listen,
         api_listen: args.api_listen,
-        peers: args.peers,
-        gossip: args.gossip_listen.map(|l| (l, args.gossip_peers)),
+        peers: pot_node::coordinator::peers_other_than(&host, args.peers),
+        gossip: args.gossip_listen.map(|l| {
+            (
+                l,
+                pot_node::coordinator::peers_other_than(&host, args.gossip_peers),
+            )
+        }),
         artifacts: args.artifacts_listen.map(|l| (l, args.bootstrap)),
         sign_state: args
             .sign_state

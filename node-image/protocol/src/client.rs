@@ -66,8 +66,14 @@ pub struct Client {
 impl Client {
     /// `base` is the node's API address, e.g. `http://127.0.0.1:26657`.
     pub fn new(base: impl Into<String>) -> Client {
+        Client::with_timeout(base, Duration::from_secs(30))
+    }
+
+    /// A client whose every request gives up after `timeout` (a controller that must not
+    /// hang on one unreachable network).
+    pub fn with_timeout(base: impl Into<String>, timeout: Duration) -> Client {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(timeout)
             .build()
             .expect("a client without TLS options builds");
         Client {

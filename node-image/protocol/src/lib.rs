@@ -15,6 +15,7 @@ pub mod encoding;
 pub mod error;
 pub mod genesis;
 pub mod hash;
+pub mod keyfile;
 pub mod ledger;
 pub mod merkle;
 pub mod merkle_map;

@@ -1,0 +1,161 @@
+//! Driving `pot-operator` from outside: install its CRDs into the control plane and run the
+//! operator as a process with a kubeconfig, scraping its `/metrics`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::fixture::{TestEnv, eventually};
+use crate::ports::free_port;
+use crate::spawn::Process;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Install (or update) the CRDs from `crds/` and wait until each is established and served.
+pub async fn install_crds(env: &TestEnv) {
+    let crds = repo().join("crds");
+    env.cp
+        .kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crds.to_str().expect("a UTF-8 path"),
+        ])
+        .expect("installing crds/");
+    for name in [
+        "potnetworks.pot.dev",
+        "miners.pot.dev",
+        "trainingtasks.pot.dev",
+    ] {
+        env.cp
+            .kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("crd/{name}"),
+            ])
+            .unwrap_or_else(|e| panic!("{name} not established: {e:#}"));
+    }
+    // Established comes a moment before discovery serves the new kinds.
+    eventually(
+        "the pot category to be served",
+        Duration::from_secs(30),
+        || {
+            let ok = env
+                .cp
+                .kubectl(&["get", "pot", "-n", &env.namespace])
+                .is_ok();
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+}
+
+/// A running `pot-operator run`, watching the test's namespace and keeping its Lease there.
+pub struct Operator {
+    pub process: Process,
+    /// `http://127.0.0.1:<port>`: `/healthz`, `/readyz`, `/metrics`.
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Start an operator named `identity` with `extra` flags (after the defaults, so they win).
+    pub async fn start(env: &TestEnv, identity: &str, extra: &[&str]) -> Operator {
+        let bin = crate::workspace_binary("pot-operator", "pot-operator");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let log = env
+            .cp
+            .dir
+            .join("logs")
+            .join(format!("pot-operator-{}-{identity}.log", env.namespace));
+        let mut cmd = Command::new(bin);
+        cmd.env("KUBECONFIG", &env.cp.kubeconfig)
+            .env("RUST_LOG", "info,pot_operator=debug")
+            .args(["run", "--namespace", &env.namespace])
+            .args(["--lease-namespace", &env.namespace])
+            .args(["--identity", identity])
+            .args(["--listen", &listen])
+            .args(["--resync-seconds", "1", "--allow-api-url-annotation"])
+            .args(extra);
+        let process = Process::start(&format!("pot-operator {identity}"), cmd, &log)
+            .expect("starting pot-operator");
+        let op = Operator {
+            process,
+            url: format!("http://{listen}"),
+            log,
+        };
+        let url = op.url.clone();
+        eventually(
+            "the operator to serve /healthz",
+            Duration::from_secs(30),
+            || {
+                let url = url.clone();
+                async move { get(&format!("{url}/healthz")).await.ok().map(|_| ()) }
+            },
+        )
+        .await;
+        op
+    }
+
+    /// The value of metric `name` (its full name with labels, as exposed) or 0 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = get(&format!("{}/metrics", self.url))
+            .await
+            .unwrap_or_default();
+        metric_value(&text, name).unwrap_or(0.0)
+    }
+
+    /// Write requests (everything but GET) to the Kubernetes API so far, leader election's
+    /// Lease renewals left out.
+    pub async fn writes(&self) -> f64 {
+        let text = get(&format!("{}/metrics", self.url))
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with("pot_operator_kube_api_requests_total{"))
+            .filter(|l| !l.contains("verb=\"GET\""))
+            .filter(|l| !l.contains("resource=\"leases\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The operator's log so far (for failure messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The value on the line of an OpenMetrics text that starts with `name ` (labels included).
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn get(url: &str) -> anyhow::Result<String> {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status().is_success(), "{url}: {}", resp.status());
+    Ok(resp.text().await?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_metric_is_read_by_its_full_name() {
+        let text = "# TYPE x counter\nx_total{verb=\"GET\"} 3\nx_total{verb=\"PATCH\"} 7\n";
+        assert_eq!(
+            super::metric_value(text, "x_total{verb=\"PATCH\"}"),
+            Some(7.0)
+        );
+        assert_eq!(super::metric_value(text, "x_total{verb=\"PUT\"}"), None);
+    }
+}

@@ -1,0 +1,323 @@
+//! `pot-operator run`: the controllers, behind a leader-election Lease so that of several
+//! replicas only one reconciles, with `/healthz`, `/readyz` and `/metrics` on an HTTP port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::api::Api;
+use kube::client::ClientBuilder;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::context::Context;
+use crate::crd::network::PotNetwork;
+use crate::error::Error;
+use crate::metrics::{Metrics, VerbLabel};
+use crate::network;
+
+/// How `run` is configured (flags and environment, see `main.rs`).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Watch only this namespace (all when unset).
+    pub namespace: Option<String>,
+    /// `/healthz`, `/readyz` and `/metrics`.
+    pub listen: SocketAddr,
+    /// The leader-election Lease: its namespace and name.
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// This replica's name in the Lease.
+    pub identity: String,
+    /// How long a Lease is held without renewal before another replica may take it.
+    pub lease_duration: Duration,
+    /// How often every object is reconciled when nothing changes.
+    pub resync: Duration,
+    /// Honour the `pot.dev/api-url` annotation (an operator outside the cluster).
+    pub allow_api_url_annotation: bool,
+}
+
+/// A Kubernetes client that counts its requests by method in `metrics`.
+pub async fn client(metrics: &Metrics) -> anyhow::Result<Client> {
+    let config = kube::Config::infer()
+        .await
+        .context("finding the cluster (in-cluster service account or kubeconfig)")?;
+    let counter = metrics.api_requests.clone();
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        counter
+            .get_or_create(&VerbLabel {
+                verb: req.method().as_str().to_string(),
+                resource: resource_of(req.uri().path()).to_string(),
+            })
+            .inc();
+        req
+    });
+    Ok(ClientBuilder::try_from(config)?.with_layer(&layer).build())
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let client = client(&metrics).await?;
+    let leading = Arc::new(AtomicBool::new(false));
+    let server = serve(opts.listen, metrics.clone(), leading.clone()).await?;
+
+    let lease = LeaseManagerBuilder::new(client.clone(), &opts.lease_name)
+        .with_namespace(&opts.lease_namespace)
+        .with_identity(&opts.identity)
+        .with_duration(opts.lease_duration.as_secs().max(3))
+        // Renew a third of the way before expiry: one slow request does not lose the Lease.
+        .with_grace((opts.lease_duration.as_secs() / 3).max(1))
+        .with_field_manager(crate::apply::FIELD_MANAGER)
+        .build()
+        .await
+        .context("setting up leader election")?;
+    let (mut is_leader, lease_task) = lease.watch().await;
+    info!(identity = %opts.identity, lease = %opts.lease_name, "waiting to lead");
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        if *is_leader.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = is_leader.changed() => changed.context("leader election stopped")?,
+            _ = &mut shutdown => {
+                info!("stopping before leading");
+                drop(is_leader);
+                let _ = lease_task.await;
+                server.abort();
+                return Ok(());
+            }
+        }
+    }
+    info!(identity = %opts.identity, "leading: starting the controllers");
+    leading.store(true, Ordering::SeqCst);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        opts.resync,
+        opts.allow_api_url_annotation,
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let controllers = tokio::spawn(controllers(
+        client.clone(),
+        opts.namespace.clone(),
+        ctx,
+        stop_rx,
+    ));
+    let lost = async {
+        loop {
+            if is_leader.changed().await.is_err() || !*is_leader.borrow_and_update() {
+                return;
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        _ = &mut shutdown => Ok(()),
+        _ = lost => Err(anyhow::anyhow!("lost the leader Lease; exiting so that only the new leader reconciles")),
+    };
+    leading.store(false, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    // Reconciles in flight finish (the controllers stop taking new ones), then the Lease is
+    // released, so a standby takes it at its next try instead of after it expires.
+    if tokio::time::timeout(Duration::from_secs(20), controllers)
+        .await
+        .is_err()
+    {
+        warn!("controllers did not stop within 20 s");
+    }
+    drop(is_leader);
+    match lease_task.await {
+        Ok(Ok(manager)) => {
+            if let Err(e) = manager.release().await {
+                warn!("releasing the Lease: {e}");
+            }
+        }
+        Ok(Err(e)) => warn!("leader election: {e}"),
+        Err(e) => warn!("leader election task: {e}"),
+    }
+    server.abort();
+    outcome
+}
+
+/// Run every controller until `stop` turns true.
+async fn controllers(
+    client: Client,
+    namespace: Option<String>,
+    ctx: Arc<Context>,
+    stop: watch::Receiver<bool>,
+) {
+    use futures::StreamExt;
+    let api = |c: &Client| match &namespace {
+        Some(ns) => Api::<PotNetwork>::namespaced(c.clone(), ns),
+        None => Api::<PotNetwork>::all(c.clone()),
+    };
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=pot-operator");
+    let (sts, svc): (Api<StatefulSet>, Api<Service>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let backoff = Arc::new(Backoff::default());
+    let stopped = {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    // The keys and genesis have no owner (they outlive a network): watched by label, so a
+    // restored Secret or ConfigMap is seen at once.
+    let (secrets, configmaps): (Api<Secret>, Api<ConfigMap>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    Controller::new(api(&client), watcher::Config::default().any_semantic())
+        .owns(sts, owned.clone())
+        .owns(svc, owned.clone())
+        .watches(secrets, owned.clone(), |s| network_of(&s))
+        .watches(configmaps, owned, |c| network_of(&c))
+        .graceful_shutdown_on(stopped)
+        .run(
+            {
+                let backoff = backoff.clone();
+                move |net, ctx: Arc<Context>| {
+                    let backoff = backoff.clone();
+                    async move {
+                        let began = Instant::now();
+                        let key = key_of(net.as_ref());
+                        let result = network::reconcile(net, ctx.clone()).await;
+                        ctx.metrics
+                            .reconciled("potnetwork", began.elapsed(), result.is_err());
+                        if result.is_ok() {
+                            backoff.succeeded(&key);
+                        }
+                        result
+                    }
+                }
+            },
+            move |net, err, _ctx| {
+                let needs_person = matches!(err, Error::Needs { .. });
+                let wait = backoff.failed(&key_of(net.as_ref()), needs_person);
+                warn!(network = %net.name_any(), "reconcile failed (retry in {wait:?}): {err}");
+                Action::requeue(wait)
+            },
+            ctx,
+        )
+        .for_each(|_| std::future::ready(()))
+        .await;
+    info!("controllers stopped");
+}
+
+/// The resource (plural) a Kubernetes API path names: `…/namespaces/<ns>/<resource>/…` or
+/// `/api/v1/<resource>`, `/apis/<group>/<version>/<resource>`.
+pub fn resource_of(path: &str) -> &str {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let Some(i) = parts.iter().position(|p| *p == "namespaces")
+        && let Some(r) = parts.get(i + 2)
+    {
+        return r;
+    }
+    let at = if parts.first() == Some(&"api") { 2 } else { 3 };
+    parts.get(at).copied().unwrap_or("")
+}
+
+/// The network a Secret or ConfigMap of the operator's belongs to (by its label).
+fn network_of<K: ResourceExt>(obj: &K) -> Option<ObjectRef<PotNetwork>> {
+    let name = obj.labels().get("pot.dev/network")?;
+    Some(ObjectRef::new(name).within(&obj.namespace()?))
+}
+
+fn key_of<K: ResourceExt>(obj: &K) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+struct Health {
+    metrics: Metrics,
+    leading: Arc<AtomicBool>,
+}
+
+/// Serve `/healthz` (the process is up), `/readyz` (up; a standby replica is ready too, it
+/// just does not lead) and `/metrics`.
+async fn serve(
+    listen: SocketAddr,
+    metrics: Metrics,
+    leading: Arc<AtomicBool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let state = Arc::new(Health { metrics, leading });
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(|State(h): State<Arc<Health>>| async move {
+                let mut text = h.metrics.encode();
+                let leading = u8::from(h.leading.load(Ordering::SeqCst));
+                text = text.replace(
+                    "# EOF",
+                    &format!("# HELP pot_operator_leader Whether this replica leads.\n# TYPE pot_operator_leader gauge\npot_operator_leader {leading}\n# EOF"),
+                );
+                (
+                    StatusCode::OK,
+                    [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    text,
+                )
+            }),
+        )
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    info!(%listen, "serving /healthz, /readyz and /metrics");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            error!("HTTP server: {e}");
+        }
+    }))
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn requests_are_counted_by_the_resource_they_name() {
+        use super::resource_of;
+        assert_eq!(resource_of("/api/v1/namespaces/a/secrets/x"), "secrets");
+        assert_eq!(
+            resource_of("/apis/coordination.k8s.io/v1/namespaces/a/leases/pot-operator"),
+            "leases"
+        );
+        assert_eq!(
+            resource_of("/apis/pot.dev/v1alpha1/potnetworks"),
+            "potnetworks"
+        );
+        assert_eq!(resource_of("/api/v1/pods"), "pods");
+    }
+}
