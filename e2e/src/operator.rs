@@ -66,6 +66,16 @@ pub struct Operator {
 impl Operator {
     /// Start an operator named `identity` with `extra` flags (after the defaults, so they win).
     pub async fn start(env: &TestEnv, identity: &str, extra: &[&str]) -> Operator {
+        Operator::start_with(env, identity, extra, &env.cp.kubeconfig).await
+    }
+
+    /// The same, reaching the API server through `kubeconfig` (another user's, say).
+    pub async fn start_with(
+        env: &TestEnv,
+        identity: &str,
+        extra: &[&str],
+        kubeconfig: &Path,
+    ) -> Operator {
         let bin = crate::workspace_binary("pot-operator", "pot-operator");
         let listen = format!("127.0.0.1:{}", free_port());
         let log = env
@@ -74,7 +84,7 @@ impl Operator {
             .join("logs")
             .join(format!("pot-operator-{}-{identity}.log", env.namespace));
         let mut cmd = Command::new(bin);
-        cmd.env("KUBECONFIG", &env.cp.kubeconfig)
+        cmd.env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,pot_operator=debug")
             .args(["run", "--namespace", &env.namespace])
             .args(["--lease-namespace", &env.namespace])

@@ -333,6 +333,43 @@ async fn a_lost_key_is_reported_and_never_made_again() {
     restored.metadata.uid = None;
     restored.metadata.creation_timestamp = None;
     restored.metadata.managed_fields = None;
+
+    // The wrong backup: the same coordinators, another genesis (an hour earlier).
+    let mut other = restored.clone();
+    let mut g = Genesis::from_yaml(&other.data.as_ref().unwrap()["genesis.yaml"]).unwrap();
+    g.genesis_time_ms -= 3_600_000;
+    other
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("genesis.yaml".into(), g.to_yaml());
+    configmaps
+        .create(&Default::default(), &other)
+        .await
+        .unwrap();
+    status_where(&env, "keys", "the GenesisMismatch condition", |n| {
+        n.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == "Degraded" && c.status == "True" && c.reason == "GenesisMismatch"
+            })
+        })
+    })
+    .await;
+    configmaps
+        .delete("keys-genesis", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the wrong genesis to go", WAIT, || {
+        let configmaps = configmaps.clone();
+        async move {
+            configmaps
+                .get_opt("keys-genesis")
+                .await
+                .ok()
+                .filter(|c| c.is_none())
+        }
+    })
+    .await;
     configmaps
         .create(&Default::default(), &restored)
         .await

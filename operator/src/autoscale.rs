@@ -33,10 +33,83 @@ pub fn desired(queue: u64, a: &Autoscaling, history: &[(Duration, u32)]) -> u32 
         .fold(now, u32::max)
 }
 
+/// What a pod a scale-down would remove is doing, from its `GET /v1/node/status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodWork {
+    /// No unfinished task (none training, trained or committed), or the pod never started.
+    Idle,
+    /// It holds work that a kill would lose (and slash).
+    Busy,
+    /// Its status could not be read: treated as busy, never killed on a guess.
+    Unknown,
+}
+
+/// How to move a fleet of `current` pods towards `desired`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScalePlan {
+    /// The StatefulSet's replicas now.
+    pub replicas: u32,
+    /// Ordinals to drain (they take no new task) before they can go.
+    pub drain: Vec<u32>,
+}
+
+/// Scale up at once; scale down only over idle pods. A StatefulSet removes its highest
+/// ordinals first, so every pod at an ordinal at or above `desired` is drained, and the count
+/// drops to just above the highest of them that still holds work (the next plans take it
+/// lower as they finish).
+pub fn plan(current: u32, desired: u32, work: impl Fn(u32) -> PodWork) -> ScalePlan {
+    if desired >= current {
+        return ScalePlan {
+            replicas: desired,
+            drain: Vec::new(),
+        };
+    }
+    let leaving: Vec<u32> = (desired..current).collect();
+    let replicas = leaving
+        .iter()
+        .rev()
+        .find(|&&o| work(o) != PodWork::Idle)
+        .map_or(desired, |&o| o + 1);
+    ScalePlan {
+        replicas,
+        drain: leaving,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_scale_down_never_removes_a_pod_with_work() {
+        use PodWork::{Busy, Idle, Unknown};
+        /// (current, desired, work of ordinals 0.., expected replicas, expected drained)
+        type Case = (u32, u32, &'static [PodWork], u32, &'static [u32]);
+        let table: &[Case] = &[
+            // Up, or no change: at once, nothing drained.
+            (2, 5, &[Idle, Idle], 5, &[]),
+            (3, 3, &[Busy, Busy, Busy], 3, &[]),
+            // Down over idle pods: at once.
+            (5, 2, &[Busy, Busy, Idle, Idle, Idle], 2, &[2, 3, 4]),
+            // The highest pod is busy: nothing goes yet, all three are drained.
+            (5, 2, &[Idle, Idle, Idle, Idle, Busy], 5, &[2, 3, 4]),
+            // A busy pod in the middle: the ones above it go.
+            (5, 2, &[Idle, Idle, Busy, Idle, Idle], 3, &[2, 3, 4]),
+            // A pod whose status cannot be read is not killed on a guess.
+            (4, 1, &[Idle, Idle, Unknown, Idle], 3, &[1, 2, 3]),
+            // Down to zero.
+            (2, 0, &[Idle, Idle], 0, &[0, 1]),
+        ];
+        for (current, desired, work, replicas, drain) in table {
+            let p = plan(*current, *desired, |o| work[o as usize]);
+            assert_eq!(
+                (p.replicas, p.drain.as_slice()),
+                (*replicas, *drain),
+                "{current} → {desired} with {work:?}"
+            );
+        }
+    }
 
     fn cfg(min: u32, max: u32, target: u32) -> Autoscaling {
         Autoscaling {
@@ -70,6 +143,23 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_plan_keeps_every_busy_pod_and_reaches_the_goal_when_all_are_idle(
+            current in 0u32..20, desired in 0u32..20, busy in proptest::collection::vec(any::<bool>(), 20)
+        ) {
+            let work = |o: u32| if busy[o as usize] { PodWork::Busy } else { PodWork::Idle };
+            let p = plan(current, desired, work);
+            for o in 0..current {
+                if busy[o as usize] {
+                    prop_assert!(o < p.replicas, "busy pod {o} removed");
+                }
+            }
+            prop_assert!(p.replicas >= desired.min(current));
+            if (desired..current).all(|o| !busy[o as usize]) {
+                prop_assert_eq!(p.replicas, desired);
+            }
+        }
+
         #[test]
         fn always_within_bounds(queue: u64, min in 0u32..50, span in 0u32..50, target in 0u32..10) {
             let a = cfg(min, min + span, target);

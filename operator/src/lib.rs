@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod miner;
 pub mod network;
 pub mod run;
+pub mod task;

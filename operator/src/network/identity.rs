@@ -15,6 +15,9 @@ use super::genesis;
 use crate::crd::network::PotNetwork;
 use crate::error::{Error, Result};
 
+/// The annotation on a keys Secret naming the hash of the genesis its keys were made for.
+pub const GENESIS_HASH_ANNOTATION: &str = "pot.dev/genesis-hash";
+
 /// What a running network is.
 pub struct Identity {
     pub genesis: Genesis,
@@ -66,6 +69,15 @@ pub async fn ensure(net: &PotNetwork, client: &kube::Client) -> Result<Identity>
         .as_millis() as u64;
     let g = genesis::build(&chain_id, now_ms, &net.spec.genesis, &keys, faucet)
         .map_err(|e| Error::needs("InvalidGenesis", e.to_string()))?;
+    // The keys record the genesis they were made for before the genesis exists, so a genesis
+    // replaced later (by hand, from the wrong backup) is seen as one.
+    let mut secret = secrets.get(&names.keys_secret()).await?;
+    secret
+        .annotations_mut()
+        .insert(GENESIS_HASH_ANNOTATION.into(), g.hash().to_string());
+    secrets
+        .replace(&names.keys_secret(), &PostParams::default(), &secret)
+        .await?;
     let cm = children::genesis_configmap(net, &g.to_yaml());
     match configmaps.create(&PostParams::default(), &cm).await {
         Ok(_) => Ok(Identity { genesis: g }),
@@ -131,6 +143,19 @@ async fn check_keys(net: &PotNetwork, secrets: &Api<Secret>, genesis: &Genesis) 
     let Some(secret) = secrets.get_opt(&names.keys_secret()).await? else {
         return Err(lost(format!("Secret {} is gone", names.keys_secret())));
     };
+    if let Some(made_for) = secret.annotations().get(GENESIS_HASH_ANNOTATION)
+        && *made_for != genesis.hash().to_string()
+    {
+        return Err(Error::needs(
+            "GenesisMismatch",
+            format!(
+                "ConfigMap {} holds genesis {}, but the keys were made for genesis {made_for}; \
+                 restore the ConfigMap that belongs to this chain",
+                names.genesis_configmap(),
+                genesis.hash()
+            ),
+        ));
+    }
     let held = decode_keys(&secret);
     for (i, c) in genesis.coordinators.iter().enumerate() {
         let pod = names.pod(i);

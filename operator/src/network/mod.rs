@@ -27,6 +27,8 @@ use crate::error::{Error, Result};
 use crate::metrics::ObjectLabel;
 use children::Names;
 
+/// One pass over a network: its identity, its objects, its status. Requeued every resync
+/// period, since the chain moves without the object changing.
 pub async fn reconcile(net: Arc<PotNetwork>, ctx: Arc<Context>) -> Result<Action> {
     let ns = net.namespace().unwrap_or_default();
     if net.meta().deletion_timestamp.is_some() {
@@ -34,7 +36,7 @@ pub async fn reconcile(net: Arc<PotNetwork>, ctx: Arc<Context>) -> Result<Action
         return Ok(Action::await_change());
     }
     let identity = match identity::ensure(&net, &ctx.client).await {
-        Ok(id) => Some(id),
+        Ok(id) => id,
         Err(Error::Needs { reason, message }) => {
             write_status(&net, &ctx, degraded(&net, reason, &message)).await?;
             return Err(Error::Needs { reason, message });
@@ -69,9 +71,9 @@ pub async fn reconcile(net: Arc<PotNetwork>, ctx: Arc<Context>) -> Result<Action
     let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
         .get_opt(&Names::of(&net).statefulset())
         .await?;
-    let genesis = identity.map(|i| i.genesis);
-    let chain = read_chain(&ctx.api_url(&net), genesis.as_ref()).await;
-    if let Some((_, queue)) = &chain.as_ref().ok() {
+    let genesis = identity.genesis;
+    let chain = read_chain(&ctx.api_url(&net), &genesis).await;
+    if let Ok((_, queue)) = &chain {
         ctx.metrics
             .queue_depth
             .get_or_create(&ObjectLabel {
@@ -80,13 +82,7 @@ pub async fn reconcile(net: Arc<PotNetwork>, ctx: Arc<Context>) -> Result<Action
             })
             .set(queue.open as i64);
     }
-    let status = observe(
-        &net,
-        &ctx.api_url(&net),
-        sts.as_ref(),
-        genesis.as_ref(),
-        chain,
-    );
+    let status = observe(&net, &ctx.api_url(&net), sts.as_ref(), &genesis, chain);
     let old_phase = net.status.as_ref().map(|s| s.phase);
     if old_phase != Some(status.phase) {
         ctx.event(
@@ -106,19 +102,17 @@ pub async fn reconcile(net: Arc<PotNetwork>, ctx: Arc<Context>) -> Result<Action
 /// is not believed.
 async fn read_chain(
     url: &str,
-    genesis: Option<&pot_protocol::Genesis>,
+    genesis: &pot_protocol::Genesis,
 ) -> std::result::Result<(Head, Queue), String> {
     let short = |e: pot_protocol::client::ClientError| truncate(&e.to_string(), 200);
     let node = pot_protocol::client::Client::with_timeout(url, NODE_API_TIMEOUT);
     let head = node.head().await.map_err(short)?;
-    if let Some(g) = genesis
-        && head.genesis_hash != g.hash()
-    {
+    if head.genesis_hash != genesis.hash() {
         return Err(format!(
             "the API at {url} serves chain {:?} with genesis {}, not this network's ({})",
             truncate(&head.chain_id, 64),
             head.genesis_hash,
-            g.hash()
+            genesis.hash()
         ));
     }
     let queue = node.queue().await.map_err(short)?;
@@ -144,7 +138,7 @@ pub fn observe(
     net: &PotNetwork,
     url: &str,
     sts: Option<&StatefulSet>,
-    genesis: Option<&pot_protocol::Genesis>,
+    genesis: &pot_protocol::Genesis,
     chain: std::result::Result<(Head, Queue), String>,
 ) -> PotNetworkStatus {
     let old = net.status.clone().unwrap_or_default();
@@ -157,11 +151,13 @@ pub fn observe(
         observed_generation: net.meta().generation,
         ready: Some(format!("{ready}/{n}")),
         ready_coordinators: ready,
-        chain_id: genesis.map(|g| g.chain_id.clone()),
-        genesis_hash: genesis.map(|g| g.hash().to_string()),
+        chain_id: Some(genesis.chain_id.clone()),
+        genesis_hash: Some(genesis.hash().to_string()),
         coordinator_addresses: genesis
-            .map(|g| g.coordinators.iter().map(|c| c.address.to_hex()).collect())
-            .unwrap_or_default(),
+            .coordinators
+            .iter()
+            .map(|c| c.address.to_hex())
+            .collect(),
         api_url: Some(url.to_string()),
         conditions: old.conditions.clone(),
         height: old.height,
