@@ -224,6 +224,26 @@ async fn a_network_status_follows_the_chain_its_genesis_started() {
     assert_eq!(net.status.unwrap().height, None);
 }
 
+/// Whether the network's `Degraded` condition holds for `reason`.
+fn degraded_because(n: &PotNetwork, reason: &str) -> bool {
+    n.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == reason)
+    })
+}
+
+/// `obj` as a backup restores it: without what the API server assigned.
+fn as_backup<K: kube::Resource + Clone>(obj: &K) -> K {
+    let mut copy = obj.clone();
+    let meta = copy.meta_mut();
+    meta.resource_version = None;
+    meta.uid = None;
+    meta.creation_timestamp = None;
+    meta.managed_fields = None;
+    copy
+}
+
 async fn annotate(api: &Api<PotNetwork>, name: &str, url: &str) {
     let patch = json!({"metadata": {"annotations": {"pot.dev/api-url": url}}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -277,11 +297,7 @@ async fn a_lost_key_is_reported_and_never_made_again() {
         .await
         .unwrap();
     let net = status_where(&env, "keys", "the KeysLost condition", |n| {
-        n.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "KeysLost")
-        })
+        degraded_because(n, "KeysLost")
     })
     .await;
     assert_eq!(net.status.unwrap().phase, NetworkPhase::Degraded);
@@ -294,11 +310,7 @@ async fn a_lost_key_is_reported_and_never_made_again() {
         "a deleted coordinator key must not be generated again"
     );
     // Restored from "backup", the network recovers with the same key.
-    let mut restored = before.clone();
-    restored.metadata.resource_version = None;
-    restored.metadata.uid = None;
-    restored.metadata.creation_timestamp = None;
-    restored.metadata.managed_fields = None;
+    let restored = as_backup(&before);
     secrets
         .create(&Default::default(), &restored)
         .await
@@ -320,19 +332,11 @@ async fn a_lost_key_is_reported_and_never_made_again() {
         .await
         .unwrap();
     status_where(&env, "keys", "the GenesisLost condition", |n| {
-        n.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "GenesisLost")
-        })
+        degraded_because(n, "GenesisLost")
     })
     .await;
     assert!(configmaps.get_opt("keys-genesis").await.unwrap().is_none());
-    let mut restored = genesis.clone();
-    restored.metadata.resource_version = None;
-    restored.metadata.uid = None;
-    restored.metadata.creation_timestamp = None;
-    restored.metadata.managed_fields = None;
+    let restored = as_backup(&genesis);
 
     // The wrong backup: the same coordinators, another genesis (an hour earlier).
     let mut other = restored.clone();
@@ -348,11 +352,7 @@ async fn a_lost_key_is_reported_and_never_made_again() {
         .await
         .unwrap();
     status_where(&env, "keys", "the GenesisMismatch condition", |n| {
-        n.status.as_ref().is_some_and(|s| {
-            s.conditions.iter().any(|c| {
-                c.type_ == "Degraded" && c.status == "True" && c.reason == "GenesisMismatch"
-            })
-        })
+        degraded_because(n, "GenesisMismatch")
     })
     .await;
     configmaps

@@ -38,13 +38,6 @@ pub fn set(conditions: &mut Vec<Condition>, fact: Fact<'_>, generation: Option<i
     }
 }
 
-/// Whether condition `type_` is `True`.
-pub fn holds(conditions: &[Condition], type_: &str) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == type_ && c.status == "True")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,9 +60,9 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].last_transition_time, time(10));
         assert_eq!(c[0].observed_generation, Some(2));
-        assert!(holds(&c, "Ready"));
+        assert_eq!(c[0].status, "True");
         set(&mut c, fact(false), Some(2), &time(30));
         assert_eq!(c[0].last_transition_time, time(30));
-        assert!(!holds(&c, "Ready"));
+        assert_eq!(c[0].status, "False");
     }
 }

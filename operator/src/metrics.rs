@@ -1,6 +1,6 @@
 //! The operator's Prometheus metrics: reconciles, errors and durations per controller, API
-//! requests by verb, and what autoscaling reads and decides (for users who scale with KEDA or
-//! an HPA instead).
+//! requests by verb, and the queue depth autoscaling reads (for users who scale with KEDA or an HPA
+//! instead), and whether this replica leads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +40,8 @@ pub struct Metrics {
     pub api_requests: Family<VerbLabel, Counter>,
     /// Open tasks of each network, as last read from its API.
     pub queue_depth: Family<ObjectLabel, Gauge>,
-    /// Replicas each `Miner` fleet's autoscaler asks for.
-    pub desired_replicas: Family<ObjectLabel, Gauge>,
+    /// 1 while this replica leads (runs the controllers).
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -60,7 +60,7 @@ impl Metrics {
         });
         let api_requests = Family::<VerbLabel, Counter>::default();
         let queue_depth = Family::<ObjectLabel, Gauge>::default();
-        let desired_replicas = Family::<ObjectLabel, Gauge>::default();
+        let leader = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that failed", errors.clone());
         registry.register(
@@ -78,11 +78,7 @@ impl Metrics {
             "Open tasks of each PotNetwork (what Miner fleets scale by)",
             queue_depth.clone(),
         );
-        registry.register(
-            "miner_desired_replicas",
-            "Replicas each Miner fleet's autoscaler asks for",
-            desired_replicas.clone(),
-        );
+        registry.register("leader", "Whether this replica leads", leader.clone());
         Metrics {
             registry: Arc::new(registry),
             reconciles,
@@ -90,7 +86,7 @@ impl Metrics {
             duration,
             api_requests,
             queue_depth,
-            desired_replicas,
+            leader,
         }
     }
 

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -71,8 +70,7 @@ pub async fn client(metrics: &Metrics) -> anyhow::Result<Client> {
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let client = client(&metrics).await?;
-    let leading = Arc::new(AtomicBool::new(false));
-    let server = serve(opts.listen, metrics.clone(), leading.clone()).await?;
+    let server = serve(opts.listen, metrics.clone()).await?;
 
     let lease = LeaseManagerBuilder::new(client.clone(), &opts.lease_name)
         .with_namespace(&opts.lease_namespace)
@@ -104,7 +102,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
     info!(identity = %opts.identity, "leading: starting the controllers");
-    leading.store(true, Ordering::SeqCst);
+    metrics.leader.set(1);
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics.clone(),
@@ -129,7 +127,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         _ = &mut shutdown => Ok(()),
         _ = lost => Err(anyhow::anyhow!("lost the leader Lease; exiting so that only the new leader reconciles")),
     };
-    leading.store(false, Ordering::SeqCst);
+    metrics.leader.set(0);
     let _ = stop_tx.send(true);
     // Reconciles in flight finish (the controllers stop taking new ones), then the Lease is
     // released, so a standby takes it at its next try instead of after it expires.
@@ -249,39 +247,30 @@ fn key_of<K: ResourceExt>(obj: &K) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-struct Health {
-    metrics: Metrics,
-    leading: Arc<AtomicBool>,
-}
-
 /// Serve `/healthz` (the process is up), `/readyz` (up; a standby replica is ready too, it
 /// just does not lead) and `/metrics`.
 async fn serve(
     listen: SocketAddr,
     metrics: Metrics,
-    leading: Arc<AtomicBool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let state = Arc::new(Health { metrics, leading });
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route(
             "/metrics",
-            get(|State(h): State<Arc<Health>>| async move {
-                let mut text = h.metrics.encode();
-                let leading = u8::from(h.leading.load(Ordering::SeqCst));
-                text = text.replace(
-                    "# EOF",
-                    &format!("# HELP pot_operator_leader Whether this replica leads.\n# TYPE pot_operator_leader gauge\npot_operator_leader {leading}\n# EOF"),
-                );
+            get(|State(metrics): State<Metrics>| async move {
+                let text = metrics.encode();
                 (
                     StatusCode::OK,
-                    [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     text,
                 )
             }),
         )
-        .with_state(state);
+        .with_state(metrics);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

@@ -53,15 +53,6 @@ pub fn selector(m: &Miner) -> BTreeMap<String, String> {
     ])
 }
 
-/// `selector` as a label-selector string.
-pub fn selector_string(m: &Miner) -> String {
-    selector(m)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 fn pod_labels(m: &Miner) -> BTreeMap<String, String> {
     let mut l = labels(&m.spec.network_ref.name, "miner");
     l.extend(selector(m));

@@ -87,6 +87,15 @@ pub fn coordinator_selector(network: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// Labels as a label-selector string (`k=v,k=v`).
+pub fn selector_string(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn owner(net: &PotNetwork) -> OwnerReference {
     net.controller_owner_ref(&())
         .expect("a PotNetwork read from the API has a uid")

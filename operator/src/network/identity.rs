@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
-use pot_protocol::{Address, Genesis, SecretKey, keyfile};
+use pot_protocol::{Genesis, SecretKey, keyfile};
 
 use super::children::{self, Names, paths};
 use super::genesis;
@@ -97,11 +97,7 @@ pub async fn ensure(net: &PotNetwork, client: &kube::Client) -> Result<Identity>
 async fn has_volumes(net: &PotNetwork, client: &kube::Client) -> Result<bool> {
     let claims: Api<PersistentVolumeClaim> =
         Api::namespaced(client.clone(), &net.namespace().unwrap_or_default());
-    let selector = children::coordinator_selector(&net.name_any())
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = children::selector_string(&children::coordinator_selector(&net.name_any()));
     let found = claims
         .list_metadata(&ListParams::default().labels(&selector).limit(1))
         .await?;
@@ -264,12 +260,4 @@ async fn faucet_key(net: &PotNetwork, secrets: &Api<Secret>) -> Result<SecretKey
         )
         .await?;
     Ok(key)
-}
-
-/// The address in a key Secret (for status and for miners' funding).
-pub fn address_in(secret: &Secret, key: &str) -> Option<Address> {
-    let bytes = secret.data.as_ref()?.get(key)?;
-    keyfile::decode(std::str::from_utf8(&bytes.0).ok()?)
-        .ok()
-        .map(|k| k.address())
 }
