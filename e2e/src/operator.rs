@@ -123,6 +123,15 @@ impl Operator {
     /// Write requests (everything but GET) to the Kubernetes API so far, leader election's
     /// Lease renewals left out.
     pub async fn writes(&self) -> f64 {
+        self.write_counts()
+            .await
+            .iter()
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The metric lines [`Operator::writes`] adds up (by method and resource), for messages.
+    pub async fn write_counts(&self) -> Vec<String> {
         let text = get(&format!("{}/metrics", self.url))
             .await
             .unwrap_or_default();
@@ -130,8 +139,8 @@ impl Operator {
             .filter(|l| l.starts_with("pot_operator_kube_api_requests_total{"))
             .filter(|l| !l.contains("verb=\"GET\""))
             .filter(|l| !l.contains("resource=\"leases\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .map(String::from)
+            .collect()
     }
 
     /// The operator's log so far (for failure messages).
@@ -155,6 +164,57 @@ async fn get(url: &str) -> anyhow::Result<String> {
         .await?;
     anyhow::ensure!(resp.status().is_success(), "{url}: {}", resp.status());
     Ok(resp.text().await?)
+}
+
+/// The genesis file and the key file of `pod`, written into `dir` from what the operator made
+/// for network `net` (its genesis ConfigMap and coordinator keys Secret).
+pub async fn identity_files(env: &TestEnv, net: &str, pod: &str, dir: &Path) -> (PathBuf, PathBuf) {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use kube::api::Api;
+    let cms: Api<ConfigMap> = env.api();
+    let secrets: Api<Secret> = env.api();
+    let (cm, keys) = eventually("the genesis and keys", Duration::from_secs(60), || {
+        let (cms, secrets) = (cms.clone(), secrets.clone());
+        let (g, k) = (format!("{net}-genesis"), format!("{net}-coordinator-keys"));
+        async move {
+            let cm = cms.get_opt(&g).await.ok().flatten()?;
+            let keys = secrets.get_opt(&k).await.ok().flatten()?;
+            Some((cm, keys))
+        }
+    })
+    .await;
+    let genesis = dir.join("genesis.yaml");
+    std::fs::write(&genesis, &cm.data.unwrap()["genesis.yaml"]).unwrap();
+    let key = dir.join("key.json");
+    std::fs::write(&key, &keys.data.unwrap()[pod].0).unwrap();
+    (genesis, key)
+}
+
+/// Run the single coordinator of development network `net` (the pod the operator's
+/// StatefulSet would run, as a process: no kubelet runs here) from the operator's own genesis
+/// and key, with its data in `dir`; returns it and its API URL once it decided a block.
+pub async fn coordinator_for(env: &TestEnv, net: &str, dir: &Path) -> (Process, String) {
+    let (genesis, key) = identity_files(env, net, &format!("{net}-coordinator-0"), dir).await;
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(crate::pot_node_binary());
+    cmd.args(["run", "--genesis"])
+        .arg(&genesis)
+        .arg("--key")
+        .arg(&key)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args([
+            "--p2p-listen",
+            &format!("/ip4/127.0.0.1/tcp/{}", free_port()),
+        ])
+        .args(["--api-listen", url.trim_start_matches("http://")]);
+    let log = dir.join("coordinator.log");
+    let process = Process::start("coordinator", cmd, &log).unwrap();
+    pot_protocol::client::Client::new(url.clone())
+        .wait_height(1, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+    (process, url)
 }
 
 #[cfg(test)]

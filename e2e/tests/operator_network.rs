@@ -6,7 +6,6 @@
 //! coordinator pods stay Pending; the status is read from a `pot-node run --dev` the test starts,
 //! named by the `pot.dev/api-url` annotation.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -15,13 +14,10 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use pot_e2e::coordinators::dev_node;
-use pot_e2e::operator::{Operator, install_crds};
-use pot_e2e::ports::free_port;
-use pot_e2e::spawn::Process;
+use pot_e2e::operator::{Operator, coordinator_for, install_crds};
 use pot_e2e::{TestEnv, eventually};
 use pot_operator::crd::network::{NetworkPhase, PotNetwork};
 use pot_protocol::Genesis;
-use pot_protocol::client::Client;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -142,27 +138,6 @@ async fn a_network_gets_its_objects_keys_and_genesis() {
     .await;
 }
 
-/// Write the key of `pod` from the network's keys Secret, and its genesis, into `dir`.
-async fn identity_files(env: &TestEnv, net: &str, pod: &str, dir: &Path) -> (PathBuf, PathBuf) {
-    let cms: Api<ConfigMap> = env.api();
-    let secrets: Api<Secret> = env.api();
-    let (cm, keys) = eventually("the genesis and keys", WAIT, || {
-        let (cms, secrets) = (cms.clone(), secrets.clone());
-        let (g, k) = (format!("{net}-genesis"), format!("{net}-coordinator-keys"));
-        async move {
-            let cm = cms.get_opt(&g).await.ok().flatten()?;
-            let keys = secrets.get_opt(&k).await.ok().flatten()?;
-            Some((cm, keys))
-        }
-    })
-    .await;
-    let genesis = dir.join("genesis.yaml");
-    std::fs::write(&genesis, &cm.data.unwrap()["genesis.yaml"]).unwrap();
-    let key = dir.join("key.json");
-    std::fs::write(&key, &keys.data.unwrap()[pod].0).unwrap();
-    (genesis, key)
-}
-
 #[tokio::test]
 async fn a_network_status_follows_the_chain_its_genesis_started() {
     let env = TestEnv::new("op-chain").await;
@@ -173,26 +148,8 @@ async fn a_network_status_follows_the_chain_its_genesis_started() {
 
     // The real coordinator, from the genesis and key the operator made.
     let dir = tempfile::tempdir().unwrap();
-    let (genesis, key) = identity_files(&env, "one", "one-coordinator-0", dir.path()).await;
-    let url = format!("http://127.0.0.1:{}", free_port());
-    let mut cmd = std::process::Command::new(pot_e2e::pot_node_binary());
-    cmd.args(["run", "--genesis"])
-        .arg(&genesis)
-        .arg("--key")
-        .arg(&key)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args([
-            "--p2p-listen",
-            &format!("/ip4/127.0.0.1/tcp/{}", free_port()),
-        ])
-        .args(["--api-listen", url.trim_start_matches("http://")]);
-    let log = dir.path().join("coordinator.log");
-    let _coordinator = Process::start("coordinator", cmd, &log).unwrap();
-    Client::new(url.clone())
-        .wait_height(1, WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+    let (_coordinator, url) = coordinator_for(&env, "one", dir.path()).await;
+    let genesis = dir.path().join("genesis.yaml");
     annotate(&api, "one", &url).await;
     let net = status_where(&env, "one", "a status with the chain's height", |n| {
         n.status

@@ -31,26 +31,41 @@ pub fn is_current<K: Serialize + Resource>(desired: &K, live: Option<&K>) -> boo
 }
 
 /// Apply `desired` unless the live object is already current; true when it wrote.
-pub async fn apply<K>(api: &Api<K>, mut desired: K) -> Result<bool, kube::Error>
+pub async fn apply<K>(api: &Api<K>, desired: K) -> Result<bool, kube::Error>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
 {
     let name = desired.name_any();
     let live = api.get_opt(&name).await?;
-    if is_current(&desired, live.as_ref()) {
-        return Ok(false);
+    Ok(apply_over(api, desired, live).await?.0)
+}
+
+/// Apply `desired` over `live` (as just read) unless it is current; returns whether it wrote
+/// and the object as it now is.
+pub async fn apply_over<K>(
+    api: &Api<K>,
+    mut desired: K,
+    live: Option<K>,
+) -> Result<(bool, K), kube::Error>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+{
+    if let Some(live) = live.filter(|l| is_current(&desired, Some(l))) {
+        return Ok((false, live));
     }
+    let name = desired.name_any();
     let hash = hash_of(&desired);
     desired
         .annotations_mut()
         .insert(HASH_ANNOTATION.to_string(), hash);
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&desired),
-    )
-    .await?;
-    Ok(true)
+    let now = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
+        .await?;
+    Ok((true, now))
 }
 
 #[cfg(test)]

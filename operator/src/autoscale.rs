@@ -33,6 +33,20 @@ pub fn desired(queue: u64, a: &Autoscaling, history: &[(Duration, u32)]) -> u32 
         .fold(now, u32::max)
 }
 
+/// While a scale-down to `recommended` waits for the window, how long until the last higher
+/// recommendation in `history` leaves it.
+pub fn window_ends(
+    recommended: u32,
+    a: &Autoscaling,
+    history: &[(Duration, u32)],
+) -> Option<Duration> {
+    history
+        .iter()
+        .filter(|(age, r)| *r > recommended && *age <= a.scale_down_window)
+        .map(|(age, _)| a.scale_down_window - *age + Duration::from_millis(50))
+        .max()
+}
+
 /// What a pod a scale-down would remove is doing, from its `GET /v1/node/status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PodWork {
@@ -140,6 +154,13 @@ mod tests {
         assert_eq!(desired(2, &a, &old), 2);
         // Scaling up never waits.
         assert_eq!(desired(9, &a, &recent), 9);
+        // The window ends when the last higher recommendation ages out.
+        let both = [(Duration::from_secs(60), 8), (Duration::from_secs(200), 5)];
+        assert_eq!(
+            window_ends(2, &a, &both),
+            Some(Duration::from_millis(240_050))
+        );
+        assert_eq!(window_ends(9, &a, &both), None);
     }
 
     proptest! {

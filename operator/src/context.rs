@@ -1,9 +1,13 @@
 //! What every reconcile shares: the Kubernetes client, the event recorder, metrics, and how to
 //! reach a network's API.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
+use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use tracing::warn;
 
@@ -28,7 +32,15 @@ pub struct Context {
     /// Whether [`API_URL_ANNOTATION`] is honoured.
     pub allow_api_url_annotation: bool,
     /// When each object's status was last written (`namespace/name` of a kind).
-    pub status_written: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    pub status_written: Mutex<HashMap<String, Instant>>,
+    /// The networks as the `PotNetwork` controller's watch last saw them (set once the
+    /// controllers start): the Miner and TrainingTask controllers read them from here.
+    pub networks: OnceLock<Store<PotNetwork>>,
+    /// Each network's open tasks as last read (`namespace/name`), and when.
+    pub queues: Mutex<HashMap<String, (Instant, u64)>>,
+    /// Each autoscaled fleet's recent recommendations (`namespace/name`), for the scale-down
+    /// stabilisation window.
+    pub scale_history: Mutex<HashMap<String, Vec<(Instant, u32)>>>,
 }
 
 impl Context {
@@ -49,7 +61,63 @@ impl Context {
             resync,
             allow_api_url_annotation,
             status_written: Default::default(),
+            networks: OnceLock::new(),
+            queues: Default::default(),
+            scale_history: Default::default(),
         }
+    }
+
+    /// The network `name` in `ns`: from the watch's cache, else from the API server.
+    pub async fn network(&self, ns: &str, name: &str) -> kube::Result<Option<PotNetwork>> {
+        if let Some(store) = self.networks.get()
+            && let Some(net) = store.get(&ObjectRef::new(name).within(ns))
+        {
+            return Ok(Some((*net).clone()));
+        }
+        Api::<PotNetwork>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await
+    }
+
+    /// A network's open tasks: the queue poller's reading when it is at most `fresh` old, else
+    /// read now. `None` when the network's API does not answer.
+    pub async fn open_tasks(&self, net: &PotNetwork, fresh: Duration) -> Option<u64> {
+        let key = key_of(net);
+        let cached = self
+            .queues
+            .lock()
+            .expect("queues lock")
+            .get(&key)
+            .filter(|(at, _)| at.elapsed() <= fresh)
+            .map(|(_, open)| *open);
+        if cached.is_some() {
+            return cached;
+        }
+        let open = pot_protocol::client::Client::with_timeout(self.api_url(net), NODE_API_TIMEOUT)
+            .queue()
+            .await
+            .ok()?
+            .open;
+        self.record_queue(net, open);
+        Some(open)
+    }
+
+    /// Remember a network's open tasks; true when they differ from the last reading.
+    pub fn record_queue(&self, net: &PotNetwork, open: u64) -> bool {
+        let key = key_of(net);
+        self.metrics
+            .queue_depth
+            .get_or_create(&crate::metrics::ObjectLabel {
+                namespace: net.namespace().unwrap_or_default(),
+                name: net.name_any(),
+            })
+            .set(open as i64);
+        let old = self
+            .queues
+            .lock()
+            .expect("queues lock")
+            .insert(key, (Instant::now(), open));
+        old.map(|(_, o)| o) != Some(open)
     }
 
     /// Record an Event on `obj`; a failure to record is logged, never fatal.
@@ -85,6 +153,11 @@ impl Context {
         }
         service_url(net)
     }
+}
+
+/// `namespace/name` of an object.
+pub fn key_of<K: ResourceExt>(obj: &K) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
 /// The in-cluster URL of a network's API Service.

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub api_requests: Family<VerbLabel, Counter>,
     /// Open tasks of each network, as last read from its API.
     pub queue_depth: Family<ObjectLabel, Gauge>,
+    /// The replicas each `Miner` fleet is asked to have (by the autoscaler or its spec).
+    pub desired_replicas: Family<ObjectLabel, Gauge>,
     /// 1 while this replica leads (runs the controllers).
     pub leader: Gauge,
 }
@@ -60,6 +62,7 @@ impl Metrics {
         });
         let api_requests = Family::<VerbLabel, Counter>::default();
         let queue_depth = Family::<ObjectLabel, Gauge>::default();
+        let desired_replicas = Family::<ObjectLabel, Gauge>::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that failed", errors.clone());
@@ -78,6 +81,11 @@ impl Metrics {
             "Open tasks of each PotNetwork (what Miner fleets scale by)",
             queue_depth.clone(),
         );
+        registry.register(
+            "miner_desired_replicas",
+            "Replicas each Miner fleet is asked to have",
+            desired_replicas.clone(),
+        );
         registry.register("leader", "Whether this replica leads", leader.clone());
         Metrics {
             registry: Arc::new(registry),
@@ -86,6 +94,7 @@ impl Metrics {
             duration,
             api_requests,
             queue_depth,
+            desired_replicas,
             leader,
         }
     }

@@ -23,11 +23,12 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
-use crate::context::Context;
+use crate::context::{Context, key_of};
+use crate::crd::miner::Miner;
 use crate::crd::network::PotNetwork;
 use crate::error::Error;
 use crate::metrics::{Metrics, VerbLabel};
-use crate::network;
+use crate::{miner, network, queue};
 
 /// How `run` is configured (flags and environment, see `main.rs`).
 #[derive(Clone, Debug)]
@@ -158,70 +159,125 @@ async fn controllers(
     ctx: Arc<Context>,
     stop: watch::Receiver<bool>,
 ) {
-    use futures::StreamExt;
-    let api = |c: &Client| match &namespace {
-        Some(ns) => Api::<PotNetwork>::namespaced(c.clone(), ns),
-        None => Api::<PotNetwork>::all(c.clone()),
-    };
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=pot-operator");
-    let (sts, svc): (Api<StatefulSet>, Api<Service>) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
     let backoff = Arc::new(Backoff::default());
+    let networks = Controller::new(
+        api::<PotNetwork>(&client, &namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
+    .owns(api::<Service>(&client, &namespace), owned.clone())
+    // The keys and genesis have no owner (they outlive a network): watched by label, so a
+    // restored Secret or ConfigMap is seen at once.
+    .watches(api::<Secret>(&client, &namespace), owned.clone(), |s| {
+        network_of(&s)
+    })
+    .watches(api::<ConfigMap>(&client, &namespace), owned.clone(), |c| {
+        network_of(&c)
+    });
+    let _ = ctx.networks.set(networks.store());
+    let (queue_changed, queue_changes) = futures::channel::mpsc::unbounded();
+    let miners = Controller::new(
+        api::<Miner>(&client, &namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(api::<StatefulSet>(&client, &namespace), owned)
+    .reconcile_on(queue_changes);
+    let poller = tokio::spawn(queue::poll(
+        ctx.clone(),
+        miners.store(),
+        networks.store(),
+        queue_changed,
+        stop.clone(),
+    ));
+    tokio::join!(
+        drive(
+            networks,
+            "potnetwork",
+            network::reconcile,
+            ctx.clone(),
+            backoff.clone(),
+            stop.clone()
+        ),
+        drive(
+            miners,
+            "miner",
+            miner::reconcile,
+            ctx.clone(),
+            backoff.clone(),
+            stop.clone()
+        ),
+    );
+    poller.abort();
+    info!("controllers stopped");
+}
+
+/// `Api::all` or the watched namespace's.
+fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Run one controller until `stop` turns true: every reconcile counted and timed, failures
+/// retried with per-object backoff (slowly when a person must act).
+async fn drive<K, F, Fut>(
+    controller: Controller<K>,
+    name: &'static str,
+    reconcile: F,
+    ctx: Arc<Context>,
+    backoff: Arc<Backoff>,
+    stop: watch::Receiver<bool>,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    use futures::StreamExt;
     let stopped = {
         let mut stop = stop.clone();
         async move {
             let _ = stop.wait_for(|s| *s).await;
         }
     };
-    // The keys and genesis have no owner (they outlive a network): watched by label, so a
-    // restored Secret or ConfigMap is seen at once.
-    let (secrets, configmaps): (Api<Secret>, Api<ConfigMap>) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    Controller::new(api(&client), watcher::Config::default().any_semantic())
-        .owns(sts, owned.clone())
-        .owns(svc, owned.clone())
-        .watches(secrets, owned.clone(), |s| network_of(&s))
-        .watches(configmaps, owned, |c| network_of(&c))
+    let ok_backoff = backoff.clone();
+    controller
         .graceful_shutdown_on(stopped)
         .run(
-            {
-                let backoff = backoff.clone();
-                move |net, ctx: Arc<Context>| {
-                    let backoff = backoff.clone();
-                    async move {
-                        let began = Instant::now();
-                        let key = key_of(net.as_ref());
-                        let result = network::reconcile(net, ctx.clone()).await;
-                        ctx.metrics
-                            .reconciled("potnetwork", began.elapsed(), result.is_err());
-                        if result.is_ok() {
-                            backoff.succeeded(&key);
-                        }
-                        result
+            move |obj, ctx: Arc<Context>| {
+                let backoff = ok_backoff.clone();
+                let reconcile = reconcile.clone();
+                async move {
+                    let began = Instant::now();
+                    let key = format!("{name}/{}", key_of(obj.as_ref()));
+                    let result = reconcile(obj, ctx.clone()).await;
+                    ctx.metrics.reconciled(name, began.elapsed(), result.is_err());
+                    if result.is_ok() {
+                        backoff.succeeded(&key);
                     }
+                    result
                 }
             },
-            move |net, err, _ctx| {
+            move |obj, err, _ctx| {
                 let needs_person = matches!(err, Error::Needs { .. });
-                let wait = backoff.failed(&key_of(net.as_ref()), needs_person);
-                warn!(network = %net.name_any(), "reconcile failed (retry in {wait:?}): {err}");
+                let wait = backoff.failed(&format!("{name}/{}", key_of(obj.as_ref())), needs_person);
+                warn!(controller = name, object = %key_of(obj.as_ref()), "reconcile failed (retry in {wait:?}): {err}");
                 Action::requeue(wait)
             },
             ctx,
         )
         .for_each(|_| std::future::ready(()))
         .await;
-    info!("controllers stopped");
 }
 
 /// The resource (plural) a Kubernetes API path names: `…/namespaces/<ns>/<resource>/…` or
@@ -241,10 +297,6 @@ pub fn resource_of(path: &str) -> &str {
 fn network_of<K: ResourceExt>(obj: &K) -> Option<ObjectRef<PotNetwork>> {
     let name = obj.labels().get("pot.dev/network")?;
     Some(ObjectRef::new(name).within(&obj.namespace()?))
-}
-
-fn key_of<K: ResourceExt>(obj: &K) -> String {
-    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
 /// Serve `/healthz` (the process is up), `/readyz` (up; a standby replica is ready too, it

@@ -179,6 +179,13 @@ impl Client {
         self.send(url, req).await
     }
 
+    /// Cancel a drain (`DELETE /v1/node/drain`): the node takes new tasks again.
+    pub async fn resume(&self, token: &str) -> Result<NodeStatus, ClientError> {
+        let url = format!("{}/v1/node/drain", self.base);
+        let req = self.http.delete(&url).bearer_auth(token);
+        self.send(url, req).await
+    }
+
     pub async fn account(&self, address: &Address) -> Result<AccountInfo, ClientError> {
         self.get(&format!("/v1/accounts/{address}")).await
     }

@@ -51,9 +51,9 @@ use super::{NetworkRef, SecretKeyRef, Storage};
     ),
     printcolumn(name = "Won", type_ = "integer", json_path = ".status.tasksWon"),
     printcolumn(
-        name = "Rewards",
+        name = "Holdings",
         type_ = "integer",
-        json_path = ".status.rewards",
+        json_path = ".status.holdings",
         priority = 1
     ),
     printcolumn(
@@ -210,9 +210,9 @@ pub struct MinerStatus {
     /// Tasks the fleet's miners won.
     #[serde(default)]
     pub tasks_won: u64,
-    /// Rewards the fleet's miners were paid.
+    /// Tokens the fleet's miners hold: balances and miner bonds, as the chain last said.
     #[serde(default)]
-    pub rewards: u64,
+    pub holdings: u64,
     /// Each pod's account address, by ordinal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -70,6 +72,58 @@ fn meta(m: &Miner, name: String) -> ObjectMeta {
         ]),
         ..Default::default()
     }
+}
+
+/// The miners' keys, one key file per pod name. No owner: the keys hold the miners' balances
+/// and bonds, so deleting the `Miner` keeps them (a fleet of the same name takes them up
+/// again); delete the Secret by hand once the funds are moved.
+pub fn keys_secret(m: &Miner, keys: &BTreeMap<String, String>) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            owner_references: None,
+            ..meta(m, Names::of(m).keys_secret())
+        },
+        type_: Some("Opaque".into()),
+        data: Some(
+            keys.iter()
+                .map(|(pod, file)| (pod.clone(), ByteString(file.clone().into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// The token the operator drains the fleet's pods with (key `token`).
+pub fn drain_secret(m: &Miner, token: &str) -> Secret {
+    Secret {
+        metadata: meta(m, Names::of(m).drain_secret()),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            "token".to_string(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// The headless Service that gives each miner pod its stable DNS name (the StatefulSet's
+/// `serviceName`), for the artifact swarm's peers.
+pub fn headless_service(m: &Miner, net: &PotNetwork) -> Service {
+    let ports = &net.spec.ports;
+    let mut svc: Service = serde_json::from_value(json!({
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": true,
+            "selector": selector(m),
+            "ports": [
+                {"name": "api", "port": ports.api, "targetPort": ports.api},
+                {"name": "artifacts", "port": ports.artifacts, "targetPort": ports.artifacts},
+            ],
+        }
+    }))
+    .expect("a valid Service");
+    svc.metadata = meta(m, Names::of(m).statefulset());
+    svc
 }
 
 /// The miners' StatefulSet at `replicas` pods.

@@ -1,4 +1,476 @@
-//! The `Miner` controller's parts: the fleet's objects (the reconcile and the queue-driven
-//! scaling with drain arrive with the rest of the controller).
+//! The `Miner` controller: a fleet's keys and drain token, its headless Service and
+//! StatefulSet, its replica count from the network's open-task queue (up at once, down after
+//! the stabilisation window and only over drained, idle pods), funding from a paying key, and
+//! a status from the StatefulSet, the pods' node API and the chain.
+//!
+//! Why a StatefulSet rather than pods managed one by one (as KubeRay does): a miner's identity
+//! is its ordinal (key file, volume, DNS name), which a StatefulSet keeps across restarts and
+//! reschedules for free; the one thing it does not do, choose which pod leaves, is covered by
+//! draining the highest ordinals first and lowering `replicas` only past idle ones.
 
 pub mod children;
+pub mod funding;
+pub mod identity;
+pub mod pods;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use pot_protocol::api::AccountInfo;
+use pot_protocol::client::Client;
+use pot_protocol::{Address, Amount};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::apply::{self, FIELD_MANAGER};
+use crate::autoscale::{self, Autoscaling, PodWork};
+use crate::conditions::{self, Fact};
+use crate::context::{Context, NODE_API_TIMEOUT, key_of};
+use crate::crd::miner::{Miner, MinerStatus};
+use crate::crd::network::PotNetwork;
+use crate::error::{Error, Result};
+use crate::metrics::ObjectLabel;
+use children::Names;
+use pods::PodView;
+
+/// How old a queue reading may be for a scaling decision (the poller reads every second).
+const QUEUE_FRESH: Duration = Duration::from_secs(2);
+/// How soon a fleet that is waiting on pods to finish their work is looked at again.
+const DRAIN_RECHECK: Duration = Duration::from_secs(5);
+
+pub async fn reconcile(m: Arc<Miner>, ctx: Arc<Context>) -> Result<Action> {
+    if m.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = m.namespace().unwrap_or_default();
+    let names = Names::of(&m);
+    let Some(net) = ctx.network(&ns, &m.spec.network_ref.name).await? else {
+        let message = format!(
+            "PotNetwork {} does not exist in {ns}",
+            m.spec.network_ref.name
+        );
+        write_status(&m, &ctx, degraded(&m, "NetworkNotFound", &message)).await?;
+        return Ok(Action::requeue(ctx.resync));
+    };
+    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let live = sts_api.get_opt(&names.statefulset()).await?;
+    let current = live
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(0)
+        .max(0) as u32;
+    let open = ctx.open_tasks(&net, QUEUE_FRESH).await;
+    let (desired, window_ends) = desired_replicas(&m, &ctx, open, current);
+    ctx.metrics
+        .desired_replicas
+        .get_or_create(&ObjectLabel {
+            namespace: ns.clone(),
+            name: m.name_any(),
+        })
+        .set(i64::from(desired));
+
+    let fleet = identity::ensure(&m, &ctx.client, desired.max(current) as usize).await;
+    let fleet = match fleet {
+        Ok(f) => f,
+        Err(Error::Needs { reason, message }) => {
+            write_status(&m, &ctx, degraded(&m, reason, &message)).await?;
+            return Err(Error::Needs { reason, message });
+        }
+        Err(e) => return Err(e),
+    };
+    let mut views = pods::observe(&ctx.client, &m, net.spec.ports.api).await?;
+    pods::settle(&mut views, desired, &fleet.drain_token).await;
+    let plan = autoscale::plan(current, desired, |o| {
+        views.get(&o).map_or(PodWork::Idle, PodView::work)
+    });
+
+    apply::apply(
+        &Api::<Service>::namespaced(ctx.client.clone(), &ns),
+        children::headless_service(&m, &net),
+    )
+    .await?;
+    let sts = children::statefulset(&m, &net, plan.replicas as i32);
+    let (wrote, sts) = apply::apply_over(&sts_api, sts, live).await?;
+    if wrote && plan.replicas != current {
+        info!(miner = %m.name_any(), namespace = %ns, from = current, to = plan.replicas, desired, "scaled");
+        ctx.event(
+            m.as_ref(),
+            false,
+            "Scaled",
+            format!(
+                "{current} → {} pods (the queue asks for {desired})",
+                plan.replicas
+            ),
+        )
+        .await;
+    }
+
+    let node = Client::with_timeout(ctx.api_url(&net), NODE_API_TIMEOUT);
+    let live_addresses = &fleet.addresses[..(plan.replicas as usize).min(fleet.addresses.len())];
+    let accounts = accounts(&node, live_addresses).await;
+    let funding = match &m.spec.funding {
+        Some(f) => Some(fund(&m, &ctx, &net, &node, &f.from_secret, live_addresses).await),
+        None => None,
+    };
+    let status = observe(
+        &m,
+        &sts,
+        &plan,
+        desired,
+        open,
+        &views,
+        &fleet.addresses,
+        &accounts,
+        funding,
+    );
+    let pending_drain = plan.replicas > desired;
+    write_status(&m, &ctx, status).await?;
+    let mut next = ctx.resync;
+    if pending_drain {
+        next = next.min(DRAIN_RECHECK);
+    }
+    if let Some(at) = window_ends {
+        next = next.min(at);
+    }
+    Ok(Action::requeue(next))
+}
+
+/// The replicas a fleet should have: `spec.replicas` without autoscaling; with it, the
+/// stabilised recommendation for the queue, or the current count while the queue is unknown.
+/// Also, while a scale-down waits for the window, how soon it may happen (when to look again:
+/// an unchanged queue triggers no reconcile).
+fn desired_replicas(
+    m: &Miner,
+    ctx: &Context,
+    open: Option<u64>,
+    current: u32,
+) -> (u32, Option<Duration>) {
+    let Some(a) = &m.spec.autoscaling else {
+        return (m.spec.replicas.max(0) as u32, None);
+    };
+    let rule = Autoscaling {
+        min: a.min_replicas.max(0) as u32,
+        max: a.max_replicas.max(0) as u32,
+        target_tasks_per_miner: a.target_open_tasks_per_miner.max(1) as u32,
+        scale_down_window: Duration::from_secs(a.scale_down_stabilization_seconds.max(0) as u64),
+    };
+    let now = Instant::now();
+    let mut all = ctx.scale_history.lock().expect("scale_history lock");
+    // After a restart of the operator the fleet's size stands for a recommendation made now:
+    // a new leader waits a whole window before it shrinks anything.
+    let history = all
+        .entry(key_of(m))
+        .or_insert_with(|| vec![(now, current.clamp(rule.min, rule.max.max(rule.min)))]);
+    let Some(open) = open else {
+        return (current.clamp(rule.min, rule.max.max(rule.min)), None);
+    };
+    // The last recommendation held until now (reconciles come only when something changed).
+    if let Some(&(_, last)) = history.last() {
+        history.push((now, last));
+    }
+    history.retain(|(at, _)| now.duration_since(*at) <= rule.scale_down_window);
+    let aged: Vec<(Duration, u32)> = history.iter().map(|(at, r)| (now - *at, *r)).collect();
+    let desired = autoscale::desired(open, &rule, &aged);
+    let recommended = autoscale::recommended(open, &rule);
+    history.push((now, recommended));
+    let window_ends = autoscale::window_ends(recommended, &rule, &aged);
+    (desired, window_ends)
+}
+
+/// The chain's view of each address (`None` where it could not be read or has no account).
+async fn accounts(node: &Client, addresses: &[Address]) -> Vec<Option<AccountInfo>> {
+    futures::future::join_all(addresses.iter().map(|a| node.account(a)))
+        .await
+        .into_iter()
+        .map(|r| r.ok())
+        .collect()
+}
+
+/// Top the fleet up from its funding key; the outcome for the `Funded` condition.
+async fn fund(
+    m: &Miner,
+    ctx: &Context,
+    net: &PotNetwork,
+    node: &Client,
+    from: &crate::crd::SecretKeyRef,
+    miners: &[Address],
+) -> std::result::Result<usize, String> {
+    let ns = m.namespace().unwrap_or_default();
+    let payer = crate::key_secret::read(&ctx.client, &ns, from, "FundingKeyInvalid")
+        .await
+        .map_err(|e| e.to_string())?;
+    let genesis = crate::network::identity::genesis_of(net, &ctx.client)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "the network has no genesis yet".to_string())?;
+    let p = &genesis.params;
+    let stake = m.spec.stake.map(Amount).unwrap_or(p.min_miner_bond);
+    let target = funding::target(stake, p.claim_deposit, p.tx_fee);
+    let sent = funding::fund(node, &payer, miners, target).await;
+    if let Err(e) = &sent {
+        warn!(miner = %m.name_any(), "funding: {e}");
+    }
+    sent
+}
+
+/// The status the fleet's StatefulSet, pods and accounts say it has.
+#[allow(clippy::too_many_arguments)]
+fn observe(
+    m: &Miner,
+    sts: &StatefulSet,
+    plan: &autoscale::ScalePlan,
+    desired: u32,
+    open: Option<u64>,
+    views: &BTreeMap<u32, PodView>,
+    addresses: &[Address],
+    accounts: &[Option<AccountInfo>],
+    funding: Option<std::result::Result<usize, String>>,
+) -> MinerStatus {
+    let old = m.status.clone().unwrap_or_default();
+    let s = sts.status.clone().unwrap_or_default();
+    let ready = s.ready_replicas.unwrap_or(0);
+    let scaled = old.desired_replicas != desired as i32;
+    let mut status = MinerStatus {
+        observed_generation: m.meta().generation,
+        replicas: s.replicas,
+        ready_replicas: ready,
+        desired_replicas: desired as i32,
+        selector: Some(crate::network::children::selector_string(
+            &children::selector(m),
+        )),
+        gpus: ready * m.spec.gpus_per_pod,
+        open_tasks: open.or(old.open_tasks),
+        tasks_in_progress: views
+            .values()
+            .filter_map(|v| v.status.as_ref()?.as_ref().ok())
+            .map(|n| n.unfinished() as u32)
+            .sum(),
+        tasks_won: accounts
+            .iter()
+            .flatten()
+            .map(|a| a.reputation.tasks_won)
+            .sum(),
+        holdings: accounts
+            .iter()
+            .flatten()
+            .map(|a| a.balance.0 + a.miner_bond.0)
+            .sum(),
+        addresses: addresses[..(plan.replicas as usize).min(addresses.len())]
+            .iter()
+            .map(|a| a.to_hex())
+            .collect(),
+        draining: views
+            .iter()
+            .filter(|(o, _)| **o >= desired && **o < plan.replicas)
+            .map(|(_, v)| v.name.clone())
+            .collect(),
+        last_scale_time: if scaled {
+            Some(now())
+        } else {
+            old.last_scale_time
+        },
+        conditions: old.conditions,
+    };
+    let generation = m.meta().generation;
+    let now = now();
+    let ready_all = ready as u32 >= plan.replicas && s.replicas as u32 == plan.replicas;
+    conditions::set(
+        &mut status.conditions,
+        Fact {
+            type_: "Ready",
+            holds: ready_all,
+            reason: if ready_all {
+                "PodsReady"
+            } else {
+                "PodsNotReady"
+            },
+            message: format!("{ready}/{} pods ready", plan.replicas),
+        },
+        generation,
+        &now,
+    );
+    let waiting = plan.replicas > desired;
+    let settling = waiting || !ready_all || s.replicas as u32 != desired;
+    conditions::set(
+        &mut status.conditions,
+        Fact {
+            type_: "Progressing",
+            holds: settling,
+            reason: if waiting {
+                "DrainingBeforeScaleDown"
+            } else if settling {
+                "Scaling"
+            } else {
+                "Stable"
+            },
+            message: if waiting {
+                format!(
+                    "{desired} pods wanted; {} drained pods still hold work",
+                    plan.replicas - desired
+                )
+            } else {
+                format!("{} of {desired} pods", s.replicas)
+            },
+        },
+        generation,
+        &now,
+    );
+    let unknown: Vec<&str> = views
+        .iter()
+        .filter(|(o, v)| **o >= desired && v.work() == PodWork::Unknown)
+        .map(|(_, v)| v.name.as_str())
+        .collect();
+    let (degraded, reason, message) = if !unknown.is_empty() {
+        (
+            true,
+            "PodStatusUnknown",
+            format!(
+                "cannot read the node status of {} (kept until it answers)",
+                unknown.join(", ")
+            ),
+        )
+    } else if open.is_none() && m.spec.autoscaling.is_some() {
+        (
+            true,
+            "QueueUnknown",
+            "the network's API does not answer; the fleet keeps its size".into(),
+        )
+    } else {
+        (false, "AsExpected", "no problem seen".to_string())
+    };
+    conditions::set(
+        &mut status.conditions,
+        Fact {
+            type_: "Degraded",
+            holds: degraded,
+            reason,
+            message,
+        },
+        generation,
+        &now,
+    );
+    if let Some(f) = funding {
+        let ok = f.is_ok();
+        conditions::set(
+            &mut status.conditions,
+            Fact {
+                type_: "Funded",
+                holds: ok,
+                reason: if ok { "ToppedUp" } else { "FundingFailed" },
+                message: match f {
+                    Ok(0) => "every miner holds its stake and fees".into(),
+                    Ok(n) => format!("sent {n} transfers"),
+                    Err(e) => e,
+                },
+            },
+            generation,
+            &now,
+        );
+    }
+    status
+}
+
+/// A fleet that cannot be reconciled until a person acts: `Degraded` with the reason.
+fn degraded(m: &Miner, reason: &str, message: &str) -> MinerStatus {
+    let mut status = m.status.clone().unwrap_or_default();
+    status.observed_generation = m.meta().generation;
+    status.selector = Some(crate::network::children::selector_string(
+        &children::selector(m),
+    ));
+    let now = now();
+    for (type_, holds) in [("Ready", false), ("Degraded", true)] {
+        conditions::set(
+            &mut status.conditions,
+            Fact {
+                type_,
+                holds,
+                reason,
+                message: message.to_string(),
+            },
+            m.meta().generation,
+            &now,
+        );
+    }
+    status
+}
+
+/// Whether `new` differs from `old` only in what the chain and the pods' work moved.
+pub fn only_progress(old: &MinerStatus, new: &MinerStatus) -> bool {
+    let as_old = MinerStatus {
+        open_tasks: old.open_tasks,
+        tasks_in_progress: old.tasks_in_progress,
+        tasks_won: old.tasks_won,
+        holdings: old.holdings,
+        ..new.clone()
+    };
+    &as_old == old
+}
+
+/// Write `status` unless it is the stored one; progress alone at most once per resync.
+async fn write_status(m: &Miner, ctx: &Context, status: MinerStatus) -> Result<()> {
+    let key = format!("miner/{}", key_of(m));
+    if let Some(old) = m.status.as_ref() {
+        if old == &status {
+            return Ok(());
+        }
+        let recent = ctx
+            .status_written
+            .lock()
+            .expect("status_written lock")
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < ctx.resync);
+        if only_progress(old, &status) && recent {
+            return Ok(());
+        }
+    }
+    let api: Api<Miner> = Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": "pot.dev/v1alpha1", "kind": "Miner", "status": status});
+    api.patch_status(
+        &m.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.status_written
+        .lock()
+        .expect("status_written lock")
+        .insert(key, Instant::now());
+    Ok(())
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_and_chain_progress_is_told_apart_from_a_change_of_state() {
+        let old = MinerStatus {
+            replicas: 2,
+            desired_replicas: 2,
+            ..Default::default()
+        };
+        let moved = MinerStatus {
+            open_tasks: Some(7),
+            tasks_in_progress: 3,
+            ..old.clone()
+        };
+        assert!(only_progress(&old, &moved));
+        let scaled = MinerStatus {
+            desired_replicas: 4,
+            ..moved
+        };
+        assert!(!only_progress(&old, &scaled));
+    }
+}

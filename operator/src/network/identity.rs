@@ -93,6 +93,19 @@ pub async fn ensure(net: &PotNetwork, client: &kube::Client) -> Result<Identity>
     }
 }
 
+/// The network's genesis, when its ConfigMap exists and reads.
+pub async fn genesis_of(net: &PotNetwork, client: &kube::Client) -> Result<Option<Genesis>> {
+    let configmaps: Api<ConfigMap> =
+        Api::namespaced(client.clone(), &net.namespace().unwrap_or_default());
+    match configmaps
+        .get_opt(&Names::of(net).genesis_configmap())
+        .await?
+    {
+        Some(cm) => Ok(Some(read_genesis(&cm)?)),
+        None => Ok(None),
+    }
+}
+
 /// Whether any coordinator volume of this network exists.
 async fn has_volumes(net: &PotNetwork, client: &kube::Client) -> Result<bool> {
     let claims: Api<PersistentVolumeClaim> =

@@ -24,7 +24,6 @@ use crate::conditions::{self, Fact};
 use crate::context::{Context, NODE_API_TIMEOUT};
 use crate::crd::network::{NetworkPhase, PotNetwork, PotNetworkStatus};
 use crate::error::{Error, Result};
-use crate::metrics::ObjectLabel;
 use children::Names;
 
 /// One pass over a network: its identity, its objects, its status. Requeued every resync
@@ -74,13 +73,7 @@ pub async fn reconcile(net: Arc<PotNetwork>, ctx: Arc<Context>) -> Result<Action
     let genesis = identity.genesis;
     let chain = read_chain(&ctx.api_url(&net), &genesis).await;
     if let Ok((_, queue)) = &chain {
-        ctx.metrics
-            .queue_depth
-            .get_or_create(&ObjectLabel {
-                namespace: ns.clone(),
-                name: net.name_any(),
-            })
-            .set(queue.open as i64);
+        ctx.record_queue(&net, queue.open);
     }
     let status = observe(&net, &ctx.api_url(&net), sts.as_ref(), &genesis, chain);
     let old_phase = net.status.as_ref().map(|s| s.phase);

@@ -229,7 +229,7 @@ pub async fn serve(
     };
     let app = Router::new()
         .route("/v1/node/status", get(status_view))
-        .route("/v1/node/drain", post(drain))
+        .route("/v1/node/drain", post(drain).delete(resume))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -258,15 +258,40 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> axum::response::Resp
     (status, Json(body)).into_response()
 }
 
-/// Start draining. The token is compared in constant time; without a configured token the
-/// endpoint is off (nobody can drain a node whose operator did not arrange it).
+/// Start draining (`POST`). The token is compared in constant time; without a configured
+/// token the endpoint is off (nobody can drain a node whose operator did not arrange it).
 async fn drain(AxumState(s): AxumState<Shared>, headers: HeaderMap) -> axum::response::Response {
+    if let Some(refused) = refusal(&s, &headers) {
+        return refused;
+    }
+    if !s.status.draining.swap(true, Ordering::SeqCst) {
+        tracing::info!("draining: no new tasks; finishing those in progress");
+        s.status.metrics.draining.set(1);
+    }
+    Json(s.status.view()).into_response()
+}
+
+/// Stop draining (`DELETE`): a fleet that grows again before a drained pod was removed takes
+/// it back as it is, instead of restarting it.
+async fn resume(AxumState(s): AxumState<Shared>, headers: HeaderMap) -> axum::response::Response {
+    if let Some(refused) = refusal(&s, &headers) {
+        return refused;
+    }
+    if s.status.draining.swap(false, Ordering::SeqCst) {
+        tracing::info!("drain cancelled: taking new tasks again");
+        s.status.metrics.draining.set(0);
+    }
+    Json(s.status.view()).into_response()
+}
+
+/// The answer to a request without the node's drain token (`None`: it has it).
+fn refusal(s: &Shared, headers: &HeaderMap) -> Option<axum::response::Response> {
     let Some(expected) = &s.drain_token else {
-        return refuse(
+        return Some(refuse(
             StatusCode::FORBIDDEN,
             "drain_disabled",
             "this node was started without --drain-token-file",
-        );
+        ));
     };
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -274,17 +299,13 @@ async fn drain(AxumState(s): AxumState<Shared>, headers: HeaderMap) -> axum::res
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        return refuse(
+        return Some(refuse(
             StatusCode::UNAUTHORIZED,
             "bad_token",
             "a drain request needs `Authorization: Bearer <the node's drain token>`",
-        );
+        ));
     }
-    if !s.status.draining.swap(true, Ordering::SeqCst) {
-        tracing::info!("draining: no new tasks; finishing those in progress");
-        s.status.metrics.draining.set(1);
-    }
-    Json(s.status.view()).into_response()
+    None
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -316,4 +337,57 @@ async fn readyz(AxumState(s): AxumState<Shared>) -> axum::response::Response {
             s.started.elapsed().as_secs()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pot_protocol::SecretKey;
+    use pot_protocol::client::{Client, ClientError};
+
+    async fn node(token: Option<&str>) -> (Arc<NodeStatus>, Client) {
+        let status = Arc::new(NodeStatus::new("miner", SecretKey::generate().address()));
+        let (_tx, tip) = watch::channel(0);
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            status.clone(),
+            token.map(String::from),
+            tip,
+        )
+        .await
+        .unwrap();
+        (status, Client::new(format!("http://{addr}")))
+    }
+
+    fn code(e: ClientError) -> Option<String> {
+        e.code().map(String::from)
+    }
+
+    #[tokio::test]
+    async fn only_the_token_drains_and_resumes_a_node() {
+        let (status, client) = node(Some("s3cret")).await;
+        assert_eq!(
+            code(client.drain("guess").await.unwrap_err()).as_deref(),
+            Some("bad_token")
+        );
+        assert_eq!(
+            code(client.resume("").await.unwrap_err()).as_deref(),
+            Some("bad_token")
+        );
+        assert!(!status.draining());
+        assert!(client.drain("s3cret").await.unwrap().draining);
+        assert!(client.node_status().await.unwrap().draining);
+        let resumed = client.resume("s3cret").await.unwrap();
+        assert!(!resumed.draining && !status.draining());
+    }
+
+    #[tokio::test]
+    async fn without_a_token_nobody_drains() {
+        let (status, client) = node(None).await;
+        assert_eq!(
+            code(client.drain("").await.unwrap_err()).as_deref(),
+            Some("drain_disabled")
+        );
+        assert!(!status.draining());
+    }
 }

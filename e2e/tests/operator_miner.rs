@@ -1,0 +1,278 @@
+//! The `Miner` controller against the real API server (controller manager included): a
+//! fleet's objects, `kubectl scale`, and replicas that follow a real chain's open-task queue —
+//! up within 2 s, down only after the stabilisation window.
+//!
+//! No kubelet runs here, so the miner pods stay Pending: they hold no work, and a scale-down
+//! needs no drain (the drain rule itself is table- and property-tested in `autoscale`, and the
+//! drain endpoint in `pot-node`'s `roles::status`).
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use pot_e2e::operator::{Operator, coordinator_for, install_crds};
+use pot_e2e::{TestEnv, eventually};
+use pot_operator::crd::miner::Miner;
+use pot_operator::crd::network::PotNetwork;
+use pot_operator::crd::task::TrainingTaskSpec;
+use pot_protocol::client::Client;
+use pot_protocol::tx::{Tx, TxBody, eval_commitment};
+use pot_protocol::{Hash, SecretKey, keyfile};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn apply<K>(api: &Api<K>, doc: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(doc).unwrap();
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap();
+}
+
+fn network(name: &str, api_url: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "pot.dev/v1alpha1", "kind": "PotNetwork",
+        "metadata": {"name": name, "annotations": {"pot.dev/api-url": api_url}},
+        "spec": {
+            "coordinators": 1,
+            "storage": {"size": "1Gi"},
+            "genesis": {"blockTimeMs": 300, "faucet": {"balance": 100000000}},
+        }
+    })
+}
+
+/// The StatefulSet's replicas once `ok` holds for them.
+async fn replicas_where(env: &TestEnv, name: &str, what: &str, ok: impl Fn(i32) -> bool) -> i32 {
+    let api: Api<StatefulSet> = env.api();
+    eventually(what, WAIT, || {
+        let api = api.clone();
+        let ok = &ok;
+        async move {
+            let r = api.get_opt(name).await.ok().flatten()?.spec?.replicas?;
+            ok(r).then_some(r)
+        }
+    })
+    .await
+}
+
+async fn replicas(env: &TestEnv, name: &str) -> Option<i32> {
+    let api: Api<StatefulSet> = env.api();
+    api.get_opt(name).await.ok().flatten()?.spec?.replicas
+}
+
+#[tokio::test]
+async fn a_fleet_gets_its_objects_and_follows_kubectl_scale() {
+    let env = TestEnv::new("op-miner").await;
+    install_crds(&env).await;
+    let op = Operator::start(&env, "only", &[]).await;
+    apply::<PotNetwork>(&env.api(), network("main", "http://127.0.0.1:9")).await;
+    apply::<Miner>(
+        &env.api(),
+        json!({
+            "apiVersion": "pot.dev/v1alpha1", "kind": "Miner",
+            "metadata": {"name": "gpu"},
+            "spec": {
+                "networkRef": {"name": "main"},
+                "replicas": 2,
+                "gpusPerPod": 1,
+                "storage": {"size": "1Gi"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            }
+        }),
+    )
+    .await;
+    replicas_where(&env, "gpu-miner", "the fleet's StatefulSet", |r| r == 2).await;
+    let sts: StatefulSet = env.api().get("gpu-miner").await.unwrap();
+    let owner = &sts.owner_references()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Miner", "gpu"));
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    let limits = pod.containers[0].resources.clone().unwrap().limits.unwrap();
+    assert_eq!(limits["nvidia.com/gpu"].0, "1");
+    let svc: Service = env.api().get("gpu-miner").await.unwrap();
+    assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+    let secrets: Api<Secret> = env.api();
+    let keys = secrets.get("gpu-miner-keys").await.unwrap();
+    assert!(
+        keys.owner_references().is_empty(),
+        "the keys hold funds: they outlive the fleet"
+    );
+    let key_of = |s: &Secret, pod: &str| {
+        keyfile::decode(std::str::from_utf8(&s.data.as_ref().unwrap()[pod].0).unwrap()).unwrap()
+    };
+    let first = key_of(&keys, "gpu-miner-0").address();
+    assert_eq!(keys.data.as_ref().unwrap().len(), 2);
+    let token = secrets.get("gpu-miner-drain-token").await.unwrap();
+    assert!(token.data.unwrap()["token"].0.len() >= 32);
+
+    // The status names the pods' addresses; with nothing changing, nothing is written.
+    let miners: Api<Miner> = env.api();
+    let m = eventually("the fleet's status", WAIT, || {
+        let miners = miners.clone();
+        async move {
+            let m = miners.get("gpu").await.ok()?;
+            let s = m.status.as_ref()?;
+            // Settled: the StatefulSet's pods counted too.
+            (s.addresses.len() == 2 && s.replicas == 2).then_some(m)
+        }
+    })
+    .await;
+    let status = m.status.unwrap();
+    assert_eq!(status.desired_replicas, 2);
+    assert_eq!(status.addresses[0], first.to_hex());
+    assert!(status.selector.unwrap().contains("pot.dev/miner=gpu"));
+    let writes = op.writes().await;
+    let counts = op.write_counts().await;
+    let reconciles = "pot_operator_reconciles_total{controller=\"miner\"}";
+    let before = op.metric(reconciles).await;
+    eventually("two more reconciles", WAIT, || {
+        let op = &op;
+        async move { (op.metric(reconciles).await >= before + 2.0).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        op.writes().await,
+        writes,
+        "an unchanged fleet was written: {counts:?} → {:?}",
+        op.write_counts().await
+    );
+
+    // `kubectl scale` goes through the scale subresource; the new ordinal gets a new key and
+    // the old keys stay, also after scaling down.
+    env.cp
+        .kubectl(&["scale", "mnr", "gpu", "--replicas=3", "-n", &env.namespace])
+        .unwrap();
+    replicas_where(&env, "gpu-miner", "scaled to 3", |r| r == 3).await;
+    env.cp
+        .kubectl(&["scale", "mnr", "gpu", "--replicas=1", "-n", &env.namespace])
+        .unwrap();
+    replicas_where(&env, "gpu-miner", "scaled to 1", |r| r == 1).await;
+    let keys = secrets.get("gpu-miner-keys").await.unwrap();
+    assert_eq!(keys.data.as_ref().unwrap().len(), 3);
+    assert_eq!(
+        key_of(&keys, "gpu-miner-0").address(),
+        first,
+        "a key was replaced"
+    );
+}
+
+/// Submit a task with short windows from `key`; nobody reveals its eval set, so it fails once
+/// its windows pass and leaves the queue.
+async fn submit_task(node: &Client, key: &SecretKey, nonce: u64) {
+    let spec: TrainingTaskSpec = serde_json::from_value(json!({
+        "networkRef": {"name": "x"},
+        "publisherKeySecret": {"name": "x"},
+        "bounty": 1000,
+        "task": {
+            "model": {"builtin": "mlp", "hidden": [8]},
+            "dataset": {"locator": "builtin:digits", "sha256": "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"},
+            "optimizer": {"kind": "sgd", "lr": {"value": 0.05}},
+            "batchSize": 16, "steps": 100, "checkpointInterval": 50,
+        },
+        "evalSet": {"locator": "builtin:digits", "sha256": "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"},
+        "windows": {"commit": 4, "reveal": 1, "evalReveal": 1, "reportCommit": 1, "reportReveal": 1,
+                    "challenge": 1, "challengeReveal": 1, "vote": 1, "voteReveal": 1},
+    }))
+    .unwrap();
+    let head = node.head().await.unwrap();
+    let eval = pot_operator::task::spec::dataset(&spec.eval_set).unwrap();
+    let tx = Tx {
+        chain_id: head.chain_id,
+        signer: key.address(),
+        nonce,
+        fee: head.tx_fee,
+        body: TxBody::SubmitTask {
+            spec: pot_operator::task::spec::task_spec(&spec.task).unwrap(),
+            bounty: pot_protocol::Amount(spec.bounty),
+            eval_commit: eval_commitment(&eval, &Hash::of_value("salt", &nonce)),
+            windows: pot_operator::task::spec::windows(&spec.windows),
+        },
+    };
+    node.submit(&tx.sign(key)).await.unwrap();
+}
+
+#[tokio::test]
+async fn replicas_follow_the_queue_up_at_once_and_down_after_the_window() {
+    let env = TestEnv::new("op-autoscale").await;
+    install_crds(&env).await;
+    let _op = Operator::start(&env, "only", &[]).await;
+    apply::<PotNetwork>(&env.api(), network("chain", "http://127.0.0.1:9")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_coordinator, url) = coordinator_for(&env, "chain", dir.path()).await;
+    let nets: Api<PotNetwork> = env.api();
+    let patch = json!({"metadata": {"annotations": {"pot.dev/api-url": url}}});
+    nets.patch("chain", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    const WINDOW: u64 = 4;
+    apply::<Miner>(
+        &env.api(),
+        json!({
+            "apiVersion": "pot.dev/v1alpha1", "kind": "Miner",
+            "metadata": {"name": "auto"},
+            "spec": {
+                "networkRef": {"name": "chain"},
+                "storage": {"size": "1Gi"},
+                "autoscaling": {"minReplicas": 0, "maxReplicas": 5, "targetOpenTasksPerMiner": 1,
+                                "scaleDownStabilizationSeconds": WINDOW},
+            }
+        }),
+    )
+    .await;
+    replicas_where(&env, "auto-miner", "an idle fleet at its minimum", |r| {
+        r == 0
+    })
+    .await;
+
+    let faucet: Secret = env.api().get("chain-faucet").await.unwrap();
+    let key =
+        keyfile::decode(std::str::from_utf8(&faucet.data.unwrap()["key"].0).unwrap()).unwrap();
+    let node = Client::new(url.clone());
+    let nonce = node.account(&key.address()).await.unwrap().nonce;
+    for i in 0..3 {
+        submit_task(&node, &key, nonce + i).await;
+    }
+    // From the moment the chain's queue shows the tasks to the StatefulSet's replicas.
+    let queued = eventually("three open tasks", WAIT, || {
+        let node = node.clone();
+        async move { (node.queue().await.ok()?.open == 3).then_some(Instant::now()) }
+    })
+    .await;
+    replicas_where(&env, "auto-miner", "three miners", |r| r == 3).await;
+    let up = queued.elapsed();
+    assert!(
+        up <= Duration::from_secs(2),
+        "replicas followed the queue after {up:?}"
+    );
+
+    // The tasks fail (nobody reveals their eval sets) and leave the queue; the fleet waits
+    // for the window before it shrinks.
+    let emptied = eventually("an empty queue", WAIT, || {
+        let node = node.clone();
+        async move { (node.queue().await.ok()?.open == 0).then_some(Instant::now()) }
+    })
+    .await;
+    assert_eq!(
+        replicas(&env, "auto-miner").await,
+        Some(3),
+        "scaled down at once"
+    );
+    replicas_where(&env, "auto-miner", "back to the minimum", |r| r == 0).await;
+    let down = emptied.elapsed();
+    assert!(
+        down >= Duration::from_millis(WINDOW * 1000 - 1500),
+        "scaled down {down:?} after the queue emptied, within the {WINDOW} s window"
+    );
+    assert!(
+        down <= Duration::from_secs(WINDOW + 4),
+        "scaled down only {down:?} after the queue emptied"
+    );
+}

@@ -1,0 +1,94 @@
+//! Funding a fleet from a paying key: each miner is topped up to what it needs to take tasks.
+//!
+//! Transfers are signed with consecutive nonces from the payer's account nonce as the chain
+//! reports it, so a reconcile repeated before they land signs the same nonces again: the
+//! chain applies at most one transaction per nonce, and a repeat never pays twice.
+
+use pot_protocol::client::{Client, ClientError};
+use pot_protocol::tx::{Tx, TxBody};
+use pot_protocol::{Address, Amount, SecretKey};
+
+/// What each miner should hold (balance and miner bond together).
+pub fn target(stake: Amount, claim_deposit: Amount, tx_fee: Amount) -> Amount {
+    // The stake it bonds, one claim deposit, and fees for a task's worth of transactions.
+    Amount(stake.0 + claim_deposit.0 + 20 * tx_fee.0)
+}
+
+/// The transfers that bring each of `holdings` up to `target`.
+pub fn shortfalls(holdings: &[(Address, Amount)], target: Amount) -> Vec<(Address, Amount)> {
+    holdings
+        .iter()
+        .filter(|(_, have)| *have < target)
+        .map(|(a, have)| (*a, Amount(target.0 - have.0)))
+        .collect()
+}
+
+/// Top up `miners` to `target` from `payer`; returns how many transfers were sent.
+pub async fn fund(
+    node: &Client,
+    payer: &SecretKey,
+    miners: &[Address],
+    target: Amount,
+) -> Result<usize, String> {
+    let e = |e: ClientError| e.to_string();
+    let head = node.head().await.map_err(e)?;
+    let mut holdings = Vec::with_capacity(miners.len());
+    for a in miners {
+        let have = match node.account(a).await {
+            Ok(acc) => Amount(acc.balance.0 + acc.miner_bond.0),
+            Err(ClientError::Api { status: 404, .. }) => Amount::ZERO,
+            Err(err) => return Err(err.to_string()),
+        };
+        holdings.push((*a, have));
+    }
+    let due = shortfalls(&holdings, target);
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let account = node.account(&payer.address()).await.map_err(e)?;
+    let needed: u64 = due.iter().map(|(_, a)| a.0 + head.tx_fee.0).sum();
+    if account.balance.0 < needed {
+        return Err(format!(
+            "the funding account {} holds {} but the miners need {needed} (with fees)",
+            payer.address(),
+            account.balance
+        ));
+    }
+    let mut sent = 0;
+    for (i, (to, amount)) in due.into_iter().enumerate() {
+        let tx = Tx {
+            chain_id: head.chain_id.clone(),
+            signer: payer.address(),
+            nonce: account.nonce + i as u64,
+            fee: head.tx_fee,
+            body: TxBody::Transfer { to, amount },
+        };
+        match node.submit(&tx.sign(payer)).await {
+            // Also when an earlier reconcile sent the same transaction: the node takes a
+            // transaction it already holds as sent.
+            Ok(_) => sent += 1,
+            Err(err) => return Err(format!("transfer to {to}: {err}")),
+        }
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_missing_part_is_sent() {
+        let (a, b, c) = (
+            SecretKey::generate().address(),
+            SecretKey::generate().address(),
+            SecretKey::generate().address(),
+        );
+        let due = shortfalls(
+            &[(a, Amount(0)), (b, Amount(70)), (c, Amount(150))],
+            Amount(100),
+        );
+        assert_eq!(due, vec![(a, Amount(100)), (b, Amount(30))]);
+        assert_eq!(target(Amount(50), Amount(10), Amount(1)), Amount(80));
+    }
+}
