@@ -66,6 +66,12 @@ async fn the_cluster_role_grants_what_the_controllers_use_and_nothing_else() {
     let needed = [
         ("watch", "potnetworks.pot.dev"),
         ("patch", "potnetworks.pot.dev/status"),
+        ("watch", "miners.pot.dev"),
+        ("patch", "miners.pot.dev/status"),
+        ("watch", "trainingtasks.pot.dev"),
+        ("patch", "trainingtasks.pot.dev"),
+        ("patch", "trainingtasks.pot.dev/status"),
+        ("list", "pods"),
         ("create", "statefulsets.apps"),
         ("patch", "statefulsets.apps"),
         ("watch", "services"),
@@ -81,6 +87,9 @@ async fn the_cluster_role_grants_what_the_controllers_use_and_nothing_else() {
         ("delete", "secrets"),
         ("delete", "statefulsets.apps"),
         ("patch", "potnetworks.pot.dev"),
+        ("patch", "miners.pot.dev"),
+        ("delete", "trainingtasks.pot.dev"),
+        ("delete", "pods"),
         ("update", "configmaps"),
         ("create", "pods"),
         ("list", "nodes"),
@@ -152,13 +161,41 @@ async fn the_cluster_role_grants_what_the_controllers_use_and_nothing_else() {
         "operator log:\n{}",
         op.log_text()
     );
-    let errors = op
-        .metric("pot_operator_reconcile_errors_total{controller=\"potnetwork\"}")
-        .await;
-    assert_eq!(
-        errors,
-        0.0,
-        "a reconcile failed under the role:\n{}",
-        op.log_text()
-    );
+    // A fleet too: keys, token, Service, StatefulSet, pods listed.
+    let miners: Api<pot_operator::crd::miner::Miner> = env.api();
+    let fleet: pot_operator::crd::miner::Miner = serde_json::from_value(json!({
+        "apiVersion": "pot.dev/v1alpha1", "kind": "Miner",
+        "metadata": {"name": "cpu"},
+        "spec": {"networkRef": {"name": "limited"}, "replicas": 1},
+    }))
+    .unwrap();
+    miners
+        .patch("cpu", &PatchParams::apply("test"), &Patch::Apply(&fleet))
+        .await
+        .unwrap();
+    eventually(
+        "the fleet reconciled under the role",
+        Duration::from_secs(60),
+        || {
+            let miners = miners.clone();
+            async move {
+                let m = miners.get("cpu").await.ok()?;
+                (m.status?.addresses.len() == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    for controller in ["potnetwork", "miner"] {
+        let errors = op
+            .metric(&format!(
+                "pot_operator_reconcile_errors_total{{controller=\"{controller}\"}}"
+            ))
+            .await;
+        assert_eq!(
+            errors,
+            0.0,
+            "a {controller} reconcile failed under the role:\n{}",
+            op.log_text()
+        );
+    }
 }

@@ -26,9 +26,10 @@ use crate::backoff::Backoff;
 use crate::context::{Context, key_of};
 use crate::crd::miner::Miner;
 use crate::crd::network::PotNetwork;
+use crate::crd::task::TrainingTask;
 use crate::error::Error;
 use crate::metrics::{Metrics, VerbLabel};
-use crate::{miner, network, queue};
+use crate::{miner, network, queue, task};
 
 /// How `run` is configured (flags and environment, see `main.rs`).
 #[derive(Clone, Debug)]
@@ -183,6 +184,10 @@ async fn controllers(
     )
     .owns(api::<StatefulSet>(&client, &namespace), owned)
     .reconcile_on(queue_changes);
+    let tasks = Controller::new(
+        api::<TrainingTask>(&client, &namespace),
+        watcher::Config::default().any_semantic(),
+    );
     let poller = tokio::spawn(queue::poll(
         ctx.clone(),
         miners.store(),
@@ -203,6 +208,14 @@ async fn controllers(
             miners,
             "miner",
             miner::reconcile,
+            ctx.clone(),
+            backoff.clone(),
+            stop.clone()
+        ),
+        drive(
+            tasks,
+            "trainingtask",
+            task::reconcile,
             ctx.clone(),
             backoff.clone(),
             stop.clone()

@@ -1,0 +1,127 @@
+//! The `TrainingTask` controller against the real API server and a real chain: the task is
+//! signed with the publisher's key and submitted exactly once, and the status follows the
+//! chain to the end. No miner runs here (no kubelet yet), so the task ends with no claim and
+//! the ledger refunds the bounty without asking for the eval set.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use pot_e2e::operator::{Operator, coordinator_for, install_crds};
+use pot_e2e::{TestEnv, eventually};
+use pot_operator::crd::network::PotNetwork;
+use pot_operator::crd::task::{TaskPhase, TrainingTask};
+use pot_protocol::client::Client;
+use pot_protocol::keyfile;
+use serde_json::json;
+
+const DIGITS: &str = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22";
+
+#[tokio::test]
+async fn a_task_is_submitted_once_and_followed_to_its_end() {
+    let env = TestEnv::new("op-task").await;
+    install_crds(&env).await;
+    let op = Operator::start(&env, "only", &[]).await;
+    let nets: Api<PotNetwork> = env.api();
+    let net: PotNetwork = serde_json::from_value(json!({
+        "apiVersion": "pot.dev/v1alpha1", "kind": "PotNetwork",
+        "metadata": {"name": "chain", "annotations": {"pot.dev/api-url": "http://127.0.0.1:9"}},
+        "spec": {"coordinators": 1, "storage": {"size": "1Gi"},
+                 "genesis": {"blockTimeMs": 300, "faucet": {"balance": 100000000}}},
+    }))
+    .unwrap();
+    nets.patch("chain", &PatchParams::apply("test"), &Patch::Apply(&net))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_coordinator, url) = coordinator_for(&env, "chain", dir.path()).await;
+    let patch = json!({"metadata": {"annotations": {"pot.dev/api-url": url}}});
+    nets.patch("chain", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let faucet: Secret = env.api().get("chain-faucet").await.unwrap();
+    let publisher =
+        keyfile::decode(std::str::from_utf8(&faucet.data.unwrap()["key"].0).unwrap()).unwrap();
+    let node = Client::new(url.clone());
+    let before = node.account(&publisher.address()).await.unwrap();
+
+    let tasks: Api<TrainingTask> = env.api();
+    let tt: TrainingTask = serde_json::from_value(json!({
+        "apiVersion": "pot.dev/v1alpha1", "kind": "TrainingTask",
+        "metadata": {"name": "digits"},
+        "spec": {
+            "networkRef": {"name": "chain"},
+            "publisherKeySecret": {"name": "chain-faucet"},
+            "bounty": 5000,
+            "task": {
+                "model": {"builtin": "mlp", "hidden": [8]},
+                "dataset": {"locator": "builtin:digits", "sha256": DIGITS},
+                "optimizer": {"kind": "sgd", "lr": {"value": 0.05}},
+                "batchSize": 16, "steps": 100, "checkpointInterval": 50,
+            },
+            "evalSet": {"locator": "builtin:digits", "sha256": DIGITS},
+            "windows": {"commit": 3, "reveal": 1, "evalReveal": 20, "reportCommit": 1,
+                        "reportReveal": 1, "challenge": 1, "challengeReveal": 1, "vote": 1,
+                        "voteReveal": 1},
+        }
+    }))
+    .unwrap();
+    tasks
+        .patch("digits", &PatchParams::apply("test"), &Patch::Apply(&tt))
+        .await
+        .unwrap();
+    let done = eventually("the task to end on chain", Duration::from_secs(120), || {
+        let tasks = tasks.clone();
+        async move {
+            let t = tasks.get("digits").await.ok()?;
+            let s = t.status.clone()?;
+            matches!(s.phase, TaskPhase::Finalized | TaskPhase::Failed).then_some(t)
+        }
+    })
+    .await;
+    let status = done.status.unwrap();
+    assert_eq!(
+        status.phase,
+        TaskPhase::Finalized,
+        "{:?}\n{}",
+        status.message,
+        op.log_text()
+    );
+    let id: pot_protocol::Hash = status.task_id.clone().unwrap().parse().unwrap();
+    let info = node.task(&id).await.unwrap();
+    assert_eq!(info.task.bounty.0, 5000);
+    assert_eq!(info.task.client, publisher.address());
+    // No miner took it: the bounty came back.
+    assert!(
+        status
+            .payouts
+            .iter()
+            .any(|p| p.reason == "refund" && p.amount == 5000),
+        "{:?}",
+        status.payouts
+    );
+    // Exactly one submission, though the task was reconciled many times.
+    let after = node.account(&publisher.address()).await.unwrap();
+    assert_eq!(after.nonce, before.nonce + 1, "submitted more than once");
+    let reconciles = op
+        .metric("pot_operator_reconciles_total{controller=\"trainingtask\"}")
+        .await;
+    assert!(reconciles >= 3.0, "{reconciles} reconciles");
+    assert!(
+        done.metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"pot.dev/eval-reveal".to_string())
+    );
+
+    // An ended task lets its resource go at once.
+    tasks
+        .delete("digits", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the task deleted", Duration::from_secs(30), || {
+        let tasks = tasks.clone();
+        async move { tasks.get_opt("digits").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+}
