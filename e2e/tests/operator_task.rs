@@ -66,19 +66,41 @@ async fn a_task_is_submitted_once_and_followed_to_its_end() {
         }
     }))
     .unwrap();
-    tasks
-        .patch("digits", &PatchParams::apply("test"), &Patch::Apply(&tt))
-        .await
-        .unwrap();
-    let done = eventually("the task to end on chain", Duration::from_secs(120), || {
+    // A second task of the same publisher, created at once: both may pick the same nonce.
+    let mut twin = tt.clone();
+    twin.metadata.name = Some("digits-twin".into());
+    twin.spec.bounty = 7000;
+    for t in [&tt, &twin] {
+        let name = t.metadata.name.clone().unwrap();
+        tasks
+            .patch(&name, &PatchParams::apply("test"), &Patch::Apply(t))
+            .await
+            .unwrap();
+    }
+    let ended = |name: &'static str| {
         let tasks = tasks.clone();
         async move {
-            let t = tasks.get("digits").await.ok()?;
-            let s = t.status.clone()?;
-            matches!(s.phase, TaskPhase::Finalized | TaskPhase::Failed).then_some(t)
+            eventually("the task to end on chain", Duration::from_secs(120), || {
+                let tasks = tasks.clone();
+                async move {
+                    let t = tasks.get(name).await.ok()?;
+                    let s = t.status.clone()?;
+                    matches!(s.phase, TaskPhase::Finalized | TaskPhase::Failed).then_some(t)
+                }
+            })
+            .await
         }
-    })
-    .await;
+    };
+    let done = ended("digits").await;
+    let twin_done = ended("digits-twin").await;
+    let twin_status = twin_done.status.unwrap();
+    assert_ne!(twin_status.task_id, done.status.as_ref().unwrap().task_id);
+    let twin_id: pot_protocol::Hash = twin_status.task_id.unwrap().parse().unwrap();
+    assert_eq!(
+        node.task(&twin_id).await.unwrap().task.bounty.0,
+        7000,
+        "each resource mirrors its own task"
+    );
     let status = done.status.unwrap();
     assert_eq!(
         status.phase,
@@ -100,9 +122,9 @@ async fn a_task_is_submitted_once_and_followed_to_its_end() {
         "{:?}",
         status.payouts
     );
-    // Exactly one submission, though the task was reconciled many times.
+    // Exactly one submission each, though they were reconciled many times.
     let after = node.account(&publisher.address()).await.unwrap();
-    assert_eq!(after.nonce, before.nonce + 1, "submitted more than once");
+    assert_eq!(after.nonce, before.nonce + 2, "submitted more than once");
     let reconciles = op
         .metric("pot_operator_reconciles_total{controller=\"trainingtask\"}")
         .await;

@@ -79,7 +79,7 @@ impl Context {
             .await
     }
 
-    /// A network's open tasks: the queue poller's reading when it is at most `fresh` old, else
+    /// A network's takeable tasks ([`takeable`]): the queue poller's reading when it is at most `fresh` old, else
     /// read now. `None` when the network's API does not answer.
     pub async fn open_tasks(&self, net: &PotNetwork, fresh: Duration) -> Option<u64> {
         let key = key_of(net);
@@ -93,11 +93,12 @@ impl Context {
         if cached.is_some() {
             return cached;
         }
-        let open = pot_protocol::client::Client::with_timeout(self.api_url(net), NODE_API_TIMEOUT)
-            .queue()
-            .await
-            .ok()?
-            .open;
+        let open = takeable(
+            &pot_protocol::client::Client::with_timeout(self.api_url(net), NODE_API_TIMEOUT)
+                .queue()
+                .await
+                .ok()?,
+        );
         self.record_queue(net, open);
         Some(open)
     }
@@ -153,6 +154,16 @@ impl Context {
         }
         service_url(net)
     }
+}
+
+/// The tasks of a queue that a miner can still take (in their commit window): what fleets
+/// scale by. Tasks further on need no new miner, and counting them would keep fleets large
+/// (or let anyone grow every fleet with cheap tasks nobody claims).
+pub fn takeable(q: &pot_protocol::api::Queue) -> u64 {
+    q.by_phase
+        .get(&pot_protocol::Phase::Commit)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// `namespace/name` of an object.

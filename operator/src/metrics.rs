@@ -78,7 +78,7 @@ impl Metrics {
         );
         registry.register(
             "network_open_tasks",
-            "Open tasks of each PotNetwork (what Miner fleets scale by)",
+            "Tasks of each PotNetwork open for claims (what Miner fleets scale by)",
             queue_depth.clone(),
         );
         registry.register(

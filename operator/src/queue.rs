@@ -43,7 +43,7 @@ pub async fn poll(
                     .queue()
                     .await
                     .ok()
-                    .map(|q| q.open);
+                    .map(|q| crate::context::takeable(&q));
                 (net, open)
             }
         });

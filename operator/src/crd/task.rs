@@ -489,6 +489,11 @@ pub struct TrainingTaskStatus {
     /// re-sends the same transaction and never escrows twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submit_nonce: Option<u64>,
+    /// The salt of the eval set's commitment (hex), chosen with the nonce and written with it,
+    /// before the submission is sent. Not a secret from readers of this resource (the eval
+    /// set is in its spec); it hides the eval set from the chain until the reveal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_salt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_height: Option<u64>,
     #[serde(default)]

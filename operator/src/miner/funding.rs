@@ -27,11 +27,15 @@ pub fn shortfalls(holdings: &[(Address, Amount)], target: Amount) -> Vec<(Addres
 pub async fn fund(
     node: &Client,
     payer: &SecretKey,
+    chain: (&str, Amount),
     miners: &[Address],
     target: Amount,
 ) -> Result<usize, String> {
+    let (chain_id, fee) = chain;
     let e = |e: ClientError| e.to_string();
-    let head = node.head().await.map_err(e)?;
+    // The payer first, then the miners: a transfer that lands in between then shows in the
+    // holdings (read later), never only in the nonce, so it is not paid again.
+    let account = node.account(&payer.address()).await.map_err(e)?;
     let mut holdings = Vec::with_capacity(miners.len());
     for a in miners {
         let have = match node.account(a).await {
@@ -45,8 +49,7 @@ pub async fn fund(
     if due.is_empty() {
         return Ok(0);
     }
-    let account = node.account(&payer.address()).await.map_err(e)?;
-    let needed: u64 = due.iter().map(|(_, a)| a.0 + head.tx_fee.0).sum();
+    let needed: u64 = due.iter().map(|(_, a)| a.0 + fee.0).sum();
     if account.balance.0 < needed {
         return Err(format!(
             "the funding account {} holds {} but the miners need {needed} (with fees)",
@@ -57,10 +60,10 @@ pub async fn fund(
     let mut sent = 0;
     for (i, (to, amount)) in due.into_iter().enumerate() {
         let tx = Tx {
-            chain_id: head.chain_id.clone(),
+            chain_id: chain_id.to_string(),
             signer: payer.address(),
             nonce: account.nonce + i as u64,
-            fee: head.tx_fee,
+            fee,
             body: TxBody::Transfer { to, amount },
         };
         match node.submit(&tx.sign(payer)).await {

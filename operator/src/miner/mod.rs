@@ -68,7 +68,13 @@ pub async fn reconcile(m: Arc<Miner>, ctx: Arc<Context>) -> Result<Action> {
         .unwrap_or(0)
         .max(0) as u32;
     let open = ctx.open_tasks(&net, QUEUE_FRESH).await;
-    let (desired, window_ends) = desired_replicas(&m, &ctx, open, current);
+    // What the fleet was last asked for stands in while the queue is unknown, and for a new
+    // leader (the StatefulSet may be larger while it drains).
+    let asked = m
+        .status
+        .as_ref()
+        .map_or(current, |s| s.desired_replicas.max(0) as u32);
+    let (desired, window_ends) = desired_replicas(&m, &ctx, open, asked);
     ctx.metrics
         .desired_replicas
         .get_or_create(&ObjectLabel {
@@ -88,8 +94,33 @@ pub async fn reconcile(m: Arc<Miner>, ctx: Arc<Context>) -> Result<Action> {
     };
     let mut views = pods::observe(&ctx.client, &m, net.spec.ports.api).await?;
     pods::settle(&mut views, desired, &fleet.drain_token).await;
+    let node = Client::with_timeout(ctx.api_url(&net), NODE_API_TIMEOUT);
+    // A pod leaves only if the chain shows no claim of its key in an active task (a restarted
+    // or unscheduled pod reports no work of its own, and a revealed claim still needs its
+    // checkpoints served), and it was seen idle and drained for a while (a drain answer is
+    // not a barrier against a task it was just taking).
+    let claimed = if desired < current {
+        claimed_addresses(&node).await
+    } else {
+        Some(Default::default())
+    };
+    // Every leaving pod is looked at on every pass, so their idle times run together.
+    let work: BTreeMap<u32, PodWork> = (desired..current)
+        .map(|o| {
+            let holds_claim = match &claimed {
+                Some(c) => fleet
+                    .addresses
+                    .get(o as usize)
+                    .is_some_and(|a| c.contains(a)),
+                None => true,
+            };
+            let seen = views.get(&o).map_or(PodWork::Idle, PodView::work);
+            let work = if holds_claim { PodWork::Busy } else { seen };
+            (o, settled(&ctx, &names.pod(o as usize), work))
+        })
+        .collect();
     let plan = autoscale::plan(current, desired, |o| {
-        views.get(&o).map_or(PodWork::Idle, PodView::work)
+        work.get(&o).copied().unwrap_or(PodWork::Busy)
     });
 
     apply::apply(
@@ -113,7 +144,6 @@ pub async fn reconcile(m: Arc<Miner>, ctx: Arc<Context>) -> Result<Action> {
         .await;
     }
 
-    let node = Client::with_timeout(ctx.api_url(&net), NODE_API_TIMEOUT);
     let live_addresses = &fleet.addresses[..(plan.replicas as usize).min(fleet.addresses.len())];
     let accounts = accounts(&node, live_addresses).await;
     let funding = match &m.spec.funding {
@@ -185,6 +215,38 @@ fn desired_replicas(
     (desired, window_ends)
 }
 
+/// How long a pod must be seen idle (and drained) before it may be removed.
+const IDLE_SETTLE: Duration = Duration::from_secs(5);
+
+/// `work`, with `Idle` only once the pod was idle for [`IDLE_SETTLE`] in a row.
+fn settled(ctx: &Context, pod: &str, work: PodWork) -> PodWork {
+    let key = format!("idle/{pod}");
+    let mut seen = ctx.status_written.lock().expect("status_written lock");
+    if work != PodWork::Idle {
+        seen.remove(&key);
+        return work;
+    }
+    let since = *seen.entry(key).or_insert_with(Instant::now);
+    if since.elapsed() >= IDLE_SETTLE {
+        PodWork::Idle
+    } else {
+        PodWork::Busy
+    }
+}
+
+/// Every address with a claim in a task still active on chain; `None` when the chain cannot
+/// be asked (then no pod counts as free of claims).
+async fn claimed_addresses(node: &Client) -> Option<std::collections::BTreeSet<Address>> {
+    let tasks = node.tasks(None).await.ok()?;
+    Some(
+        tasks
+            .iter()
+            .filter(|t| t.task.is_active())
+            .flat_map(|t| t.task.claims.keys().copied())
+            .collect(),
+    )
+}
+
 /// The chain's view of each address (`None` where it could not be read or has no account).
 async fn accounts(node: &Client, addresses: &[Address]) -> Vec<Option<AccountInfo>> {
     futures::future::join_all(addresses.iter().map(|a| node.account(a)))
@@ -214,7 +276,7 @@ async fn fund(
     let p = &genesis.params;
     let stake = m.spec.stake.map(Amount).unwrap_or(p.min_miner_bond);
     let target = funding::target(stake, p.claim_deposit, p.tx_fee);
-    let sent = funding::fund(node, &payer, miners, target).await;
+    let sent = funding::fund(node, &payer, (&genesis.chain_id, p.tx_fee), miners, target).await;
     if let Err(e) = &sent {
         warn!(miner = %m.name_any(), "funding: {e}");
     }

@@ -73,7 +73,7 @@ pub async fn reconcile(net: Arc<PotNetwork>, ctx: Arc<Context>) -> Result<Action
     let genesis = identity.genesis;
     let chain = read_chain(&ctx.api_url(&net), &genesis).await;
     if let Ok((_, queue)) = &chain {
-        ctx.record_queue(&net, queue.open);
+        ctx.record_queue(&net, crate::context::takeable(queue));
     }
     let status = observe(&net, &ctx.api_url(&net), sts.as_ref(), &genesis, chain);
     let old_phase = net.status.as_ref().map(|s| s.phase);

@@ -6,8 +6,13 @@
 //! transaction is sent, and the task's id is `H(publisher ‖ nonce)`. A retry (a crash, a lost
 //! answer, a new leader) signs the same transaction again, which the chain applies at most
 //! once; a nonce that the publisher used for something else (the account moved past it and no
-//! task has that id) is replaced by the next one. The eval set's salt is kept in a Secret,
-//! made before the submission, so the commitment on chain can always be opened.
+//! task has that id for a while) is replaced by the next one — never once the task was seen
+//! on chain. A task on chain counts as this resource's only if its eval commitment opens with
+//! this resource's salt: two tasks of one publisher may pick the same nonce, and one moves on.
+//! The salt is written to the status with the nonce, before anything is sent (it is no secret
+//! from readers of this resource, whose spec names the eval set; it hides the eval set from
+//! the chain until the reveal). The chain id and fee come from the network's genesis, not
+//! from whichever coordinator answers.
 //!
 //! Deleting: the chain has no withdrawal. A submitted task stays escrowed until it finalizes
 //! (paying the winner, or refunding the publisher when no claim is valid) or fails, and it
@@ -21,16 +26,15 @@ pub mod spec;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 use pot_protocol::api::TaskInfo;
 use pot_protocol::client::{Client, ClientError};
 use pot_protocol::state::Phase;
+use pot_protocol::task::DatasetRef;
 use pot_protocol::tx::{Tx, TxBody, eval_commitment, task_id};
 use pot_protocol::{Amount, Hash, SecretKey};
 use serde_json::json;
@@ -82,19 +86,25 @@ async fn drive(tt: &TrainingTask, ctx: &Context, deleting: bool) -> Result<Actio
         status = fresh.status.unwrap_or_default();
     }
     status.observed_generation = tt.meta().generation;
+    if deleting && status.submit_nonce.is_none() {
+        // Never signed: nothing on chain.
+        return Ok(Action::await_change());
+    }
     let Some(net) = ctx.network(&ns, &tt.spec.network_ref.name).await? else {
-        if deleting && status.submit_nonce.is_none() {
-            return Ok(Action::await_change());
-        }
         let msg = format!("PotNetwork {} does not exist", tt.spec.network_ref.name);
         set_problem(tt, &mut status, "NetworkNotFound", &msg);
         write_status(tt, ctx, status).await?;
         return Err(Error::needs("NetworkNotFound", msg));
     };
-    if deleting && status.submit_nonce.is_none() {
-        // Never sent: nothing on chain.
-        return Ok(Action::await_change());
-    }
+    let genesis = match crate::network::identity::genesis_of(&net, &ctx.client).await? {
+        Some(g) => g,
+        None => {
+            let msg = "the network has no genesis yet".to_string();
+            set_problem(tt, &mut status, "NetworkNotReady", &msg);
+            write_status(tt, ctx, status).await?;
+            return Ok(Action::requeue(ctx.resync));
+        }
+    };
     let publisher = match crate::key_secret::read(
         &ctx.client,
         &ns,
@@ -113,16 +123,27 @@ async fn drive(tt: &TrainingTask, ctx: &Context, deleting: bool) -> Result<Actio
     };
     let url = ctx.api_url(&net);
     let node = Client::with_timeout(&url, NODE_API_TIMEOUT);
-    let salt = eval_salt(tt, ctx).await?;
+    let signer = Signer {
+        key: &publisher,
+        chain_id: &genesis.chain_id,
+        fee: genesis.params.tx_fee,
+    };
     let old_phase = status.phase;
-    let outcome = step(tt, ctx, &node, &publisher, &salt, &url, &mut status).await;
+    let expired = tt.spec.active_deadline_seconds.is_some_and(|d| past(tt, d));
+    let outcome = step(
+        tt,
+        ctx,
+        &node,
+        &signer,
+        &url,
+        &mut status,
+        deleting || expired,
+    )
+    .await;
     if let Err(message) = &outcome {
         set_problem(tt, &mut status, "ChainUnavailable", message);
     }
-    if let Some(deadline) = tt.spec.active_deadline_seconds
-        && !matches!(status.phase, TaskPhase::Finalized | TaskPhase::Failed)
-        && past(tt, deadline)
-    {
+    if expired && !matches!(status.phase, TaskPhase::Finalized | TaskPhase::Failed) {
         status.phase = TaskPhase::Expired;
     }
     if status.phase != old_phase {
@@ -135,14 +156,14 @@ async fn drive(tt: &TrainingTask, ctx: &Context, deleting: bool) -> Result<Actio
         )
         .await;
     }
-    let ended = matches!(status.phase, TaskPhase::Finalized | TaskPhase::Failed)
-        || status
-            .message
-            .as_deref()
-            .is_some_and(|m| m.contains("eval set revealed"));
+    let revealed = status
+        .message
+        .as_deref()
+        .is_some_and(|m| m.contains("eval set revealed"));
+    let done = matches!(outcome, Ok(Onchain::Ended | Onchain::Never)) || revealed;
     write_status(tt, ctx, status).await?;
     if deleting {
-        return if ended {
+        return if done {
             Ok(Action::await_change())
         } else {
             Err(Error::needs(
@@ -152,76 +173,161 @@ async fn drive(tt: &TrainingTask, ctx: &Context, deleting: bool) -> Result<Actio
         };
     }
     Ok(match outcome {
-        Ok(true) => Action::requeue(ACTIVE_RECHECK),
+        Ok(Onchain::Active) => Action::requeue(ACTIVE_RECHECK),
         _ => Action::requeue(ctx.resync.max(ACTIVE_RECHECK)),
     })
 }
 
-/// Move the task on: record a nonce, submit, mirror, reveal. `Ok(true)` while the task is
-/// still active on chain (or not yet there); an `Err` when the chain could not be asked.
+/// What signs: the publisher's key, with the chain id and fee of the network's genesis.
+struct Signer<'a> {
+    key: &'a SecretKey,
+    chain_id: &'a str,
+    fee: Amount,
+}
+
+impl Signer<'_> {
+    fn sign(&self, nonce: u64, body: TxBody) -> pot_protocol::SignedTx {
+        Tx {
+            chain_id: self.chain_id.to_string(),
+            signer: self.key.address(),
+            nonce,
+            fee: self.fee,
+            body,
+        }
+        .sign(self.key)
+    }
+}
+
+/// Where the task stands on chain after a pass.
+#[derive(Debug, PartialEq, Eq)]
+enum Onchain {
+    /// Not ended (or not there yet).
+    Active,
+    /// Finalized or failed.
+    Ended,
+    /// It will not be there: impossible, or given up while deleting or expired.
+    Never,
+}
+
+/// Move the task on: record a nonce and salt, submit, mirror, reveal. `quiet` (deleting or
+/// expired): nothing new is submitted. An `Err` when the chain could not be asked.
 async fn step(
     tt: &TrainingTask,
     ctx: &Context,
     node: &Client,
-    publisher: &SecretKey,
-    salt: &Hash,
+    signer: &Signer<'_>,
     url: &str,
     status: &mut TrainingTaskStatus,
-) -> std::result::Result<bool, String> {
-    let me = publisher.address();
+    quiet: bool,
+) -> std::result::Result<Onchain, String> {
+    let me = signer.key.address();
     status.publisher = Some(me.to_hex());
-    let Some(nonce) = status.submit_nonce else {
-        // First record the nonce (the caller writes the status), then send on the next pass.
+    let eval = spec::dataset(&tt.spec.eval_set)?;
+    let (Some(nonce), Some(salt)) = (
+        status.submit_nonce,
+        status
+            .eval_salt
+            .as_ref()
+            .and_then(|s| s.parse::<Hash>().ok()),
+    ) else {
+        if quiet {
+            return Ok(Onchain::Never);
+        }
+        // First the nonce and salt (the caller writes them), then the submission on the next
+        // pass.
         let account = account_nonce(node, &me).await?;
-        status.submit_nonce = Some(account);
-        status.task_id = Some(task_id(&me, account).to_string());
+        record_nonce(status, &me, account);
+        status.eval_salt = Some(Hash(SecretKey::generate().seed()).to_string());
         status.phase = TaskPhase::Pending;
-        status.message = Some(format!("will submit with nonce {account}"));
-        return Ok(true);
+        return Ok(Onchain::Active);
     };
     let id = task_id(&me, nonce);
-    match node.task(&id).await {
-        Ok(info) => {
-            status.phase = mirror::phase(&info);
-            mirror::mirror(&info, url, status);
-            if status.submitted_at.is_none() {
-                status.submitted_at = Some(now());
-            }
-            if matches!(info.phase, Phase::Finalized) && status.finalized_at.is_none() {
-                status.finalized_at = Some(now());
-            }
-            reveal_if_due(tt, node, publisher, salt, &info, status).await?;
-            Ok(info.task.is_active())
-        }
-        Err(ClientError::Api { status: 404, .. }) => {
-            let account = account_nonce(node, &me).await?;
-            // Nodes behind an API Service may differ by a few blocks: a nonce is only taken
-            // for used elsewhere once the account moved past it and the task was missing for
-            // a while, so a task that landed on a node ahead is never submitted twice.
-            let key = format!("nonce-taken/{}/{nonce}", key_of(tt));
-            let since = *ctx
-                .status_written
-                .lock()
-                .expect("status_written lock")
-                .entry(key)
-                .or_insert_with(std::time::Instant::now);
-            if account > nonce && since.elapsed() >= NONCE_TAKEN_AFTER {
-                // The nonce went to another transaction of this key (the task would exist
-                // otherwise): take the next one; the old signature can never apply now.
-                status.submit_nonce = Some(account);
-                status.task_id = Some(task_id(&me, account).to_string());
-                status.message = Some(format!(
-                    "nonce {nonce} was used by another transaction of {me}; will submit with {account}"
+    let missing_key = format!("nonce-missing/{}/{nonce}", key_of(tt));
+    let found = match node.task(&id).await {
+        Ok(info) => Some(info),
+        Err(ClientError::Api { status: 404, .. }) => None,
+        Err(e) => return Err(e.to_string()),
+    };
+    if let Some(info) = found {
+        ctx.status_written
+            .lock()
+            .expect("status_written lock")
+            .remove(&missing_key);
+        if info.task.eval_commit != eval_commitment(&eval, &salt) {
+            if status.submitted_at.is_some() {
+                return Err(format!(
+                    "task {id} on chain is not this resource's (its eval commitment differs)"
                 ));
-                return Ok(true);
             }
-            if account > nonce {
-                return Ok(true);
+            if quiet {
+                return Ok(Onchain::Never);
             }
-            submit(tt, node, publisher, salt, nonce, status).await
+            // Another task of this publisher took the nonce (its salt differs).
+            let account = account_nonce(node, &me).await?;
+            record_nonce(status, &me, account.max(nonce + 1));
+            status.message = Some(format!(
+                "nonce {nonce} went to another task of {me}; moving on"
+            ));
+            return Ok(Onchain::Active);
         }
-        Err(e) => Err(e.to_string()),
+        status.phase = mirror::phase(&info);
+        mirror::mirror(&info, url, status);
+        if status.submitted_at.is_none() {
+            status.submitted_at = Some(now());
+        }
+        if matches!(info.phase, Phase::Finalized) && status.finalized_at.is_none() {
+            status.finalized_at = Some(now());
+        }
+        reveal_if_due(node, signer, &eval, &salt, &info, status).await?;
+        return Ok(if info.task.is_active() {
+            Onchain::Active
+        } else {
+            Onchain::Ended
+        });
     }
+    if status.submitted_at.is_some() {
+        // Seen on chain before: a node that does not know it now is behind or lying, and the
+        // nonce is never given up for it.
+        return Err(format!(
+            "the network's API does not know task {id}, which was on chain"
+        ));
+    }
+    let since = *ctx
+        .status_written
+        .lock()
+        .expect("status_written lock")
+        .entry(missing_key)
+        .or_insert_with(std::time::Instant::now);
+    let missing_long = since.elapsed() >= NONCE_TAKEN_AFTER;
+    if quiet {
+        // Deleting or expired: send nothing; let go once a sent submission had time to land
+        // (or none was ever accepted).
+        let never_accepted = status.phase == TaskPhase::Pending;
+        return Ok(if never_accepted || missing_long {
+            Onchain::Never
+        } else {
+            Onchain::Active
+        });
+    }
+    let account = account_nonce(node, &me).await?;
+    if account > nonce {
+        if missing_long {
+            // The nonce went to another transaction of this key (the task would exist
+            // otherwise): take the next one; the old signature can never apply now.
+            record_nonce(status, &me, account);
+            status.message = Some(format!(
+                "nonce {nonce} was used by another transaction of {me}; will submit with {account}"
+            ));
+        }
+        return Ok(Onchain::Active);
+    }
+    submit(tt, node, signer, &eval, &salt, nonce, status).await
+}
+
+fn record_nonce(status: &mut TrainingTaskStatus, me: &pot_protocol::Address, nonce: u64) {
+    status.submit_nonce = Some(nonce);
+    status.task_id = Some(task_id(me, nonce).to_string());
+    status.message = Some(format!("will submit with nonce {nonce}"));
 }
 
 async fn account_nonce(
@@ -239,40 +345,34 @@ async fn account_nonce(
 async fn submit(
     tt: &TrainingTask,
     node: &Client,
-    publisher: &SecretKey,
+    signer: &Signer<'_>,
+    eval: &DatasetRef,
     salt: &Hash,
     nonce: u64,
     status: &mut TrainingTaskStatus,
-) -> std::result::Result<bool, String> {
-    let (task, eval) = match (
-        spec::task_spec(&tt.spec.task),
-        spec::dataset(&tt.spec.eval_set),
-    ) {
-        (Ok(t), Ok(e)) => (t, e),
-        (Err(e), _) | (_, Err(e)) => {
+) -> std::result::Result<Onchain, String> {
+    let task = match spec::task_spec(&tt.spec.task) {
+        Ok(t) => t,
+        Err(e) => {
             status.phase = TaskPhase::Failed;
             status.message = Some(format!("the task cannot go on chain: {e}"));
-            return Ok(false);
+            return Ok(Onchain::Never);
         }
     };
-    let head = node.head().await.map_err(|e| e.to_string())?;
-    let tx = Tx {
-        chain_id: head.chain_id,
-        signer: publisher.address(),
+    let stx = signer.sign(
         nonce,
-        fee: head.tx_fee,
-        body: TxBody::SubmitTask {
+        TxBody::SubmitTask {
             spec: task,
             bounty: Amount(tt.spec.bounty),
-            eval_commit: eval_commitment(&eval, salt),
+            eval_commit: eval_commitment(eval, salt),
             windows: spec::windows(&tt.spec.windows),
         },
-    };
-    match node.submit(&tx.sign(publisher)).await {
+    );
+    match node.submit(&stx).await {
         Ok(hash) => {
             status.phase = TaskPhase::Submitted;
             status.message = Some(format!("submitted in transaction {hash}"));
-            Ok(true)
+            Ok(Onchain::Active)
         }
         // Refused as it stands (no funds, a spec the chain's parameters refuse): say why and
         // try again later with the same nonce — funds may arrive.
@@ -283,7 +383,7 @@ async fn submit(
         ) => {
             status.phase = TaskPhase::Pending;
             status.message = Some(format!("the chain refused the submission: {e}"));
-            Ok(true)
+            Ok(Onchain::Active)
         }
         Err(e) => Err(e.to_string()),
     }
@@ -291,9 +391,9 @@ async fn submit(
 
 /// Reveal the eval set once the chain's phase is `EvalReveal` and it is not revealed yet.
 async fn reveal_if_due(
-    tt: &TrainingTask,
     node: &Client,
-    publisher: &SecretKey,
+    signer: &Signer<'_>,
+    eval: &DatasetRef,
     salt: &Hash,
     info: &TaskInfo,
     status: &mut TrainingTaskStatus,
@@ -311,93 +411,20 @@ async fn reveal_if_due(
     if info.phase != Phase::EvalReveal {
         return Ok(());
     }
-    let eval = spec::dataset(&tt.spec.eval_set)?;
-    let head = node.head().await.map_err(|e| e.to_string())?;
-    let nonce = account_nonce(node, &publisher.address()).await?;
-    let tx = Tx {
-        chain_id: head.chain_id,
-        signer: publisher.address(),
+    let nonce = account_nonce(node, &signer.key.address()).await?;
+    let tx = signer.sign(
         nonce,
-        fee: head.tx_fee,
-        body: TxBody::RevealEvalSet {
+        TxBody::RevealEvalSet {
             task: info.id,
-            eval_set: eval,
+            eval_set: eval.clone(),
             salt: *salt,
         },
-    };
-    node.submit(&tx.sign(publisher))
+    );
+    node.submit(&tx)
         .await
         .map_err(|e| format!("revealing the eval set: {e}"))?;
     status.message = Some("revealing the eval set".into());
     Ok(())
-}
-
-/// The eval set's salt: kept in Secret `<task>-eval-salt` (owned by the task: the finalizer
-/// keeps the task, and so the Secret, until the reveal is on chain), made before the first
-/// submission.
-async fn eval_salt(tt: &TrainingTask, ctx: &Context) -> Result<Hash> {
-    let ns = tt.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let name = format!("{}-eval-salt", tt.name_any());
-    let read = |s: &Secret| -> Result<Hash> {
-        let text = s
-            .data
-            .as_ref()
-            .and_then(|d| d.get("salt"))
-            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
-            .unwrap_or_default();
-        text.parse().map_err(|_| {
-            Error::needs(
-                "EvalSaltLost",
-                format!("Secret {name} has no readable `salt`: restore it, or the eval set cannot be revealed"),
-            )
-        })
-    };
-    if let Some(s) = secrets.get_opt(&name).await? {
-        return read(&s);
-    }
-    if tt.status.as_ref().is_some_and(|s| s.submit_nonce.is_some()) {
-        return Err(Error::needs(
-            "EvalSaltLost",
-            format!("Secret {name} is gone after the task was signed; restore it from a backup"),
-        ));
-    }
-    let salt = Hash(SecretKey::generate().seed());
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(ns),
-            labels: Some(
-                [
-                    (
-                        "app.kubernetes.io/managed-by".to_string(),
-                        "pot-operator".to_string(),
-                    ),
-                    ("pot.dev/task".to_string(), tt.name_any()),
-                ]
-                .into(),
-            ),
-            owner_references: Some(vec![
-                tt.controller_owner_ref(&())
-                    .expect("a task read from the API has a uid"),
-            ]),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(
-            [(
-                "salt".to_string(),
-                ByteString(salt.to_string().into_bytes()),
-            )]
-            .into(),
-        ),
-        ..Default::default()
-    };
-    match secrets.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(salt),
-        Err(kube::Error::Api(e)) if e.code == 409 => read(&secrets.get(&name).await?),
-        Err(e) => Err(e.into()),
-    }
 }
 
 fn past(tt: &TrainingTask, deadline_seconds: i64) -> bool {
