@@ -339,7 +339,7 @@ async fn kubectl_lists_them_by_category_short_name_and_columns() {
         .unwrap();
     let header = wide.lines().next().unwrap_or_default();
     for column in [
-        "NETWORK", "DESIRED", "READY", "GPUS", "TRAINING", "WON", "REWARDS", "AGE",
+        "NETWORK", "DESIRED", "READY", "GPUS", "TRAINING", "WON", "HOLDINGS", "AGE",
     ] {
         assert!(header.contains(column), "{column} missing from {header:?}");
     }

@@ -180,3 +180,27 @@ pub fn service_url(net: &PotNetwork) -> String {
         net.spec.ports.api
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pot_protocol::Phase;
+    use pot_protocol::api::Queue;
+
+    #[test]
+    fn fleets_scale_by_the_tasks_a_miner_can_still_take() {
+        let q = Queue {
+            height: 9,
+            open: 7,
+            by_phase: [
+                (Phase::Commit, 2),
+                (Phase::ReportCommit, 4),
+                (Phase::Vote, 1),
+                (Phase::Finalized, 30),
+            ]
+            .into(),
+        };
+        assert_eq!(takeable(&q), 2);
+        assert_eq!(takeable(&Queue::default()), 0);
+    }
+}
