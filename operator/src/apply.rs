@@ -30,6 +30,35 @@ pub fn is_current<K: Serialize + Resource>(desired: &K, live: Option<&K>) -> boo
     live.and_then(|l| l.annotations().get(HASH_ANNOTATION).cloned()) == Some(hash_of(desired))
 }
 
+/// Write `status` into `obj`'s status subresource (server-side apply, this operator's field
+/// manager).
+pub async fn apply_status<K, S>(
+    client: &kube::Client,
+    obj: &K,
+    status: &S,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + DeserializeOwned
+        + Clone
+        + Debug,
+    S: Serialize,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Apply `desired` unless the live object is already current; true when it wrote.
 pub async fn apply<K>(api: &Api<K>, desired: K) -> Result<bool, kube::Error>
 where

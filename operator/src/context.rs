@@ -31,8 +31,10 @@ pub struct Context {
     pub resync: Duration,
     /// Whether [`API_URL_ANNOTATION`] is honoured.
     pub allow_api_url_annotation: bool,
-    /// When each object's status was last written (`namespace/name` of a kind).
-    pub status_written: Mutex<HashMap<String, Instant>>,
+    /// When each object's status was last written (`kind/namespace/name`).
+    status_written: Mutex<HashMap<String, Instant>>,
+    /// Since when a condition has held without a break (a pod idle, a task missing), by key.
+    first_seen: Mutex<HashMap<String, Instant>>,
     /// The networks as the `PotNetwork` controller's watch last saw them (set once the
     /// controllers start): the Miner and TrainingTask controllers read them from here.
     pub networks: OnceLock<Store<PotNetwork>>,
@@ -61,10 +63,45 @@ impl Context {
             resync,
             allow_api_url_annotation,
             status_written: Default::default(),
+            first_seen: Default::default(),
             networks: OnceLock::new(),
             queues: Default::default(),
             scale_history: Default::default(),
         }
+    }
+
+    /// Whether a status that differs from the stored one only in progress may be skipped: the
+    /// object's status was written within the resync period. Each write triggers a reconcile,
+    /// so a chain with sub-second blocks would otherwise keep its objects reconciling.
+    pub fn written_recently(&self, key: &str) -> bool {
+        self.status_written
+            .lock()
+            .expect("status_written lock")
+            .get(key)
+            .is_some_and(|at| at.elapsed() < self.resync)
+    }
+
+    pub fn mark_written(&self, key: String) {
+        self.status_written
+            .lock()
+            .expect("status_written lock")
+            .insert(key, Instant::now());
+    }
+
+    /// How long the condition `key` has held: from the first call since it was last
+    /// [`Context::forget`]-ten.
+    pub fn held_for(&self, key: String) -> Duration {
+        self.first_seen
+            .lock()
+            .expect("first_seen lock")
+            .entry(key)
+            .or_insert_with(Instant::now)
+            .elapsed()
+    }
+
+    /// The condition `key` no longer holds.
+    pub fn forget(&self, key: &str) {
+        self.first_seen.lock().expect("first_seen lock").remove(key);
     }
 
     /// The network `name` in `ns`: from the watch's cache, else from the API server.

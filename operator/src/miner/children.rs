@@ -78,19 +78,11 @@ fn meta(m: &Miner, name: String) -> ObjectMeta {
 /// and bonds, so deleting the `Miner` keeps them (a fleet of the same name takes them up
 /// again); delete the Secret by hand once the funds are moved.
 pub fn keys_secret(m: &Miner, keys: &BTreeMap<String, String>) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            owner_references: None,
-            ..meta(m, Names::of(m).keys_secret())
-        },
-        type_: Some("Opaque".into()),
-        data: Some(
-            keys.iter()
-                .map(|(pod, file)| (pod.clone(), ByteString(file.clone().into_bytes())))
-                .collect(),
-        ),
-        ..Default::default()
-    }
+    let metadata = ObjectMeta {
+        owner_references: None,
+        ..meta(m, Names::of(m).keys_secret())
+    };
+    crate::network::children::key_files_secret(metadata, keys)
 }
 
 /// The token the operator drains the fleet's pods with (key `token`).

@@ -20,16 +20,15 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use pot_protocol::api::AccountInfo;
 use pot_protocol::client::Client;
 use pot_protocol::{Address, Amount};
-use serde_json::json;
 use tracing::{info, warn};
 
-use crate::apply::{self, FIELD_MANAGER};
+use crate::apply;
 use crate::autoscale::{self, Autoscaling, PodWork};
 use crate::conditions::{self, Fact};
 use crate::context::{Context, NODE_API_TIMEOUT, key_of};
@@ -221,13 +220,11 @@ const IDLE_SETTLE: Duration = Duration::from_secs(5);
 /// `work`, with `Idle` only once the pod was idle for [`IDLE_SETTLE`] in a row.
 fn settled(ctx: &Context, pod: &str, work: PodWork) -> PodWork {
     let key = format!("idle/{pod}");
-    let mut seen = ctx.status_written.lock().expect("status_written lock");
     if work != PodWork::Idle {
-        seen.remove(&key);
+        ctx.forget(&key);
         return work;
     }
-    let since = *seen.entry(key).or_insert_with(Instant::now);
-    if since.elapsed() >= IDLE_SETTLE {
+    if ctx.held_for(key) >= IDLE_SETTLE {
         PodWork::Idle
     } else {
         PodWork::Busy
@@ -479,32 +476,13 @@ pub fn only_progress(old: &MinerStatus, new: &MinerStatus) -> bool {
 /// Write `status` unless it is the stored one; progress alone at most once per resync.
 async fn write_status(m: &Miner, ctx: &Context, status: MinerStatus) -> Result<()> {
     let key = format!("miner/{}", key_of(m));
-    if let Some(old) = m.status.as_ref() {
-        if old == &status {
-            return Ok(());
-        }
-        let recent = ctx
-            .status_written
-            .lock()
-            .expect("status_written lock")
-            .get(&key)
-            .is_some_and(|at| at.elapsed() < ctx.resync);
-        if only_progress(old, &status) && recent {
-            return Ok(());
-        }
+    if let Some(old) = m.status.as_ref()
+        && (old == &status || (only_progress(old, &status) && ctx.written_recently(&key)))
+    {
+        return Ok(());
     }
-    let api: Api<Miner> = Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": "pot.dev/v1alpha1", "kind": "Miner", "status": status});
-    api.patch_status(
-        &m.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    ctx.status_written
-        .lock()
-        .expect("status_written lock")
-        .insert(key, Instant::now());
+    apply::apply_status(&ctx.client, m, &status).await?;
+    ctx.mark_written(key);
     Ok(())
 }
 

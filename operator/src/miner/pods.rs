@@ -23,7 +23,6 @@ pub struct PodView {
     pub name: String,
     /// Its node API (`http://<pod IP>:<api port>`), once it has an address and runs.
     pub api: Option<String>,
-    pub ready: bool,
     /// Its node status, or why it could not be read.
     pub status: Option<Result<NodeStatus, String>>,
 }
@@ -62,15 +61,11 @@ pub async fn observe(
             .and_then(|s| s.pod_ip.as_ref())
             .filter(|_| running)
             .map(|ip| format!("http://{}:{api_port}", bracket(ip)));
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         Some((
             ordinal,
             PodView {
                 name: p.name_any(),
                 api,
-                ready,
                 status: None,
             },
         ))
@@ -143,7 +138,6 @@ mod tests {
         PodView {
             name: "m-miner-0".into(),
             api: api.then(|| "http://10.0.0.1:26657".into()),
-            ready: api,
             status,
         }
     }

@@ -124,8 +124,13 @@ fn identity_meta(net: &PotNetwork, name: String) -> ObjectMeta {
 
 /// The coordinators' keys: one key file per pod name.
 pub fn keys_secret(net: &PotNetwork, keys: &BTreeMap<String, String>) -> Secret {
+    key_files_secret(identity_meta(net, Names::of(net).keys_secret()), keys)
+}
+
+/// A Secret of key files, one per pod name (coordinators' and miners' alike).
+pub fn key_files_secret(metadata: ObjectMeta, keys: &BTreeMap<String, String>) -> Secret {
     Secret {
-        metadata: identity_meta(net, Names::of(net).keys_secret()),
+        metadata,
         type_: Some("Opaque".into()),
         data: Some(
             keys.iter()

@@ -12,16 +12,15 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use pot_protocol::api::{Head, Queue};
-use serde_json::json;
 use tracing::info;
 
-use crate::apply::{self, FIELD_MANAGER};
+use crate::apply;
 use crate::conditions::{self, Fact};
-use crate::context::{Context, NODE_API_TIMEOUT};
+use crate::context::{Context, NODE_API_TIMEOUT, key_of};
 use crate::crd::network::{NetworkPhase, PotNetwork, PotNetworkStatus};
 use crate::error::{Error, Result};
 use children::Names;
@@ -280,50 +279,14 @@ pub fn only_progress(old: &PotNetworkStatus, new: &PotNetworkStatus) -> bool {
 /// written at most once per resync period: each write triggers a reconcile, and a chain with
 /// sub-second blocks would otherwise keep its network reconciling without pause.
 async fn write_status(net: &PotNetwork, ctx: &Context, status: PotNetworkStatus) -> Result<()> {
-    let key = format!(
-        "potnetwork/{}/{}",
-        net.namespace().unwrap_or_default(),
-        net.name_any()
-    );
-    let Some(old) = net.status.as_ref() else {
-        return patch_status(net, ctx, status, key).await;
-    };
-    if old == &status {
+    let key = format!("potnetwork/{}", key_of(net));
+    if let Some(old) = net.status.as_ref()
+        && (old == &status || (only_progress(old, &status) && ctx.written_recently(&key)))
+    {
         return Ok(());
     }
-    if only_progress(old, &status) {
-        let recent = ctx
-            .status_written
-            .lock()
-            .expect("status_written lock")
-            .get(&key)
-            .is_some_and(|at| at.elapsed() < ctx.resync);
-        if recent {
-            return Ok(());
-        }
-    }
-    patch_status(net, ctx, status, key).await
-}
-
-async fn patch_status(
-    net: &PotNetwork,
-    ctx: &Context,
-    status: PotNetworkStatus,
-    key: String,
-) -> Result<()> {
-    let api: Api<PotNetwork> =
-        Api::namespaced(ctx.client.clone(), &net.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": "pot.dev/v1alpha1", "kind": "PotNetwork", "status": status});
-    api.patch_status(
-        &net.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    ctx.status_written
-        .lock()
-        .expect("status_written lock")
-        .insert(key, std::time::Instant::now());
+    apply::apply_status(&ctx.client, net, &status).await?;
+    ctx.mark_written(key);
     Ok(())
 }
 

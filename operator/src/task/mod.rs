@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
@@ -37,10 +37,8 @@ use pot_protocol::state::Phase;
 use pot_protocol::task::DatasetRef;
 use pot_protocol::tx::{Tx, TxBody, eval_commitment, task_id};
 use pot_protocol::{Amount, Hash, SecretKey};
-use serde_json::json;
 use tracing::info;
 
-use crate::apply::FIELD_MANAGER;
 use crate::conditions::{self, Fact};
 use crate::context::{Context, NODE_API_TIMEOUT, key_of};
 use crate::crd::task::{TaskPhase, TrainingTask, TrainingTaskStatus};
@@ -249,10 +247,7 @@ async fn step(
         Err(e) => return Err(e.to_string()),
     };
     if let Some(info) = found {
-        ctx.status_written
-            .lock()
-            .expect("status_written lock")
-            .remove(&missing_key);
+        ctx.forget(&missing_key);
         if info.task.eval_commit != eval_commitment(&eval, &salt) {
             if status.submitted_at.is_some() {
                 return Err(format!(
@@ -292,13 +287,7 @@ async fn step(
             "the network's API does not know task {id}, which was on chain"
         ));
     }
-    let since = *ctx
-        .status_written
-        .lock()
-        .expect("status_written lock")
-        .entry(missing_key)
-        .or_insert_with(std::time::Instant::now);
-    let missing_long = since.elapsed() >= NONCE_TAKEN_AFTER;
+    let missing_long = ctx.held_for(missing_key) >= NONCE_TAKEN_AFTER;
     if quiet {
         // Deleting or expired: send nothing; let go once a sent submission had time to land
         // (or none was ever accepted).
@@ -486,15 +475,7 @@ async fn write_status(
     if tt.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<TrainingTask> =
-        Api::namespaced(ctx.client.clone(), &tt.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": "pot.dev/v1alpha1", "kind": "TrainingTask", "status": status});
-    api.patch_status(
-        &tt.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    crate::apply::apply_status(&ctx.client, tt, &status).await?;
     Ok(())
 }
 
