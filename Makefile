@@ -54,9 +54,9 @@ lint: setup
 ## finality and throughput; writes BENCHMARKS.md
 ## (creates a ~4.7 GB venv with torch==2.11.0 once; takes several minutes; not part of `make test`)
 bench: setup
-	$(CARGO) build --release --locked -p pot-node -p pot-e2e
+	$(CARGO) build --release --locked -p pot-node -p pot-e2e -p pot-operator
 	"$$(bench/setup-venv.sh)" bench/run.py --pot-node "$(CARGO_TARGET_DIR)/release/pot-node" \
-		--pot-e2e "$(CARGO_TARGET_DIR)/release/pot-e2e"
+		--pot-e2e "$(CARGO_TARGET_DIR)/release/pot-e2e" --pot-operator "$(CARGO_TARGET_DIR)/release/pot-operator"
 
 ## fmt: format the code
 fmt:

@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -62,8 +63,11 @@ pub struct ControlPlane {
     /// An admin kubeconfig (token auth, the generated CA).
     pub kubeconfig: PathBuf,
     bin: PathBuf,
-    /// In start order; stopped in reverse.
-    processes: Vec<Process>,
+    /// In start order; stopped in reverse. Behind a lock so that a test holding the shared
+    /// control plane can restart the API server.
+    processes: Mutex<Vec<Process>>,
+    /// How kube-apiserver was started, to start it again the same way.
+    api_command: Vec<String>,
     /// How long start-up took, until `/readyz` said ok.
     pub startup: Duration,
 }
@@ -105,7 +109,8 @@ impl ControlPlane {
             server: server.clone(),
             kubeconfig,
             bin,
-            processes: Vec::new(),
+            processes: Mutex::new(Vec::new()),
+            api_command: Vec::new(),
             startup: Duration::ZERO,
         };
 
@@ -125,8 +130,7 @@ impl ControlPlane {
         ]);
         cp.run("etcd", etcd)?;
 
-        let mut api = cp.command("kube-apiserver");
-        api.args([
+        let api_args: Vec<String> = [
             &format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
@@ -149,8 +153,12 @@ impl ControlPlane {
             // The `kubernetes` Service cannot point at a loopback address; nothing here needs it.
             "--endpoint-reconciler-type=none",
             "--v=1",
-        ]);
-        cp.run("kube-apiserver", api)?;
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        cp.api_command = api_args;
+        cp.start_api_server()?;
         cp.wait_ready()?;
 
         if opts.controller_manager {
@@ -214,7 +222,7 @@ impl ControlPlane {
 
     /// `(component, pid)` of every running process.
     pub fn pids(&self) -> Vec<(String, u32)> {
-        self.processes
+        self.processes()
             .iter()
             .map(|p| (p.name.clone(), p.pid()))
             .collect()
@@ -223,7 +231,7 @@ impl ControlPlane {
     /// The last `lines` lines of every component's log, for failure reports.
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
-        for p in &self.processes {
+        for p in self.processes().iter() {
             let path = self.log_path(&p.name);
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let all: Vec<&str> = text.lines().collect();
@@ -240,7 +248,7 @@ impl ControlPlane {
     /// plane that is never dropped (the one a test binary shares lives in a static, and statics
     /// are not dropped): without this each test run left ~120 MB of etcd data in /tmp.
     pub fn kill_and_remove(&self) {
-        let pids: Vec<u32> = self.processes.iter().map(Process::pid).collect();
+        let pids: Vec<u32> = self.processes().iter().map(Process::pid).collect();
         for &pid in &pids {
             crate::spawn::signal(pid, libc::SIGKILL);
         }
@@ -259,9 +267,43 @@ impl ControlPlane {
 
     /// Stop every component, newest first.
     pub fn stop(&mut self) {
-        while let Some(mut p) = self.processes.pop() {
+        let processes = std::mem::take(&mut *self.processes());
+        for mut p in processes.into_iter().rev() {
             p.stop(Duration::from_secs(10));
         }
+    }
+
+    /// Kill kube-apiserver at once (SIGKILL: every watch and request in flight breaks, as in a
+    /// crash), wait `down`, start it again on the same port with the same etcd, and wait until
+    /// it is ready. Clients keep their addresses, tokens and CA.
+    pub fn restart_api_server(&self, down: Duration) -> anyhow::Result<()> {
+        let old = {
+            let mut ps = self.processes();
+            let i = ps
+                .iter()
+                .position(|p| p.name == "kube-apiserver")
+                .context("no kube-apiserver to restart")?;
+            ps.remove(i)
+        };
+        crate::spawn::signal(old.pid(), libc::SIGKILL);
+        drop(old);
+        // Keep the killed server's log for failure reports (starting again truncates it).
+        let log = self.log_path("kube-apiserver");
+        let _ = std::fs::rename(&log, log.with_extension("log.killed"));
+        std::thread::sleep(down);
+        self.start_api_server()?;
+        self.wait_ready()
+    }
+
+    fn processes(&self) -> std::sync::MutexGuard<'_, Vec<Process>> {
+        self.processes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start kube-apiserver with `api_command` (a restarted one's log replaces the last).
+    fn start_api_server(&self) -> anyhow::Result<()> {
+        let mut cmd = self.command("kube-apiserver");
+        cmd.args(&self.api_command);
+        self.run("kube-apiserver", cmd)
     }
 
     /// Start kube-controller-manager or kube-scheduler as its own bootstrap user (`token`), on
@@ -287,18 +329,18 @@ impl ControlPlane {
         self.run(name, cmd)
     }
 
-    fn run(&mut self, name: &str, cmd: Command) -> anyhow::Result<()> {
+    fn run(&self, name: &str, cmd: Command) -> anyhow::Result<()> {
         let p = Process::start(name, cmd, &self.log_path(name))?;
-        self.processes.push(p);
+        self.processes().push(p);
         Ok(())
     }
 
-    fn wait_ready(&mut self) -> anyhow::Result<()> {
+    fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last = String::new();
         while Instant::now() < deadline {
             let exited = self
-                .processes
+                .processes()
                 .iter_mut()
                 .find_map(|p| p.exited().map(|status| (p.name.clone(), status)));
             if let Some((name, status)) = exited {

@@ -8,6 +8,7 @@ pub mod fixture;
 pub mod ledger_bench;
 pub mod link_delay;
 pub mod operator;
+pub mod operator_bench;
 pub mod pki;
 pub mod ports;
 pub mod spawn;
@@ -33,6 +34,11 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
 }
 
 fn workspace_binary_with(package: &str, name: &str, features: &[&str]) -> PathBuf {
+    // A benchmark names its (release) binaries instead: `POT_E2E_POT_NODE`, `POT_E2E_POT_OPERATOR`.
+    let var = format!("POT_E2E_{}", name.to_uppercase().replace('-', "_"));
+    if let Some(path) = std::env::var_os(&var) {
+        return PathBuf::from(path);
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "--quiet", "-p", package, "--bin", name]);

@@ -43,6 +43,26 @@ enum Top {
         #[arg(long, default_value_t = 64)]
         accounts_per_node: usize,
     },
+    /// The operator under load: kwok nodes, development networks with real coordinators, and
+    /// many TrainingTasks followed to their end (JSON on standard output; `make bench` runs it).
+    #[command(hide = true)]
+    BenchOperator {
+        /// The (release) pot-operator binary.
+        #[arg(long)]
+        pot_operator: PathBuf,
+        /// The (release) pot-node binary, for the coordinators.
+        #[arg(long)]
+        pot_node: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        networks: usize,
+        #[arg(long, default_value_t = 100)]
+        tasks_per_network: usize,
+        #[arg(long, default_value_t = 4)]
+        kwok_nodes: usize,
+        /// Queue changes timed on the first network (one more open task each).
+        #[arg(long, default_value_t = 8)]
+        scale_steps: usize,
+    },
     /// Run a local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler).
     Cluster {
         #[command(subcommand)]
@@ -77,6 +97,32 @@ fn default_dir(dir: Option<PathBuf>) -> PathBuf {
 fn main() -> anyhow::Result<()> {
     let action = match Cli::parse().command {
         Top::Cluster { action } => action,
+        Top::BenchOperator {
+            pot_operator,
+            pot_node,
+            networks,
+            tasks_per_network,
+            kwok_nodes,
+            scale_steps,
+        } => {
+            // The fixture's helpers find the binaries through these.
+            #[allow(unsafe_code)]
+            // SAFETY: no other thread exists yet, so nothing reads the environment meanwhile.
+            unsafe {
+                std::env::set_var("POT_E2E_POT_OPERATOR", &pot_operator);
+                std::env::set_var("POT_E2E_POT_NODE", &pot_node);
+            }
+            let report = tokio::runtime::Runtime::new()?.block_on(pot_e2e::operator_bench::run(
+                pot_e2e::operator_bench::Config {
+                    networks,
+                    tasks_per_network,
+                    kwok_nodes,
+                    scale_steps,
+                },
+            ))?;
+            println!("{}", serde_json::to_string(&report)?);
+            return Ok(());
+        }
         Top::BenchLedger {
             pot_node,
             nodes,

@@ -90,8 +90,13 @@ impl Operator {
             .args(["--lease-namespace", &env.namespace])
             .args(["--identity", identity])
             .args(["--listen", &listen])
-            .args(["--resync-seconds", "1", "--allow-api-url-annotation"])
-            .args(extra);
+            .arg("--allow-api-url-annotation");
+        // Reconcile every second unless the test asks for another period (clap refuses a
+        // flag given twice).
+        if !extra.contains(&"--resync-seconds") {
+            cmd.args(["--resync-seconds", "1"]);
+        }
+        cmd.args(extra);
         let process = Process::start(&format!("pot-operator {identity}"), cmd, &log)
             .expect("starting pot-operator");
         let op = Operator {
@@ -143,10 +148,77 @@ impl Operator {
             .collect()
     }
 
+    /// Everything `/metrics` shows now.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        get(&format!("{}/metrics", self.url)).await
+    }
+
     /// The operator's log so far (for failure messages).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// `(type, reason, note)` of every Event recorded about object `name` of `kind` in the test's
+/// namespace (events.k8s.io/v1, as the operator writes them).
+pub async fn events_about(env: &TestEnv, kind: &str, name: &str) -> Vec<(String, String, String)> {
+    use k8s_openapi::api::events::v1::Event;
+    let events: kube::Api<Event> = env.api();
+    let list = events
+        .list(&Default::default())
+        .await
+        .expect("listing Events");
+    list.items
+        .into_iter()
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+        })
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Server-side apply `doc` (a whole object as JSON) as the test's own field manager.
+pub async fn apply<K>(api: &kube::Api<K>, doc: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    use kube::ResourceExt;
+    use kube::api::{Patch, PatchParams};
+    let obj: K = serde_json::from_value(doc).expect("a well-formed object");
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {}: {e}", obj.name_any()));
+}
+
+/// The replicas of StatefulSet `name` once `ok` holds for them (within 60 s).
+pub async fn replicas_where(
+    env: &TestEnv,
+    name: &str,
+    what: &str,
+    ok: impl Fn(i32) -> bool,
+) -> i32 {
+    let api: kube::Api<k8s_openapi::api::apps::v1::StatefulSet> = env.api();
+    eventually(what, Duration::from_secs(60), || {
+        let api = api.clone();
+        let ok = &ok;
+        async move {
+            let r = api.get_opt(name).await.ok().flatten()?.spec?.replicas?;
+            ok(r).then_some(r)
+        }
+    })
+    .await
 }
 
 /// The value on the line of an OpenMetrics text that starts with `name ` (labels included).

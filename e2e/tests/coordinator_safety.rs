@@ -184,7 +184,6 @@ async fn a_coordinator_casting_two_votes_at_every_step_neither_forks_nor_stalls_
     // Each honest coordinator verified both of the equivocator's votes at many places, for
     // prevotes and for precommits.
     let equivocator = net.keys[0].address();
-    let mut equivocated_heights = std::collections::BTreeSet::new();
     for i in 1..4 {
         let places = net.equivocations_received(i, &equivocator);
         assert!(
@@ -197,20 +196,12 @@ async fn a_coordinator_casting_two_votes_at_every_step_neither_forks_nor_stalls_
                 "coordinator {i} received no {kind} equivocation: {places:?}"
             );
         }
-        equivocated_heights.extend(places.iter().map(|(h, _, _)| *h));
     }
-    // Its votes still count where they arrived first: at a height where it equivocated, some
-    // honest node's certificate holds its precommit (and no certificate can hold a nil one).
-    let mut counted = false;
-    for i in 1..4 {
-        counted |= net.blocks(i, 16).await.iter().any(|b| {
-            equivocated_heights.contains(&b.height) && b.committed_by.contains(&equivocator)
-        });
-    }
-    assert!(
-        counted,
-        "no honest certificate at an equivocated height carries the equivocator's precommit"
-    );
+    // Whether an equivocator's precommit lands in a certificate depends on which of its two
+    // votes reaches a node first and on whether the three honest ones had already decided: a
+    // race, so it is not asserted (a CI run saw no such certificate in 16 heights). What must
+    // hold is above (one chain, both kinds of equivocation received) and below (no honest
+    // coordinator signed twice).
     net.assert_nothing_signed_twice(&[1, 2, 3]);
 }
 

@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use pot_e2e::operator::{Operator, coordinator_for, install_crds};
+use pot_e2e::operator::{Operator, apply, coordinator_for, install_crds, replicas_where};
 use pot_e2e::{TestEnv, eventually};
 use pot_operator::crd::miner::Miner;
 use pot_operator::crd::network::PotNetwork;
@@ -24,20 +24,6 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn apply<K>(api: &Api<K>, doc: serde_json::Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(doc).unwrap();
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .unwrap();
-}
-
 fn network(name: &str, api_url: &str) -> serde_json::Value {
     json!({
         "apiVersion": "pot.dev/v1alpha1", "kind": "PotNetwork",
@@ -48,20 +34,6 @@ fn network(name: &str, api_url: &str) -> serde_json::Value {
             "genesis": {"blockTimeMs": 300, "faucet": {"balance": 100000000}},
         }
     })
-}
-
-/// The StatefulSet's replicas once `ok` holds for them.
-async fn replicas_where(env: &TestEnv, name: &str, what: &str, ok: impl Fn(i32) -> bool) -> i32 {
-    let api: Api<StatefulSet> = env.api();
-    eventually(what, WAIT, || {
-        let api = api.clone();
-        let ok = &ok;
-        async move {
-            let r = api.get_opt(name).await.ok().flatten()?.spec?.replicas?;
-            ok(r).then_some(r)
-        }
-    })
-    .await
 }
 
 async fn replicas(env: &TestEnv, name: &str) -> Option<i32> {

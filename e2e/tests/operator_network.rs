@@ -14,7 +14,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use pot_e2e::coordinators::dev_node;
-use pot_e2e::operator::{Operator, coordinator_for, install_crds};
+use pot_e2e::operator::{Operator, coordinator_for, events_about, install_crds};
 use pot_e2e::{TestEnv, eventually};
 use pot_operator::crd::network::{NetworkPhase, PotNetwork};
 use pot_protocol::Genesis;
@@ -258,6 +258,21 @@ async fn a_lost_key_is_reported_and_never_made_again() {
     })
     .await;
     assert_eq!(net.status.unwrap().phase, NetworkPhase::Degraded);
+    // A failed reconcile is an Event too, for `kubectl describe` and `kubectl events`.
+    let warned = eventually("a KeysLost Warning Event", WAIT, || {
+        let env = &env;
+        async move {
+            events_about(env, "PotNetwork", "keys")
+                .await
+                .into_iter()
+                .find(|(t, r, _)| t == "Warning" && r == "KeysLost")
+        }
+    })
+    .await;
+    assert!(
+        warned.2.contains("restore Secret keys-coordinator-keys"),
+        "{warned:?}"
+    );
     assert!(
         secrets
             .get_opt("keys-coordinator-keys")

@@ -199,3 +199,147 @@ async fn the_cluster_role_grants_what_the_controllers_use_and_nothing_else() {
         );
     }
 }
+
+/// `kubectl --as user apply -f -` with `doc`; its stderr when refused.
+fn apply_as(env: &TestEnv, user: &str, doc: &serde_json::Value) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = env
+        .cp
+        .command("kubectl")
+        .args(["apply", "-n", &env.namespace, "--as", user, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(doc.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test]
+async fn only_someone_who_may_read_a_key_secret_may_have_the_operator_sign_with_it() {
+    let env = TestEnv::new("op-signer-keys").await;
+    install_crds(&env).await;
+    let policy = repo().join("operator/admission/signer-keys.yaml");
+    env.cp
+        .kubectl(&["apply", "-f", policy.to_str().unwrap()])
+        .expect("applying the admission policy");
+    let ns = env.namespace.clone();
+    // Alice may create tasks and fleets here, but not read Secrets.
+    env.cp
+        .kubectl(&[
+            "create",
+            "role",
+            "authors",
+            "-n",
+            &ns,
+            "--verb=get,list,create,update,patch",
+            "--resource=trainingtasks.pot.dev,miners.pot.dev",
+        ])
+        .unwrap();
+    env.cp
+        .kubectl(&[
+            "create",
+            "rolebinding",
+            "alice-authors",
+            "-n",
+            &ns,
+            "--role=authors",
+            "--user=alice",
+        ])
+        .unwrap();
+    let task = json!({
+        "apiVersion": "pot.dev/v1alpha1", "kind": "TrainingTask",
+        "metadata": {"name": "spend"},
+        "spec": {
+            "networkRef": {"name": "main"},
+            "publisherKeySecret": {"name": "team-key"},
+            "bounty": 5000,
+            "task": {
+                "model": {"builtin": "mlp", "hidden": [8]},
+                "dataset": {"locator": "builtin:digits", "sha256": DIGITS},
+                "optimizer": {"kind": "sgd", "lr": {"value": 0.05}},
+                "batchSize": 16, "steps": 100, "checkpointInterval": 50,
+            },
+            "evalSet": {"locator": "builtin:digits", "sha256": DIGITS},
+        }
+    });
+    // The policy is enforced a moment after it is created.
+    let refused = eventually("the task refused", Duration::from_secs(30), || {
+        let r = apply_as(&env, "alice", &task).err();
+        async move { r }
+    })
+    .await;
+    assert!(
+        refused.contains("you may not read Secret team-key"),
+        "{refused}"
+    );
+    let fleet = json!({
+        "apiVersion": "pot.dev/v1alpha1", "kind": "Miner",
+        "metadata": {"name": "fleet"},
+        "spec": {"networkRef": {"name": "main"}, "replicas": 1,
+                 "funding": {"fromSecret": {"name": "team-key"}}}
+    });
+    let refused = apply_as(&env, "alice", &fleet).unwrap_err();
+    assert!(
+        refused.contains("you may not read Secret team-key"),
+        "{refused}"
+    );
+    // A fleet that names no key, and anything by someone who may read the key, goes through.
+    let unfunded = json!({
+        "apiVersion": "pot.dev/v1alpha1", "kind": "Miner",
+        "metadata": {"name": "fleet"},
+        "spec": {"networkRef": {"name": "main"}, "replicas": 1}
+    });
+    apply_as(&env, "alice", &unfunded).expect("a fleet without funding");
+    let refused = apply_as(&env, "alice", &fleet).unwrap_err();
+    assert!(
+        refused.contains("you may not read Secret team-key"),
+        "adding funding later is checked too: {refused}"
+    );
+    env.cp
+        .kubectl(&[
+            "create",
+            "role",
+            "team-key-reader",
+            "-n",
+            &ns,
+            "--verb=get",
+            "--resource=secrets",
+            "--resource-name=team-key",
+        ])
+        .unwrap();
+    env.cp
+        .kubectl(&[
+            "create",
+            "rolebinding",
+            "alice-key",
+            "-n",
+            &ns,
+            "--role=team-key-reader",
+            "--user=alice",
+        ])
+        .unwrap();
+    eventually(
+        "the task accepted once Alice may read the key",
+        Duration::from_secs(30),
+        || {
+            let ok = apply_as(&env, "alice", &task).is_ok();
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+    apply_as(&env, "alice", &fleet).expect("the funded fleet");
+}
+
+const DIGITS: &str = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22";

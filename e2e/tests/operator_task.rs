@@ -146,4 +146,52 @@ async fn a_task_is_submitted_once_and_followed_to_its_end() {
         async move { tasks.get_opt("digits").await.ok()?.is_none().then_some(()) }
     })
     .await;
+
+    // Naming a Secret is not enough to sign with its key: the coordinator's own key (funded at
+    // genesis) is not marked for TrainingTasks, so a task naming it is refused and the key
+    // signs nothing.
+    let keys: Secret = env.api().get("chain-coordinator-keys").await.unwrap();
+    let coordinator =
+        keyfile::decode(std::str::from_utf8(&keys.data.unwrap()["chain-coordinator-0"].0).unwrap())
+            .unwrap();
+    let nonce_before = node.account(&coordinator.address()).await.unwrap().nonce;
+    let mut stolen = tt.clone();
+    stolen.metadata.name = Some("stolen".into());
+    stolen.spec.publisher_key_secret.name = "chain-coordinator-keys".into();
+    stolen.spec.publisher_key_secret.key = "chain-coordinator-0".into();
+    tasks
+        .patch(
+            "stolen",
+            &PatchParams::apply("test"),
+            &Patch::Apply(&stolen),
+        )
+        .await
+        .unwrap();
+    let refused = eventually("the unmarked key refused", Duration::from_secs(30), || {
+        let tasks = tasks.clone();
+        async move {
+            let s = tasks.get("stolen").await.ok()?.status?;
+            s.conditions
+                .iter()
+                .any(|c| c.reason == "PublisherKeyInvalid")
+                .then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(refused.phase, TaskPhase::Pending);
+    assert!(
+        refused
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("pot.dev/signer-for=TrainingTask")),
+        "{:?}",
+        refused.message
+    );
+    assert!(refused.task_id.is_none() && refused.submit_nonce.is_none());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        node.account(&coordinator.address()).await.unwrap().nonce,
+        nonce_before,
+        "the coordinator's key signed for a task"
+    );
 }

@@ -1,7 +1,7 @@
 //! What every reconcile shares: the Kubernetes client, the event recorder, metrics, and how to
 //! reach a network's API.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,8 @@ pub struct Context {
     status_written: Mutex<HashMap<String, Instant>>,
     /// Since when a condition has held without a break (a pod idle, a task missing), by key.
     first_seen: Mutex<HashMap<String, Instant>>,
+    // Keys of the maps above start with the object's `kind/namespace/name` (see
+    // [`Context::forget_deleted`]), so what is remembered of a deleted object can be found.
     /// The networks as the `PotNetwork` controller's watch last saw them (set once the
     /// controllers start): the Miner and TrainingTask controllers read them from here.
     pub networks: OnceLock<Store<PotNetwork>>,
@@ -43,6 +45,8 @@ pub struct Context {
     /// Each autoscaled fleet's recent recommendations (`namespace/name`), for the scale-down
     /// stabilisation window.
     pub scale_history: Mutex<HashMap<String, Vec<(Instant, u32)>>>,
+    /// Fleets with a desired-replicas gauge (`namespace/name`).
+    gauged_miners: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -67,6 +71,7 @@ impl Context {
             networks: OnceLock::new(),
             queues: Default::default(),
             scale_history: Default::default(),
+            gauged_miners: Default::default(),
         }
     }
 
@@ -102,6 +107,67 @@ impl Context {
     /// The condition `key` no longer holds.
     pub fn forget(&self, key: &str) {
         self.first_seen.lock().expect("first_seen lock").remove(key);
+    }
+
+    /// Drop what is remembered of objects that no longer exist — timers, write times, queue
+    /// readings, scaling history and their metric series — so that a long-running operator
+    /// does not grow with every object ever made, and `/metrics` shows only live ones.
+    /// `live` holds `kind/namespace/name` of every object the watches know (kinds lower-case:
+    /// `potnetwork`, `miner`, `trainingtask`).
+    pub fn forget_deleted(&self, live: &HashSet<String>) {
+        let alive = |key: &str| live.contains(&object_of(key));
+        self.status_written
+            .lock()
+            .expect("status_written lock")
+            .retain(|k, _| alive(k));
+        self.first_seen
+            .lock()
+            .expect("first_seen lock")
+            .retain(|k, _| alive(k));
+        let label = |key: &str| {
+            let (ns, name) = key.split_once('/').unwrap_or(("", key));
+            crate::metrics::ObjectLabel {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            }
+        };
+        self.queues.lock().expect("queues lock").retain(|k, _| {
+            let keep = live.contains(&format!("potnetwork/{k}"));
+            if !keep {
+                self.metrics.queue_depth.remove(&label(k));
+            }
+            keep
+        });
+        self.scale_history
+            .lock()
+            .expect("scale_history lock")
+            .retain(|k, _| live.contains(&format!("miner/{k}")));
+        self.gauged_miners
+            .lock()
+            .expect("gauged_miners lock")
+            .retain(|k| {
+                let keep = live.contains(&format!("miner/{k}"));
+                if !keep {
+                    self.metrics.desired_replicas.remove(&label(k));
+                }
+                keep
+            });
+    }
+
+    /// Set a fleet's desired-replicas gauge (and remember it has one, for
+    /// [`Context::forget_deleted`]).
+    pub fn gauge_desired(&self, m: &crate::crd::miner::Miner, desired: u32) {
+        self.metrics
+            .desired_replicas
+            .get_or_create(&crate::metrics::ObjectLabel {
+                namespace: m.namespace().unwrap_or_default(),
+                name: m.name_any(),
+            })
+            .set(i64::from(desired));
+        self.gauged_miners
+            .lock()
+            .expect("gauged_miners lock")
+            .insert(key_of(m));
     }
 
     /// The network `name` in `ns`: from the watch's cache, else from the API server.
@@ -173,7 +239,7 @@ impl Context {
                 EventType::Normal
             },
             reason: reason.into(),
-            note: Some(note),
+            note: Some(fit_event_note(&note)),
             action: reason.into(),
             secondary: None,
         };
@@ -201,6 +267,34 @@ pub fn takeable(q: &pot_protocol::api::Queue) -> u64 {
         .get(&pot_protocol::Phase::Commit)
         .copied()
         .unwrap_or(0)
+}
+
+/// The `kind/namespace/name` a remembered key starts with.
+fn object_of(key: &str) -> String {
+    key.splitn(4, '/').take(3).collect::<Vec<_>>().join("/")
+}
+
+/// `note` cut (at a character boundary, marked with an ellipsis) to fit the Events API's limit
+/// of 1,024 bytes, which refuses a longer note.
+fn fit_event_note(note: &str) -> String {
+    const MAX: usize = 1024 - '…'.len_utf8();
+    if note.len() <= 1024 {
+        return note.to_string();
+    }
+    let mut end = MAX;
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &note[..end])
+}
+
+/// `s` cut to `max` characters, marked with an ellipsis where it was cut (an error from
+/// elsewhere must not fill a condition).
+pub fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 /// `namespace/name` of an object.
@@ -239,5 +333,87 @@ mod tests {
         };
         assert_eq!(takeable(&q), 2);
         assert_eq!(takeable(&Queue::default()), 0);
+    }
+
+    #[test]
+    fn an_event_note_fits_the_api_limit_in_bytes() {
+        assert_eq!(fit_event_note("short → fine"), "short → fine");
+        let long = "→".repeat(600); // 1,800 bytes
+        let cut = fit_event_note(&long);
+        assert!(cut.len() <= 1024, "{}", cut.len());
+        assert!(cut.ends_with('…') && cut.starts_with("→→"));
+        let exact = "a".repeat(1024);
+        assert_eq!(fit_event_note(&exact), exact);
+    }
+
+    fn miner(ns: &str, name: &str) -> crate::crd::miner::Miner {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "pot.dev/v1alpha1", "kind": "Miner",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"networkRef": {"name": "n"}},
+        }))
+        .unwrap()
+    }
+
+    fn network(ns: &str, name: &str) -> PotNetwork {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "pot.dev/v1alpha1", "kind": "PotNetwork",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"coordinators": 1},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn what_is_remembered_of_a_deleted_object_goes_and_the_rest_stays() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let ctx = Context::new(client, Metrics::new(), Duration::from_secs(10), false);
+        let (kept, gone) = (miner("a", "kept"), miner("a", "gone"));
+        for m in [&kept, &gone] {
+            ctx.gauge_desired(m, 3);
+            ctx.mark_written(format!("miner/{}", key_of(m)));
+            ctx.held_for(format!("miner/{}/idle/{}-miner-0", key_of(m), m.name_any()));
+            ctx.scale_history
+                .lock()
+                .unwrap()
+                .insert(key_of(m), vec![(Instant::now(), 3)]);
+        }
+        ctx.record_queue(&network("a", "gone-net"), 4);
+        ctx.record_queue(&network("a", "net"), 5);
+        ctx.held_for("trainingtask/a/gone-task/nonce-missing/7".into());
+        ctx.held_for("trainingtask/a/task/nonce-missing/7".into());
+        // A name that only starts like a live one is not kept by it.
+        ctx.mark_written("miner/a/kept-too".into());
+
+        let live: HashSet<String> = ["miner/a/kept", "potnetwork/a/net", "trainingtask/a/task"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        ctx.forget_deleted(&live);
+
+        let written: Vec<String> = ctx.status_written.lock().unwrap().keys().cloned().collect();
+        assert_eq!(written, vec!["miner/a/kept".to_string()]);
+        let mut timers: Vec<String> = ctx.first_seen.lock().unwrap().keys().cloned().collect();
+        timers.sort();
+        assert_eq!(
+            timers,
+            vec![
+                "miner/a/kept/idle/kept-miner-0",
+                "trainingtask/a/task/nonce-missing/7"
+            ]
+        );
+        assert_eq!(
+            ctx.scale_history.lock().unwrap().keys().collect::<Vec<_>>(),
+            vec!["a/kept"]
+        );
+        assert_eq!(
+            ctx.queues.lock().unwrap().keys().collect::<Vec<_>>(),
+            vec!["a/net"]
+        );
+        let text = ctx.metrics.encode();
+        assert!(text.contains("name=\"kept\""), "{text}");
+        assert!(text.contains("name=\"net\""), "{text}");
+        assert!(!text.contains("gone"), "{text}");
     }
 }

@@ -21,6 +21,14 @@ impl Error {
             message: message.into(),
         }
     }
+
+    /// A CamelCase reason for an Event.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesApiError",
+            Error::Needs { reason, .. } => reason,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

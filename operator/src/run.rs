@@ -15,14 +15,14 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::Api;
 use kube::client::ClientBuilder;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, WatchBackoff};
 use crate::context::{Context, key_of};
 use crate::crd::miner::Miner;
 use crate::crd::network::PotNetwork;
@@ -166,6 +166,7 @@ async fn controllers(
         api::<PotNetwork>(&client, &namespace),
         watcher::Config::default().any_semantic(),
     )
+    .trigger_backoff(WatchBackoff::default())
     .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
     .owns(api::<Service>(&client, &namespace), owned.clone())
     // The keys and genesis have no owner (they outlive a network): watched by label, so a
@@ -182,18 +183,27 @@ async fn controllers(
         api::<Miner>(&client, &namespace),
         watcher::Config::default().any_semantic(),
     )
+    .trigger_backoff(WatchBackoff::default())
     .owns(api::<StatefulSet>(&client, &namespace), owned)
     .reconcile_on(queue_changes);
     let tasks = Controller::new(
         api::<TrainingTask>(&client, &namespace),
         watcher::Config::default().any_semantic(),
-    );
+    )
+    .trigger_backoff(WatchBackoff::default());
     let poller = tokio::spawn(queue::poll(
         ctx.clone(),
         miners.store(),
         networks.store(),
         queue_changed,
         stop.clone(),
+    ));
+    let sweeper = tokio::spawn(forget_deleted(
+        ctx.clone(),
+        backoff.clone(),
+        networks.store(),
+        miners.store(),
+        tasks.store(),
     ));
     tokio::join!(
         drive(
@@ -222,7 +232,52 @@ async fn controllers(
         ),
     );
     poller.abort();
+    sweeper.abort();
     info!("controllers stopped");
+}
+
+/// Every minute, drop what the operator remembers of objects its watches no longer show
+/// ([`Context::forget_deleted`]); only once every watch has listed, so that an empty cache
+/// at start-up is not taken for "everything deleted".
+async fn forget_deleted(
+    ctx: Arc<Context>,
+    backoff: Arc<Backoff>,
+    networks: Store<PotNetwork>,
+    miners: Store<Miner>,
+    tasks: Store<TrainingTask>,
+) {
+    const EVERY: Duration = Duration::from_secs(60);
+    if networks.wait_until_ready().await.is_err()
+        || miners.wait_until_ready().await.is_err()
+        || tasks.wait_until_ready().await.is_err()
+    {
+        return;
+    }
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let mut live = std::collections::HashSet::new();
+        let mut add = |kind: &str, objs: Vec<String>| {
+            live.extend(objs.into_iter().map(|o| format!("{kind}/{o}")));
+        };
+        add(
+            "potnetwork",
+            networks
+                .state()
+                .iter()
+                .map(|o| key_of(o.as_ref()))
+                .collect(),
+        );
+        add(
+            "miner",
+            miners.state().iter().map(|o| key_of(o.as_ref())).collect(),
+        );
+        add(
+            "trainingtask",
+            tasks.state().iter().map(|o| key_of(o.as_ref())).collect(),
+        );
+        ctx.forget_deleted(&live);
+        backoff.retain(&live);
+    }
 }
 
 /// `Api::all` or the watched namespace's.
@@ -235,6 +290,9 @@ where
         None => Api::all(client.clone()),
     }
 }
+
+/// How long a failed reconcile waits for its Event to be recorded.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Run one controller until `stop` turns true: every reconcile counted and timed, failures
 /// retried with per-object backoff (slowly when a person must act).
@@ -273,10 +331,19 @@ async fn drive<K, F, Fut>(
                 async move {
                     let began = Instant::now();
                     let key = format!("{name}/{}", key_of(obj.as_ref()));
-                    let result = reconcile(obj, ctx.clone()).await;
+                    let result = reconcile(obj.clone(), ctx.clone()).await;
                     ctx.metrics.reconciled(name, began.elapsed(), result.is_err());
-                    if result.is_ok() {
-                        backoff.succeeded(&key);
+                    match &result {
+                        Ok(_) => backoff.succeeded(&key),
+                        // `kubectl describe` shows why: what a person must fix at once, an API
+                        // error only once it persists (a conflict or a blip retried in a second
+                        // is no news, and an Event per retry would load a struggling API
+                        // server). Repeats fold into one Event series.
+                        Err(e) if matches!(e, Error::Needs { .. }) || backoff.failures(&key) >= 2 => {
+                            let event = ctx.event(obj.as_ref(), true, e.reason(), e.to_string());
+                            let _ = tokio::time::timeout(EVENT_TIMEOUT, event).await;
+                        }
+                        Err(_) => {}
                     }
                     result
                 }

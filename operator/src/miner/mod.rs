@@ -35,7 +35,6 @@ use crate::context::{Context, NODE_API_TIMEOUT, key_of};
 use crate::crd::miner::{Miner, MinerStatus};
 use crate::crd::network::PotNetwork;
 use crate::error::{Error, Result};
-use crate::metrics::ObjectLabel;
 use children::Names;
 use pods::PodView;
 
@@ -74,13 +73,7 @@ pub async fn reconcile(m: Arc<Miner>, ctx: Arc<Context>) -> Result<Action> {
         .as_ref()
         .map_or(current, |s| s.desired_replicas.max(0) as u32);
     let (desired, window_ends) = desired_replicas(&m, &ctx, open, asked);
-    ctx.metrics
-        .desired_replicas
-        .get_or_create(&ObjectLabel {
-            namespace: ns.clone(),
-            name: m.name_any(),
-        })
-        .set(i64::from(desired));
+    ctx.gauge_desired(&m, desired);
 
     let fleet = identity::ensure(&m, &ctx.client, desired.max(current) as usize).await;
     let fleet = match fleet {
@@ -115,7 +108,7 @@ pub async fn reconcile(m: Arc<Miner>, ctx: Arc<Context>) -> Result<Action> {
             };
             let seen = views.get(&o).map_or(PodWork::Idle, PodView::work);
             let work = if holds_claim { PodWork::Busy } else { seen };
-            (o, settled(&ctx, &names.pod(o as usize), work))
+            (o, settled(&ctx, &m, &names.pod(o as usize), work))
         })
         .collect();
     let plan = autoscale::plan(current, desired, |o| {
@@ -218,8 +211,8 @@ fn desired_replicas(
 const IDLE_SETTLE: Duration = Duration::from_secs(5);
 
 /// `work`, with `Idle` only once the pod was idle for [`IDLE_SETTLE`] in a row.
-fn settled(ctx: &Context, pod: &str, work: PodWork) -> PodWork {
-    let key = format!("idle/{pod}");
+fn settled(ctx: &Context, m: &Miner, pod: &str, work: PodWork) -> PodWork {
+    let key = format!("miner/{}/idle/{pod}", key_of(m));
     if work != PodWork::Idle {
         ctx.forget(&key);
         return work;
@@ -263,7 +256,7 @@ async fn fund(
     miners: &[Address],
 ) -> std::result::Result<usize, String> {
     let ns = m.namespace().unwrap_or_default();
-    let payer = crate::key_secret::read(&ctx.client, &ns, from, "FundingKeyInvalid")
+    let payer = crate::key_secret::read(&ctx.client, &ns, from, "Miner", "FundingKeyInvalid", None)
         .await
         .map_err(|e| e.to_string())?;
     let genesis = crate::network::identity::genesis_of(net, &ctx.client)

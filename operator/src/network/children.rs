@@ -141,10 +141,16 @@ pub fn key_files_secret(metadata: ObjectMeta, keys: &BTreeMap<String, String>) -
     }
 }
 
-/// The faucet's key (key `key`), for a development network.
+/// The faucet's key (key `key`), for a development network: there to fund tasks and fleets,
+/// so marked for both to sign with.
 pub fn faucet_secret(net: &PotNetwork, key_file: &str) -> Secret {
+    let mut metadata = identity_meta(net, Names::of(net).faucet_secret());
+    metadata.annotations.get_or_insert_default().insert(
+        crate::key_secret::SIGNER_FOR_ANNOTATION.into(),
+        "TrainingTask,Miner".into(),
+    );
     Secret {
-        metadata: identity_meta(net, Names::of(net).faucet_secret()),
+        metadata,
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([(
             "key".to_string(),

@@ -20,7 +20,7 @@ use tracing::info;
 
 use crate::apply;
 use crate::conditions::{self, Fact};
-use crate::context::{Context, NODE_API_TIMEOUT, key_of};
+use crate::context::{Context, NODE_API_TIMEOUT, key_of, truncate};
 use crate::crd::network::{NetworkPhase, PotNetwork, PotNetworkStatus};
 use crate::error::{Error, Result};
 use children::Names;
@@ -109,14 +109,6 @@ async fn read_chain(
     }
     let queue = node.queue().await.map_err(short)?;
     Ok((head, queue))
-}
-
-/// At most `max` characters of `s` (an error from elsewhere must not fill a condition).
-fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
-    }
 }
 
 /// Coordinators needed for the chain to move: `2f + 1` of `3f + 1`, or the one of a

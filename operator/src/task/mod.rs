@@ -107,7 +107,9 @@ async fn drive(tt: &TrainingTask, ctx: &Context, deleting: bool) -> Result<Actio
         &ctx.client,
         &ns,
         &tt.spec.publisher_key_secret,
+        "TrainingTask",
         "PublisherKeyInvalid",
+        status.submit_nonce.and(status.publisher.as_deref()),
     )
     .await
     {
@@ -240,7 +242,7 @@ async fn step(
         return Ok(Onchain::Active);
     };
     let id = task_id(&me, nonce);
-    let missing_key = format!("nonce-missing/{}/{nonce}", key_of(tt));
+    let missing_key = format!("trainingtask/{}/nonce-missing/{nonce}", key_of(tt));
     let found = match node.task(&id).await {
         Ok(info) => Some(info),
         Err(ClientError::Api { status: 404, .. }) => None,
