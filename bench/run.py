@@ -358,6 +358,9 @@ def operator_section(r: dict) -> list[str]:
         "end (no miner runs, so each ends with the ledger's refund). Reconcile latency comes from the operator's own",
         "histogram (buckets 1.5x apart, interpolated as Prometheus's `histogram_quantile` does); requests are every call",
         "the operator's Kubernetes client made during the run, watches included, divided by all reconciles.",
+        f"Measured {datetime.date.today().isoformat()} on {machine()}, where the ten coordinators, etcd, the API server,",
+        "kwok and the operator share the cores: a reconcile's time is mostly its calls to a coordinator's HTTP API",
+        "(a task's lookup, a network's head and queue; each may wait up to 3 s), so the p99s show a saturated machine.",
         "",
         "| measure | pot-operator | reference | ratio |",
         "| --- | ---: | ---: | ---: |",
@@ -374,6 +377,7 @@ def operator_section(r: dict) -> list[str]:
         return "> 28 s (beyond the histogram)" if v is None else f"{v:.1f} ms"
     for c, l in r["reconciles"].items():
         lines.append(f"| {c} | {l['count']:.0f} | {ms(l['p50_ms'])} | {ms(l['p99_ms'])} |")
+    lines += ["", f"API requests in all: {r['api_requests']:,.0f}, of which writes {r['api_writes']:,.0f} (status, Events, the Lease)."]
     lines += ["", "Goal: queue change to replicas ≤ 2 s (the operator polls each followed network's queue every second)."]
     return lines
 

@@ -151,6 +151,70 @@ async fn a_fleet_gets_its_objects_and_follows_kubectl_scale() {
         first,
         "a key was replaced"
     );
+
+    // The keys outlive the fleet; a new Miner of the same name (anyone who may create Miners
+    // could make one) does not get them until a person hands them over.
+    let fleet_doc = miners.get("gpu").await.unwrap();
+    miners.delete("gpu", &Default::default()).await.unwrap();
+    let sts_api: Api<StatefulSet> = env.api();
+    eventually("the fleet's StatefulSet collected", WAIT, || {
+        let sts_api = sts_api.clone();
+        async move {
+            sts_api
+                .get_opt("gpu-miner")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    let mut again = fleet_doc.clone();
+    again.metadata = kube::api::ObjectMeta {
+        name: Some("gpu".into()),
+        ..Default::default()
+    };
+    again.status = None;
+    let again = miners.create(&Default::default(), &again).await.unwrap();
+    let refused = eventually("the old keys refused", WAIT, || {
+        let miners = miners.clone();
+        async move {
+            let s = miners.get("gpu").await.ok()?.status?;
+            s.conditions
+                .into_iter()
+                .find(|c| c.reason == "KeysOfAnotherFleet")
+        }
+    })
+    .await;
+    assert!(
+        refused.message.contains("pot.dev/miner-uid"),
+        "{}",
+        refused.message
+    );
+    assert!(
+        sts_api.get_opt("gpu-miner").await.unwrap().is_none(),
+        "a fleet ran with keys made for another"
+    );
+    env.cp
+        .kubectl(&[
+            "annotate",
+            "secret",
+            "gpu-miner-keys",
+            "-n",
+            &env.namespace,
+            "--overwrite",
+            &format!("pot.dev/miner-uid={}", again.uid().unwrap()),
+        ])
+        .unwrap();
+    replicas_where(
+        &env,
+        "gpu-miner",
+        "the fleet back with its handed-over keys",
+        |r| r >= 1,
+    )
+    .await;
+    let keys = secrets.get("gpu-miner-keys").await.unwrap();
+    assert_eq!(key_of(&keys, "gpu-miner-0").address(), first);
 }
 
 /// Submit a task from `key` open for claims for 30 blocks; then it leaves the part of the

@@ -164,4 +164,27 @@ async fn the_operator_converges_after_the_api_server_restarts_mid_reconcile() {
     })
     .await;
     assert!(op.process.exited().is_none(), "the operator kept running");
+
+    // An outage longer than the Lease (15 s): the operator cannot confirm that it still leads,
+    // and a replica that may have been replaced must not go on signing for the chain. It
+    // steps down (exits, for its pod to be restarted) instead of leading blind.
+    tokio::task::spawn_blocking(move || cp.restart_api_server(Duration::from_secs(22)))
+        .await
+        .unwrap()
+        .expect("restarting kube-apiserver");
+    let status = eventually("the operator to step down", WAIT, || {
+        let exited = op.process.exited();
+        async move { exited }
+    })
+    .await;
+    assert!(
+        !status.success(),
+        "stepping down is an error exit: {status}"
+    );
+    assert!(
+        op.log_text()
+            .contains("stepping down: leadership unconfirmed"),
+        "{}",
+        tail(&op.log_text(), 30)
+    );
 }

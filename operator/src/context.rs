@@ -104,6 +104,15 @@ impl Context {
             .elapsed()
     }
 
+    /// A context whose client points nowhere (for unit tests of what it remembers; needs a
+    /// Tokio runtime).
+    #[cfg(test)]
+    pub fn for_tests() -> Context {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
+        let client = Client::try_from(config).expect("a client");
+        Context::new(client, Metrics::new(), Duration::from_secs(10), false)
+    }
+
     /// The condition `key` no longer holds.
     pub fn forget(&self, key: &str) {
         self.first_seen.lock().expect("first_seen lock").remove(key);
@@ -366,9 +375,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_is_remembered_of_a_deleted_object_goes_and_the_rest_stays() {
-        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
-        let client = Client::try_from(config).unwrap();
-        let ctx = Context::new(client, Metrics::new(), Duration::from_secs(10), false);
+        let ctx = Context::for_tests();
         let (kept, gone) = (miner("a", "kept"), miner("a", "gone"));
         for m in [&kept, &gone] {
             ctx.gauge_desired(m, 3);

@@ -9,6 +9,7 @@ pub mod context;
 pub mod crd;
 pub mod error;
 pub mod key_secret;
+pub mod leadership;
 pub mod metrics;
 pub mod miner;
 pub mod network;

@@ -125,9 +125,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
     };
+    let unconfirmed = crate::leadership::lost(
+        Api::namespaced(client.clone(), &opts.lease_namespace),
+        opts.lease_name.clone(),
+        opts.identity.clone(),
+        opts.lease_duration.max(Duration::from_secs(3)),
+    );
     let outcome = tokio::select! {
         _ = &mut shutdown => Ok(()),
         _ = lost => Err(anyhow::anyhow!("lost the leader Lease; exiting so that only the new leader reconciles")),
+        why = unconfirmed => Err(anyhow::anyhow!("stepping down: {why}; exiting so that a replica that can reach the API server leads")),
     };
     metrics.leader.set(0);
     let _ = stop_tx.send(true);
@@ -184,7 +191,10 @@ async fn controllers(
         watcher::Config::default().any_semantic(),
     )
     .trigger_backoff(WatchBackoff::default())
-    .owns(api::<StatefulSet>(&client, &namespace), owned)
+    .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
+    // The keys Secret has no owner (it outlives the fleet): watched by label, so keys handed
+    // over to a fleet (or restored) are taken up at once.
+    .watches(api::<Secret>(&client, &namespace), owned, |s| miner_of(&s))
     .reconcile_on(queue_changes);
     let tasks = Controller::new(
         api::<TrainingTask>(&client, &namespace),
@@ -371,6 +381,12 @@ pub fn resource_of(path: &str) -> &str {
     }
     let at = if parts.first() == Some(&"api") { 2 } else { 3 };
     parts.get(at).copied().unwrap_or("")
+}
+
+/// The fleet a Secret of the operator's belongs to (by its label).
+fn miner_of(s: &Secret) -> Option<ObjectRef<Miner>> {
+    let name = s.labels().get("pot.dev/miner")?;
+    Some(ObjectRef::new(name).within(&s.namespace()?))
 }
 
 /// The network a Secret or ConfigMap of the operator's belongs to (by its label).

@@ -76,7 +76,8 @@ fn meta(m: &Miner, name: String) -> ObjectMeta {
 
 /// The miners' keys, one key file per pod name. No owner: the keys hold the miners' balances
 /// and bonds, so deleting the `Miner` keeps them (a fleet of the same name takes them up
-/// again); delete the Secret by hand once the funds are moved.
+/// again once a person hands them over, see `identity::MINER_UID_ANNOTATION`); delete the
+/// Secret by hand once the funds are moved.
 pub fn keys_secret(m: &Miner, keys: &BTreeMap<String, String>) -> Secret {
     let metadata = ObjectMeta {
         owner_references: None,

@@ -21,6 +21,18 @@ pub struct Identity {
     pub drain_token: String,
 }
 
+/// The annotation on a fleet's keys Secret naming the `Miner` (by uid) the keys were made
+/// for. The Secret outlives its fleet (the keys hold funds), so without it a new `Miner` that
+/// takes a deleted fleet's name — made by anyone who may create Miners, running an image of
+/// their choosing — would mount the old fleet's funded keys.
+pub const MINER_UID_ANNOTATION: &str = "pot.dev/miner-uid";
+
+/// Whether the keys Secret `s` was made for (or handed to) Miner `m`.
+pub fn keys_belong_to(s: &Secret, m: &Miner) -> bool {
+    let uid = m.uid().unwrap_or_default();
+    !uid.is_empty() && s.annotations().get(MINER_UID_ANNOTATION) == Some(&uid)
+}
+
 /// Make sure ordinals `0..n` have keys (keeping every key already made, for any ordinal) and
 /// the drain token exists.
 pub async fn ensure(m: &Miner, client: &kube::Client, n: usize) -> Result<Identity> {
@@ -28,6 +40,25 @@ pub async fn ensure(m: &Miner, client: &kube::Client, n: usize) -> Result<Identi
     let names = Names::of(m);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let existing = secrets.get_opt(&names.keys_secret()).await?;
+    if let Some(s) = &existing
+        && !keys_belong_to(s, m)
+    {
+        let name = names.keys_secret();
+        return Err(Error::needs(
+            "KeysOfAnotherFleet",
+            format!(
+                "Secret {name} holds keys made for another Miner (uid {}), which may hold \
+                 funds and bonds; the operator does not hand them to a new fleet on its own. To \
+                 let this fleet use them: `kubectl annotate secret {name} \
+                 {MINER_UID_ANNOTATION}={} --overwrite`; to start with new keys, rename or \
+                 delete that Secret (after moving its funds)",
+                s.annotations()
+                    .get(MINER_UID_ANNOTATION)
+                    .map_or("unknown", String::as_str),
+                m.uid().unwrap_or_default()
+            ),
+        ));
+    }
     let mut files: BTreeMap<String, String> = existing
         .iter()
         .flat_map(|s| s.data.iter().flatten())
@@ -58,6 +89,11 @@ pub async fn ensure(m: &Miner, client: &kube::Client, n: usize) -> Result<Identi
         }
     }
     let mut secret = children::keys_secret(m, &files);
+    secret
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(MINER_UID_ANNOTATION.into(), m.uid().unwrap_or_default());
     match existing {
         None => {
             secrets.create(&PostParams::default(), &secret).await?;

@@ -111,6 +111,7 @@ pub async fn reconcile(m: Arc<Miner>, ctx: Arc<Context>) -> Result<Action> {
             (o, settled(&ctx, &m, &names.pod(o as usize), work))
         })
         .collect();
+    restart_idle_counts_of_kept(&ctx, &m, desired.min(current));
     let plan = autoscale::plan(current, desired, |o| {
         work.get(&o).copied().unwrap_or(PodWork::Busy)
     });
@@ -207,12 +208,27 @@ fn desired_replicas(
     (desired, window_ends)
 }
 
+/// Pods `0..kept` stay: each starts its idle count afresh if it is asked to leave later, since
+/// what it did meanwhile was not watched (a scale-down that was called off must not leave a
+/// timer that later passes a pod as long idle).
+fn restart_idle_counts_of_kept(ctx: &Context, m: &Miner, kept: u32) {
+    let names = Names::of(m);
+    for o in 0..kept {
+        ctx.forget(&idle_key(m, &names.pod(o as usize)));
+    }
+}
+
+/// The first-seen key of `pod`'s idle timer.
+fn idle_key(m: &Miner, pod: &str) -> String {
+    format!("miner/{}/idle/{pod}", key_of(m))
+}
+
 /// How long a pod must be seen idle (and drained) before it may be removed.
 const IDLE_SETTLE: Duration = Duration::from_secs(5);
 
 /// `work`, with `Idle` only once the pod was idle for [`IDLE_SETTLE`] in a row.
 fn settled(ctx: &Context, m: &Miner, pod: &str, work: PodWork) -> PodWork {
-    let key = format!("miner/{}/idle/{pod}", key_of(m));
+    let key = idle_key(m, pod);
     if work != PodWork::Idle {
         ctx.forget(&key);
         return work;
@@ -486,6 +502,24 @@ fn now() -> Time {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_called_off_scale_down_leaves_no_idle_count_behind() {
+        let ctx = Context::for_tests();
+        let m: Miner = serde_json::from_value(serde_json::json!({
+            "apiVersion": "pot.dev/v1alpha1", "kind": "Miner",
+            "metadata": {"name": "f", "namespace": "a"},
+            "spec": {"networkRef": {"name": "n"}},
+        }))
+        .unwrap();
+        // Pod 2 was asked to leave and seen idle; then the fleet kept it.
+        assert_eq!(settled(&ctx, &m, "f-miner-2", PodWork::Idle), PodWork::Busy);
+        std::thread::sleep(Duration::from_millis(20));
+        let before = ctx.held_for(idle_key(&m, "f-miner-2"));
+        assert!(before >= Duration::from_millis(20));
+        restart_idle_counts_of_kept(&ctx, &m, 3);
+        assert!(ctx.held_for(idle_key(&m, "f-miner-2")) < before);
+    }
 
     #[test]
     fn work_and_chain_progress_is_told_apart_from_a_change_of_state() {
