@@ -191,8 +191,15 @@ async fn a_fleet_gets_its_objects_and_follows_kubectl_scale() {
         "{}",
         refused.message
     );
+    // (A reconcile of the deleted fleet still in flight may have written its StatefulSet
+    // again, owned by the old uid: what must not exist is one of the new fleet.)
+    let new_uid = again.uid().unwrap();
     assert!(
-        sts_api.get_opt("gpu-miner").await.unwrap().is_none(),
+        sts_api
+            .get_opt("gpu-miner")
+            .await
+            .unwrap()
+            .is_none_or(|s| s.owner_references().iter().all(|o| o.uid != new_uid)),
         "a fleet ran with keys made for another"
     );
     env.cp

@@ -47,7 +47,14 @@ async fn scale(miners: &Api<Miner>, name: &str, replicas: i32) {
 async fn the_operator_converges_after_the_api_server_restarts_mid_reconcile() {
     let env = TestEnv::new("op-restart").await;
     install_crds(&env).await;
-    let mut op = Operator::start(&env, "only", &["--resync-seconds", "30"]).await;
+    // A Lease long enough that the library's renewal backoff after the outage cannot make it
+    // step down here (that is the last part's business).
+    let mut op = Operator::start(
+        &env,
+        "only",
+        &["--resync-seconds", "30", "--lease-seconds", "60"],
+    )
+    .await;
     apply::<PotNetwork>(
         &env.api(),
         json!({
@@ -165,10 +172,17 @@ async fn the_operator_converges_after_the_api_server_restarts_mid_reconcile() {
     .await;
     assert!(op.process.exited().is_none(), "the operator kept running");
 
-    // An outage longer than the Lease (15 s): the operator cannot confirm that it still leads,
-    // and a replica that may have been replaced must not go on signing for the chain. It
-    // steps down (exits, for its pod to be restarted) instead of leading blind.
-    tokio::task::spawn_blocking(move || cp.restart_api_server(Duration::from_secs(22)))
+    // An outage longer than the Lease: an operator that cannot confirm it still leads (a
+    // replica that may have been replaced) must not go on signing for the chain. It steps
+    // down (exits, for its pod to be restarted) instead of leading blind.
+    drop(op);
+    let mut op = Operator::start(&env, "short", &["--lease-seconds", "6"]).await;
+    eventually("the second operator to lead", WAIT, || {
+        let op = &op;
+        async move { (op.metric("pot_operator_leader").await == 1.0).then_some(()) }
+    })
+    .await;
+    tokio::task::spawn_blocking(move || cp.restart_api_server(Duration::from_secs(15)))
         .await
         .unwrap()
         .expect("restarting kube-apiserver");

@@ -2,12 +2,13 @@
 //!
 //! The Lease library renews the Lease and reports when another replica holds it, but while
 //! the API server cannot be reached it keeps saying "leader": a replica cut off from the API
-//! server for longer than the Lease would go on signing chain transactions (submissions,
-//! funding, reveals go to the coordinators, not through the API server) while a standby has
-//! taken over. client-go's leader election stops leading once its renewals fail for the renew
-//! deadline; this does the same from outside the library: it reads the Lease every third of
-//! its duration and gives up leading when, for a whole Lease duration, it could not see the
-//! Lease held by this replica and renewed.
+//! server would go on signing chain transactions (submissions, funding, reveals go to the
+//! coordinators, not through the API server) while a standby takes over. client-go's leader
+//! election stops leading once its renewals fail for a renew deadline shorter than the Lease;
+//! this does the same from outside the library. It reads the Lease often, remembers the last
+//! renewal it saw of this replica's hold (`renewTime`, written from this replica's own clock,
+//! so no skew between machines enters), and gives up leading once that renewal is older than
+//! five sixths of the Lease — before a standby, which waits the whole Lease, may take it.
 
 use std::time::Duration;
 
@@ -19,48 +20,50 @@ use tracing::warn;
 /// What one reading of the Lease says about this replica's leadership.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reading {
-    /// Held by this replica and renewed within the Lease duration.
-    Confirmed,
+    /// Held by this replica, last renewed at this time.
+    Held(Timestamp),
     /// Held by another replica: leadership is lost at once.
     Lost(String),
-    /// Not confirmed this time (unreadable, not renewed lately): lost if it lasts.
-    Unconfirmed(String),
+    /// Nothing learnt this time (unreadable, no holder, no renew time).
+    Unknown(String),
 }
 
-/// Judge `lease` (or the error reading it) for `identity` at `now`.
-pub fn judge(
-    lease: Result<&Lease, String>,
-    identity: &str,
-    duration: Duration,
-    now: Timestamp,
-) -> Reading {
+/// Judge `lease` (or the error reading it) for `identity`.
+pub fn judge(lease: Result<&Lease, String>, identity: &str) -> Reading {
     let lease = match lease {
         Ok(l) => l,
-        Err(e) => return Reading::Unconfirmed(format!("reading the Lease: {e}")),
+        Err(e) => return Reading::Unknown(format!("reading the Lease: {e}")),
     };
     let Some(spec) = lease.spec.as_ref() else {
-        return Reading::Unconfirmed("the Lease has no spec".into());
+        return Reading::Unknown("the Lease has no spec".into());
     };
     match spec.holder_identity.as_deref() {
-        Some(h) if h == identity => {}
-        Some(other) => return Reading::Lost(format!("the Lease is held by {other}")),
-        None => return Reading::Lost("the Lease is held by no one".into()),
-    }
-    let renewed = spec.renew_time.as_ref().map(|t| t.0);
-    match renewed {
-        Some(at) if now.duration_since(at).as_secs_f64() <= duration.as_secs_f64() => {
-            Reading::Confirmed
-        }
-        Some(at) => Reading::Unconfirmed(format!("the Lease was last renewed at {at}")),
-        None => Reading::Unconfirmed("the Lease has no renew time".into()),
+        Some(h) if h == identity => match spec.renew_time.as_ref() {
+            Some(t) => Reading::Held(t.0),
+            None => Reading::Unknown("the Lease has no renew time".into()),
+        },
+        Some(other) if !other.is_empty() => Reading::Lost(format!("the Lease is held by {other}")),
+        // Released (or being taken over): not proof that another leads, but no renewal either.
+        _ => Reading::Unknown("the Lease is held by no one".into()),
     }
 }
 
-/// Resolves (with the reason) once leadership has gone unconfirmed for `duration`, or at once
-/// when another replica holds the Lease.
+/// The renew deadline: how old this replica's last renewal may be before it stops leading.
+pub fn renew_deadline(duration: Duration) -> Duration {
+    duration * 5 / 6
+}
+
+/// Whether a hold last renewed at `renewed` is past the renew deadline at `now`.
+pub fn overdue(renewed: Timestamp, now: Timestamp, duration: Duration) -> bool {
+    now.duration_since(renewed).as_secs_f64() > renew_deadline(duration).as_secs_f64()
+}
+
+/// Resolves (with the reason) once this replica's last seen renewal is past the renew
+/// deadline, or at once when another replica holds the Lease. Called when leading begins
+/// (the Lease was just taken or renewed).
 pub async fn lost(api: Api<Lease>, name: String, identity: String, duration: Duration) -> String {
-    let every = (duration / 3).max(Duration::from_millis(500));
-    let mut last_confirmed = tokio::time::Instant::now();
+    let every = (duration / 6).max(Duration::from_millis(250));
+    let mut renewed = Timestamp::now();
     loop {
         tokio::time::sleep(every).await;
         let read = tokio::time::timeout(every, api.get(&name)).await;
@@ -69,21 +72,17 @@ pub async fn lost(api: Api<Lease>, name: String, identity: String, duration: Dur
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {every:?}")),
         };
-        match judge(
-            lease.as_ref().map_err(Clone::clone),
-            &identity,
-            duration,
-            Timestamp::now(),
-        ) {
-            Reading::Confirmed => last_confirmed = tokio::time::Instant::now(),
+        match judge(lease.as_ref().map_err(Clone::clone), &identity) {
+            Reading::Held(at) => renewed = renewed.max(at),
             Reading::Lost(why) => return why,
-            Reading::Unconfirmed(why) => {
-                let since = last_confirmed.elapsed();
-                if since >= duration {
-                    return format!("leadership unconfirmed for {since:?}: {why}");
-                }
-                warn!("leadership unconfirmed for {since:?}: {why}");
-            }
+            Reading::Unknown(why) => warn!("leadership not confirmed: {why}"),
+        }
+        let now = Timestamp::now();
+        if overdue(renewed, now, duration) {
+            return format!(
+                "leadership unconfirmed: the Lease was last seen renewed at {renewed}, over {:?} ago",
+                renew_deadline(duration)
+            );
         }
     }
 }
@@ -93,6 +92,7 @@ mod tests {
     use super::*;
     use k8s_openapi::api::coordination::v1::LeaseSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use k8s_openapi::jiff::SignedDuration;
 
     fn lease(holder: Option<&str>, renewed: Option<Timestamp>) -> Lease {
         Lease {
@@ -106,33 +106,43 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_confirms_only_its_holder_and_only_while_renewed() {
+    fn a_lease_tells_its_holder_when_it_was_renewed_and_others_that_they_lost() {
         let now = Timestamp::now();
-        let d = Duration::from_secs(15);
-        let ago = |s| {
-            now.checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(s))
-                .unwrap()
-        };
         assert_eq!(
-            judge(Ok(&lease(Some("a"), Some(ago(5)))), "a", d, now),
-            Reading::Confirmed
+            judge(Ok(&lease(Some("a"), Some(now))), "a"),
+            Reading::Held(now)
         );
         assert!(matches!(
-            judge(Ok(&lease(Some("b"), Some(now))), "a", d, now),
+            judge(Ok(&lease(Some("b"), Some(now))), "a"),
             Reading::Lost(_)
         ));
+        // A released Lease (the old leader's release may even clear a new holder) is no
+        // reason to exit at once: only an overdue renewal is.
         assert!(matches!(
-            judge(Ok(&lease(None, None)), "a", d, now),
-            Reading::Lost(_)
-        ));
-        // Held by us but not renewed for longer than the Lease: our renewals are failing.
-        assert!(matches!(
-            judge(Ok(&lease(Some("a"), Some(ago(20)))), "a", d, now),
-            Reading::Unconfirmed(_)
+            judge(Ok(&lease(None, None)), "a"),
+            Reading::Unknown(_)
         ));
         assert!(matches!(
-            judge(Err("connection refused".into()), "a", d, now),
-            Reading::Unconfirmed(_)
+            judge(Ok(&lease(Some(""), Some(now))), "a"),
+            Reading::Unknown(_)
         ));
+        assert!(matches!(
+            judge(Err("connection refused".into()), "a"),
+            Reading::Unknown(_)
+        ));
+    }
+
+    #[test]
+    fn leading_ends_before_a_standby_may_take_the_lease() {
+        let d = Duration::from_secs(15);
+        let now = Timestamp::now();
+        let ago = |s: i64| now.checked_sub(SignedDuration::from_secs(s)).unwrap();
+        // The operator has the library renew every `duration - grace` (8 s here): a healthy
+        // hold is never overdue; one not renewed for 12.5 s is, 2.5 s before a standby may
+        // take over.
+        assert!(!overdue(ago(10), now, d));
+        assert!(!overdue(ago(12), now, d));
+        assert!(overdue(ago(13), now, d));
+        assert!(renew_deadline(d) < d);
     }
 }

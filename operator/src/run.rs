@@ -78,8 +78,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .with_namespace(&opts.lease_namespace)
         .with_identity(&opts.identity)
         .with_duration(opts.lease_duration.as_secs().max(3))
-        // Renew a third of the way before expiry: one slow request does not lose the Lease.
-        .with_grace((opts.lease_duration.as_secs() / 3).max(1))
+        // Renew halfway to expiry: one slow or failed renewal stays within the renew deadline
+        // (`leadership::renew_deadline`, five sixths of the Lease).
+        .with_grace((opts.lease_duration.as_secs() / 2).max(1))
         .with_field_manager(crate::apply::FIELD_MANAGER)
         .build()
         .await
@@ -131,13 +132,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         opts.identity.clone(),
         opts.lease_duration.max(Duration::from_secs(3)),
     );
-    let outcome = tokio::select! {
-        _ = &mut shutdown => Ok(()),
-        _ = lost => Err(anyhow::anyhow!("lost the leader Lease; exiting so that only the new leader reconciles")),
-        why = unconfirmed => Err(anyhow::anyhow!("stepping down: {why}; exiting so that a replica that can reach the API server leads")),
+    let (outcome, graceful) = tokio::select! {
+        _ = &mut shutdown => (Ok(()), true),
+        _ = lost => (Err(anyhow::anyhow!("lost the leader Lease; exiting so that only the new leader reconciles")), false),
+        why = unconfirmed => (Err(anyhow::anyhow!("stepping down: {why}; exiting so that a replica that can reach the API server leads")), false),
     };
     metrics.leader.set(0);
     let _ = stop_tx.send(true);
+    if !graceful {
+        // Another replica may lead already: nothing more is signed or written from here,
+        // not even by a reconcile in flight, and the Lease is not touched.
+        controllers.abort();
+        server.abort();
+        lease_task.abort();
+        return outcome;
+    }
     // Reconciles in flight finish (the controllers stop taking new ones), then the Lease is
     // released, so a standby takes it at its next try instead of after it expires.
     if tokio::time::timeout(Duration::from_secs(20), controllers)
@@ -147,14 +156,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         warn!("controllers did not stop within 20 s");
     }
     drop(is_leader);
-    match lease_task.await {
-        Ok(Ok(manager)) => {
-            if let Err(e) = manager.release().await {
-                warn!("releasing the Lease: {e}");
+    match tokio::time::timeout(Duration::from_secs(10), lease_task).await {
+        Ok(Ok(Ok(manager))) => {
+            match tokio::time::timeout(Duration::from_secs(5), manager.release()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("releasing the Lease: {e}"),
+                Err(_) => warn!("releasing the Lease: no answer within 5 s"),
             }
         }
-        Ok(Err(e)) => warn!("leader election: {e}"),
-        Err(e) => warn!("leader election task: {e}"),
+        Ok(Ok(Err(e))) => warn!("leader election: {e}"),
+        Ok(Err(e)) => warn!("leader election task: {e}"),
+        Err(_) => warn!("leader election did not stop within 10 s"),
     }
     server.abort();
     outcome

@@ -40,8 +40,17 @@ pub async fn ensure(m: &Miner, client: &kube::Client, n: usize) -> Result<Identi
     let names = Names::of(m);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let existing = secrets.get_opt(&names.keys_secret()).await?;
+    // Keys made by an operator before the annotation existed belong to the fleet whose
+    // StatefulSet (owned by this very Miner) runs on them: adopt those, stamping the uid.
+    let adopt = match &existing {
+        Some(s) if !s.annotations().contains_key(MINER_UID_ANNOTATION) => {
+            runs_on_them(m, client, &ns, &names).await?
+        }
+        _ => false,
+    };
     if let Some(s) = &existing
         && !keys_belong_to(s, m)
+        && !adopt
     {
         let name = names.keys_secret();
         return Err(Error::needs(
@@ -98,7 +107,7 @@ pub async fn ensure(m: &Miner, client: &kube::Client, n: usize) -> Result<Identi
         None => {
             secrets.create(&PostParams::default(), &secret).await?;
         }
-        Some(old) if added => {
+        Some(old) if added || adopt => {
             // Optimistic concurrency: a racing writer makes this fail (and retry) instead of
             // one of two new keys being lost after a pod started with it.
             secret.metadata.resource_version = old.metadata.resource_version;
@@ -114,6 +123,18 @@ pub async fn ensure(m: &Miner, client: &kube::Client, n: usize) -> Result<Identi
         addresses,
         drain_token,
     })
+}
+
+/// Whether the fleet's StatefulSet exists and is controlled by this Miner (by uid).
+async fn runs_on_them(m: &Miner, client: &kube::Client, ns: &str, names: &Names) -> Result<bool> {
+    let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), ns);
+    let uid = m.uid().unwrap_or_default();
+    Ok(sts.get_opt(&names.statefulset()).await?.is_some_and(|s| {
+        !uid.is_empty()
+            && s.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == uid)
+    }))
 }
 
 /// The fleet's drain token: the Secret's, or a new random one.
