@@ -274,9 +274,14 @@ async fn only_someone_who_may_read_a_key_secret_may_have_the_operator_sign_with_
             "evalSet": {"locator": "builtin:digits", "sha256": DIGITS},
         }
     });
-    // The policy is enforced a moment after it is created.
+    // The policy is enforced a moment after it is created. Each try names a new task: one
+    // created before enforcement began would make a repeated `apply` send nothing at all.
+    let mut attempt = 0;
     let refused = eventually("the task refused", Duration::from_secs(30), || {
-        let r = apply_as(&env, "alice", &task).err();
+        attempt += 1;
+        let mut doc = task.clone();
+        doc["metadata"]["name"] = json!(format!("spend-{attempt}"));
+        let r = apply_as(&env, "alice", &doc).err();
         async move { r }
     })
     .await;
