@@ -213,6 +213,33 @@ impl ControlPlane {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// The same, with `input` on kubectl's standard input (for `-f -`).
+    pub fn kubectl_input(&self, args: &[&str], input: &str) -> anyhow::Result<String> {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = self
+            .command("kubectl")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("kubectl's stdin")?
+            .write_all(input.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// A client for the admin user.
     pub async fn client(&self) -> anyhow::Result<Client> {
         let kc = Kubeconfig::read_from(&self.kubeconfig)?;

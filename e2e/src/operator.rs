@@ -159,6 +159,84 @@ impl Operator {
     }
 }
 
+/// SHA-256 of the built-in UCI digits set (`builtin:digits`).
+pub const DIGITS_SHA256: &str = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22";
+
+/// A small task's `spec.task`: an MLP with one hidden layer of 8 on the built-in digits, 100
+/// SGD steps, a checkpoint every 50.
+pub fn digits_task() -> serde_json::Value {
+    serde_json::json!({
+        "model": {"builtin": "mlp", "hidden": [8]},
+        "dataset": {"locator": "builtin:digits", "sha256": DIGITS_SHA256},
+        "optimizer": {"kind": "sgd", "lr": {"value": 0.05}},
+        "batchSize": 16, "steps": 100, "checkpointInterval": 50,
+    })
+}
+
+/// A task's `spec.windows`, in blocks: `commit` for claims, `eval_reveal` for the publisher's
+/// reveal, one block for every other phase.
+pub fn windows(commit: u64, eval_reveal: u64) -> serde_json::Value {
+    serde_json::json!({"commit": commit, "reveal": 1, "evalReveal": eval_reveal,
+                       "reportCommit": 1, "reportReveal": 1, "challenge": 1,
+                       "challengeReveal": 1, "vote": 1, "voteReveal": 1})
+}
+
+/// TrainingTask `name` of network `net`: [`digits_task`] evaluated on the digits too, a
+/// bounty of 5,000 paid with the key in Secret `key_secret`, the default windows.
+pub fn digits_training_task(name: &str, net: &str, key_secret: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "pot.dev/v1alpha1", "kind": "TrainingTask",
+        "metadata": {"name": name},
+        "spec": {
+            "networkRef": {"name": net},
+            "publisherKeySecret": {"name": key_secret},
+            "bounty": 5000,
+            "task": digits_task(),
+            "evalSet": {"locator": "builtin:digits", "sha256": DIGITS_SHA256},
+        }
+    })
+}
+
+/// Sign and send, from `key` with `nonce`, the chain transaction of [`digits_task`] with
+/// `bounty` and `windows` (what the operator would submit for such a TrainingTask, without
+/// one): a task on chain that no resource follows.
+pub async fn submit_digits_task(
+    node: &pot_protocol::client::Client,
+    key: &pot_protocol::SecretKey,
+    nonce: u64,
+    bounty: u64,
+    windows: serde_json::Value,
+) -> anyhow::Result<()> {
+    use pot_operator::task::spec;
+    use pot_protocol::tx::{Tx, TxBody, eval_commitment};
+    let mut doc = digits_training_task("x", "x", "x")["spec"].clone();
+    doc["bounty"] = bounty.into();
+    doc["windows"] = windows;
+    let s: pot_operator::crd::task::TrainingTaskSpec = serde_json::from_value(doc)?;
+    let eval = spec::dataset(&s.eval_set).map_err(anyhow::Error::msg)?;
+    let head = node.head().await?;
+    let tx = Tx {
+        chain_id: head.chain_id,
+        signer: key.address(),
+        nonce,
+        fee: head.tx_fee,
+        body: TxBody::SubmitTask {
+            spec: spec::task_spec(&s.task).map_err(anyhow::Error::msg)?,
+            bounty: pot_protocol::Amount(s.bounty),
+            eval_commit: eval_commitment(&eval, &pot_protocol::Hash::of_value("salt", &nonce)),
+            windows: spec::windows(&s.windows),
+        },
+    };
+    node.submit(&tx.sign(key)).await?;
+    Ok(())
+}
+
+/// The replicas StatefulSet `name` asks for, if it exists.
+pub async fn statefulset_replicas(env: &TestEnv, name: &str) -> Option<i32> {
+    let api: kube::Api<k8s_openapi::api::apps::v1::StatefulSet> = env.api();
+    api.get_opt(name).await.ok().flatten()?.spec?.replicas
+}
+
 /// `(type, reason, note)` of every Event recorded about object `name` of `kind` in the test's
 /// namespace (events.k8s.io/v1, as the operator writes them).
 pub async fn events_about(env: &TestEnv, kind: &str, name: &str) -> Vec<(String, String, String)> {
@@ -209,12 +287,10 @@ pub async fn replicas_where(
     what: &str,
     ok: impl Fn(i32) -> bool,
 ) -> i32 {
-    let api: kube::Api<k8s_openapi::api::apps::v1::StatefulSet> = env.api();
     eventually(what, Duration::from_secs(60), || {
-        let api = api.clone();
         let ok = &ok;
         async move {
-            let r = api.get_opt(name).await.ok().flatten()?.spec?.replicas?;
+            let r = statefulset_replicas(env, name).await?;
             ok(r).then_some(r)
         }
     })

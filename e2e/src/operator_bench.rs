@@ -7,25 +7,25 @@
 //! chain's queue takes to reach a fleet's StatefulSet.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolume, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
 use pot_operator::crd::task::{TaskPhase, TrainingTask};
 use pot_protocol::client::Client;
-use pot_protocol::tx::{Tx, TxBody, eval_commitment};
-use pot_protocol::{Amount, Hash, SecretKey, keyfile};
+use pot_protocol::tx::{Tx, TxBody};
+use pot_protocol::{Amount, SecretKey, keyfile};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::fixture::{TestEnv, eventually};
-use crate::operator::{Operator, apply, coordinator_for, install_crds};
+use crate::operator::{
+    Operator, apply, coordinator_for, digits_training_task, install_crds, statefulset_replicas,
+    submit_digits_task, windows,
+};
 use crate::spawn::Process;
 
 pub struct Config {
@@ -65,8 +65,6 @@ pub struct Latency {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
 }
-
-const DIGITS: &str = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22";
 
 pub async fn run(cfg: Config) -> anyhow::Result<Report> {
     let env = TestEnv::new("bench-operator").await;
@@ -230,37 +228,14 @@ async fn wait_tasks(
 
 async fn create_task(tasks: &Api<TrainingTask>, net: &str, secret: &str) -> anyhow::Result<()> {
     let name = secret.replace("-publisher-", "-task-");
-    let tt: TrainingTask = serde_json::from_value(json!({
-        "apiVersion": "pot.dev/v1alpha1", "kind": "TrainingTask",
-        "metadata": {"name": name},
-        "spec": {
-            "networkRef": {"name": net},
-            "publisherKeySecret": {"name": secret},
-            "bounty": 5000,
-            "task": task_json(),
-            "evalSet": {"locator": "builtin:digits", "sha256": DIGITS},
-            "windows": windows_json(3),
-        }
-    }))?;
+    let mut doc = digits_training_task(&name, net, secret);
+    doc["spec"]["windows"] = windows(3, 20);
+    let tt: TrainingTask = serde_json::from_value(doc)?;
     tasks
         .create(&PostParams::default(), &tt)
         .await
         .with_context(|| format!("creating TrainingTask {name}"))?;
     Ok(())
-}
-
-fn task_json() -> serde_json::Value {
-    json!({
-        "model": {"builtin": "mlp", "hidden": [8]},
-        "dataset": {"locator": "builtin:digits", "sha256": DIGITS},
-        "optimizer": {"kind": "sgd", "lr": {"value": 0.05}},
-        "batchSize": 16, "steps": 100, "checkpointInterval": 50,
-    })
-}
-
-fn windows_json(commit: u64) -> serde_json::Value {
-    json!({"commit": commit, "reveal": 1, "evalReveal": 20, "reportCommit": 1, "reportReveal": 1,
-           "challenge": 1, "challengeReveal": 1, "vote": 1, "voteReveal": 1})
 }
 
 /// A fleet that scales with network 0's queue: submit tasks straight to the chain one at a
@@ -282,47 +257,16 @@ async fn queue_to_replicas(env: &TestEnv, node: &Client, steps: usize) -> anyhow
         }),
     )
     .await;
-    let sts: Api<StatefulSet> = env.api();
-    let replicas = || {
-        let sts = sts.clone();
-        async move {
-            sts.get_opt("gpu-miner")
-                .await
-                .ok()
-                .flatten()
-                .and_then(|s| s.spec?.replicas)
-        }
-    };
+    let replicas = || statefulset_replicas(env, "gpu-miner");
     eventually("the fleet at 0", Duration::from_secs(60), || async {
         (replicas().await == Some(0)).then_some(())
     })
     .await;
     let key = faucet_key(env, "net-0").await?;
-    let head = node.head().await?;
     let mut nonce = node.account(&key.address()).await?.nonce;
-    let spec: pot_operator::crd::task::TrainingTaskSpec = serde_json::from_value(json!({
-        "networkRef": {"name": "net-0"}, "publisherKeySecret": {"name": "x"}, "bounty": 1000,
-        "task": task_json(),
-        "evalSet": {"locator": "builtin:digits", "sha256": DIGITS},
-        "windows": windows_json(2000),
-    }))?;
-    let eval = pot_operator::task::spec::dataset(&spec.eval_set).map_err(anyhow::Error::msg)?;
     let mut samples = Vec::new();
     for step in 1..=steps {
-        let tx = Tx {
-            chain_id: head.chain_id.clone(),
-            signer: key.address(),
-            nonce,
-            fee: head.tx_fee,
-            body: TxBody::SubmitTask {
-                spec: pot_operator::task::spec::task_spec(&spec.task)
-                    .map_err(anyhow::Error::msg)?,
-                bounty: Amount(spec.bounty),
-                eval_commit: eval_commitment(&eval, &Hash::of_value("salt", &nonce)),
-                windows: pot_operator::task::spec::windows(&spec.windows),
-            },
-        };
-        node.submit(&tx.sign(&key)).await?;
+        submit_digits_task(node, &key, nonce, 1000, windows(2000, 20)).await?;
         nonce += 1;
         let deadline = Instant::now() + Duration::from_secs(60);
         let shown = loop {
@@ -414,7 +358,8 @@ async fn kwok(env: &TestEnv, nodes: usize) -> anyhow::Result<Process> {
                 "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "8"},
             }
         });
-        kubectl_apply(&env.cp.kubeconfig, &env.cp.tool("kubectl"), &node)?;
+        env.cp
+            .kubectl_input(&["apply", "-f", "-"], &node.to_string())?;
     }
     // The API server taints a new Node not-ready; the node lifecycle controller that would
     // lift it once kwok reports Ready does not run here.
@@ -451,27 +396,6 @@ async fn kwok(env: &TestEnv, nodes: usize) -> anyhow::Result<Process> {
         pvs.create(&PostParams::default(), &pv).await?;
     }
     Ok(kwok)
-}
-
-fn kubectl_apply(
-    kubeconfig: &Path,
-    kubectl: &PathBuf,
-    doc: &serde_json::Value,
-) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut child = Command::new(kubectl)
-        .env("KUBECONFIG", kubeconfig)
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("kubectl stdin")?
-        .write_all(doc.to_string().as_bytes())?;
-    anyhow::ensure!(child.wait()?.success(), "kubectl apply failed");
-    Ok(())
 }
 
 /// p50 and p99 of controller `c` from the histogram, interpolating inside a bucket as

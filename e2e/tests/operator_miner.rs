@@ -12,14 +12,15 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use pot_e2e::operator::{Operator, apply, coordinator_for, install_crds, replicas_where};
+use pot_e2e::operator::{
+    Operator, apply, coordinator_for, install_crds, replicas_where, statefulset_replicas,
+    submit_digits_task, windows,
+};
 use pot_e2e::{TestEnv, eventually};
 use pot_operator::crd::miner::Miner;
 use pot_operator::crd::network::PotNetwork;
-use pot_operator::crd::task::TrainingTaskSpec;
 use pot_protocol::client::Client;
-use pot_protocol::tx::{Tx, TxBody, eval_commitment};
-use pot_protocol::{Hash, SecretKey, keyfile};
+use pot_protocol::keyfile;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -34,11 +35,6 @@ fn network(name: &str, api_url: &str) -> serde_json::Value {
             "genesis": {"blockTimeMs": 300, "faucet": {"balance": 100000000}},
         }
     })
-}
-
-async fn replicas(env: &TestEnv, name: &str) -> Option<i32> {
-    let api: Api<StatefulSet> = env.api();
-    api.get_opt(name).await.ok().flatten()?.spec?.replicas
 }
 
 #[tokio::test]
@@ -224,41 +220,6 @@ async fn a_fleet_gets_its_objects_and_follows_kubectl_scale() {
     assert_eq!(key_of(&keys, "gpu-miner-0").address(), first);
 }
 
-/// Submit a task from `key` open for claims for 30 blocks; then it leaves the part of the
-/// queue miners can take.
-async fn submit_task(node: &Client, key: &SecretKey, nonce: u64) {
-    let spec: TrainingTaskSpec = serde_json::from_value(json!({
-        "networkRef": {"name": "x"},
-        "publisherKeySecret": {"name": "x"},
-        "bounty": 1000,
-        "task": {
-            "model": {"builtin": "mlp", "hidden": [8]},
-            "dataset": {"locator": "builtin:digits", "sha256": "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"},
-            "optimizer": {"kind": "sgd", "lr": {"value": 0.05}},
-            "batchSize": 16, "steps": 100, "checkpointInterval": 50,
-        },
-        "evalSet": {"locator": "builtin:digits", "sha256": "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"},
-        "windows": {"commit": 30, "reveal": 1, "evalReveal": 1, "reportCommit": 1, "reportReveal": 1,
-                    "challenge": 1, "challengeReveal": 1, "vote": 1, "voteReveal": 1},
-    }))
-    .unwrap();
-    let head = node.head().await.unwrap();
-    let eval = pot_operator::task::spec::dataset(&spec.eval_set).unwrap();
-    let tx = Tx {
-        chain_id: head.chain_id,
-        signer: key.address(),
-        nonce,
-        fee: head.tx_fee,
-        body: TxBody::SubmitTask {
-            spec: pot_operator::task::spec::task_spec(&spec.task).unwrap(),
-            bounty: pot_protocol::Amount(spec.bounty),
-            eval_commit: eval_commitment(&eval, &Hash::of_value("salt", &nonce)),
-            windows: pot_operator::task::spec::windows(&spec.windows),
-        },
-    };
-    node.submit(&tx.sign(key)).await.unwrap();
-}
-
 #[tokio::test]
 async fn replicas_follow_the_queue_up_at_once_and_down_after_the_window() {
     let env = TestEnv::new("op-autoscale").await;
@@ -298,7 +259,10 @@ async fn replicas_follow_the_queue_up_at_once_and_down_after_the_window() {
     let node = Client::new(url.clone());
     let nonce = node.account(&key.address()).await.unwrap().nonce;
     for i in 0..3 {
-        submit_task(&node, &key, nonce + i).await;
+        // Open for claims for 30 blocks; then it leaves the part of the queue miners take.
+        submit_digits_task(&node, &key, nonce + i, 1000, windows(30, 1))
+            .await
+            .unwrap();
     }
     // From the moment the chain's queue shows the tasks to the StatefulSet's replicas.
     let takeable = |q: pot_protocol::api::Queue| pot_operator::context::takeable(&q);
@@ -322,7 +286,7 @@ async fn replicas_follow_the_queue_up_at_once_and_down_after_the_window() {
     })
     .await;
     assert_eq!(
-        replicas(&env, "auto-miner").await,
+        statefulset_replicas(&env, "auto-miner").await,
         Some(3),
         "scaled down at once"
     );

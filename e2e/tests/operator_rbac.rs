@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
-use pot_e2e::operator::{Operator, install_crds, repo};
+use pot_e2e::operator::{Operator, digits_training_task, install_crds, repo};
 use pot_e2e::{TestEnv, eventually};
 use pot_operator::crd::network::PotNetwork;
 use serde_json::json;
@@ -202,28 +202,13 @@ async fn the_cluster_role_grants_what_the_controllers_use_and_nothing_else() {
 
 /// `kubectl --as user apply -f -` with `doc`; its stderr when refused.
 fn apply_as(env: &TestEnv, user: &str, doc: &serde_json::Value) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = env
-        .cp
-        .command("kubectl")
-        .args(["apply", "-n", &env.namespace, "--as", user, "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(doc.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    env.cp
+        .kubectl_input(
+            &["apply", "-n", &env.namespace, "--as", user, "-f", "-"],
+            &doc.to_string(),
+        )
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -258,22 +243,7 @@ async fn only_someone_who_may_read_a_key_secret_may_have_the_operator_sign_with_
             "--user=alice",
         ])
         .unwrap();
-    let task = json!({
-        "apiVersion": "pot.dev/v1alpha1", "kind": "TrainingTask",
-        "metadata": {"name": "spend"},
-        "spec": {
-            "networkRef": {"name": "main"},
-            "publisherKeySecret": {"name": "team-key"},
-            "bounty": 5000,
-            "task": {
-                "model": {"builtin": "mlp", "hidden": [8]},
-                "dataset": {"locator": "builtin:digits", "sha256": DIGITS},
-                "optimizer": {"kind": "sgd", "lr": {"value": 0.05}},
-                "batchSize": 16, "steps": 100, "checkpointInterval": 50,
-            },
-            "evalSet": {"locator": "builtin:digits", "sha256": DIGITS},
-        }
-    });
+    let task = digits_training_task("spend", "main", "team-key");
     // The policy is enforced a moment after it is created. Each try names a new task: one
     // created before enforcement began would make a repeated `apply` send nothing at all.
     let mut attempt = 0;
@@ -346,5 +316,3 @@ async fn only_someone_who_may_read_a_key_secret_may_have_the_operator_sign_with_
     .await;
     apply_as(&env, "alice", &fleet).expect("the funded fleet");
 }
-
-const DIGITS: &str = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22";

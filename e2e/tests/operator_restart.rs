@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
-use pot_e2e::operator::{Operator, apply, install_crds, replicas_where};
+use pot_e2e::operator::{Operator, apply, digits_training_task, install_crds, replicas_where};
 use pot_e2e::{TestEnv, eventually};
 use pot_operator::crd::miner::Miner;
 use pot_operator::crd::network::PotNetwork;
@@ -20,7 +20,6 @@ use pot_protocol::{SecretKey, keyfile};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
-const DIGITS: &str = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22";
 
 fn fleet(name: &str, replicas: i32) -> serde_json::Value {
     json!({
@@ -113,23 +112,8 @@ async fn the_operator_converges_after_the_api_server_restarts_mid_reconcile() {
         .await
         .unwrap();
     let tasks: Api<TrainingTask> = env.api();
-    let tt: TrainingTask = serde_json::from_value(json!({
-        "apiVersion": "pot.dev/v1alpha1", "kind": "TrainingTask",
-        "metadata": {"name": "t"},
-        "spec": {
-            "networkRef": {"name": "main"},
-            "publisherKeySecret": {"name": "unmarked"},
-            "bounty": 5000,
-            "task": {
-                "model": {"builtin": "mlp", "hidden": [8]},
-                "dataset": {"locator": "builtin:digits", "sha256": DIGITS},
-                "optimizer": {"kind": "sgd", "lr": {"value": 0.05}},
-                "batchSize": 16, "steps": 100, "checkpointInterval": 50,
-            },
-            "evalSet": {"locator": "builtin:digits", "sha256": DIGITS},
-        }
-    }))
-    .unwrap();
+    let tt: TrainingTask =
+        serde_json::from_value(digits_training_task("t", "main", "unmarked")).unwrap();
     tasks.create(&PostParams::default(), &tt).await.unwrap();
     eventually("the task refused for its unmarked key", WAIT, || {
         let tasks = tasks.clone();

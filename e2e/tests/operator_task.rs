@@ -7,15 +7,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use pot_e2e::operator::{Operator, coordinator_for, install_crds};
+use pot_e2e::operator::{Operator, coordinator_for, digits_training_task, install_crds, windows};
 use pot_e2e::{TestEnv, eventually};
 use pot_operator::crd::network::PotNetwork;
 use pot_operator::crd::task::{TaskPhase, TrainingTask};
 use pot_protocol::client::Client;
 use pot_protocol::keyfile;
 use serde_json::json;
-
-const DIGITS: &str = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22";
 
 #[tokio::test]
 async fn a_task_is_submitted_once_and_followed_to_its_end() {
@@ -46,26 +44,9 @@ async fn a_task_is_submitted_once_and_followed_to_its_end() {
     let before = node.account(&publisher.address()).await.unwrap();
 
     let tasks: Api<TrainingTask> = env.api();
-    let tt: TrainingTask = serde_json::from_value(json!({
-        "apiVersion": "pot.dev/v1alpha1", "kind": "TrainingTask",
-        "metadata": {"name": "digits"},
-        "spec": {
-            "networkRef": {"name": "chain"},
-            "publisherKeySecret": {"name": "chain-faucet"},
-            "bounty": 5000,
-            "task": {
-                "model": {"builtin": "mlp", "hidden": [8]},
-                "dataset": {"locator": "builtin:digits", "sha256": DIGITS},
-                "optimizer": {"kind": "sgd", "lr": {"value": 0.05}},
-                "batchSize": 16, "steps": 100, "checkpointInterval": 50,
-            },
-            "evalSet": {"locator": "builtin:digits", "sha256": DIGITS},
-            "windows": {"commit": 3, "reveal": 1, "evalReveal": 20, "reportCommit": 1,
-                        "reportReveal": 1, "challenge": 1, "challengeReveal": 1, "vote": 1,
-                        "voteReveal": 1},
-        }
-    }))
-    .unwrap();
+    let mut doc = digits_training_task("digits", "chain", "chain-faucet");
+    doc["spec"]["windows"] = windows(3, 20);
+    let tt: TrainingTask = serde_json::from_value(doc).unwrap();
     // A second task of the same publisher, created at once: both may pick the same nonce.
     let mut twin = tt.clone();
     twin.metadata.name = Some("digits-twin".into());

@@ -191,10 +191,10 @@ async fn controllers(
     // The keys and genesis have no owner (they outlive a network): watched by label, so a
     // restored Secret or ConfigMap is seen at once.
     .watches(api::<Secret>(&client, &namespace), owned.clone(), |s| {
-        network_of(&s)
+        labelled_owner(&s, "pot.dev/network")
     })
     .watches(api::<ConfigMap>(&client, &namespace), owned.clone(), |c| {
-        network_of(&c)
+        labelled_owner(&c, "pot.dev/network")
     });
     let _ = ctx.networks.set(networks.store());
     let (queue_changed, queue_changes) = futures::channel::mpsc::unbounded();
@@ -206,7 +206,9 @@ async fn controllers(
     .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
     // The keys Secret has no owner (it outlives the fleet): watched by label, so keys handed
     // over to a fleet (or restored) are taken up at once.
-    .watches(api::<Secret>(&client, &namespace), owned, |s| miner_of(&s))
+    .watches(api::<Secret>(&client, &namespace), owned, |s| {
+        labelled_owner(&s, "pot.dev/miner")
+    })
     .reconcile_on(queue_changes);
     let tasks = Controller::new(
         api::<TrainingTask>(&client, &namespace),
@@ -395,15 +397,15 @@ pub fn resource_of(path: &str) -> &str {
     parts.get(at).copied().unwrap_or("")
 }
 
-/// The fleet a Secret of the operator's belongs to (by its label).
-fn miner_of(s: &Secret) -> Option<ObjectRef<Miner>> {
-    let name = s.labels().get("pot.dev/miner")?;
-    Some(ObjectRef::new(name).within(&s.namespace()?))
-}
-
-/// The network a Secret or ConfigMap of the operator's belongs to (by its label).
-fn network_of<K: ResourceExt>(obj: &K) -> Option<ObjectRef<PotNetwork>> {
-    let name = obj.labels().get("pot.dev/network")?;
+/// The object (of kind `K`, named by label `label`) that an unowned Secret or ConfigMap of
+/// the operator's belongs to: `pot.dev/network` for a network's keys and genesis,
+/// `pot.dev/miner` for a fleet's keys.
+fn labelled_owner<K, O>(obj: &O, label: &str) -> Option<ObjectRef<K>>
+where
+    K: kube::Resource<DynamicType = ()>,
+    O: ResourceExt,
+{
+    let name = obj.labels().get(label)?;
     Some(ObjectRef::new(name).within(&obj.namespace()?))
 }
 
