@@ -116,19 +116,30 @@ async fn a_fleet_gets_its_objects_and_follows_kubectl_scale() {
             })
             .collect()
     };
-    let counts = fleet_writes(op.write_counts().await);
+    // Something may still settle (a pod turning ready, the network's first queue reading), and
+    // writing that is right; so look for two reconciles in a row with the status unchanged and
+    // nothing written. An operator that writes on every reconcile never gets there.
     let reconciles = "pot_operator_reconciles_total{controller=\"miner\"}";
-    let before = op.metric(reconciles).await;
-    eventually("two more reconciles", WAIT, || {
-        let op = &op;
-        async move { (op.metric(reconciles).await >= before + 2.0).then_some(()) }
-    })
+    eventually(
+        "two reconciles that write nothing to an unchanged fleet",
+        WAIT,
+        || {
+            let (op, miners, fleet_writes) = (&op, &miners, &fleet_writes);
+            async move {
+                let version = |m: Miner| m.metadata.resource_version;
+                let status_before = version(miners.get("gpu").await.ok()?);
+                let counts = fleet_writes(op.write_counts().await);
+                let before = op.metric(reconciles).await;
+                while op.metric(reconciles).await < before + 2.0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let after = fleet_writes(op.write_counts().await);
+                let status_after = version(miners.get("gpu").await.ok()?);
+                (after == counts && status_after == status_before).then_some(())
+            }
+        },
+    )
     .await;
-    assert_eq!(
-        fleet_writes(op.write_counts().await),
-        counts,
-        "an unchanged fleet was written"
-    );
 
     // `kubectl scale` goes through the scale subresource; the new ordinal gets a new key and
     // the old keys stay, also after scaling down.
