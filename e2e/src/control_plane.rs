@@ -52,7 +52,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const CONTROLLERS: &str = "serviceaccount-token-controller,serviceaccount-controller,\
 garbage-collector-controller,namespace-controller,statefulset-controller,\
 deployment-controller,replicaset-controller,persistentvolume-binder-controller,\
-endpointslice-controller,disruption-controller";
+endpointslice-controller,disruption-controller,root-ca-certificate-publisher-controller";
 
 pub struct ControlPlane {
     _tmp: Option<tempfile::TempDir>,
@@ -70,6 +70,8 @@ pub struct ControlPlane {
     api_command: Vec<String>,
     /// How long start-up took, until `/readyz` said ok.
     pub startup: Duration,
+    /// The certificates and keys (the local kubelet serves logs with its pair).
+    pub pki: pki::PkiFiles,
 }
 
 impl ControlPlane {
@@ -112,6 +114,7 @@ impl ControlPlane {
             processes: Mutex::new(Vec::new()),
             api_command: Vec::new(),
             startup: Duration::ZERO,
+            pki: pki.clone(),
         };
 
         let mut etcd = cp.command("etcd");
@@ -152,6 +155,14 @@ impl ControlPlane {
             "--enable-priority-and-fairness=false",
             // The `kubernetes` Service cannot point at a loopback address; nothing here needs it.
             "--endpoint-reconciler-type=none",
+            // `kubectl logs` reaches the local kubelet (when one runs) over TLS checked both ways.
+            &format!(
+                "--kubelet-client-certificate={}",
+                pki.kubelet_client_cert.display()
+            ),
+            &format!("--kubelet-client-key={}", pki.kubelet_client_key.display()),
+            &format!("--kubelet-certificate-authority={}", pki.ca_cert.display()),
+            "--kubelet-preferred-address-types=InternalIP",
             "--v=1",
         ]
         .into_iter()
@@ -298,6 +309,40 @@ impl ControlPlane {
         for mut p in processes.into_iter().rev() {
             p.stop(Duration::from_secs(10));
         }
+    }
+
+    /// The API server's port on 127.0.0.1.
+    pub fn api_port(&self) -> u16 {
+        self.server
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the server URL ends in a port")
+    }
+
+    /// Start a local kubelet for this control plane: Node `name`, pods under `<dir>/kubelet`,
+    /// running `images` (see [`crate::kubelet::project_images`]).
+    pub fn start_kubelet(
+        &self,
+        name: &str,
+        gpus: u32,
+        images: crate::kubelet::launch::Images,
+    ) -> anyhow::Result<crate::kubelet::Running> {
+        let cfg = crate::kubelet::Config {
+            node_name: name.to_string(),
+            cpu: "2".into(),
+            memory: "24Gi".into(),
+            gpus,
+            dir: self.dir.join("kubelet").join(name),
+            images,
+            api_server: ("127.0.0.1".into(), self.api_port()),
+            tls: crate::kubelet::logs::Tls {
+                cert: self.pki.kubelet_serving_cert.clone(),
+                key: self.pki.kubelet_serving_key.clone(),
+                client_ca: self.pki.ca_cert.clone(),
+            },
+        };
+        crate::kubelet::Running::start(&self.kubeconfig, cfg)
     }
 
     /// Kill kube-apiserver at once (SIGKILL: every watch and request in flight breaks, as in a

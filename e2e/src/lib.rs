@@ -5,6 +5,7 @@
 pub mod control_plane;
 pub mod coordinators;
 pub mod fixture;
+pub mod kubelet;
 pub mod ledger_bench;
 pub mod link_delay;
 pub mod operator;

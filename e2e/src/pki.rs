@@ -1,5 +1,8 @@
 //! Keys and certificates for one control plane: a CA, the API server's serving certificate for
-//! the loopback address, and the service-account token signing key.
+//! the loopback address, the service-account token signing key, and the pair the API server and
+//! the local kubelet use to talk to each other (`kubectl logs`): a serving certificate for the
+//! kubelet and a client certificate for the API server, both from the same CA, so each side
+//! checks the other.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +20,10 @@ pub struct PkiFiles {
     pub serving_key: PathBuf,
     pub sa_key: PathBuf,
     pub sa_pub: PathBuf,
+    pub kubelet_serving_cert: PathBuf,
+    pub kubelet_serving_key: PathBuf,
+    pub kubelet_client_cert: PathBuf,
+    pub kubelet_client_key: PathBuf,
 }
 
 /// Generate everything and write it under `dir` (PEM files, keys mode 0600).
@@ -48,18 +55,46 @@ pub fn write(dir: &Path) -> anyhow::Result<PkiFiles> {
 
     let sa_key = KeyPair::generate()?;
 
+    let mut kubelet = CertificateParams::new(vec!["127.0.0.1".to_string()])?;
+    kubelet
+        .distinguished_name
+        .push(DnType::CommonName, "pot-e2e kubelet");
+    kubelet.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let kubelet_key = KeyPair::generate()?;
+    let kubelet_cert = kubelet.signed_by(&kubelet_key, &ca)?;
+
+    let mut client = CertificateParams::new(Vec::<String>::new())?;
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver-kubelet-client");
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = KeyPair::generate()?;
+    let client_cert = client.signed_by(&client_key, &ca)?;
+
     let files = PkiFiles {
         ca_cert: dir.join("ca.crt"),
         serving_cert: dir.join("apiserver.crt"),
         serving_key: dir.join("apiserver.key"),
         sa_key: dir.join("sa.key"),
         sa_pub: dir.join("sa.pub"),
+        kubelet_serving_cert: dir.join("kubelet.crt"),
+        kubelet_serving_key: dir.join("kubelet.key"),
+        kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
+        kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
     };
     write_file(&files.ca_cert, &ca.pem(), false)?;
     write_file(&files.serving_cert, &serving_cert.pem(), false)?;
     write_file(&files.serving_key, &serving_key.serialize_pem(), true)?;
     write_file(&files.sa_key, &sa_key.serialize_pem(), true)?;
     write_file(&files.sa_pub, &sa_key.public_key_pem(), false)?;
+    write_file(&files.kubelet_serving_cert, &kubelet_cert.pem(), false)?;
+    write_file(
+        &files.kubelet_serving_key,
+        &kubelet_key.serialize_pem(),
+        true,
+    )?;
+    write_file(&files.kubelet_client_cert, &client_cert.pem(), false)?;
+    write_file(&files.kubelet_client_key, &client_key.serialize_pem(), true)?;
     Ok(files)
 }
 

@@ -49,17 +49,7 @@ impl Process {
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        die_with_parent(&mut cmd);
-        let (reply_tx, reply_rx) = mpsc::channel();
-        spawner()
-            .lock()
-            .expect("spawner lock")
-            .send((cmd, reply_tx))
-            .expect("spawner thread is alive");
-        let child = reply_rx
-            .recv()
-            .expect("spawner replies")
-            .map_err(|e| anyhow::anyhow!("starting {name}: {e}"))?;
+        let child = spawn_owned(cmd).map_err(|e| anyhow::anyhow!("starting {name}: {e}"))?;
         Ok(Process {
             name: name.to_string(),
             child,
@@ -97,6 +87,19 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(5));
     }
+}
+
+/// Start `cmd` from the spawner thread, killed when this process ends (after any `pre_exec`
+/// steps already set on `cmd`, so a step that changes the user does not clear it).
+pub fn spawn_owned(mut cmd: Command) -> std::io::Result<Child> {
+    die_with_parent(&mut cmd);
+    let (reply_tx, reply_rx) = mpsc::channel();
+    spawner()
+        .lock()
+        .expect("spawner lock")
+        .send((cmd, reply_tx))
+        .expect("spawner thread is alive");
+    reply_rx.recv().expect("spawner replies")
 }
 
 /// Send `sig` to `pid`.
