@@ -77,6 +77,20 @@ enum Cluster {
         /// Where data, keys, kubeconfig and logs live (wiped on start).
         #[arg(long, env = "POT_CLUSTER_DIR")]
         dir: Option<PathBuf>,
+        /// Also run a local kubelet (Node `local`): pods run as processes of the binaries in
+        /// `--bin-dir` (needs root; see e2e/README.md).
+        #[arg(long)]
+        kubelet: bool,
+        /// `nvidia.com/gpu` the Node reports.
+        #[arg(long, default_value_t = 0)]
+        gpus: u32,
+        /// Where `pot-node` and `pot-operator` are (default: next to this program).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// The libtorch the binaries were built against (its `lib/` is the image's
+        /// `/opt/libtorch/lib`).
+        #[arg(long, env = "LIBTORCH")]
+        libtorch: Option<PathBuf>,
     },
     /// Stop the control plane started by `up`.
     Down {
@@ -148,7 +162,20 @@ fn main() -> anyhow::Result<()> {
         }
     };
     match action {
-        Cluster::Up { dir } => up(&default_dir(dir)),
+        Cluster::Up {
+            dir,
+            kubelet,
+            gpus,
+            bin_dir,
+            libtorch,
+        } => {
+            let kubelet = kubelet.then_some(KubeletArgs {
+                gpus,
+                bin_dir,
+                libtorch,
+            });
+            up(&default_dir(dir), kubelet)
+        }
         Cluster::Down { dir } => down(&default_dir(dir)),
         Cluster::Env { dir } => {
             let dir = default_dir(dir);
@@ -162,7 +189,53 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn up(dir: &Path) -> anyhow::Result<()> {
+struct KubeletArgs {
+    gpus: u32,
+    bin_dir: Option<PathBuf>,
+    libtorch: Option<PathBuf>,
+}
+
+/// The local kubelet of `cluster up --kubelet`, logging to `<dir>/logs/kubelet.log`.
+fn start_kubelet(
+    cp: &ControlPlane,
+    args: &KubeletArgs,
+) -> anyhow::Result<pot_e2e::kubelet::Running> {
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("pot-e2e has no directory")?
+            .to_path_buf(),
+    };
+    let mut binaries = Vec::new();
+    for name in ["pot-node", "pot-operator"] {
+        let path = bin_dir.join(name);
+        if !path.exists() {
+            bail!(
+                "{} is missing: build it first (cargo build -p {name}) or name --bin-dir",
+                path.display()
+            );
+        }
+        binaries.push((name, path));
+    }
+    let log = std::fs::File::create(cp.dir.join("logs").join("kubelet.log"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(log))
+        .init();
+    let images = pot_e2e::kubelet::project_images(
+        &cp.dir.join("kubelet").join("local"),
+        &binaries,
+        args.libtorch.as_ref().map(|l| l.join("lib")),
+    )?;
+    cp.start_kubelet("local", args.gpus, images)
+}
+
+fn up(dir: &Path, kubelet: Option<KubeletArgs>) -> anyhow::Result<()> {
     if let Ok(pid) = running_pid(dir) {
         bail!(
             "a control plane is already running from {} (pid {pid}); `pot-e2e cluster down` first",
@@ -177,6 +250,7 @@ fn up(dir: &Path) -> anyhow::Result<()> {
         scheduler: true,
         data_dir: Some(dir.to_path_buf()),
     })?;
+    let kubelet = kubelet.map(|k| start_kubelet(&cp, &k)).transpose()?;
     let pids: String = cp
         .pids()
         .iter()
@@ -207,6 +281,7 @@ fn up(dir: &Path) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     eprintln!("stopping the control plane");
+    drop(kubelet);
     drop(cp);
     let _ = std::fs::remove_file(dir.join("pid"));
     Ok(())

@@ -22,10 +22,11 @@ enum Command {
     /// service account's, else `$KUBECONFIG`'s or `~/.kube/config`'s.
     Run(RunArgs),
     /// Write the CustomResourceDefinitions as YAML, one file per resource
-    /// (`<plural>.pot.dev.yaml`), or all to standard output with `--out -`.
+    /// (`<plural>.pot.dev.yaml`), into each `--out` directory (by default `crds/` and the Helm
+    /// chart's `helm/pot/crds/`), or all to standard output with `--out -`.
     Crdgen {
-        #[arg(long, default_value = "crds")]
-        out: PathBuf,
+        #[arg(long, default_values = ["crds", "helm/pot/crds"])]
+        out: Vec<PathBuf>,
     },
 }
 
@@ -63,7 +64,7 @@ struct RunArgs {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Crdgen { out } => crdgen(&out),
+        Command::Crdgen { out } => out.iter().try_for_each(|dir| crdgen(dir)),
         Command::Run(args) => {
             init_logs(args.log_json);
             let identity = args.identity.unwrap_or_else(|| {

@@ -139,11 +139,17 @@ mod tests {
         assert_eq!(m.storage.size().0, "10Gi");
     }
 
-    /// `crds/` must be what `crdgen` writes now: a schema change without `pot-operator crdgen`
-    /// fails here (and so `make test`).
+    /// `crds/` and the Helm chart's `crds/` must be what `crdgen` writes now: a schema change
+    /// without `pot-operator crdgen` fails here (and so `make test`).
     #[test]
     fn the_crds_in_the_repository_are_current() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+        for dir in ["../crds", "../helm/pot/crds"] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+            crds_are_current(&dir);
+        }
+    }
+
+    fn crds_are_current(dir: &std::path::Path) {
         let mut stale = Vec::new();
         for crd in all() {
             let path = dir.join(file_name(&crd));
@@ -153,7 +159,7 @@ mod tests {
             }
         }
         let expected: std::collections::BTreeSet<String> = all().iter().map(file_name).collect();
-        let present: std::collections::BTreeSet<String> = std::fs::read_dir(&dir)
+        let present: std::collections::BTreeSet<String> = std::fs::read_dir(dir)
             .map(|d| {
                 d.filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -164,8 +170,9 @@ mod tests {
         let extra: Vec<_> = present.difference(&expected).collect();
         assert!(
             stale.is_empty() && extra.is_empty(),
-            "crds/ is stale (run `cargo run -p pot-operator -- crdgen`): changed or missing \
-             {stale:?}, not generated any more {extra:?}"
+            "{} is stale (run `cargo run -p pot-operator -- crdgen`): changed or missing \
+             {stale:?}, not generated any more {extra:?}",
+            dir.display()
         );
     }
 }

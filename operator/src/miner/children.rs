@@ -137,12 +137,14 @@ pub fn statefulset(m: &Miner, net: &PotNetwork, replicas: i32) -> StatefulSet {
         .collect();
     let mut env = vec![
         json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        // The pod's own address (see the coordinators' StatefulSet).
+        json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
         json!({"name": "POT_ROLE", "value": "miner"}),
         json!({"name": "POT_GENESIS", "value": format!("{}/{}", paths::GENESIS_DIR, paths::GENESIS_FILE)}),
         json!({"name": "POT_KEY", "value": format!("{}/$(POD_NAME)", paths::KEYS_DIR)}),
         json!({"name": "POT_DATA_DIR", "value": paths::DATA}),
-        json!({"name": "POT_API_LISTEN", "value": format!("0.0.0.0:{}", ports.api)}),
-        json!({"name": "POT_ARTIFACTS_LISTEN", "value": format!("/ip4/0.0.0.0/tcp/{}", ports.artifacts)}),
+        json!({"name": "POT_API_LISTEN", "value": format!("$(POD_IP):{}", ports.api)}),
+        json!({"name": "POT_ARTIFACTS_LISTEN", "value": format!("/ip4/$(POD_IP)/tcp/{}", ports.artifacts)}),
         json!({"name": "POT_BOOTSTRAP", "value": bootstrap.join(",")}),
         json!({"name": "POT_COORDINATORS", "value": apis.join(",")}),
         json!({"name": "POT_DEVICE", "value": if spec.gpus_per_pod > 0 { "cuda" } else { "cpu" }}),

@@ -245,16 +245,19 @@ pub fn statefulset(net: &PotNetwork) -> StatefulSet {
     let p = &spec.ports;
     let env = json!([
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        // Listening on the pod's own address, not 0.0.0.0: the same in any cluster, and what
+        // lets pods that share one network (the local kubelet's) use the same ports.
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "POT_ROLE", "value": "coordinator"},
         {"name": "POT_GENESIS", "value": format!("{}/{}", paths::GENESIS_DIR, paths::GENESIS_FILE)},
         {"name": "POT_KEY", "value": format!("{}/$(POD_NAME)", paths::KEYS_DIR)},
         {"name": "POT_DATA_DIR", "value": paths::DATA},
-        {"name": "POT_API_LISTEN", "value": format!("0.0.0.0:{}", p.api)},
-        {"name": "POT_P2P_LISTEN", "value": format!("/ip4/0.0.0.0/tcp/{}", p.p2p)},
+        {"name": "POT_API_LISTEN", "value": format!("$(POD_IP):{}", p.api)},
+        {"name": "POT_P2P_LISTEN", "value": format!("/ip4/$(POD_IP)/tcp/{}", p.p2p)},
         {"name": "POT_PEERS", "value": peer_addresses(net, p.p2p).join(",")},
-        {"name": "POT_GOSSIP_LISTEN", "value": format!("/ip4/0.0.0.0/tcp/{}", p.gossip)},
+        {"name": "POT_GOSSIP_LISTEN", "value": format!("/ip4/$(POD_IP)/tcp/{}", p.gossip)},
         {"name": "POT_GOSSIP_PEERS", "value": peer_addresses(net, p.gossip).join(",")},
-        {"name": "POT_ARTIFACTS_LISTEN", "value": format!("/ip4/0.0.0.0/tcp/{}", p.artifacts)},
+        {"name": "POT_ARTIFACTS_LISTEN", "value": format!("/ip4/$(POD_IP)/tcp/{}", p.artifacts)},
         {"name": "POT_LOG_JSON", "value": "true"},
         {"name": "RUST_LOG", "value": "info"},
     ]);
@@ -401,7 +404,7 @@ mod tests {
         assert_eq!(env["POT_ROLE"], "coordinator");
         assert_eq!(env["POT_KEY"], "/etc/pot/keys/$(POD_NAME)");
         assert_eq!(env["POT_PEERS"], peers.join(","));
-        assert_eq!(env["POT_API_LISTEN"], "0.0.0.0:26657");
+        assert_eq!(env["POT_API_LISTEN"], "$(POD_IP):26657");
         assert_eq!(
             c.readiness_probe
                 .as_ref()
