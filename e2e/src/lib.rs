@@ -4,6 +4,7 @@
 
 pub mod control_plane;
 pub mod coordinators;
+pub mod demo;
 pub mod fixture;
 pub mod kubelet;
 pub mod ledger_bench;

@@ -63,6 +63,20 @@ enum Top {
         #[arg(long, default_value_t = 8)]
         scale_steps: usize,
     },
+    /// On a running `cluster up --kubelet`: helm install the operator, apply the development
+    /// network, a CPU miner fleet and the digits task, and show them until the task ends
+    /// (`make demo`).
+    Demo {
+        #[arg(long, env = "POT_CLUSTER_DIR")]
+        dir: Option<PathBuf>,
+        /// The repository checkout (its helm/pot and manifests/).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(long, default_value = "demo")]
+        namespace: String,
+        #[arg(long, default_value_t = 900)]
+        timeout_seconds: u64,
+    },
     /// Run a local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler).
     Cluster {
         #[command(subcommand)]
@@ -111,6 +125,21 @@ fn default_dir(dir: Option<PathBuf>) -> PathBuf {
 fn main() -> anyhow::Result<()> {
     let action = match Cli::parse().command {
         Top::Cluster { action } => action,
+        Top::Demo {
+            dir,
+            repo,
+            namespace,
+            timeout_seconds,
+        } => {
+            return tokio::runtime::Runtime::new()?.block_on(pot_e2e::demo::run(
+                pot_e2e::demo::Config {
+                    dir: default_dir(dir),
+                    repo,
+                    namespace,
+                    timeout: Duration::from_secs(timeout_seconds),
+                },
+            ));
+        }
         Top::BenchOperator {
             pot_operator,
             pot_node,

@@ -18,7 +18,6 @@ use axum::routing::get;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -204,7 +203,8 @@ async fn container_logs(
             }
         ));
     };
-    let Ok(bytes) = tokio::fs::read(&path).await else {
+    let read = path.clone();
+    let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || std::fs::read(read)).await else {
         return not_found(format!("reading {}", path.display()));
     };
     let mut start = match q.tail_lines {
@@ -241,12 +241,10 @@ trait FollowExt:
             (path, offset, logs_dir),
             |(path, mut offset, logs_dir)| async move {
                 loop {
-                    let mut chunk = Vec::new();
-                    if let Ok(mut f) = tokio::fs::File::open(&path).await
-                        && f.seek(std::io::SeekFrom::Start(offset)).await.is_ok()
-                    {
-                        let _ = f.read_to_end(&mut chunk).await;
-                    }
+                    let file = path.clone();
+                    let chunk = tokio::task::spawn_blocking(move || read_from(&file, offset))
+                        .await
+                        .unwrap_or_default();
                     if !chunk.is_empty() {
                         offset += chunk.len() as u64;
                         return Some((Ok(chunk), (path, offset, logs_dir)));
@@ -266,6 +264,18 @@ trait FollowExt:
 impl<S> FollowExt for S where
     S: futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Sized + Send + 'static
 {
+}
+
+/// What `path` holds past `offset` (nothing when it cannot be read).
+fn read_from(path: &Path, offset: u64) -> Vec<u8> {
+    use std::io::{Read, Seek};
+    let mut chunk = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path)
+        && f.seek(std::io::SeekFrom::Start(offset)).is_ok()
+    {
+        let _ = f.read_to_end(&mut chunk);
+    }
+    chunk
 }
 
 #[cfg(test)]

@@ -70,28 +70,31 @@ pub struct Config {
     pub tls: logs::Tls,
 }
 
-/// The project's images as local files: `pot-node` (with libtorch at `/opt/libtorch/lib`) and
-/// `pot-operator`, each at `/usr/local/bin` as the node image has them. The binaries are
-/// hard-linked (or copied) under `dir`, so a rebuild does not change a running pod's program
-/// and a non-root pod can reach it.
+/// The node image as local files, as `node-image/Dockerfile` builds it: every binary given
+/// (`pot-node`, `pot-operator`) in `/usr/local/bin`, libtorch in `/opt/libtorch/lib`. The image
+/// `pot-node` runs `pot-node`; each other binary's name is also an image that runs it. The
+/// binaries are hard-linked (or copied) under `dir`, so a rebuild does not change a running
+/// pod's program and a non-root pod can reach them.
 pub fn project_images(
     dir: &Path,
     binaries: &[(&str, PathBuf)],
     libtorch_lib: Option<PathBuf>,
 ) -> anyhow::Result<Images> {
-    let mut images = Images::default();
+    let bin = dir.join("images").join("bin");
+    std::fs::create_dir_all(&bin)?;
     for (name, binary) in binaries {
-        let bin = dir.join("images").join(name).join("bin");
-        std::fs::create_dir_all(&bin)?;
         let target = bin.join(name);
         let _ = std::fs::remove_file(&target);
         if std::fs::hard_link(binary, &target).is_err() {
             std::fs::copy(binary, &target)
-                .with_context(|| format!("copying {} for the {name} image", binary.display()))?;
+                .with_context(|| format!("copying {} into the image", binary.display()))?;
         }
+    }
+    let mut images = Images::default();
+    for (name, _) in binaries {
         let mut image = Image {
             entrypoint: vec![format!("/usr/local/bin/{name}")],
-            files: vec![(bin, PathBuf::from("/usr/local/bin"))],
+            files: vec![(bin.clone(), PathBuf::from("/usr/local/bin"))],
             env: vec![],
         };
         if let Some(lib) = &libtorch_lib {

@@ -400,10 +400,7 @@ fn launch_of(ctx: &PodCtx, c: &Container, objects: &Objects, run: i32) -> anyhow
             .get(&m.name)
             .with_context(|| format!("volume mount {:?} names no volume", m.name))?;
         let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            Some(sub) if sub.split('/').any(|p| p == "..") => {
-                anyhow::bail!("subPath {sub:?} leaves its volume")
-            }
-            Some(sub) => dir.join(sub),
+            Some(sub) => volumes::sub_path(dir, sub)?,
             None => dir.clone(),
         };
         binds.push(Bind {

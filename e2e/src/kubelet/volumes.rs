@@ -162,6 +162,24 @@ async fn volume(
     Ok(own_dir)
 }
 
+/// `subPath` inside a volume, made as a directory when missing. The mount is made as root, so a
+/// path that leaves the volume — by `..` or through a symbolic link a container planted in a
+/// writable volume — is refused, or it would expose any file of the host.
+pub fn sub_path(volume: &Path, sub: &str) -> anyhow::Result<PathBuf> {
+    if sub.starts_with('/') || sub.split('/').any(|p| p == "..") {
+        bail!("subPath {sub:?} leaves its volume");
+    }
+    let path = volume.join(sub);
+    if std::fs::symlink_metadata(&path).is_err() {
+        std::fs::create_dir_all(&path).with_context(|| format!("making subPath {sub:?}"))?;
+    }
+    let real = path.canonicalize()?;
+    if !real.starts_with(volume.canonicalize()?) {
+        bail!("subPath {sub:?} leaves its volume (through a symbolic link)");
+    }
+    Ok(real)
+}
+
 /// The keys to write: `items` when given (each must exist), else every key.
 fn pick(
     data: &BTreeMap<String, Vec<u8>>,
@@ -331,6 +349,22 @@ mod tests {
         assert_eq!(std::fs::read(vol.join("a")).unwrap(), b"3");
         assert!(!vol.join("b").exists());
         assert!(write_files(&vol, &[("../x".into(), vec![], None)], 0o644, owner).is_err());
+    }
+
+    #[test]
+    fn a_sub_path_may_not_leave_its_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        std::fs::write(dir.path().join("secret"), "host file").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), vol.join("link")).unwrap();
+        std::os::unix::fs::symlink("/", vol.join("root")).unwrap();
+        assert!(sub_path(&vol, "link").is_err());
+        assert!(sub_path(&vol, "root/etc").is_err());
+        assert!(sub_path(&vol, "../secret").is_err());
+        assert!(sub_path(&vol, "/etc").is_err());
+        let made = sub_path(&vol, "a/b").unwrap();
+        assert!(made.is_dir() && made.starts_with(vol.canonicalize().unwrap()));
     }
 
     #[test]

@@ -1,0 +1,323 @@
+//! `pot-e2e demo`: on a running local cluster (`cluster up --kubelet`), install the operator with
+//! Helm, apply the development network, a CPU miner fleet and the digits task from `manifests/`,
+//! show progress (the task's phase, each miner's training, the block height) until the task
+//! ends, then print its claims, verdicts, metrics, winner and payouts. The e2e tests drive the
+//! same steps through [`helm_install`] and [`wait_for_task`].
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use pot_operator::crd::network::PotNetwork;
+use pot_operator::crd::task::{TaskPhase, TrainingTask};
+use pot_protocol::api::{NodeStatus, TaskWork};
+
+/// `helm upgrade --install pot <chart>` into `pot-system`, waiting until the operator is ready.
+pub fn helm_install(
+    helm: &Path,
+    kubeconfig: &Path,
+    chart: &Path,
+    sets: &[&str],
+) -> anyhow::Result<()> {
+    let mut cmd = Command::new(helm);
+    cmd.args(["upgrade", "--install", "pot"])
+        .arg(chart)
+        .args([
+            "--namespace",
+            "pot-system",
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "5m",
+        ])
+        .arg("--kubeconfig")
+        .arg(kubeconfig);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().context("running helm")?;
+    if !out.status.success() {
+        bail!(
+            "helm install failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn phase_name(p: &TaskPhase) -> String {
+    serde_json::to_value(p)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| format!("{p:?}"))
+}
+
+fn ended(p: &TaskPhase) -> bool {
+    matches!(
+        p,
+        TaskPhase::Finalized | TaskPhase::Failed | TaskPhase::Expired
+    )
+}
+
+/// Each miner pod's work, read from its node API (`GET /v1/node/status` at the pod's address).
+async fn miner_work(
+    client: &Client,
+    ns: &str,
+    http: &reqwest::Client,
+) -> Vec<(String, Option<NodeStatus>)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels("app.kubernetes.io/component=miner");
+    let Ok(list) = pods.list(&lp).await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in list {
+        let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let status = match ip {
+            Some(ip) => match http
+                .get(format!("http://{ip}:26657/v1/node/status"))
+                .send()
+                .await
+            {
+                Ok(r) => r.json::<NodeStatus>().await.ok(),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        out.push((p.name_any(), status));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn work_line(status: &Option<NodeStatus>) -> (String, Option<(u64, u64)>) {
+    let Some(s) = status else {
+        return ("starting".into(), None);
+    };
+    for work in s.tasks.values() {
+        if let TaskWork::Training {
+            step, steps, loss, ..
+        } = work
+        {
+            let loss = loss.map(|l| format!(", loss {l:.3}")).unwrap_or_default();
+            return (format!("training{loss}"), Some((*step, *steps)));
+        }
+    }
+    let states: Vec<String> = s
+        .tasks
+        .values()
+        .map(|w| {
+            serde_json::to_value(w)
+                .ok()
+                .and_then(|v| v["state"].as_str().map(String::from))
+                .unwrap_or_default()
+        })
+        .collect();
+    if states.is_empty() {
+        (format!("idle at block {}", s.height), None)
+    } else {
+        (states.join(", "), None)
+    }
+}
+
+/// Wait until TrainingTask `name` ends (Finalized, Failed or Expired), showing progress bars
+/// when `show` is set; fails after `timeout`.
+pub async fn wait_for_task(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    network: &str,
+    timeout: Duration,
+    show: bool,
+) -> anyhow::Result<TrainingTask> {
+    let tasks: Api<TrainingTask> = Api::namespaced(client.clone(), ns);
+    let networks: Api<PotNetwork> = Api::namespaced(client.clone(), ns);
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let bars = if show {
+        MultiProgress::new()
+    } else {
+        MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+    };
+    let task_bar = bars.add(ProgressBar::new_spinner());
+    task_bar.set_style(ProgressStyle::with_template(
+        "{spinner} {elapsed:>4} {msg}",
+    )?);
+    let mut miner_bars: Vec<(String, ProgressBar)> = Vec::new();
+    let miner_style =
+        ProgressStyle::with_template("  {prefix:<14} [{bar:30}] {pos:>5}/{len:5} {msg}")?
+            .progress_chars("=> ");
+    let began = Instant::now();
+    loop {
+        let task = tasks
+            .get(name)
+            .await
+            .with_context(|| format!("reading TrainingTask {name}"))?;
+        let status = task.status.clone().unwrap_or_default();
+        let net = networks.get_opt(network).await.ok().flatten();
+        let height = net
+            .as_ref()
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.height)
+            .map(|h| h.to_string())
+            .unwrap_or_else(|| "-".into());
+        task_bar.set_message(format!(
+            "task {name}: {} | claims {} | block height {height}",
+            phase_name(&status.phase),
+            status.claim_count
+        ));
+        task_bar.tick();
+        for (pod, work) in miner_work(client, ns, &http).await {
+            let bar = match miner_bars.iter().find(|(p, _)| *p == pod) {
+                Some((_, b)) => b.clone(),
+                None => {
+                    let b = bars.add(ProgressBar::new(1));
+                    b.set_style(miner_style.clone());
+                    b.set_prefix(pod.clone());
+                    miner_bars.push((pod.clone(), b.clone()));
+                    b
+                }
+            };
+            let (line, progress) = work_line(&work);
+            if let Some((step, steps)) = progress {
+                bar.set_length(steps.max(1));
+                bar.set_position(step);
+            }
+            bar.set_message(line);
+        }
+        if ended(&status.phase) {
+            task_bar.finish();
+            for (_, b) in &miner_bars {
+                b.finish();
+            }
+            return Ok(task);
+        }
+        if began.elapsed() > timeout {
+            bail!(
+                "TrainingTask {name} is still {} after {timeout:?}: {}",
+                phase_name(&status.phase),
+                status.message.unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The result of a finished task, for a person.
+pub fn summary(task: &TrainingTask) -> String {
+    let s = task.status.clone().unwrap_or_default();
+    let mut out = format!(
+        "TrainingTask {}: {}{}\n",
+        task.name_any(),
+        phase_name(&s.phase),
+        s.message.map(|m| format!(" ({m})")).unwrap_or_default()
+    );
+    if let Some(id) = &s.task_id {
+        out += &format!("  task id   {id}\n");
+    }
+    out += "  claims\n";
+    for c in &s.claims {
+        out += &format!(
+            "    {}  metric {}  reports {} valid / {} invalid  verdict {}\n",
+            c.miner,
+            c.metric
+                .map(|m| format!("{m:.4}"))
+                .unwrap_or_else(|| "-".into()),
+            c.valid_reports,
+            c.invalid_reports,
+            c.verdict.clone().unwrap_or_else(|| "-".into())
+        );
+    }
+    out += &format!(
+        "  winner    {}  held-out metric {}\n",
+        s.winner.clone().unwrap_or_else(|| "-".into()),
+        s.winner_metric
+            .map(|m| format!("{m:.4}"))
+            .unwrap_or_else(|| "-".into())
+    );
+    if let Some(url) = &s.model_url {
+        out += &format!("  model     {url}\n");
+    }
+    out += "  payouts\n";
+    for p in &s.payouts {
+        out += &format!("    {}  {:>8}  {}\n", p.address, p.amount, p.reason);
+    }
+    out
+}
+
+/// What `pot-e2e demo` needs.
+pub struct Config {
+    /// The cluster directory (`cluster up --dir`).
+    pub dir: PathBuf,
+    /// The repository (helm/pot, manifests/).
+    pub repo: PathBuf,
+    pub namespace: String,
+    pub timeout: Duration,
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let kubeconfig = cfg.dir.join("admin.kubeconfig");
+    if !kubeconfig.exists() {
+        bail!(
+            "no cluster in {} (run `pot-e2e cluster up --kubelet` first)",
+            cfg.dir.display()
+        );
+    }
+    let bin = crate::tools::bin_dir()?;
+    let kubectl = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(bin.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    eprintln!("==> helm install pot helm/pot (namespace pot-system)");
+    helm_install(
+        &bin.join("helm"),
+        &kubeconfig,
+        &cfg.repo.join("helm/pot"),
+        &[],
+    )?;
+    let ns = &cfg.namespace;
+    let _ = kubectl(&["create", "namespace", ns]);
+    eprintln!(
+        "==> kubectl apply -n {ns} -f manifests/network-dev.yaml -f manifests/miners-cpu.yaml -f manifests/task-digits.yaml"
+    );
+    let m = cfg.repo.join("manifests");
+    for f in ["network-dev.yaml", "miners-cpu.yaml", "task-digits.yaml"] {
+        kubectl(&["apply", "-n", ns, "-f", &m.join(f).display().to_string()])?;
+    }
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    let client = Client::try_from(config)?;
+    let task = wait_for_task(&client, ns, "digits", "dev", cfg.timeout, true).await?;
+    println!("\n{}", summary(&task));
+    println!("The cluster keeps running. Try:");
+    println!("  export KUBECONFIG={}", kubeconfig.display());
+    println!("  kubectl get pot -n {ns}");
+    println!("  kubectl describe tt digits -n {ns}");
+    println!("  kubectl logs -n {ns} dev-coordinator-0 | tail");
+    println!("  kubectl logs -n pot-system deploy/pot | tail");
+    println!("Stop it with `make demo-down`.");
+    if task.status.as_ref().map(|s| &s.phase) != Some(&TaskPhase::Finalized) {
+        bail!("the task did not finalize");
+    }
+    Ok(())
+}
