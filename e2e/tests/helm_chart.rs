@@ -181,10 +181,18 @@ fn bad_values_are_refused_by_the_schema() {
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("watchNamespace=Not_A_Namespace", "watchNamespace"),
         ("nosuchvalue=1", "nosuchvalue"),
+        // The operator's rights never go to a namespace's default account by accident.
+        ("serviceAccount.create=false", "serviceAccount.name"),
     ] {
         let err = template(&[set]).expect_err(set).to_string();
         assert!(err.contains(words), "{set}: {err}");
     }
+}
+
+#[test]
+fn the_chart_works_as_a_dependency() {
+    // Helm passes `global` to every chart of a release.
+    template(&["global.imageRegistry=registry.example.com"]).unwrap();
 }
 
 #[test]

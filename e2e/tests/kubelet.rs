@@ -408,3 +408,62 @@ spec:
     assert_eq!(node["status"]["capacity"]["nvidia.com/gpu"], "1");
     assert_eq!(node["metadata"]["labels"]["pot.dev/local-kubelet"], "true");
 }
+
+#[tokio::test]
+async fn the_kubelet_refuses_what_kubernetes_refuses() {
+    kubelet();
+    let env = TestEnv::new("kubelet_refuses").await;
+    let ns = env.namespace.clone();
+    let pods = format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: sec, namespace: {ns}}}
+stringData: {{token: s3cret}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: writer, namespace: {ns}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  automountServiceAccountToken: false
+  containers:
+  - name: sh
+    image: shell
+    args: ["-c", "if echo x > /etc/sec/token; then echo WROTE; else echo READ-ONLY; fi; exec sleep 1000"]
+    volumeMounts: [{{name: sec, mountPath: /etc/sec}}]
+  volumes: [{{name: sec, secret: {{secretName: sec}}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: rootless, namespace: {ns}}}
+spec:
+  automountServiceAccountToken: false
+  securityContext: {{runAsNonRoot: true}}
+  containers:
+  - name: sh
+    image: shell
+    args: ["-c", "exec sleep 1000"]
+"#
+    );
+    env.cp.kubectl_input(&["apply", "-f", "-"], &pods).unwrap();
+    let api: Api<Pod> = env.api();
+    // A Secret volume is read-only even when the mount does not say so.
+    ready_pod(&api, "writer", "the writer running", |_| true).await;
+    let logs = eventually("the writer's verdict", WAIT, || async {
+        let logs = env.cp.kubectl(&["logs", "writer", "-n", &ns]).ok()?;
+        (!logs.is_empty()).then_some(logs)
+    })
+    .await;
+    assert!(logs.contains("READ-ONLY"), "{logs}");
+    // runAsNonRoot with no user to run as is refused, with the reason, and nothing runs.
+    let message = eventually("the rootless pod refused", WAIT, || async {
+        let p = api.get("rootless").await.ok()?;
+        let c = p.status?.container_statuses?.into_iter().next()?;
+        let waiting = c.state?.waiting?;
+        (waiting.reason.as_deref() == Some("CreateContainerConfigError"))
+            .then(|| waiting.message.unwrap_or_default())
+    })
+    .await;
+    assert!(message.contains("runAsNonRoot"), "{message}");
+}

@@ -197,8 +197,14 @@ pub async fn run(
     on_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     process::check_supported()?;
-    std::fs::create_dir_all(cfg.dir.join("pods"))?;
-    std::fs::create_dir_all(cfg.dir.join("volumes"))?;
+    // Pods reach their files only through their mounts, so nobody else on the host needs to
+    // read Secrets or volumes here.
+    for sub in ["pods", "volumes"] {
+        let d = cfg.dir.join(sub);
+        std::fs::create_dir_all(&d)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+    }
     let port = logs::serve(cfg.dir.clone(), &cfg.tls).await?;
     let node_cfg = NodeConfig {
         name: cfg.node_name.clone(),
@@ -327,10 +333,16 @@ impl Kubelet {
                 let hosts = names::hosts_file(me, &names, &services);
                 if self.hosts.get(&uid) != Some(&hosts) {
                     let dir = pod::pod_dir(&self.shared.root, p);
-                    std::fs::create_dir_all(&dir)?;
-                    // In place (same inode), since the file is bind-mounted into the pod.
-                    std::fs::write(dir.join("hosts"), &hosts)?;
-                    self.hosts.insert(uid.clone(), hosts);
+                    // In place (same inode), since the file is bind-mounted into the pod. One
+                    // pod's failure (a full disk) must not stop the others' updates.
+                    let written = std::fs::create_dir_all(&dir)
+                        .and_then(|_| std::fs::write(dir.join("hosts"), &hosts));
+                    match written {
+                        Ok(()) => {
+                            self.hosts.insert(uid.clone(), hosts);
+                        }
+                        Err(e) => warn!(pod = %p.name_any(), error = %e, "writing /etc/hosts"),
+                    }
                 }
             }
             if self.workers.contains_key(&uid) {
@@ -345,9 +357,16 @@ impl Kubelet {
                 }
                 continue;
             }
-            let ip = self
+            let ip = match self
                 .addresses
-                .of(&p.namespace().unwrap_or_default(), &p.name_any())?;
+                .of(&p.namespace().unwrap_or_default(), &p.name_any())
+            {
+                Ok(ip) => ip,
+                Err(e) => {
+                    warn!(pod = %p.name_any(), error = %format!("{e:#}"), "no address");
+                    continue;
+                }
+            };
             info!(pod = %p.name_any(), %ip, "starting pod");
             let worker = pod::start(self.shared.clone(), (**p).clone(), ip);
             self.workers.insert(uid, worker);
@@ -406,7 +425,9 @@ impl Kubelet {
                 .as_ref()
                 .and_then(|m| m.labels.clone())
                 .unwrap_or_default();
-            for i in 0..spec.replicas.unwrap_or(1).max(0) {
+            // Names ahead of their pods for at most the first 256 (a huge replica count must
+            // not use up the address block).
+            for i in 0..spec.replicas.unwrap_or(1).clamp(0, 256) {
                 let name = format!("{}-{i}", set.name_any());
                 let ip = self.addresses.of(&ns, &name)?;
                 names.insert(

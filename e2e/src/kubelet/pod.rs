@@ -403,13 +403,43 @@ fn launch_of(ctx: &PodCtx, c: &Container, objects: &Objects, run: i32) -> anyhow
             Some(sub) => volumes::sub_path(dir, sub)?,
             None => dir.clone(),
         };
+        // Secret, ConfigMap, projected and downward-API volumes are always read-only, as in
+        // Kubernetes: the kubelet rewrites them, and a pod must not change what others read.
+        let generated = ctx
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .find(|v| v.name == m.name)
+            .is_some_and(|v| {
+                v.secret.is_some()
+                    || v.config_map.is_some()
+                    || v.projected.is_some()
+                    || v.downward_api.is_some()
+            });
         binds.push(Bind {
             source,
             target: PathBuf::from(&m.mount_path),
-            read_only: m.read_only == Some(true),
+            read_only: m.read_only == Some(true) || generated,
         });
     }
     let owner = ctx.owner(Some(c));
+    let non_root = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.run_as_non_root)
+        .or(ctx
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref())
+            .and_then(|s| s.run_as_non_root))
+        == Some(true);
+    if non_root && owner.uid.is_none_or(|u| u == 0) {
+        anyhow::bail!(
+            "container has runAsNonRoot and would run as root: set runAsUser (images here carry no user)"
+        );
+    }
     let user = owner.uid.map(|uid| {
         let gid = c
             .security_context
@@ -496,6 +526,10 @@ async fn run_container(
         };
         let pid = child.id();
         ctx.pids.lock().expect("pids").insert(c.name.clone(), pid);
+        // A deletion that began while the process was starting found no pid to signal.
+        if *stop.borrow() {
+            process::signal_group(pid, libc::SIGKILL);
+        }
         let has_startup = c.startup_probe.is_some() && !init;
         let has_readiness = c.readiness_probe.is_some() && !init;
         ctx.update(init, i, |v| {
@@ -705,16 +739,14 @@ async fn publish(ctx: Arc<PodCtx>, rx: watch::Receiver<Option<Pod>>) {
         if let Some(list) = body["conditions"].as_array_mut() {
             list.extend(foreign);
         }
+        // The uid makes the write fail on a newer pod of the same name (a StatefulSet's).
+        let patch = json!({"metadata": {"uid": ctx.pod.metadata.uid}, "status": body});
         match pods
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": body})),
-            )
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
             .await
         {
             Ok(_) => last = Some(status),
-            Err(kube::Error::Api(e)) if e.code == 404 => return,
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return,
             Err(e) => {
                 warn!(pod = %name, error = %e, "status update failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;

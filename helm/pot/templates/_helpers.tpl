@@ -22,8 +22,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "pot.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "pot.fullname" .) .Values.serviceAccount.name -}}
+{{- else if .Values.serviceAccount.name -}}
+{{- .Values.serviceAccount.name -}}
 {{- else -}}
-{{- default "default" .Values.serviceAccount.name -}}
+{{- fail "serviceAccount.name is required when serviceAccount.create is false (the operator's rights must not go to the namespace's default account)" -}}
 {{- end -}}
 {{- end -}}
 
