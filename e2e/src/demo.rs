@@ -313,7 +313,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     println!("  export KUBECONFIG={}", kubeconfig.display());
     println!("  kubectl get pot -n {ns}");
     println!("  kubectl describe tt digits -n {ns}");
-    println!("  kubectl logs -n {ns} dev-coordinator-0 | tail");
+    println!("  kubectl logs -n {ns} cpu-miner-0 | tail");
     println!("  kubectl logs -n pot-system deploy/pot | tail");
     println!("Stop it with `make demo-down`.");
     if task.status.as_ref().map(|s| &s.phase) != Some(&TaskPhase::Finalized) {
