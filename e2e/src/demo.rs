@@ -155,6 +155,9 @@ pub async fn wait_for_task(
         ProgressStyle::with_template("  {prefix:<14} [{bar:30}] {pos:>5}/{len:5} {msg}")?
             .progress_chars("=> ");
     let began = Instant::now();
+    // Progress bars need a terminal; a piped log gets a plain line every 10 s instead.
+    let plain = show && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_line: Option<Instant> = None;
     loop {
         let task = tasks
             .get(name)
@@ -168,13 +171,33 @@ pub async fn wait_for_task(
             .and_then(|s| s.height)
             .map(|h| h.to_string())
             .unwrap_or_else(|| "-".into());
-        task_bar.set_message(format!(
+        let headline = format!(
             "task {name}: {} | claims {} | block height {height}",
             phase_name(&status.phase),
             status.claim_count
-        ));
+        );
+        task_bar.set_message(headline.clone());
         task_bar.tick();
-        for (pod, work) in miner_work(client, ns, &http).await {
+        let work = miner_work(client, ns, &http).await;
+        if plain && last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            last_line = Some(Instant::now());
+            let miners: Vec<String> = work
+                .iter()
+                .map(|(pod, w)| {
+                    let (line, progress) = work_line(w);
+                    match progress {
+                        Some((step, steps)) => format!("{pod} {step}/{steps} {line}"),
+                        None => format!("{pod} {line}"),
+                    }
+                })
+                .collect();
+            eprintln!(
+                "[{:>4}s] {headline} | {}",
+                began.elapsed().as_secs(),
+                miners.join(" | ")
+            );
+        }
+        for (pod, work) in work {
             let bar = match miner_bars.iter().find(|(p, _)| *p == pod) {
                 Some((_, b)) => b.clone(),
                 None => {
