@@ -213,49 +213,21 @@ impl ControlPlane {
 
     /// Run `kubectl args…` and return its standard output; an error carries its stderr.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.command("kubectl").args(args).output()?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8(out.stdout)?)
+        let mut cmd = self.command("kubectl");
+        cmd.args(args);
+        run_tool(cmd, None)
     }
 
     /// The same, with `input` on kubectl's standard input (for `-f -`).
     pub fn kubectl_input(&self, args: &[&str], input: &str) -> anyhow::Result<String> {
-        use std::io::Write;
-        use std::process::Stdio;
-        let mut child = self
-            .command("kubectl")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("kubectl's stdin")?
-            .write_all(input.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8(out.stdout)?)
+        let mut cmd = self.command("kubectl");
+        cmd.args(args);
+        run_tool(cmd, Some(input))
     }
 
     /// A client for the admin user.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-        Ok(Client::try_from(cfg)?)
+        client_for(&self.kubeconfig).await
     }
 
     /// `(component, pid)` of every running process.
@@ -486,4 +458,45 @@ fn write_kubeconfig(
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(())
+}
+
+/// Run a tool (`kubectl`, `helm`, ...) with `input` on its standard input, and return its
+/// standard output; an error names the command and carries its stderr.
+pub fn run_tool(mut cmd: Command, input: Option<&str>) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let what = format!(
+        "{} {}",
+        Path::new(cmd.get_program())
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy(),
+        cmd.get_args()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let stdin = child.stdin.take().context("the tool's stdin")?;
+    if let Some(input) = input {
+        let mut stdin = stdin;
+        stdin.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A client with the credentials of `kubeconfig`.
+pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(cfg)?)
 }

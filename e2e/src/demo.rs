@@ -40,14 +40,9 @@ pub fn helm_install(
     for s in sets {
         cmd.args(["--set", s]);
     }
-    let out = cmd.output().context("running helm")?;
-    if !out.status.success() {
-        bail!(
-            "helm install failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::control_plane::run_tool(cmd, None)
+        .map(drop)
+        .context("helm install failed")
 }
 
 fn phase_name(p: &TaskPhase) -> String {
@@ -294,20 +289,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
     let bin = crate::tools::bin_dir()?;
-    let kubectl = |args: &[&str]| -> anyhow::Result<String> {
-        let out = Command::new(bin.join("kubectl"))
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let kubectl = |args: &[&str]| {
+        let mut cmd = Command::new(bin.join("kubectl"));
+        cmd.arg("--kubeconfig").arg(&kubeconfig).args(args);
+        crate::control_plane::run_tool(cmd, None)
     };
     eprintln!("==> helm install pot helm/pot (namespace pot-system)");
     helm_install(
@@ -325,11 +310,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     for f in ["network-dev.yaml", "miners-cpu.yaml", "task-digits.yaml"] {
         kubectl(&["apply", "-n", ns, "-f", &m.join(f).display().to_string()])?;
     }
-    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await?;
-    let client = Client::try_from(config)?;
+    let client = crate::control_plane::client_for(&kubeconfig).await?;
     let task = wait_for_task(&client, ns, "digits", "dev", cfg.timeout, true).await?;
     println!("\n{}", summary(&task));
     println!("The cluster keeps running. Try:");

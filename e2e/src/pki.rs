@@ -41,35 +41,25 @@ pub fn write(dir: &Path) -> anyhow::Result<PkiFiles> {
     ];
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
-    let mut serving = CertificateParams::new(vec![
-        "127.0.0.1".to_string(),
-        "localhost".to_string(),
-        "kubernetes.default.svc".to_string(),
-    ])?;
-    serving
-        .distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
-    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let serving_key = KeyPair::generate()?;
-    let serving_cert = serving.signed_by(&serving_key, &ca)?;
-
+    let (serving_cert, serving_key) = leaf(
+        &ca,
+        &["127.0.0.1", "localhost", "kubernetes.default.svc"],
+        "kube-apiserver",
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
     let sa_key = KeyPair::generate()?;
-
-    let mut kubelet = CertificateParams::new(vec!["127.0.0.1".to_string()])?;
-    kubelet
-        .distinguished_name
-        .push(DnType::CommonName, "pot-e2e kubelet");
-    kubelet.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let kubelet_key = KeyPair::generate()?;
-    let kubelet_cert = kubelet.signed_by(&kubelet_key, &ca)?;
-
-    let mut client = CertificateParams::new(Vec::<String>::new())?;
-    client
-        .distinguished_name
-        .push(DnType::CommonName, "kube-apiserver-kubelet-client");
-    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_key = KeyPair::generate()?;
-    let client_cert = client.signed_by(&client_key, &ca)?;
+    let (kubelet_cert, kubelet_key) = leaf(
+        &ca,
+        &["127.0.0.1"],
+        "pot-e2e kubelet",
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    let (client_cert, client_key) = leaf(
+        &ca,
+        &[],
+        "kube-apiserver-kubelet-client",
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )?;
 
     let files = PkiFiles {
         ca_cert: dir.join("ca.crt"),
@@ -96,6 +86,22 @@ pub fn write(dir: &Path) -> anyhow::Result<PkiFiles> {
     write_file(&files.kubelet_client_cert, &client_cert.pem(), false)?;
     write_file(&files.kubelet_client_key, &client_key.serialize_pem(), true)?;
     Ok(files)
+}
+
+/// A certificate for `names` with common name `cn`, for one purpose, signed by `ca`.
+fn leaf(
+    ca: &CertifiedIssuer<'_, KeyPair>,
+    names: &[&str],
+    cn: &str,
+    usage: ExtendedKeyUsagePurpose,
+) -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![usage];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, ca)?;
+    Ok((cert, key))
 }
 
 fn write_file(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {

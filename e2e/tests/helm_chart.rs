@@ -5,29 +5,22 @@
 
 use std::path::PathBuf;
 
+use pot_e2e::operator::repo;
 use pot_e2e::shared;
 use serde_json::Value;
 
 fn chart() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../helm/pot")
+    repo().join("helm/pot")
 }
 
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
-}
-
-/// `helm template` with `--set` values; the documents as JSON.
-fn template(sets: &[&str]) -> anyhow::Result<Vec<Value>> {
+/// `helm template` of the chart with `--set` values and `extra` flags; an error is helm's
+/// stderr alone (so a test of its message cannot match the command line instead).
+fn render(sets: &[&str], extra: &[&str]) -> anyhow::Result<String> {
     let mut cmd = shared().command("helm");
-    cmd.args([
-        "template",
-        "pot",
-        &chart().display().to_string(),
-        "--namespace",
-        "pot-system",
-    ]);
+    cmd.args(["template", "pot"])
+        .arg(chart())
+        .args(["--namespace", "pot-system"])
+        .args(extra);
     for s in sets {
         cmd.args(["--set", s]);
     }
@@ -35,7 +28,12 @@ fn template(sets: &[&str]) -> anyhow::Result<Vec<Value>> {
     if !out.status.success() {
         anyhow::bail!("{}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(docs(&String::from_utf8(out.stdout)?))
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The rendered documents as JSON.
+fn template(sets: &[&str]) -> anyhow::Result<Vec<Value>> {
+    Ok(docs(&render(sets, &[])?))
 }
 
 fn docs(yaml: &str) -> Vec<Value> {
@@ -85,25 +83,7 @@ fn every_shape_of_the_chart_is_accepted_by_the_api_server() {
             "rbac.create=false",
         ],
     ] {
-        let mut cmd = cp.command("helm");
-        cmd.args([
-            "template",
-            "pot",
-            &chart().display().to_string(),
-            "--namespace",
-            "pot-system",
-            "--include-crds",
-        ]);
-        for s in &sets {
-            cmd.args(["--set", s]);
-        }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let rendered = String::from_utf8(out.stdout).unwrap();
+        let rendered = render(&sets, &["--include-crds"]).unwrap();
         let applied = cp
             .kubectl_input(&["apply", "--dry-run=server", "-f", "-"], &rendered)
             .unwrap_or_else(|e| panic!("with {sets:?}: {e}"));
@@ -117,14 +97,15 @@ fn every_shape_of_the_chart_is_accepted_by_the_api_server() {
 #[test]
 fn rbac_and_admission_policy_are_the_reference_ones() {
     let rendered = template(&[]).unwrap();
-    let reference = docs(&std::fs::read_to_string(repo("operator/rbac/clusterrole.yaml")).unwrap());
+    let reference =
+        docs(&std::fs::read_to_string(repo().join("operator/rbac/clusterrole.yaml")).unwrap());
     assert_eq!(
         find(&rendered, "ClusterRole")["rules"],
         find(&reference, "ClusterRole")["rules"],
         "helm/pot/templates/rbac.yaml and operator/rbac/clusterrole.yaml differ"
     );
     let reference =
-        docs(&std::fs::read_to_string(repo("operator/admission/signer-keys.yaml")).unwrap());
+        docs(&std::fs::read_to_string(repo().join("operator/admission/signer-keys.yaml")).unwrap());
     assert_eq!(
         find(&rendered, "ValidatingAdmissionPolicy")["spec"],
         find(&reference, "ValidatingAdmissionPolicy")["spec"],

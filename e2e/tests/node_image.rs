@@ -4,12 +4,8 @@
 //! /opt/libtorch/lib, a non-root user). No container engine runs here, so the Dockerfile itself
 //! is not built by the tests.
 
-use std::path::PathBuf;
-
 fn read(path: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path);
+    let p = pot_e2e::operator::repo().join(path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use pot_e2e::kubelet::{Running, project_images};
+use pot_e2e::operator::repo;
 use pot_e2e::{TestEnv, demo, eventually, shared, workspace_binary};
 use pot_operator::crd::task::{TaskPhase, TrainingTask};
 use pot_protocol::client::Client as NodeClient;
@@ -35,7 +36,7 @@ fn cluster() -> &'static Running {
         let kubelet = cp
             .start_kubelet("local", 0, images)
             .expect("the local kubelet");
-        let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/pot");
+        let chart = repo().join("helm/pot");
         demo::helm_install(
             &cp.tool("helm"),
             &cp.kubeconfig,
@@ -49,9 +50,7 @@ fn cluster() -> &'static Running {
 
 /// A manifest of `manifests/` with its network and key names replaced.
 fn manifest(file: &str, replace: &[(&str, &str)]) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../manifests")
-        .join(file);
+    let path = repo().join("manifests").join(file);
     let mut text = std::fs::read_to_string(path).unwrap();
     for (from, to) in replace {
         text = text.replace(from, to);

@@ -85,6 +85,23 @@ pub struct Objects {
     pub config_maps: BTreeMap<String, BTreeMap<String, String>>,
 }
 
+impl Objects {
+    /// A Secret's data, if it was there.
+    pub fn secret(&self, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        self.secrets.get(name).cloned()
+    }
+
+    /// A ConfigMap's data as bytes, if it was there.
+    pub fn config_map(&self, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        let data = self.config_maps.get(name)?;
+        Some(
+            data.iter()
+                .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                .collect(),
+        )
+    }
+}
+
 /// The names of the Secrets and ConfigMaps a pod's environment and volumes use.
 pub fn referenced_objects(pod: &Pod) -> (Vec<String>, Vec<String>) {
     let (mut secrets, mut maps) = (Vec::new(), Vec::new());

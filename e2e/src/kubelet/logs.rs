@@ -222,48 +222,39 @@ async fn container_logs(
     // or the pod's directory goes.
     let offset = bytes.len() as u64;
     let logs_dir = dir.join("logs").join(&container);
+    use futures::StreamExt;
     let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(head) })
-        .chain_follow(path, offset, logs_dir);
+        .chain(appended(path, offset, logs_dir));
     Body::from_stream(stream).into_response()
 }
 
-trait FollowExt:
-    futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Sized + Send + 'static
-{
-    fn chain_follow(
-        self,
-        path: PathBuf,
-        offset: u64,
-        logs_dir: PathBuf,
-    ) -> futures::stream::BoxStream<'static, Result<Vec<u8>, std::io::Error>> {
-        use futures::StreamExt;
-        let more = futures::stream::unfold(
-            (path, offset, logs_dir),
-            |(path, mut offset, logs_dir)| async move {
-                loop {
-                    let file = path.clone();
-                    let chunk = tokio::task::spawn_blocking(move || read_from(&file, offset))
-                        .await
-                        .unwrap_or_default();
-                    if !chunk.is_empty() {
-                        offset += chunk.len() as u64;
-                        return Some((Ok(chunk), (path, offset, logs_dir)));
-                    }
-                    let newest = runs(&logs_dir).last().map(|(_, p)| p.clone());
-                    if newest.as_ref() != Some(&path) {
-                        return None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+/// What is appended to `path` past `offset`, until a newer run's log appears in `logs_dir`
+/// (the container restarted) or the log goes.
+fn appended(
+    path: PathBuf,
+    offset: u64,
+    logs_dir: PathBuf,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures::stream::unfold(
+        (path, offset, logs_dir),
+        |(path, mut offset, logs_dir)| async move {
+            loop {
+                let file = path.clone();
+                let chunk = tokio::task::spawn_blocking(move || read_from(&file, offset))
+                    .await
+                    .unwrap_or_default();
+                if !chunk.is_empty() {
+                    offset += chunk.len() as u64;
+                    return Some((Ok(chunk), (path, offset, logs_dir)));
                 }
-            },
-        );
-        self.chain(more).boxed()
-    }
-}
-
-impl<S> FollowExt for S where
-    S: futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Sized + Send + 'static
-{
+                let newest = runs(&logs_dir).last().map(|(_, p)| p.clone());
+                if newest.as_ref() != Some(&path) {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        },
+    )
 }
 
 /// What `path` holds past `offset` (nothing when it cannot be read).

@@ -39,7 +39,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, DeleteParams, Preconditions};
+use kube::api::Api;
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
@@ -115,7 +115,6 @@ pub fn project_images(
 pub struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    pub dir: PathBuf,
 }
 
 impl Running {
@@ -124,7 +123,6 @@ impl Running {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
         let kubeconfig = kubeconfig.to_path_buf();
-        let dir = cfg.dir.clone();
         let thread = std::thread::Builder::new()
             .name("pot-e2e-kubelet".into())
             .spawn(move || {
@@ -141,13 +139,7 @@ impl Running {
                 };
                 let ready = ready_tx.clone();
                 let result = rt.block_on(async move {
-                    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-                    let config = kube::Config::from_custom_kubeconfig(
-                        kc,
-                        &kube::config::KubeConfigOptions::default(),
-                    )
-                    .await?;
-                    let client = Client::try_from(config)?;
+                    let client = crate::control_plane::client_for(&kubeconfig).await?;
                     run(
                         client,
                         cfg,
@@ -169,7 +161,6 @@ impl Running {
             Ok(Ok(())) => Ok(Running {
                 stop: Some(stop),
                 thread: Some(thread),
-                dir,
             }),
             Ok(Err(e)) => Err(e.context("starting the local kubelet")),
             Err(_) => anyhow::bail!("the local kubelet did not register its node within 60 s"),
@@ -240,34 +231,9 @@ pub async fn run(
         hosts: BTreeMap::new(),
     };
 
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (services, service_writer) = reflector::store::<Service>();
-    let (sets, set_writer) = reflector::store::<StatefulSet>();
-    let config = watcher::Config::default();
-    let pod_events = reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), config.clone()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .map(|_| ())
-    .boxed();
-    let service_events = reflector(
-        service_writer,
-        watcher(Api::<Service>::all(client.clone()), config.clone()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .map(|_| ())
-    .boxed();
-    let set_events = reflector(
-        set_writer,
-        watcher(Api::<StatefulSet>::all(client.clone()), config),
-    )
-    .default_backoff()
-    .touched_objects()
-    .map(|_| ())
-    .boxed();
+    let (pods, pod_events) = mirror(Api::<Pod>::all(client.clone()));
+    let (services, service_events) = mirror(Api::<Service>::all(client.clone()));
+    let (sets, set_events) = mirror(Api::<StatefulSet>::all(client.clone()));
     let mut events = futures::stream::select(
         pod_events,
         futures::stream::select(service_events, set_events),
@@ -294,6 +260,27 @@ pub async fn run(
     keep_alive.abort();
     provisioner.abort();
     Ok(())
+}
+
+/// A store of every `K` the API server has, kept current by a watch (which retries on its own),
+/// and a stream that yields each time it changed.
+pub fn mirror<K>(api: Api<K>) -> (Store<K>, futures::stream::BoxStream<'static, ()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let changes = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects()
+        .map(|_| ())
+        .boxed();
+    (store, changes)
 }
 
 struct Kubelet {
@@ -353,7 +340,7 @@ impl Kubelet {
                 // Ended before this kubelet started: nothing to run; a delete only needs
                 // its final step.
                 if p.metadata.deletion_timestamp.is_some() {
-                    self.final_delete(p).await;
+                    let _ = pod::final_delete(&self.shared.client, p).await;
                 }
                 continue;
             }
@@ -390,22 +377,6 @@ impl Kubelet {
         self.workers.retain(|_, w| !w.task.is_finished());
         self.hosts.retain(|uid, _| by_uid.contains_key(uid));
         Ok(())
-    }
-
-    async fn final_delete(&self, p: &Pod) {
-        let api: Api<Pod> = Api::namespaced(
-            self.shared.client.clone(),
-            &p.namespace().unwrap_or_default(),
-        );
-        let dp = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: p.uid(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        let _ = api.delete(&p.name_any(), &dp).await;
     }
 
     /// This node's pods, and the pods its StatefulSets will have (their names are known before

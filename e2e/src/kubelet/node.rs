@@ -52,7 +52,7 @@ pub fn status(cfg: &NodeConfig) -> Value {
             "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "",
             "osImage": "pot-e2e local processes", "containerRuntimeVersion": "pot-e2e://0.1",
             "kubeletVersion": "v1.36.3", "kubeProxyVersion": "", "operatingSystem": "linux",
-            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            "architecture": arch(),
         },
         "conditions": [
             {"type": "Ready", "status": "True", "reason": "KubeletReady",
@@ -68,12 +68,17 @@ pub fn status(cfg: &NodeConfig) -> Value {
     })
 }
 
+/// This machine's architecture as Kubernetes names it (`amd64`, `arm64`).
+fn arch() -> String {
+    std::env::consts::ARCH
+        .replace("x86_64", "amd64")
+        .replace("aarch64", "arm64")
+}
+
 /// Register (or update) the Node and make it schedulable.
 pub async fn register(client: &Client, cfg: &NodeConfig) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let arch = std::env::consts::ARCH
-        .replace("x86_64", "amd64")
-        .replace("aarch64", "arm64");
+    let arch = arch();
     let node = json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": cfg.name, "labels": {

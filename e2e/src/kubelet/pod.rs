@@ -102,23 +102,40 @@ impl PodCtx {
             .unwrap_or_else(|| "Always".into())
     }
 
+    /// Who owns the pod's volume files (and is the container's supplementary group).
     fn owner(&self, container: Option<&Container>) -> Owner {
-        let pod_sc = self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.security_context.as_ref());
-        let c_sc = container.and_then(|c| c.security_context.as_ref());
-        let uid = c_sc
+        let id = identity(&self.pod, container);
+        Owner {
+            uid: id.uid,
+            gid: id.fs_group.or(id.group),
+        }
+    }
+}
+
+/// The security context that applies to a container: its own fields over the pod's.
+struct Identity {
+    uid: Option<u32>,
+    group: Option<u32>,
+    fs_group: Option<u32>,
+    non_root: bool,
+}
+
+fn identity(pod: &Pod, container: Option<&Container>) -> Identity {
+    let p = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let c = container.and_then(|c| c.security_context.as_ref());
+    let id = |v: Option<i64>| v.map(|v| v as u32);
+    Identity {
+        uid: id(c
             .and_then(|s| s.run_as_user)
-            .or(pod_sc.and_then(|s| s.run_as_user))
-            .map(|u| u as u32);
-        let gid = pod_sc
-            .and_then(|s| s.fs_group)
-            .or(c_sc.and_then(|s| s.run_as_group))
-            .or(pod_sc.and_then(|s| s.run_as_group))
-            .map(|g| g as u32);
-        Owner { uid, gid }
+            .or(p.and_then(|s| s.run_as_user))),
+        group: id(c
+            .and_then(|s| s.run_as_group)
+            .or(p.and_then(|s| s.run_as_group))),
+        fs_group: id(p.and_then(|s| s.fs_group)),
+        non_root: c
+            .and_then(|s| s.run_as_non_root)
+            .or(p.and_then(|s| s.run_as_non_root))
+            == Some(true),
     }
 }
 
@@ -192,22 +209,9 @@ async fn run(shared: Arc<Shared>, pod: Pod, ip: Ipv4Addr, mut rx: watch::Receive
     tokio::time::sleep(Duration::from_millis(200)).await;
     publisher.abort();
     if rx.borrow().is_some() {
-        let dp = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: pod.uid(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        let pods: Api<Pod> = Api::namespaced(
-            ctx.shared.client.clone(),
-            &pod.namespace().unwrap_or_default(),
-        );
         for _ in 0..10 {
-            match pods.delete(&pod.name_any(), &dp).await {
-                Ok(_) => break,
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => break,
+            match final_delete(&ctx.shared.client, &pod).await {
+                Ok(()) => break,
                 Err(e) => {
                     warn!(pod = %pod.name_any(), error = %e, "final delete");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -216,6 +220,25 @@ async fn run(shared: Arc<Shared>, pod: Pod, ip: Ipv4Addr, mut rx: watch::Receive
         }
     }
     let _ = std::fs::remove_dir_all(ctx.dir.join("volumes"));
+}
+
+/// The kubelet's last step of a deletion: remove the object now that nothing of it runs. The
+/// uid precondition leaves a newer pod of the same name alone; gone already is done.
+pub async fn final_delete(client: &Client, pod: &Pod) -> Result<(), kube::Error> {
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: pod.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+    match pods.delete(&pod.name_any(), &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn previous_restarts(pod: &Pod, name: &str) -> i32 {
@@ -423,39 +446,14 @@ fn launch_of(ctx: &PodCtx, c: &Container, objects: &Objects, run: i32) -> anyhow
             read_only: m.read_only == Some(true) || generated,
         });
     }
-    let owner = ctx.owner(Some(c));
-    let non_root = c
-        .security_context
-        .as_ref()
-        .and_then(|s| s.run_as_non_root)
-        .or(ctx
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.security_context.as_ref())
-            .and_then(|s| s.run_as_non_root))
-        == Some(true);
-    if non_root && owner.uid.is_none_or(|u| u == 0) {
+    let id = identity(&ctx.pod, Some(c));
+    if id.non_root && id.uid.is_none_or(|u| u == 0) {
         anyhow::bail!(
             "container has runAsNonRoot and would run as root: set runAsUser (images here carry no user)"
         );
     }
-    let user = owner.uid.map(|uid| {
-        let gid = c
-            .security_context
-            .as_ref()
-            .and_then(|s| s.run_as_group)
-            .or(ctx
-                .pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.security_context.as_ref())
-                .and_then(|s| s.run_as_group))
-            .map(|g| g as u32)
-            .unwrap_or(uid);
-        let groups = owner.gid.into_iter().collect();
-        (uid, gid, groups)
-    });
+    let groups: Vec<u32> = ctx.owner(Some(c)).gid.into_iter().collect();
+    let user = id.uid.map(|uid| (uid, id.group.unwrap_or(uid), groups));
     let log = log_path(&ctx.dir, &c.name, run);
     std::fs::create_dir_all(log.parent().expect("log dir"))?;
     Ok(Launch {
@@ -542,12 +540,7 @@ async fn run_container(
             exec_as.log = ctx.dir.join("logs").join(&c.name).join("probes.log");
             tokio::spawn(watch_probes(ctx.clone(), i, c.clone(), pid, exec_as))
         });
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut child = child;
-            let _ = tx.send(child.wait());
-        });
-        let status = rx.await.ok().and_then(Result::ok);
+        let status = process::exited(child).await;
         // The main process is gone; nothing it started outlives it.
         process::signal_group(pid, libc::SIGKILL);
         ctx.pids.lock().expect("pids").remove(&c.name);

@@ -99,18 +99,11 @@ pub async fn check(
         };
         let child = process::spawn(&launch).map_err(|e| format!("{e:#}"))?;
         let pid = child.id();
-        let waited = tokio::time::timeout(
-            t.timeout,
-            tokio::task::spawn_blocking(move || {
-                let mut child = child;
-                child.wait()
-            }),
-        )
-        .await;
+        let waited = tokio::time::timeout(t.timeout, process::exited(child)).await;
         return match waited {
-            Ok(Ok(Ok(status))) if status.success() => Ok(()),
-            Ok(Ok(Ok(status))) => Err(format!("command exited with {status}")),
-            Ok(_) => Err("command could not be waited for".into()),
+            Ok(Some(status)) if status.success() => Ok(()),
+            Ok(Some(status)) => Err(format!("command exited with {status}")),
+            Ok(None) => Err("command could not be waited for".into()),
             Err(_) => {
                 process::signal_group(pid, libc::SIGKILL);
                 Err(format!("command timed out after {:?}", t.timeout))

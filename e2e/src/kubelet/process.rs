@@ -163,6 +163,18 @@ pub fn spawn(launch: &Launch) -> anyhow::Result<Child> {
     crate::spawn::spawn_owned(cmd).with_context(|| format!("starting {}", launch.program))
 }
 
+/// Wait for `child` to exit without holding an async worker (on a thread of its own, so a
+/// long-running container does not occupy the runtime's blocking pool); `None` if it could
+/// not be waited for.
+pub async fn exited(child: Child) -> Option<std::process::ExitStatus> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = tx.send(child.wait());
+    });
+    rx.await.ok().and_then(Result::ok)
+}
+
 /// Send `sig` to every process of the container's session (its process group).
 pub fn signal_group(pid: u32, sig: i32) {
     #[allow(unsafe_code)]

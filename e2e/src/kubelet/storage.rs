@@ -10,7 +10,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
@@ -96,21 +95,8 @@ pub fn reclaimable(pv: &PersistentVolume) -> Option<PathBuf> {
 pub async fn run(client: Client, root: PathBuf) {
     let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
-    let (claim_store, claim_writer) = reflector::store();
-    let (volume_store, volume_writer) = reflector::store();
-    let claim_events = reflector(claim_writer, watcher(claims, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .map(|_| ())
-        .boxed();
-    let volume_events = reflector(
-        volume_writer,
-        watcher(volumes.clone(), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .map(|_| ())
-    .boxed();
+    let (claim_store, claim_events) = super::mirror(claims);
+    let (volume_store, volume_events) = super::mirror(volumes.clone());
     let mut events = futures::stream::select(claim_events, volume_events);
     while events.next().await.is_some() {
         for claim in claim_store.state() {

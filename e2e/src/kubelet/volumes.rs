@@ -83,24 +83,22 @@ async fn volume(
     if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
         default_mode = s.default_mode;
-        match objects.secrets.get(&name) {
-            Some(data) => files.extend(pick(data, s.items.as_deref(), &name)?),
-            None if s.optional == Some(true) => {}
-            None => bail!("secret {name:?} not found"),
-        }
+        files.extend(object_files(
+            objects.secret(&name),
+            "secret",
+            &name,
+            s.items.as_deref(),
+            s.optional,
+        )?);
     } else if let Some(m) = &v.config_map {
         default_mode = m.default_mode;
-        match objects.config_maps.get(&m.name) {
-            Some(data) => {
-                let bytes: BTreeMap<String, Vec<u8>> = data
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-                    .collect();
-                files.extend(pick(&bytes, m.items.as_deref(), &m.name)?);
-            }
-            None if m.optional == Some(true) => {}
-            None => bail!("configmap {:?} not found", m.name),
-        }
+        files.extend(object_files(
+            objects.config_map(&m.name),
+            "configmap",
+            &m.name,
+            m.items.as_deref(),
+            m.optional,
+        )?);
     } else if let Some(d) = &v.downward_api {
         default_mode = d.default_mode;
         for item in d.items.iter().flatten() {
@@ -124,24 +122,22 @@ async fn volume(
                 files.push((t.path.clone(), token.into_bytes(), None));
             }
             if let Some(m) = &source.config_map {
-                match objects.config_maps.get(&m.name) {
-                    Some(data) => {
-                        let bytes: BTreeMap<String, Vec<u8>> = data
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-                            .collect();
-                        files.extend(pick(&bytes, m.items.as_deref(), &m.name)?);
-                    }
-                    None if m.optional == Some(true) => {}
-                    None => bail!("configmap {:?} not found", m.name),
-                }
+                files.extend(object_files(
+                    objects.config_map(&m.name),
+                    "configmap",
+                    &m.name,
+                    m.items.as_deref(),
+                    m.optional,
+                )?);
             }
             if let Some(s) = &source.secret {
-                match objects.secrets.get(&s.name) {
-                    Some(data) => files.extend(pick(data, s.items.as_deref(), &s.name)?),
-                    None if s.optional == Some(true) => {}
-                    None => bail!("secret {:?} not found", s.name),
-                }
+                files.extend(object_files(
+                    objects.secret(&s.name),
+                    "secret",
+                    &s.name,
+                    s.items.as_deref(),
+                    s.optional,
+                )?);
             }
             if let Some(d) = &source.downward_api {
                 for item in d.items.iter().flatten() {
@@ -178,6 +174,22 @@ pub fn sub_path(volume: &Path, sub: &str) -> anyhow::Result<PathBuf> {
         bail!("subPath {sub:?} leaves its volume (through a symbolic link)");
     }
     Ok(real)
+}
+
+/// The files of a Secret or ConfigMap source: its `items` (or every key); a missing object is
+/// an error unless the source is optional.
+fn object_files(
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    kind: &str,
+    name: &str,
+    items: Option<&[KeyToPath]>,
+    optional: Option<bool>,
+) -> anyhow::Result<Vec<VolumeFile>> {
+    match data {
+        Some(data) => pick(&data, items, name),
+        None if optional == Some(true) => Ok(Vec::new()),
+        None => bail!("{kind} {name:?} not found"),
+    }
 }
 
 /// The keys to write: `items` when given (each must exist), else every key.
