@@ -10,7 +10,8 @@ export CARGO_TERM_COLOR ?= never
 # The libtorch `make setup` unpacks; fixed, because a change rebuilds torch-sys (minutes).
 export LIBTORCH ?= $(POT_CACHE_DIR)/libtorch/2.11.0-cpu
 
-.PHONY: test lint fmt demo demo-down setup k8s-tools bench setup-cuda build-cuda gpu-bundle
+.PHONY: test lint fmt demo demo-down setup k8s-tools bench setup-cuda build-cuda gpu-bundle image
+VERSION := $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
 
 ## test: everything CI runs — formatting, lints, the whole test suite, and a check that no
 ## control-plane process outlived it
@@ -44,6 +45,17 @@ build-cuda: setup-cuda
 gpu-bundle: build-cuda
 	mkdir -p .gpu
 	strip -o .gpu/pot-node "$(POT_CACHE_DIR)/target-cuda/release/pot-node"
+
+## image: the node image (node-image/Dockerfile's CPU variant) as an OCI archive,
+## dist/pot-node-$(VERSION).oci.tar, built with no container engine (mmdebstrap, umoci, skopeo
+## from Debian, installed when missing; run as root); `docker load -i` or
+## `skopeo copy oci-archive:dist/pot-node-$(VERSION).oci.tar docker://REGISTRY/pot-node:$(VERSION)`
+image: setup
+	$(CARGO) build --release --locked -p pot-node --bin pot-node
+	$(CARGO) build --release --locked -p pot-operator --bin pot-operator
+	node-image/build-oci.sh --pot-node "$(CARGO_TARGET_DIR)/release/pot-node" \
+		--pot-operator "$(CARGO_TARGET_DIR)/release/pot-operator" --libtorch "$(LIBTORCH)" \
+		--out dist/pot-node-$(VERSION).oci.tar
 
 ## lint: rustfmt check and clippy with warnings as errors
 lint: setup

@@ -280,6 +280,14 @@ pub struct Config {
     pub timeout: Duration,
 }
 
+/// What the demo applies, in order: the network, who trains, who checks, and the task.
+const DEMO_MANIFESTS: [&str; 4] = [
+    "network-dev.yaml",
+    "miners-cpu.yaml",
+    "validators-cpu.yaml",
+    "task-digits.yaml",
+];
+
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let kubeconfig = cfg.dir.join("admin.kubeconfig");
     if !kubeconfig.exists() {
@@ -304,10 +312,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let ns = &cfg.namespace;
     let _ = kubectl(&["create", "namespace", ns]);
     eprintln!(
-        "==> kubectl apply -n {ns} -f manifests/network-dev.yaml -f manifests/miners-cpu.yaml -f manifests/task-digits.yaml"
+        "==> kubectl apply -n {ns} -f manifests/{{{}}}",
+        DEMO_MANIFESTS.join(",")
     );
     let m = cfg.repo.join("manifests");
-    for f in ["network-dev.yaml", "miners-cpu.yaml", "task-digits.yaml"] {
+    for f in DEMO_MANIFESTS {
         kubectl(&["apply", "-n", ns, "-f", &m.join(f).display().to_string()])?;
     }
     let client = crate::control_plane::client_for(&kubeconfig).await?;
@@ -320,8 +329,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     println!("  kubectl logs -n {ns} cpu-miner-0 | tail");
     println!("  kubectl logs -n pot-system deploy/pot | tail");
     println!("Stop it with `make demo-down`.");
-    if task.status.as_ref().map(|s| &s.phase) != Some(&TaskPhase::Finalized) {
+    let status = task.status.clone().unwrap_or_default();
+    if status.phase != TaskPhase::Finalized {
         bail!("the task did not finalize");
+    }
+    if status.winner.is_none() {
+        bail!("the task finalized with no valid claim: see the validators' logs");
     }
     Ok(())
 }

@@ -11,8 +11,10 @@ use kube::api::Api;
 use pot_e2e::kubelet::{Running, project_images};
 use pot_e2e::operator::repo;
 use pot_e2e::{TestEnv, demo, eventually, shared, workspace_binary};
+use pot_operator::crd::miner::Miner;
 use pot_operator::crd::task::{TaskPhase, TrainingTask};
 use pot_protocol::client::Client as NodeClient;
+use pot_protocol::state::TaskStatus;
 
 /// One kubelet and one operator (Helm release `pot` in `pot-system`) for the whole binary.
 fn cluster() -> &'static Running {
@@ -71,14 +73,12 @@ spec:
     faucet: {balance: 100000000}
 "#;
 
-/// Every miner of the fleet takes the task: each trains, commits and reveals a claim, and the
-/// TrainingTask's status shows the claims every coordinator holds.
-///
-/// Not yet here: the task's finalization with a winner. It needs validators, and a fleet's
-/// miners cannot validate a task they claimed while nothing yet bonds validator stake for
-/// pods the operator runs (see issue 15's notes).
+/// The whole flow on 4 coordinators: every miner of the CPU fleet trains and claims the
+/// digits task, the validator fleet (funded and bonded by the operator, nothing at genesis)
+/// checks the claims, and the task finalizes with a winner whose held-out accuracy is at least
+/// 0.9; the TrainingTask's status is what every coordinator's chain says.
 #[tokio::test]
-async fn miners_in_pods_claim_a_task_and_its_status_matches_the_chain() {
+async fn a_task_finalizes_on_four_coordinators_and_its_status_matches_the_chain() {
     cluster();
     let env = TestEnv::new("full_flow").await;
     let ns = env.namespace.clone();
@@ -98,13 +98,19 @@ async fn miners_in_pods_claim_a_task_and_its_status_matches_the_chain() {
     env.cp
         .kubectl_input(
             &["apply", "-n", &ns, "-f", "-"],
+            &manifest("validators-cpu.yaml", &rename),
+        )
+        .unwrap();
+    env.cp
+        .kubectl_input(
+            &["apply", "-n", &ns, "-f", "-"],
             &manifest("task-digits.yaml", &rename),
         )
         .unwrap();
     let tasks: Api<TrainingTask> = env.api();
     let task = eventually(
-        "both miners' claims in the task's status",
-        Duration::from_secs(600),
+        "the task finalized (with the outcome in its status)",
+        Duration::from_secs(1200),
         || async {
             let t = tasks.get("digits").await.ok()?;
             let s = t.status.as_ref()?;
@@ -113,12 +119,23 @@ async fn miners_in_pods_claim_a_task_and_its_status_matches_the_chain() {
                 "{}",
                 demo::summary(&t)
             );
-            (s.claims.len() == 2).then_some(t)
+            (s.phase == TaskPhase::Finalized && !s.payouts.is_empty()).then_some(t)
         },
     )
     .await;
     let status = task.status.clone().unwrap();
-    let mirrored: BTreeSet<String> = status.claims.iter().map(|c| c.miner.clone()).collect();
+    assert_eq!(status.claims.len(), 2, "{}", demo::summary(&task));
+    let winner = status.winner.clone().expect("a winner");
+    let accuracy = status.winner_metric.expect("the winner's metric");
+    assert!(accuracy >= 0.9, "held-out accuracy {accuracy}");
+    assert!(
+        status
+            .claims
+            .iter()
+            .all(|c| c.verdict.as_deref() == Some("valid") && c.valid_reports >= 2),
+        "both honest claims pass a quorum of validators: {:?}",
+        status.claims
+    );
 
     // The status is the chain's: ask each coordinator (by its pod address) for the task.
     let pods: Api<Pod> = env.api();
@@ -131,8 +148,43 @@ async fn miners_in_pods_claim_a_task_and_its_status_matches_the_chain() {
             .await
             .unwrap();
         let on_chain: BTreeSet<String> = info.task.claims.keys().map(|a| a.to_hex()).collect();
+        let mirrored: BTreeSet<String> = status.claims.iter().map(|c| c.miner.clone()).collect();
         assert_eq!(on_chain, mirrored, "coordinator {i}'s claims");
+        let TaskStatus::Finalized(outcome) = &info.task.status else {
+            panic!("coordinator {i}: not finalized: {:?}", info.task.status);
+        };
+        assert_eq!(outcome.winner.map(|w| w.to_hex()), Some(winner.clone()));
+        assert_eq!(
+            outcome.winning_metric.map(|m| m.to_f64()),
+            Some(accuracy),
+            "coordinator {i}'s winning metric"
+        );
+        let paid: Vec<(String, u64)> = outcome
+            .payouts
+            .iter()
+            .map(|p| (p.to.to_hex(), p.amount.0))
+            .collect();
+        let shown: Vec<(String, u64)> = status
+            .payouts
+            .iter()
+            .map(|p| (p.address.clone(), p.amount))
+            .collect();
+        assert_eq!(paid, shown, "coordinator {i}'s payouts");
     }
+    // The validators that checked the claims were paid their share.
+    let validators: Api<Miner> = env.api();
+    let fleet = validators.get("validators").await.unwrap();
+    let addresses: BTreeSet<String> = fleet.status.unwrap().addresses.into_iter().collect();
+    let paid_validators: BTreeSet<&String> = status
+        .payouts
+        .iter()
+        .filter(|p| p.reason == "validator")
+        .map(|p| &p.address)
+        .collect();
+    assert!(
+        paid_validators.len() >= 2 && paid_validators.iter().all(|a| addresses.contains(*a)),
+        "validators paid {paid_validators:?}; the fleet is {addresses:?}"
+    );
 
     // Node pods run as the non-root user their security context names: the processes do.
     for p in pods.list(&Default::default()).await.unwrap() {
@@ -140,7 +192,10 @@ async fn miners_in_pods_claim_a_task_and_its_status_matches_the_chain() {
         assert_eq!(sc.run_as_non_root, Some(true));
     }
     let uids = node_process_uids();
-    assert!(uids.len() >= 6, "4 coordinators and 2 miners: {uids:?}");
+    assert!(
+        uids.len() >= 9,
+        "4 coordinators, 2 miners and 3 validators: {uids:?}"
+    );
     assert!(uids.iter().all(|u| *u == 10001), "{uids:?}");
 
     // `kubectl logs` shows a miner's own log (through the API server and the kubelet).

@@ -67,6 +67,7 @@ async fn the_examples_in_manifests_are_accepted() {
         "potnetwork.pot.dev/main",
         "miner.pot.dev/gpu",
         "miner.pot.dev/cpu",
+        "miner.pot.dev/validators",
         "trainingtask.pot.dev/digits",
     ] {
         assert!(out.contains(kind), "{kind} missing from:\n{out}");
@@ -118,6 +119,21 @@ async fn every_validation_rule_refuses_a_bad_resource_with_its_message() {
                 "[{address: 5f1e4ac9f4b1d6c9a3f8e2d7b6a5c4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7, amount: 5}, {address: 5f1e4ac9f4b1d6c9a3f8e2d7b6a5c4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7, amount: 6}]",
             ),
             "Duplicate value",
+        ),
+        (
+            "a validator fleet with a miner's stake",
+            set(example("validators-cpu.yaml"), "spec.stake", "5000"),
+            "stake is a miner's bond: a Validator fleet bonds validatorStake",
+        ),
+        (
+            "a validator fleet that does not validate",
+            set(example("validators-cpu.yaml"), "spec.validate", "false"),
+            "a Validator fleet must validate",
+        ),
+        (
+            "an unknown fleet role",
+            set(example("validators-cpu.yaml"), "spec.role", "Coordinator"),
+            "supported values: \"Miner\", \"Validator\"",
         ),
         (
             "a fraction above one",
@@ -274,6 +290,12 @@ async fn references_and_submitted_fields_cannot_change() {
             "spec.coordinators",
             "7",
             "coordinators cannot change",
+        ),
+        (
+            example("validators-cpu.yaml"),
+            "spec.role",
+            "Miner",
+            "role is immutable",
         ),
         (
             example("miners-cpu.yaml"),

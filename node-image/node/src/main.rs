@@ -359,6 +359,11 @@ struct RunArgs {
     /// Miners: do not validate (miners validate the claims they are assigned to by default).
     #[arg(long, env = "POT_NO_VALIDATE")]
     no_validate: bool,
+    /// Validators, and miners that validate: validator stake to keep bonded, topped up from
+    /// the balance whenever less is bonded (at first start, after a slash). Unset: bond
+    /// nothing; only stake bonded otherwise (at genesis, `bond`) counts.
+    #[arg(long, env = "POT_VALIDATOR_STAKE", default_value_t = 0)]
+    validator_stake: u64,
     /// Miners and validators: re-check the revealed reports of tasks this node has no part
     /// in, and challenge a report that states what a replay contradicts (a verifier).
     #[arg(long, env = "POT_VERIFY_REPORTS")]
@@ -957,6 +962,7 @@ fn run_role(args: RunArgs, key: SecretKey, genesis: Genesis) -> anyhow::Result<(
         validate: args.role == NodeRole::Validator
             || (args.role == NodeRole::Miner && !args.no_validate),
         verify_reports: args.verify_reports,
+        validator_stake: pot_protocol::Amount(args.validator_stake),
         slots: args.slots.unwrap_or(gpus),
         hyper_search: args.hyper_search,
         device,

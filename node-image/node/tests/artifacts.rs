@@ -14,17 +14,48 @@ struct Node {
 }
 
 async fn node(bootstrap: &[&Node]) -> Node {
+    node_at(bootstrap.iter().map(|n| n.net.address()).collect()).await
+}
+
+async fn node_at(bootstrap: Vec<libp2p::Multiaddr>) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(dir.path()).unwrap();
     let net = ArtifactNet::start(
         &SecretKey::generate(),
         "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
-        bootstrap.iter().map(|n| n.net.address()).collect(),
+        bootstrap,
         store,
     )
     .await
     .unwrap();
     Node { net, _dir: dir }
+}
+
+/// A bootstrap address by DNS name and without a peer id, as the operator gives pods
+/// (`/dns4/<pod>.<headless service>…/tcp/26658`): holders are found through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_peer_named_by_dns_without_its_peer_id_is_reached() {
+    use libp2p::multiaddr::Protocol;
+    let a = node(&[]).await;
+    let port = a
+        .net
+        .address()
+        .iter()
+        .find_map(|p| match p {
+            Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    let by_name: libp2p::Multiaddr = format!("/dns4/localhost/tcp/{port}").parse().unwrap();
+    let b = node_at(vec![by_name.clone()]).await;
+    let bytes = blob();
+    let h = b.net.store.put(&bytes).unwrap();
+    b.net.provide(h).await;
+    let c = node_at(vec![by_name]).await;
+    let holders = wait_for_holders(&c, h, 1).await;
+    assert!(holders.contains(&b.net.peer_id), "{holders:?}");
+    c.net.fetch(h, 1 << 30, &[]).await.unwrap();
+    assert_eq!(c.net.store.read(&h).unwrap(), bytes);
 }
 
 /// Three and a half chunks of bytes that are not all alike.

@@ -13,6 +13,8 @@ use super::{NetworkRef, SecretKeyRef, Storage};
 
 /// A fleet of miners: a StatefulSet whose pods train open tasks (on `gpusPerPod` GPUs each),
 /// validate others' claims unless told not to, and keep their key and bonds across restarts.
+/// With `role: Validator` the pods only validate: a network needs validators that hold no
+/// claim on a task (a miner never judges a task it competes for).
 // Printer columns repeat `type_` and `priority`, which this lint takes for duplicates.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,6 +28,8 @@ use super::{NetworkRef, SecretKeyRef, Storage};
     category = "pot",
     doc = "A fleet of PoT miners of one network, scaled with its open-task queue.",
     validation = Rule::new("self.metadata.name.size() <= 40").message("a Miner's name is at most 40 characters (its objects' names add up to 23 more)"),
+    validation = Rule::new("!has(self.spec.role) || self.spec.role != 'Validator' || !has(self.spec.stake)").message("stake is a miner's bond: a Validator fleet bonds validatorStake"),
+    validation = Rule::new("!has(self.spec.role) || self.spec.role != 'Validator' || !has(self.spec.validate) || self.spec.validate").message("a Validator fleet must validate (validate: false leaves it nothing to do)"),
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
@@ -36,6 +40,7 @@ use super::{NetworkRef, SecretKeyRef, Storage};
         type_ = "string",
         json_path = ".spec.networkRef.name"
     ),
+    printcolumn(name = "Role", type_ = "string", json_path = ".spec.role"),
     printcolumn(
         name = "Desired",
         type_ = "integer",
@@ -73,6 +78,11 @@ pub struct MinerSpec {
     /// The network these miners work for; cannot change (a miner's bonds live on its chain).
     #[x_kube(validation = Rule::new("self == oldSelf").message("networkRef is immutable: a miner's key and bonds belong to one chain"))]
     pub network_ref: NetworkRef,
+    /// `Miner`: train open tasks (and validate, unless `validate: false`). `Validator`: only
+    /// check the claims the chain assigns to the fleet's pods.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("role is immutable: a pod's bonds are for the role it was funded for"))]
+    pub role: FleetRole,
     /// Pods when `autoscaling` is unset (`kubectl scale`, an HPA or KEDA set it through the
     /// scale subresource); ignored while `autoscaling` is set.
     #[serde(default = "one")]
@@ -110,6 +120,13 @@ pub struct MinerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub stake: Option<u64>,
+    /// Tokens each pod keeps bonded as a validator while it validates; the network's
+    /// `minValidatorBond` when unset. Each claim it is assigned locks
+    /// `max(ceil(bounty / quorum), minValidatorBond)` of it until the task ends (quorum:
+    /// `validatorsPerClaim / 2 + 1`), so it checks only tasks whose bounty its stake covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub validator_stake: Option<u64>,
     /// Where each miner's stake and fees come from: the operator transfers from this key until
     /// a miner holds them. Unset: fund the addresses in `status.addresses` yourself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,12 +139,36 @@ pub struct MinerSpec {
     #[serde(default)]
     pub hyper_search: HyperSearch,
     /// Miners also validate others' claims (and earn the validators' share); false: they only
-    /// train.
+    /// train. A `Validator` fleet always validates.
     #[serde(default = "yes")]
     pub validate: bool,
     /// Scale the fleet with the network's open tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
+}
+
+/// What a fleet's pods do.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum FleetRole {
+    /// Train open tasks, commit and reveal claims.
+    #[default]
+    Miner,
+    /// Check assigned claims (replay sampled segments, evaluate) and report.
+    Validator,
+}
+
+impl MinerSpec {
+    /// Whether the pods train.
+    pub fn mines(&self) -> bool {
+        self.role == FleetRole::Miner
+    }
+
+    /// Whether the pods validate.
+    pub fn validates(&self) -> bool {
+        self.role == FleetRole::Validator || self.validate
+    }
 }
 
 fn one() -> i32 {
@@ -210,7 +251,7 @@ pub struct MinerStatus {
     /// Tasks the fleet's miners won.
     #[serde(default)]
     pub tasks_won: u64,
-    /// Tokens the fleet's miners hold: balances and miner bonds, as the chain last said.
+    /// Tokens the fleet's pods hold: balances and bonds, as the chain last said.
     #[serde(default)]
     pub holdings: u64,
     /// Each pod's account address, by ordinal.

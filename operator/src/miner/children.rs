@@ -13,9 +13,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::crd::miner::{HyperSearch, Miner};
+use crate::crd::miner::{FleetRole, HyperSearch, Miner};
 use crate::crd::network::PotNetwork;
 use crate::network::children::{Names as NetworkNames, labels, paths};
+use pot_protocol::Amount;
 
 /// The resource name of a GPU.
 pub const GPU: &str = "nvidia.com/gpu";
@@ -119,6 +120,14 @@ pub fn headless_service(m: &Miner, net: &PotNetwork) -> Service {
     svc
 }
 
+/// What each pod keeps bonded as a validator: the spec's, else the network's minimum bond.
+pub fn validator_stake(m: &Miner, net: &PotNetwork) -> Amount {
+    m.spec
+        .validator_stake
+        .map(Amount)
+        .unwrap_or_else(|| crate::network::genesis::params(&net.spec.genesis).min_validator_bond)
+}
+
 /// The miners' StatefulSet at `replicas` pods.
 pub fn statefulset(m: &Miner, net: &PotNetwork, replicas: i32) -> StatefulSet {
     let names = Names::of(m);
@@ -139,7 +148,10 @@ pub fn statefulset(m: &Miner, net: &PotNetwork, replicas: i32) -> StatefulSet {
         json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
         // The pod's own address (see the coordinators' StatefulSet).
         json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
-        json!({"name": "POT_ROLE", "value": "miner"}),
+        json!({"name": "POT_ROLE", "value": match spec.role {
+            FleetRole::Miner => "miner",
+            FleetRole::Validator => "validator",
+        }}),
         json!({"name": "POT_GENESIS", "value": format!("{}/{}", paths::GENESIS_DIR, paths::GENESIS_FILE)}),
         json!({"name": "POT_KEY", "value": format!("{}/$(POD_NAME)", paths::KEYS_DIR)}),
         json!({"name": "POT_DATA_DIR", "value": paths::DATA}),
@@ -160,7 +172,12 @@ pub fn statefulset(m: &Miner, net: &PotNetwork, replicas: i32) -> StatefulSet {
     if let Some(slots) = spec.slots {
         env.push(json!({"name": "POT_SLOTS", "value": slots.to_string()}));
     }
-    if !spec.validate {
+    if spec.validates() {
+        // Pods funded by the operator hold no validator stake at genesis: each bonds it.
+        env.push(
+            json!({"name": "POT_VALIDATOR_STAKE", "value": validator_stake(m, net).0.to_string()}),
+        );
+    } else {
         env.push(json!({"name": "POT_NO_VALIDATE", "value": "true"}));
     }
     let mut resources = serde_json::to_value(spec.resources.clone().unwrap_or_default())
@@ -324,6 +341,41 @@ mod tests {
             selector(&m),
             "the scale subresource's selector selects the pods"
         );
+    }
+
+    fn env_of(m: &Miner, net: &PotNetwork) -> BTreeMap<String, String> {
+        let pod = statefulset(m, net, 1).spec.unwrap().template.spec.unwrap();
+        pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn each_role_runs_its_node_role_and_bonds_validator_stake_only_to_validate() {
+        let (mut m, mut net) = fleet(0);
+        // A miner validates by default: the network's minimum validator bond.
+        let env = env_of(&m, &net);
+        assert_eq!(env["POT_ROLE"], "miner");
+        assert_eq!(env["POT_VALIDATOR_STAKE"], "1000");
+        assert!(!env.contains_key("POT_NO_VALIDATE"));
+        net.spec.genesis.min_validator_bond = Some(700);
+        assert_eq!(env_of(&m, &net)["POT_VALIDATOR_STAKE"], "700");
+        m.spec.validator_stake = Some(9000);
+        assert_eq!(env_of(&m, &net)["POT_VALIDATOR_STAKE"], "9000");
+        // A miner that only trains bonds none.
+        m.spec.validate = false;
+        let env = env_of(&m, &net);
+        assert_eq!(env["POT_NO_VALIDATE"], "true");
+        assert!(!env.contains_key("POT_VALIDATOR_STAKE"));
+        // A validator fleet validates whatever `validate` says.
+        m.spec.role = crate::crd::miner::FleetRole::Validator;
+        let env = env_of(&m, &net);
+        assert_eq!(env["POT_ROLE"], "validator");
+        assert_eq!(env["POT_VALIDATOR_STAKE"], "9000");
+        assert!(!env.contains_key("POT_NO_VALIDATE"));
     }
 
     #[test]

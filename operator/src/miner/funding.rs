@@ -8,10 +8,16 @@ use pot_protocol::client::{Client, ClientError};
 use pot_protocol::tx::{Tx, TxBody};
 use pot_protocol::{Address, Amount, SecretKey};
 
-/// What each miner should hold (balance and miner bond together).
-pub fn target(stake: Amount, claim_deposit: Amount, tx_fee: Amount) -> Amount {
-    // The stake it bonds, one claim deposit, and fees for a task's worth of transactions.
-    Amount(stake.0 + claim_deposit.0 + 20 * tx_fee.0)
+/// What each pod should hold (balance and bonds together): a miner's `stake` and one claim
+/// deposit, the `validator_stake` it keeps bonded, and fees for a task's worth of
+/// transactions. Zero for a part the pod's role does not use.
+pub fn target(
+    stake: Amount,
+    validator_stake: Amount,
+    claim_deposit: Amount,
+    tx_fee: Amount,
+) -> Amount {
+    Amount(stake.0 + validator_stake.0 + claim_deposit.0 + 20 * tx_fee.0)
 }
 
 /// The transfers that bring each of `holdings` up to `target`.
@@ -39,7 +45,7 @@ pub async fn fund(
     let mut holdings = Vec::with_capacity(miners.len());
     for a in miners {
         let have = match node.account(a).await {
-            Ok(acc) => Amount(acc.balance.0 + acc.miner_bond.0),
+            Ok(acc) => Amount(acc.balance.0 + acc.miner_bond.0 + acc.validator_bond.0),
             Err(ClientError::Api { status: 404, .. }) => Amount::ZERO,
             Err(err) => return Err(err.to_string()),
         };
@@ -92,6 +98,13 @@ mod tests {
             Amount(100),
         );
         assert_eq!(due, vec![(a, Amount(100)), (b, Amount(30))]);
-        assert_eq!(target(Amount(50), Amount(10), Amount(1)), Amount(80));
+        assert_eq!(
+            target(Amount(50), Amount(0), Amount(10), Amount(1)),
+            Amount(80)
+        );
+        assert_eq!(
+            target(Amount(0), Amount(40), Amount(0), Amount(1)),
+            Amount(60)
+        );
     }
 }

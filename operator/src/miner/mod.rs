@@ -280,8 +280,21 @@ async fn fund(
         .map_err(|e| e.to_string())?
         .ok_or_else(|| "the network has no genesis yet".to_string())?;
     let p = &genesis.params;
-    let stake = m.spec.stake.map(Amount).unwrap_or(p.min_miner_bond);
-    let target = funding::target(stake, p.claim_deposit, p.tx_fee);
+    let spec = &m.spec;
+    let (stake, deposit) = if spec.mines() {
+        (
+            spec.stake.map(Amount).unwrap_or(p.min_miner_bond),
+            p.claim_deposit,
+        )
+    } else {
+        (Amount::ZERO, Amount::ZERO)
+    };
+    let validator_stake = if spec.validates() {
+        children::validator_stake(m, net)
+    } else {
+        Amount::ZERO
+    };
+    let target = funding::target(stake, validator_stake, deposit, p.tx_fee);
     let sent = funding::fund(node, &payer, (&genesis.chain_id, p.tx_fee), miners, target).await;
     if let Err(e) = &sent {
         warn!(miner = %m.name_any(), "funding: {e}");
@@ -329,7 +342,7 @@ fn observe(
         holdings: accounts
             .iter()
             .flatten()
-            .map(|a| a.balance.0 + a.miner_bond.0)
+            .map(|a| a.balance.0 + a.miner_bond.0 + a.validator_bond.0)
             .sum(),
         addresses: addresses[..(plan.replicas as usize).min(addresses.len())]
             .iter()

@@ -225,6 +225,9 @@ fn build(key: &pot_protocol::SecretKey) -> anyhow::Result<Swarm<Behaviour>> {
             noise::Config::new,
             yamux::Config::default,
         )?
+        // Bootstrap peers are named by DNS in a cluster (`/dns4/<pod>.<service>…`); without
+        // a resolver they are never dialled and no holder is ever found.
+        .with_dns()?
         .with_behaviour(|key| {
             let id = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(KAD_PROTOCOL);

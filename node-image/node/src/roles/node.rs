@@ -68,6 +68,9 @@ pub struct Options {
     pub validate: bool,
     /// Re-check revealed reports of tasks this node has no part in, and challenge wrong ones.
     pub verify_reports: bool,
+    /// Validator stake to keep bonded while validating, topped up from the balance (a pod
+    /// the operator funds has none at genesis); zero: bond nothing, use what is bonded.
+    pub validator_stake: Amount,
     /// Tasks trained at once.
     pub slots: usize,
     /// How claims' hyper-parameters are picked within the tasks' ranges.
@@ -154,6 +157,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         clients,
         next_client: 0,
         outbox: Vec::new(),
+        validator_bond_short: false,
         status,
         training: HashMap::new(),
         rechecked: Journal::open(&opts.data_dir.join("verifier-rechecks.json"))?,
@@ -406,6 +410,8 @@ struct Node {
     tip: watch::Receiver<u64>,
     /// Transactions the duties of this pass call for (sent together by `flush`).
     outbox: Vec<Outgoing>,
+    /// The balance could not pay the validator stake (warned once until it can).
+    validator_bond_short: bool,
 }
 
 /// A transaction a duty calls for.
@@ -436,6 +442,7 @@ impl Node {
             self.mine(&state).await?;
         }
         if self.opts.validate {
+            self.keep_validator_bond(&state);
             self.validate(&state).await?;
         }
         // Committee seats come with validator stake; a verifier challenges.
@@ -816,6 +823,53 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Queue a validator bond when less than `validator_stake` is bonded and the balance pays
+    /// the shortfall. Level triggered: a bond not yet in a block is sent again with the same
+    /// nonce (the wallet numbers from the chain's), so it never lands twice.
+    fn keep_validator_bond(&mut self, state: &State) {
+        let params = &state.params;
+        let keep = Amount(
+            2 * params.tx_fee.0
+                + if self.opts.mine {
+                    params.claim_deposit.0
+                } else {
+                    0
+                },
+        );
+        let bonded = state.bonded(&self.me, Role::Validator);
+        let top_up = validator::bond_top_up(
+            bonded,
+            self.opts.validator_stake,
+            state.balance(&self.me),
+            keep,
+        );
+        match top_up {
+            Some(amount) => {
+                self.validator_bond_short = false;
+                info!(%amount, %bonded, "bonding validator stake");
+                self.queue(
+                    TxBody::Bond {
+                        role: Role::Validator,
+                        amount,
+                    },
+                    "validator bond",
+                    Then::Nothing,
+                );
+            }
+            None if bonded < self.opts.validator_stake && !self.validator_bond_short => {
+                // Once until it changes: a fleet waiting for its funding logs no stream.
+                self.validator_bond_short = true;
+                warn!(
+                    %bonded,
+                    target = %self.opts.validator_stake,
+                    balance = %state.balance(&self.me),
+                    "not enough balance to bond the validator stake; no claim is assigned to this node until it is funded"
+                );
+            }
+            None => {}
+        }
     }
 
     async fn validate(&mut self, state: &State) -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use pot_protocol::state::Task;
 use pot_protocol::task::MetricKind;
 use pot_protocol::tx::{InvalidReason, Report, SegmentResult, TaskId, Verdict, limits};
 use pot_protocol::units::Fixed;
-use pot_protocol::{Address, Hash, Height, Phase};
+use pot_protocol::{Address, Amount, Hash, Height, Phase};
 use serde::{Deserialize, Serialize};
 
 use crate::verify::{self, Finding};
@@ -35,6 +35,20 @@ pub enum Duty {
     Reveal(Assigned),
     /// The task ended: the report is no longer needed.
     Forget(Assigned),
+}
+
+/// The validator bond to add so that `target` stays bonded (a pod's stake, after a slash or at
+/// first start): the whole shortfall when the balance pays it and still keeps `keep` (fees, a
+/// miner's claim deposit), else nothing — a part would seat this node on no claim and only
+/// lock funds a miner on the same key needs.
+pub fn bond_top_up(
+    bonded: Amount,
+    target: Amount,
+    balance: Amount,
+    keep: Amount,
+) -> Option<Amount> {
+    let missing = target.0.checked_sub(bonded.0).filter(|m| *m > 0)?;
+    (balance.0.saturating_sub(keep.0) >= missing).then_some(Amount(missing))
 }
 
 /// What to do at `height` (transactions sent now land at `height + 1` or later).
@@ -220,6 +234,25 @@ mod tests {
         assert_eq!(r.segments[0].index, 3);
         assert_eq!(r.metric, Fixed::from_f64(0.1));
         assert!(r.is_consistent());
+    }
+
+    #[test]
+    fn the_validator_bond_is_topped_up_whole_or_not_at_all() {
+        let a = Amount;
+        // Nothing bonded yet: the whole target, paid from the balance.
+        assert_eq!(bond_top_up(a(0), a(5000), a(9000), a(100)), Some(a(5000)));
+        // After a slash: only the shortfall.
+        assert_eq!(
+            bond_top_up(a(3500), a(5000), a(9000), a(100)),
+            Some(a(1500))
+        );
+        // Enough bonded (or more, bonded at genesis): nothing.
+        assert_eq!(bond_top_up(a(5000), a(5000), a(9000), a(100)), None);
+        assert_eq!(bond_top_up(a(8000), a(5000), a(9000), a(100)), None);
+        // The balance pays the shortfall only with what it must keep: nothing, not a part.
+        assert_eq!(bond_top_up(a(0), a(5000), a(5099), a(100)), None);
+        assert_eq!(bond_top_up(a(0), a(5000), a(5100), a(100)), Some(a(5000)));
+        assert_eq!(bond_top_up(a(0), a(5000), a(50), a(100)), None);
     }
 
     #[test]
