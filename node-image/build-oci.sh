@@ -55,23 +55,30 @@ fi
 suite=bookworm
 packages=ca-certificates,libgomp1
 user_hook='chroot "$1" groupadd --gid 10001 pot && chroot "$1" useradd --uid 10001 --gid 10001 --no-create-home --home-dir /var/lib/pot --shell /usr/sbin/nologin pot && mkdir -p "$1/var/lib/pot" && chown 10001:10001 "$1/var/lib/pot"'
-recipe="$suite $packages minbase $user_hook v1"
+dpkg_opts=(--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*'
+           --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*')
+recipe="$suite $packages minbase tar ${dpkg_opts[*]} $user_hook"
 key=$(printf '%s' "$recipe" | sha256sum | cut -c1-16)
 cache=${POT_CACHE_DIR:-$HOME/.cache/pot-k8s}/images
 base="$cache/base-$suite-$key.tar"
 mkdir -p "$cache"
-if [ ! -s "$base" ]; then
-    echo "==> mmdebstrap $suite (once; cached in $base)" >&2
-    mmdebstrap --quiet --variant=minbase --include="$packages" \
-        --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
-        --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
-        --customize-hook="$user_hook" \
-        "$suite" "$base.partial" || die "mmdebstrap failed (is deb.debian.org reachable?)"
-    mv "$base.partial" "$base"
-fi
-
 work=$(mktemp -d "${TMPDIR:-/tmp}/pot-image.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+partial=''
+trap 'rm -rf "$work"; [ -z "$partial" ] || rm -rf "$partial"' EXIT
+# One build of the base at a time; each writes its own partial file and renames it whole.
+exec 9> "$cache/.lock"
+flock 9
+if [ ! -f "$base" ] || [ ! -s "$base" ]; then
+    rm -rf "$base"
+    echo "==> mmdebstrap $suite (once; cached in $base)" >&2
+    partial=$(mktemp "$cache/base.XXXXXX.tar")
+    mmdebstrap --quiet --format=tar --variant=minbase --include="$packages" "${dpkg_opts[@]}" \
+        --customize-hook="$user_hook" \
+        "$suite" "$partial" || die "mmdebstrap failed (is deb.debian.org reachable?)"
+    mv "$partial" "$base"
+    partial=''
+fi
+flock -u 9
 stage="$work/stage"
 mkdir -p "$stage/usr/local/bin" "$stage/opt/libtorch/lib"
 # Stripped copies: the test build's debug sections would add hundreds of megabytes.
@@ -98,7 +105,9 @@ umoci config --image "$layout:$tag" \
 umoci gc --layout "$layout"
 
 mkdir -p "$(dirname "$out")"
-rm -f "$out.partial"
-skopeo copy --quiet "oci:$layout:$tag" "oci-archive:$out.partial:pot-node:$tag"
-mv "$out.partial" "$out"
+partial=$(mktemp "$(dirname "$out")/.pot-node.XXXXXX.oci.tar")
+rm -f "$partial"
+skopeo copy --quiet "oci:$layout:$tag" "oci-archive:$partial:pot-node:$tag"
+mv "$partial" "$out"
+partial=''
 echo "==> $out (pot-node:$tag, $(du -h "$out" | cut -f1))" >&2

@@ -93,7 +93,9 @@ fn the_oci_image_unpacks_and_its_binaries_run_inside_it() {
         "building the image (mmdebstrap's root mode, umoci keeping ownership) and chroot need \
          root; make test runs as root"
     );
-    let node = pot_e2e::workspace_binary("pot-node", "pot-node");
+    // The build the other e2e tests run (its test-only behaviours are inert unless asked
+    // for), so this test adds no build of its own; `make image` packs the release build.
+    let node = pot_e2e::pot_node_binary();
     let operator = pot_e2e::workspace_binary("pot-operator", "pot-operator");
     let libtorch = std::env::var("LIBTORCH").expect("LIBTORCH (make test sets it)");
     let dir = tempfile::tempdir().unwrap();

@@ -120,8 +120,9 @@ pub struct MinerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub stake: Option<u64>,
-    /// Tokens each pod keeps bonded as a validator while it validates; the network's
-    /// `minValidatorBond` when unset. Each claim it is assigned locks
+    /// Tokens each pod keeps bonded as a validator while it validates, bonded by the pod from
+    /// its balance (and paid by `funding`). Unset: the network's `minValidatorBond` for a
+    /// `Validator` fleet, nothing for miners. Each claim it is assigned locks
     /// `max(ceil(bounty / quorum), minValidatorBond)` of it until the task ends (quorum:
     /// `validatorsPerClaim / 2 + 1`), so it checks only tasks whose bounty its stake covers.
     #[serde(default, skip_serializing_if = "Option::is_none")]

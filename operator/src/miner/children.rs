@@ -120,12 +120,20 @@ pub fn headless_service(m: &Miner, net: &PotNetwork) -> Service {
     svc
 }
 
-/// What each pod keeps bonded as a validator: the spec's, else the network's minimum bond.
-pub fn validator_stake(m: &Miner, net: &PotNetwork) -> Amount {
-    m.spec
-        .validator_stake
-        .map(Amount)
-        .unwrap_or_else(|| crate::network::genesis::params(&net.spec.genesis).min_validator_bond)
+/// What each pod keeps bonded as a validator: `validatorStake` when it validates; for a
+/// Validator fleet without one, the network's minimum bond; none for a miner without one (it
+/// validates with stake bonded otherwise, if any — a miner's funding is not spent on a bond
+/// below the collateral most tasks ask).
+pub fn validator_stake(m: &Miner, net: &PotNetwork) -> Option<Amount> {
+    let spec = &m.spec;
+    match (spec.validator_stake, spec.role) {
+        _ if !spec.validates() => None,
+        (Some(stake), _) => Some(Amount(stake)),
+        (None, FleetRole::Validator) => {
+            Some(crate::network::genesis::params(&net.spec.genesis).min_validator_bond)
+        }
+        (None, FleetRole::Miner) => None,
+    }
 }
 
 /// The miners' StatefulSet at `replicas` pods.
@@ -172,13 +180,12 @@ pub fn statefulset(m: &Miner, net: &PotNetwork, replicas: i32) -> StatefulSet {
     if let Some(slots) = spec.slots {
         env.push(json!({"name": "POT_SLOTS", "value": slots.to_string()}));
     }
-    if spec.validates() {
-        // Pods funded by the operator hold no validator stake at genesis: each bonds it.
-        env.push(
-            json!({"name": "POT_VALIDATOR_STAKE", "value": validator_stake(m, net).0.to_string()}),
-        );
-    } else {
+    if !spec.validates() {
         env.push(json!({"name": "POT_NO_VALIDATE", "value": "true"}));
+    }
+    if let Some(stake) = validator_stake(m, net) {
+        // Pods funded by the operator hold no validator stake at genesis: each bonds it.
+        env.push(json!({"name": "POT_VALIDATOR_STAKE", "value": stake.0.to_string()}));
     }
     let mut resources = serde_json::to_value(spec.resources.clone().unwrap_or_default())
         .expect("resources serialise");
@@ -356,13 +363,11 @@ mod tests {
     #[test]
     fn each_role_runs_its_node_role_and_bonds_validator_stake_only_to_validate() {
         let (mut m, mut net) = fleet(0);
-        // A miner validates by default: the network's minimum validator bond.
+        // A miner validates by default, bonding validator stake only when told how much.
         let env = env_of(&m, &net);
         assert_eq!(env["POT_ROLE"], "miner");
-        assert_eq!(env["POT_VALIDATOR_STAKE"], "1000");
+        assert!(!env.contains_key("POT_VALIDATOR_STAKE"));
         assert!(!env.contains_key("POT_NO_VALIDATE"));
-        net.spec.genesis.min_validator_bond = Some(700);
-        assert_eq!(env_of(&m, &net)["POT_VALIDATOR_STAKE"], "700");
         m.spec.validator_stake = Some(9000);
         assert_eq!(env_of(&m, &net)["POT_VALIDATOR_STAKE"], "9000");
         // A miner that only trains bonds none.
@@ -370,12 +375,16 @@ mod tests {
         let env = env_of(&m, &net);
         assert_eq!(env["POT_NO_VALIDATE"], "true");
         assert!(!env.contains_key("POT_VALIDATOR_STAKE"));
-        // A validator fleet validates whatever `validate` says.
+        // A validator fleet validates whatever `validate` says; without a validatorStake it
+        // bonds the network's minimum.
         m.spec.role = crate::crd::miner::FleetRole::Validator;
         let env = env_of(&m, &net);
         assert_eq!(env["POT_ROLE"], "validator");
         assert_eq!(env["POT_VALIDATOR_STAKE"], "9000");
         assert!(!env.contains_key("POT_NO_VALIDATE"));
+        m.spec.validator_stake = None;
+        net.spec.genesis.min_validator_bond = Some(700);
+        assert_eq!(env_of(&m, &net)["POT_VALIDATOR_STAKE"], "700");
     }
 
     #[test]

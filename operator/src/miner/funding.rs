@@ -45,7 +45,11 @@ pub async fn fund(
     let mut holdings = Vec::with_capacity(miners.len());
     for a in miners {
         let have = match node.account(a).await {
-            Ok(acc) => Amount(acc.balance.0 + acc.miner_bond.0 + acc.validator_bond.0),
+            // Unbonding stake counts: it returns by itself, and paying it again would
+            // fund a drained validator twice.
+            Ok(acc) => Amount(
+                acc.balance.0 + acc.miner_bond.0 + acc.validator_bond.0 + super::unbonding(&acc),
+            ),
             Err(ClientError::Api { status: 404, .. }) => Amount::ZERO,
             Err(err) => return Err(err.to_string()),
         };

@@ -87,12 +87,13 @@ pub async fn reconcile(m: Arc<Miner>, ctx: Arc<Context>) -> Result<Action> {
     let mut views = pods::observe(&ctx.client, &m, net.spec.ports.api).await?;
     pods::settle(&mut views, desired, &fleet.drain_token).await;
     let node = Client::with_timeout(ctx.api_url(&net), NODE_API_TIMEOUT);
-    // A pod leaves only if the chain shows no claim of its key in an active task (a restarted
-    // or unscheduled pod reports no work of its own, and a revealed claim still needs its
-    // checkpoints served), and it was seen idle and drained for a while (a drain answer is
-    // not a barrier against a task it was just taking).
+    // A pod leaves only if the chain shows no duty of its key in an active task — a claim, a
+    // validator assignment or a committee seat (a restarted or unscheduled pod reports no work
+    // of its own, a revealed claim still needs its checkpoints served, and an assigned
+    // validator that leaves is slashed) — and it was seen idle and drained for a while (a
+    // drain answer is not a barrier against a task it was just taking).
     let claimed = if desired < current {
-        claimed_addresses(&node).await
+        bound_addresses(&node).await
     } else {
         Some(Default::default())
     };
@@ -240,17 +241,34 @@ fn settled(ctx: &Context, m: &Miner, pod: &str, work: PodWork) -> PodWork {
     }
 }
 
-/// Every address with a claim in a task still active on chain; `None` when the chain cannot
-/// be asked (then no pod counts as free of claims).
-async fn claimed_addresses(node: &Client) -> Option<std::collections::BTreeSet<Address>> {
+/// Every address bound to a task still active on chain; `None` when the chain cannot be
+/// asked (then no pod counts as free).
+async fn bound_addresses(node: &Client) -> Option<std::collections::BTreeSet<Address>> {
     let tasks = node.tasks(None).await.ok()?;
-    Some(
-        tasks
-            .iter()
-            .filter(|t| t.task.is_active())
-            .flat_map(|t| t.task.claims.keys().copied())
-            .collect(),
-    )
+    Some(bound_to_active_tasks(tasks.iter().map(|t| &t.task)))
+}
+
+/// The miners with a claim, the validators assigned to a claim and the members of a
+/// challenge committee, of every active task: none of them may leave before the task ends.
+fn bound_to_active_tasks<'a>(
+    tasks: impl Iterator<Item = &'a pot_protocol::state::Task>,
+) -> std::collections::BTreeSet<Address> {
+    let mut bound = std::collections::BTreeSet::new();
+    for task in tasks.filter(|t| t.is_active()) {
+        for (miner, entry) in &task.claims {
+            bound.insert(*miner);
+            bound.extend(entry.assigned.iter().map(|a| a.validator));
+        }
+        for challenge in &task.challenges {
+            bound.extend(challenge.committee.iter().map(|s| s.member));
+        }
+    }
+    bound
+}
+
+/// Stake on its way back to an account's balance (a drained validator's).
+pub(crate) fn unbonding(a: &AccountInfo) -> u64 {
+    a.unbonding.iter().map(|u| u.amount.0).sum()
 }
 
 /// The chain's view of each address (`None` where it could not be read or has no account).
@@ -289,11 +307,7 @@ async fn fund(
     } else {
         (Amount::ZERO, Amount::ZERO)
     };
-    let validator_stake = if spec.validates() {
-        children::validator_stake(m, net)
-    } else {
-        Amount::ZERO
-    };
+    let validator_stake = children::validator_stake(m, net).unwrap_or(Amount::ZERO);
     let target = funding::target(stake, validator_stake, deposit, p.tx_fee);
     let sent = funding::fund(node, &payer, (&genesis.chain_id, p.tx_fee), miners, target).await;
     if let Err(e) = &sent {
@@ -342,7 +356,7 @@ fn observe(
         holdings: accounts
             .iter()
             .flatten()
-            .map(|a| a.balance.0 + a.miner_bond.0 + a.validator_bond.0)
+            .map(|a| a.balance.0 + a.miner_bond.0 + a.validator_bond.0 + unbonding(a))
             .sum(),
         addresses: addresses[..(plan.replicas as usize).min(addresses.len())]
             .iter()
@@ -532,6 +546,88 @@ mod tests {
         assert!(before >= Duration::from_millis(20));
         restart_idle_counts_of_kept(&ctx, &m, 3);
         assert!(ctx.held_for(idle_key(&m, "f-miner-2")) < before);
+    }
+
+    /// An active task with one claim assigned to validators `v1`, `v2` and a challenge whose
+    /// committee seats `c1`.
+    fn task_binding(
+        miner: Address,
+        validators: &[Address],
+        member: Address,
+    ) -> pot_protocol::state::Task {
+        use pot_protocol::Hash;
+        use pot_protocol::state::*;
+        let tt: crate::crd::task::TrainingTask = serde_yaml::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../manifests/task-digits.yaml"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let windows = crate::task::spec::windows(&tt.spec.windows);
+        let at = TxPosition {
+            height: 3,
+            index: 0,
+        };
+        let entry = ClaimEntry {
+            commitment: Hash([1; 32]),
+            committed_at: at,
+            deposit: Amount(100),
+            collateral: Amount(5000),
+            claim: None,
+            salt: None,
+            assigned: validators
+                .iter()
+                .map(|v| Assignment {
+                    validator: *v,
+                    segments: vec![1],
+                    collateral: Amount(2500),
+                })
+                .collect(),
+            reports: Default::default(),
+        };
+        Task {
+            id: Hash([7; 32]),
+            client: Address([9; 32]),
+            spec: crate::task::spec::task_spec(&tt.spec.task).unwrap(),
+            bounty: Amount(5000),
+            eval_commit: Hash([2; 32]),
+            schedule: Schedule::new(1, &windows),
+            windows,
+            claims: [(miner, entry)].into(),
+            eval_set: None,
+            challenges: vec![ChallengeEntry {
+                challenger: Address([8; 32]),
+                commitment: Hash([3; 32]),
+                committed_at: at,
+                deposit: Amount(100),
+                dispute: None,
+                committee: vec![Seat {
+                    member,
+                    collateral: Amount(2500),
+                }],
+                votes: Default::default(),
+            }],
+            status: TaskStatus::Active,
+        }
+    }
+
+    #[test]
+    fn claimants_assigned_validators_and_committee_members_of_active_tasks_cannot_leave() {
+        let a = |b: u8| Address([b; 32]);
+        let active = task_binding(a(1), &[a(2), a(3)], a(4));
+        let bound = bound_to_active_tasks([&active].into_iter());
+        assert_eq!(bound, [a(1), a(2), a(3), a(4)].into());
+        // A task that ended binds no one.
+        let mut ended = task_binding(a(5), &[a(6)], a(7));
+        ended.status = pot_protocol::state::TaskStatus::Failed {
+            reason: pot_protocol::state::FailReason::EvalSetNotRevealed,
+            at: 9,
+            burned: Amount(1),
+        };
+        let bound = bound_to_active_tasks([&active, &ended].into_iter());
+        assert!(!bound.contains(&a(6)) && !bound.contains(&a(5)) && !bound.contains(&a(7)));
     }
 
     #[test]

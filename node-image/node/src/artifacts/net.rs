@@ -266,6 +266,16 @@ fn build(key: &pot_protocol::SecretKey) -> anyhow::Result<Swarm<Behaviour>> {
     Ok(swarm)
 }
 
+/// Whether a peer's own address may enter the routing table: IP addresses only. Names are
+/// resolved for the bootstrap addresses this node was given; a name a stranger advertises
+/// would make every node that dials it query DNS for whatever the stranger chose.
+fn is_ip_address(addr: &Multiaddr) -> bool {
+    matches!(
+        addr.iter().next(),
+        Some(Protocol::Ip4(_) | Protocol::Ip6(_))
+    )
+}
+
 fn dial_bootstrap(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) {
     if let Some(Protocol::P2p(peer)) = addr.iter().last() {
         swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
@@ -381,7 +391,7 @@ async fn run(
                     info,
                     ..
                 })) => {
-                    for addr in info.listen_addrs {
+                    for addr in info.listen_addrs.into_iter().filter(is_ip_address) {
                         swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
                 }
@@ -503,6 +513,16 @@ fn answer(store: &BlobStore, request: Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_ip_addresses_a_peer_advertises_are_kept() {
+        let ok = |s: &str| is_ip_address(&s.parse().unwrap());
+        assert!(ok("/ip4/10.0.0.7/tcp/26658"));
+        assert!(ok("/ip6/::1/tcp/26658"));
+        assert!(!ok("/dns4/anything.example/tcp/26658"));
+        assert!(!ok("/dns/x.svc.cluster.local/tcp/1"));
+        assert!(!ok("/dnsaddr/bootstrap.example"));
+    }
 
     #[test]
     fn a_request_holds_its_slot_until_its_answer_is_gone_and_strangers_share_a_cap() {

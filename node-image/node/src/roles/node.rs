@@ -442,7 +442,8 @@ impl Node {
             self.mine(&state).await?;
         }
         if self.opts.validate {
-            self.keep_validator_bond(&state);
+            // Read again: a miner bond `mine` just waited for has spent part of the balance.
+            self.keep_validator_bond(&self.chain.state()).await;
             self.validate(&state).await?;
         }
         // Committee seats come with validator stake; a verifier challenges.
@@ -825,50 +826,65 @@ impl Node {
         Ok(())
     }
 
-    /// Queue a validator bond when less than `validator_stake` is bonded and the balance pays
-    /// the shortfall. Level triggered: a bond not yet in a block is sent again with the same
-    /// nonce (the wallet numbers from the chain's), so it never lands twice.
-    fn keep_validator_bond(&mut self, state: &State) {
-        let params = &state.params;
-        let keep = Amount(
-            2 * params.tx_fee.0
-                + if self.opts.mine {
-                    params.claim_deposit.0
-                } else {
-                    0
-                },
-        );
-        let bonded = state.bonded(&self.me, Role::Validator);
-        let top_up = validator::bond_top_up(
-            bonded,
-            self.opts.validator_stake,
-            state.balance(&self.me),
-            keep,
-        );
-        match top_up {
-            Some(amount) => {
-                self.validator_bond_short = false;
-                info!(%amount, %bonded, "bonding validator stake");
-                self.queue(
-                    TxBody::Bond {
-                        role: Role::Validator,
-                        amount,
-                    },
-                    "validator bond",
-                    Then::Nothing,
-                );
-            }
-            None if bonded < self.opts.validator_stake && !self.validator_bond_short => {
-                // Once until it changes: a fleet waiting for its funding logs no stream.
+    /// Keep `validator_stake` bonded while validating, and unbond the free part while
+    /// draining (the chain draws validators by free stake, so a draining node would otherwise
+    /// be assigned claims it leaves before reporting, and be slashed). Planned from the chain
+    /// as followed, then confirmed against the coordinator the transaction goes to — the one
+    /// whose account nonce numbers it — so a bond that landed after a timeout, which this
+    /// node's follower has not seen yet, is not sent again with the next nonce.
+    async fn keep_validator_bond(&mut self, state: &State) {
+        if self.opts.validator_stake == Amount::ZERO {
+            return;
+        }
+        let keep = validator::balance_to_keep(&state.params, self.opts.mine);
+        let draining = self.status.draining();
+        let plan = |stake: validator::ValidatorStake| {
+            validator::plan_validator_stake(&stake, self.opts.validator_stake, keep, draining)
+        };
+        let local = validator::ValidatorStake {
+            bonded: state.bonded(&self.me, Role::Validator),
+            free: state.free_stake(&self.me, Role::Validator),
+            balance: state.balance(&self.me),
+        };
+        let Some(_) = plan(local) else {
+            if !draining && local.bonded < self.opts.validator_stake && !self.validator_bond_short {
+                // Once until it is bonded: a fleet waiting for its funding logs no stream.
                 self.validator_bond_short = true;
                 warn!(
-                    %bonded,
+                    bonded = %local.bonded,
                     target = %self.opts.validator_stake,
-                    balance = %state.balance(&self.me),
+                    balance = %local.balance,
                     "not enough balance to bond the validator stake; no claim is assigned to this node until it is funded"
                 );
             }
-            None => {}
+            return;
+        };
+        let wallet = self.wallet();
+        let account = match wallet.client.account(&self.me).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("reading this node's account before a validator bond: {e}");
+                return;
+            }
+        };
+        let confirmed = validator::ValidatorStake {
+            bonded: account.validator_bond,
+            free: account
+                .validator_bond
+                .saturating_sub(account.validator_reserved),
+            balance: account.balance,
+        };
+        match plan(confirmed) {
+            Some(body @ TxBody::Bond { amount, .. }) => {
+                self.validator_bond_short = false;
+                info!(%amount, bonded = %confirmed.bonded, "bonding validator stake");
+                self.queue(body, "validator bond", Then::Nothing);
+            }
+            Some(body @ TxBody::Unbond { amount, .. }) => {
+                info!(%amount, "draining: unbonding the free validator stake");
+                self.queue(body, "validator unbond", Then::Nothing);
+            }
+            _ => {}
         }
     }
 

@@ -37,6 +37,43 @@ pub enum Duty {
     Forget(Assigned),
 }
 
+/// What a node's validator stake looks like on chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValidatorStake {
+    pub bonded: Amount,
+    /// Bonded and not reserved by an assignment or a committee seat.
+    pub free: Amount,
+    pub balance: Amount,
+}
+
+/// The balance a validating node keeps unbonded: fees for its reports, and a miner's claim
+/// deposit.
+pub fn balance_to_keep(params: &pot_protocol::Params, mines: bool) -> Amount {
+    Amount(2 * params.tx_fee.0 + if mines { params.claim_deposit.0 } else { 0 })
+}
+
+/// The transaction that keeps `target` bonded ([`bond_top_up`]), or, while draining, unbonds
+/// what is free so that no new claim is assigned (what is reserved comes free as its tasks
+/// end). `None`: nothing to do, or nothing the balance pays.
+pub fn plan_validator_stake(
+    stake: &ValidatorStake,
+    target: Amount,
+    keep: Amount,
+    draining: bool,
+) -> Option<pot_protocol::tx::TxBody> {
+    use pot_protocol::tx::{Role, TxBody};
+    if draining {
+        return (stake.free > Amount::ZERO).then_some(TxBody::Unbond {
+            role: Role::Validator,
+            amount: stake.free,
+        });
+    }
+    bond_top_up(stake.bonded, target, stake.balance, keep).map(|amount| TxBody::Bond {
+        role: Role::Validator,
+        amount,
+    })
+}
+
 /// The validator bond to add so that `target` stays bonded (a pod's stake, after a slash or at
 /// first start): the whole shortfall when the balance pays it and still keeps `keep` (fees, a
 /// miner's claim deposit), else nothing — a part would seat this node on no claim and only
@@ -253,6 +290,45 @@ mod tests {
         assert_eq!(bond_top_up(a(0), a(5000), a(5099), a(100)), None);
         assert_eq!(bond_top_up(a(0), a(5000), a(5100), a(100)), Some(a(5000)));
         assert_eq!(bond_top_up(a(0), a(5000), a(50), a(100)), None);
+    }
+
+    #[test]
+    fn a_draining_validator_unbonds_what_is_free_and_bonds_nothing() {
+        use pot_protocol::tx::{Role, TxBody};
+        let a = Amount;
+        let stake = |bonded, free, balance| ValidatorStake {
+            bonded: a(bonded),
+            free: a(free),
+            balance: a(balance),
+        };
+        // Validating: the shortfall is bonded.
+        assert_eq!(
+            plan_validator_stake(&stake(4000, 4000, 9000), a(5000), a(100), false),
+            Some(TxBody::Bond {
+                role: Role::Validator,
+                amount: a(1000)
+            })
+        );
+        // Draining: the free part is unbonded, however short of the target it is, and the
+        // reserved part stays until its tasks end.
+        assert_eq!(
+            plan_validator_stake(&stake(4000, 1500, 9000), a(5000), a(100), true),
+            Some(TxBody::Unbond {
+                role: Role::Validator,
+                amount: a(1500)
+            })
+        );
+        assert_eq!(
+            plan_validator_stake(&stake(2500, 0, 9000), a(5000), a(100), true),
+            None
+        );
+        // A miner keeps its claim deposit out of the validator bond.
+        let p = pot_protocol::Params::default();
+        assert_eq!(
+            balance_to_keep(&p, true).0,
+            2 * p.tx_fee.0 + p.claim_deposit.0
+        );
+        assert_eq!(balance_to_keep(&p, false).0, 2 * p.tx_fee.0);
     }
 
     #[test]
