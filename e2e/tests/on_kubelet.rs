@@ -89,24 +89,12 @@ async fn a_task_finalizes_on_four_coordinators_and_its_status_matches_the_chain(
         ("name: dev\n", "name: main\n"),
         ("dev-faucet", "main-faucet"),
     ];
-    env.cp
-        .kubectl_input(
-            &["apply", "-n", &ns, "-f", "-"],
-            &manifest("miners-cpu.yaml", &rename),
-        )
-        .unwrap();
-    env.cp
-        .kubectl_input(
-            &["apply", "-n", &ns, "-f", "-"],
-            &manifest("validators-cpu.yaml", &rename),
-        )
-        .unwrap();
-    env.cp
-        .kubectl_input(
-            &["apply", "-n", &ns, "-f", "-"],
-            &manifest("task-digits.yaml", &rename),
-        )
-        .unwrap();
+    // Who trains, who checks, and the task, as `make demo` applies them.
+    for file in ["miners-cpu.yaml", "validators-cpu.yaml", "task-digits.yaml"] {
+        env.cp
+            .kubectl_input(&["apply", "-n", &ns, "-f", "-"], &manifest(file, &rename))
+            .unwrap();
+    }
     let tasks: Api<TrainingTask> = env.api();
     let task = eventually(
         "the task finalized (with the outcome in its status)",

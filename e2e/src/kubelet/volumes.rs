@@ -80,25 +80,20 @@ async fn volume(
     }
     let mut files: Vec<VolumeFile> = Vec::new();
     let default_mode;
+    // A Secret's or a ConfigMap's files, for a volume of its own or a projected source alike.
+    let secret_files = |name: &str, items: Option<&[KeyToPath]>, optional: Option<bool>| {
+        object_files(objects.secret(name), "secret", name, items, optional)
+    };
+    let config_map_files = |name: &str, items: Option<&[KeyToPath]>, optional: Option<bool>| {
+        object_files(objects.config_map(name), "configmap", name, items, optional)
+    };
     if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
         default_mode = s.default_mode;
-        files.extend(object_files(
-            objects.secret(&name),
-            "secret",
-            &name,
-            s.items.as_deref(),
-            s.optional,
-        )?);
+        files.extend(secret_files(&name, s.items.as_deref(), s.optional)?);
     } else if let Some(m) = &v.config_map {
         default_mode = m.default_mode;
-        files.extend(object_files(
-            objects.config_map(&m.name),
-            "configmap",
-            &m.name,
-            m.items.as_deref(),
-            m.optional,
-        )?);
+        files.extend(config_map_files(&m.name, m.items.as_deref(), m.optional)?);
     } else if let Some(d) = &v.downward_api {
         default_mode = d.default_mode;
         for item in d.items.iter().flatten() {
@@ -122,22 +117,10 @@ async fn volume(
                 files.push((t.path.clone(), token.into_bytes(), None));
             }
             if let Some(m) = &source.config_map {
-                files.extend(object_files(
-                    objects.config_map(&m.name),
-                    "configmap",
-                    &m.name,
-                    m.items.as_deref(),
-                    m.optional,
-                )?);
+                files.extend(config_map_files(&m.name, m.items.as_deref(), m.optional)?);
             }
             if let Some(s) = &source.secret {
-                files.extend(object_files(
-                    objects.secret(&s.name),
-                    "secret",
-                    &s.name,
-                    s.items.as_deref(),
-                    s.optional,
-                )?);
+                files.extend(secret_files(&s.name, s.items.as_deref(), s.optional)?);
             }
             if let Some(d) = &source.downward_api {
                 for item in d.items.iter().flatten() {
