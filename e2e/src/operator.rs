@@ -162,6 +162,81 @@ impl Operator {
 /// SHA-256 of the built-in UCI digits set (`builtin:digits`).
 pub const DIGITS_SHA256: &str = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22";
 
+/// What the operator's controllers use (verb, `resource[/subresource]`): its RBAC must grant
+/// each.
+pub const RBAC_NEEDED: &[(&str, &str)] = &[
+    ("watch", "potnetworks.pot.dev"),
+    ("patch", "potnetworks.pot.dev/status"),
+    ("watch", "miners.pot.dev"),
+    ("patch", "miners.pot.dev/status"),
+    ("watch", "trainingtasks.pot.dev"),
+    ("patch", "trainingtasks.pot.dev"),
+    ("patch", "trainingtasks.pot.dev/status"),
+    ("list", "pods"),
+    ("create", "statefulsets.apps"),
+    ("patch", "statefulsets.apps"),
+    ("watch", "services"),
+    ("patch", "poddisruptionbudgets.policy"),
+    ("create", "secrets"),
+    ("update", "secrets"),
+    ("create", "configmaps"),
+    ("list", "persistentvolumeclaims"),
+    ("create", "events.events.k8s.io"),
+    ("patch", "leases.coordination.k8s.io"),
+];
+
+/// What the operator must never be able to do: its RBAC must grant none of it.
+pub const RBAC_FORBIDDEN: &[(&str, &str)] = &[
+    ("delete", "secrets"),
+    ("delete", "statefulsets.apps"),
+    ("patch", "potnetworks.pot.dev"),
+    ("patch", "miners.pot.dev"),
+    ("delete", "trainingtasks.pot.dev"),
+    ("delete", "pods"),
+    ("update", "configmaps"),
+    ("create", "pods"),
+    ("list", "nodes"),
+    ("delete", "persistentvolumeclaims"),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+];
+
+/// Whether `user` may `verb` `resource[/subresource]` in `ns`, by `kubectl auth can-i --as`.
+pub fn can(env: &TestEnv, ns: &str, user: &str, verb: &str, resource: &str) -> bool {
+    // `kubectl auth can-i` answers on stdout and exits 1 for "no"; a subresource is a flag.
+    let (resource, sub) = match resource.split_once('/') {
+        Some((r, s)) => (r, Some(format!("--subresource={s}"))),
+        None => (resource, None),
+    };
+    let out = env
+        .cp
+        .command("kubectl")
+        .args(["auth", "can-i", verb, resource, "-n", ns, "--as", user])
+        .args(sub)
+        .output()
+        .unwrap();
+    // 0 is yes, 1 is no; anything else (a resource kubectl does not know) is a broken question.
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "kubectl auth can-i {verb} {resource}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// Every way `user`'s permissions in `ns` differ from [`RBAC_NEEDED`] and [`RBAC_FORBIDDEN`]
+/// (empty when it may do exactly what the operator needs, of what is asked).
+pub fn rbac_deviations(env: &TestEnv, ns: &str, user: &str) -> Vec<String> {
+    let missing = RBAC_NEEDED
+        .iter()
+        .filter(|(verb, resource)| !can(env, ns, user, verb, resource))
+        .map(|(verb, resource)| format!("cannot {verb} {resource}"));
+    let extra = RBAC_FORBIDDEN
+        .iter()
+        .filter(|(verb, resource)| can(env, ns, user, verb, resource))
+        .map(|(verb, resource)| format!("may {verb} {resource}"));
+    missing.chain(extra).collect()
+}
+
 /// A small task's `spec.task`: an MLP with one hidden layer of 8 on the built-in digits, 100
 /// SGD steps, a checkpoint every 50.
 pub fn digits_task() -> serde_json::Value {

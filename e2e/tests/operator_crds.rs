@@ -131,6 +131,24 @@ async fn every_validation_rule_refuses_a_bad_resource_with_its_message() {
             "a Validator fleet must validate",
         ),
         (
+            "an autoscaled validator fleet",
+            set(
+                example("validators-cpu.yaml"),
+                "spec.autoscaling",
+                "{minReplicas: 1, maxReplicas: 3}",
+            ),
+            "a Validator fleet does not autoscale",
+        ),
+        (
+            "validator stake for a fleet that does not validate",
+            set(
+                set(example("miners-cpu.yaml"), "spec.validate", "false"),
+                "spec.validatorStake",
+                "1000",
+            ),
+            "validatorStake bonds validator stake, which a fleet with validate: false never uses",
+        ),
+        (
             "an unknown fleet role",
             set(example("validators-cpu.yaml"), "spec.role", "Coordinator"),
             "supported values: \"Miner\", \"Validator\"",

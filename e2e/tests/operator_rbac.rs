@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
-use pot_e2e::operator::{Operator, digits_training_task, install_crds, repo};
+use pot_e2e::operator::{Operator, digits_training_task, install_crds, rbac_deviations, repo};
 use pot_e2e::{TestEnv, eventually};
 use pot_operator::crd::network::PotNetwork;
 use serde_json::json;
@@ -33,80 +33,12 @@ fn bind(env: &TestEnv) -> String {
     format!("system:serviceaccount:{ns}:pot-operator")
 }
 
-fn can(env: &TestEnv, user: &str, verb: &str, resource: &str) -> bool {
-    // `kubectl auth can-i` answers on stdout and exits 1 for "no"; a subresource is a flag.
-    let (resource, sub) = match resource.split_once('/') {
-        Some((r, s)) => (r, Some(format!("--subresource={s}"))),
-        None => (resource, None),
-    };
-    let out = env
-        .cp
-        .command("kubectl")
-        .args([
-            "auth",
-            "can-i",
-            verb,
-            resource,
-            "-n",
-            &env.namespace,
-            "--as",
-            user,
-        ])
-        .args(sub)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim() == "yes"
-}
-
 #[tokio::test]
 async fn the_cluster_role_grants_what_the_controllers_use_and_nothing_else() {
     let env = TestEnv::new("op-rbac").await;
     install_crds(&env).await;
     let user = bind(&env);
-    let needed = [
-        ("watch", "potnetworks.pot.dev"),
-        ("patch", "potnetworks.pot.dev/status"),
-        ("watch", "miners.pot.dev"),
-        ("patch", "miners.pot.dev/status"),
-        ("watch", "trainingtasks.pot.dev"),
-        ("patch", "trainingtasks.pot.dev"),
-        ("patch", "trainingtasks.pot.dev/status"),
-        ("list", "pods"),
-        ("create", "statefulsets.apps"),
-        ("patch", "statefulsets.apps"),
-        ("watch", "services"),
-        ("patch", "poddisruptionbudgets.policy"),
-        ("create", "secrets"),
-        ("update", "secrets"),
-        ("create", "configmaps"),
-        ("list", "persistentvolumeclaims"),
-        ("create", "events.events.k8s.io"),
-        ("patch", "leases.coordination.k8s.io"),
-    ];
-    let forbidden = [
-        ("delete", "secrets"),
-        ("delete", "statefulsets.apps"),
-        ("patch", "potnetworks.pot.dev"),
-        ("patch", "miners.pot.dev"),
-        ("delete", "trainingtasks.pot.dev"),
-        ("delete", "pods"),
-        ("update", "configmaps"),
-        ("create", "pods"),
-        ("list", "nodes"),
-        ("delete", "persistentvolumeclaims"),
-        ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
-    ];
-    let mut wrong = Vec::new();
-    for (verb, resource) in needed {
-        if !can(&env, &user, verb, resource) {
-            wrong.push(format!("cannot {verb} {resource}"));
-        }
-    }
-    for (verb, resource) in forbidden {
-        if can(&env, &user, verb, resource) {
-            wrong.push(format!("may {verb} {resource}"));
-        }
-    }
+    let wrong = rbac_deviations(&env, &env.namespace, &user);
     assert!(wrong.is_empty(), "the ClusterRole is wrong: {wrong:?}");
 
     // Under that role alone, the operator leads and reconciles a network fully.

@@ -58,6 +58,16 @@ async fn a_task_is_submitted_once_and_followed_to_its_end() {
             .await
             .unwrap();
     }
+    // And, through kubectl, one whose training set's hash is not that of its bytes: it fails
+    // before anything is signed, and the two others go on as if it were not there.
+    let mut bad = digits_training_task("bad-hash", "chain", "chain-faucet");
+    bad["spec"]["task"]["dataset"]["sha256"] = "ab".repeat(32).into();
+    env.cp
+        .kubectl_input(
+            &["apply", "-n", &env.namespace, "-f", "-"],
+            &serde_json::to_string(&bad).unwrap(),
+        )
+        .unwrap();
     let ended = |name: &'static str| {
         let tasks = tasks.clone();
         async move {
@@ -103,9 +113,45 @@ async fn a_task_is_submitted_once_and_followed_to_its_end() {
         "{:?}",
         status.payouts
     );
-    // Exactly one submission each, though they were reconciled many times.
+    // Exactly one submission each, though they were reconciled many times (and none for the
+    // task with the wrong hash).
     let after = node.account(&publisher.address()).await.unwrap();
     assert_eq!(after.nonce, before.nonce + 2, "submitted more than once");
+    let bad = tasks.get("bad-hash").await.unwrap().status.unwrap();
+    assert_eq!(bad.phase, TaskPhase::Failed, "{:?}", bad.message);
+    assert!(bad.submit_nonce.is_none() && bad.task_id.is_none());
+    let verified = bad
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "DataVerified")
+        .expect("a DataVerified condition");
+    assert_eq!(
+        (verified.status.as_str(), verified.reason.as_str()),
+        ("False", "HashMismatch")
+    );
+    assert!(
+        verified
+            .message
+            .starts_with("task.dataset: builtin:digits has SHA-256 09f66e6d")
+            && verified.message.contains(&"ab".repeat(32))
+            && verified.message.contains("no bounty escrowed"),
+        "{}",
+        verified.message
+    );
+    // kubectl shows it where a person looks first.
+    let shown = env
+        .cp
+        .kubectl(&["get", "tt", "bad-hash", "-n", &env.namespace])
+        .unwrap();
+    assert!(shown.contains("Failed"), "{shown}");
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "DataVerified" && c.status == "True"),
+        "{:?}",
+        status.conditions
+    );
     let reconciles = op
         .metric("pot_operator_reconciles_total{controller=\"trainingtask\"}")
         .await;

@@ -84,7 +84,12 @@ fn main() -> anyhow::Result<()> {
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
                 allow_api_url_annotation: args.allow_api_url_annotation,
             };
-            tokio::runtime::Runtime::new()?.block_on(pot_operator::run::run(opts))
+            let rt = tokio::runtime::Runtime::new()?;
+            let outcome = rt.block_on(pot_operator::run::run(opts));
+            // A dataset check still downloading on the blocking pool must not hold the process
+            // (and so a new leader's start) for its whole timeout.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            outcome
         }
     }
 }

@@ -136,6 +136,28 @@ pub struct BlobRef {
     pub sha256: Hash,
 }
 
+/// The SHA-256 of each dataset compiled into `pot-node` (`builtin:<name>`), so that a
+/// publisher can check a task's hash before escrowing a bounty, without the bytes. `pot-node`'s
+/// tests hold these equal to the bytes it ships.
+pub const BUILTIN_DATASETS: &[(&str, &str)] = &[
+    (
+        "digits",
+        "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22",
+    ),
+    (
+        "mnist-5k",
+        "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d",
+    ),
+];
+
+/// The SHA-256 of the built-in dataset `name`, if there is one.
+pub fn builtin_dataset_sha256(name: &str) -> Option<Hash> {
+    BUILTIN_DATASETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, h)| h.parse().expect("a built-in hash is hex"))
+}
+
 /// A dataset (the training set, or an eval set): where its bytes are, their hash, and how to
 /// read them.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]

@@ -30,6 +30,8 @@ use super::{NetworkRef, SecretKeyRef, Storage};
     validation = Rule::new("self.metadata.name.size() <= 40").message("a Miner's name is at most 40 characters (its objects' names add up to 23 more)"),
     validation = Rule::new("!has(self.spec.role) || self.spec.role != 'Validator' || !has(self.spec.stake)").message("stake is a miner's bond: a Validator fleet bonds validatorStake"),
     validation = Rule::new("!has(self.spec.role) || self.spec.role != 'Validator' || !has(self.spec.validate) || self.spec.validate").message("a Validator fleet must validate (validate: false leaves it nothing to do)"),
+    validation = Rule::new("!has(self.spec.role) || self.spec.role != 'Validator' || !has(self.spec.autoscaling)").message("a Validator fleet does not autoscale: the task queue says how many miners are needed, not validators (its assignments come as the queue empties); set replicas"),
+    validation = Rule::new("!has(self.spec.validatorStake) || !has(self.spec.validate) || self.spec.validate").message("validatorStake bonds validator stake, which a fleet with validate: false never uses"),
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
@@ -184,6 +186,16 @@ fn yes() -> bool {
 pub struct Funding {
     /// The paying key's Secret.
     pub from_secret: SecretKeyRef,
+    /// A pod the chain has penalised more than this many times in its key's life (claims
+    /// rejected, assignments left unreported) is not topped up again: a broken or dishonest
+    /// pod would otherwise lose its bond over and over at the paying key's expense. The
+    /// `Funded` condition names the pods it holds back; raise this to fund them again.
+    #[serde(default = "default_max_penalties")]
+    pub max_penalties: u64,
+}
+
+fn default_max_penalties() -> u64 {
+    10
 }
 
 #[derive(

@@ -494,6 +494,7 @@ pub struct TrainingTaskStatus {
     /// set is in its spec); it hides the eval set from the chain until the reveal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_salt: Option<String>,
+    /// The height of the block that took the submission.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_height: Option<u64>,
     #[serde(default)]

@@ -288,7 +288,7 @@ async fn fund(
     node: &Client,
     from: &crate::crd::SecretKeyRef,
     miners: &[Address],
-) -> std::result::Result<usize, String> {
+) -> std::result::Result<funding::Funded, String> {
     let ns = m.namespace().unwrap_or_default();
     let payer = crate::key_secret::read(&ctx.client, &ns, from, "Miner", "FundingKeyInvalid", None)
         .await
@@ -309,7 +309,16 @@ async fn fund(
     };
     let validator_stake = children::validator_stake(m, net).unwrap_or(Amount::ZERO);
     let target = funding::target(stake, validator_stake, deposit, p.tx_fee);
-    let sent = funding::fund(node, &payer, (&genesis.chain_id, p.tx_fee), miners, target).await;
+    let max_penalties = spec.funding.as_ref().map_or(0, |f| f.max_penalties);
+    let sent = funding::fund(
+        node,
+        &payer,
+        (&genesis.chain_id, p.tx_fee),
+        miners,
+        target,
+        max_penalties,
+    )
+    .await;
     if let Err(e) = &sent {
         warn!(miner = %m.name_any(), "funding: {e}");
     }
@@ -327,7 +336,7 @@ fn observe(
     views: &BTreeMap<u32, PodView>,
     addresses: &[Address],
     accounts: &[Option<AccountInfo>],
-    funding: Option<std::result::Result<usize, String>>,
+    funding: Option<std::result::Result<funding::Funded, String>>,
 ) -> MinerStatus {
     let old = m.status.clone().unwrap_or_default();
     let s = sts.status.clone().unwrap_or_default();
@@ -453,24 +462,43 @@ fn observe(
         &now,
     );
     if let Some(f) = funding {
-        let ok = f.is_ok();
-        conditions::set(
-            &mut status.conditions,
-            Fact {
-                type_: "Funded",
-                holds: ok,
-                reason: if ok { "ToppedUp" } else { "FundingFailed" },
-                message: match f {
-                    Ok(0) => "every miner holds its stake and fees".into(),
-                    Ok(n) => format!("sent {n} transfers"),
-                    Err(e) => e,
-                },
-            },
-            generation,
-            &now,
-        );
+        conditions::set(&mut status.conditions, funded_fact(f), generation, &now);
     }
     status
+}
+
+/// The `Funded` condition for a funding pass's outcome.
+fn funded_fact(outcome: std::result::Result<funding::Funded, String>) -> Fact<'static> {
+    match outcome {
+        Err(e) => Fact {
+            type_: "Funded",
+            holds: false,
+            reason: "FundingFailed",
+            message: e,
+        },
+        Ok(f) if !f.withheld.is_empty() => {
+            let pods: Vec<String> = f.withheld.iter().map(|a| a.to_hex()).collect();
+            Fact {
+                type_: "Funded",
+                holds: false,
+                reason: "PenalisedPodsWithheld",
+                message: format!(
+                    "not topping up {} (penalised more than funding.maxPenalties times on chain: find out why in its logs, then raise maxPenalties to fund it again); sent {} transfers to the others",
+                    pods.join(", "),
+                    f.sent
+                ),
+            }
+        }
+        Ok(f) => Fact {
+            type_: "Funded",
+            holds: true,
+            reason: "ToppedUp",
+            message: match f.sent {
+                0 => "every miner holds its stake and fees".into(),
+                n => format!("sent {n} transfers"),
+            },
+        },
+    }
 }
 
 /// A fleet that cannot be reconciled until a person acts: `Degraded` with the reason.
@@ -529,6 +557,24 @@ fn now() -> Time {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_funded_condition_names_the_pods_held_back() {
+        let held = pot_protocol::SecretKey::from_seed([4; 32]).address();
+        let f = funded_fact(Ok(funding::Funded {
+            sent: 2,
+            withheld: vec![held],
+        }));
+        assert!(!f.holds);
+        assert_eq!(f.reason, "PenalisedPodsWithheld");
+        assert!(
+            f.message.contains(&held.to_hex()) && f.message.contains("sent 2 transfers"),
+            "{}",
+            f.message
+        );
+        let ok = funded_fact(Ok(funding::Funded::default()));
+        assert!(ok.holds && ok.reason == "ToppedUp");
+    }
 
     #[tokio::test]
     async fn a_called_off_scale_down_leaves_no_idle_count_behind() {

@@ -26,6 +26,7 @@ pub fn mirror(info: &TaskInfo, api: &str, status: &mut TrainingTaskStatus) {
         TaskStatus::Finalized(o) => Some(o),
         _ => None,
     };
+    status.submitted_height = Some(task.schedule.submitted);
     status.claim_count = task.claims.len() as u32;
     status.claims = task
         .claims

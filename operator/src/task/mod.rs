@@ -20,6 +20,7 @@
 //! deleted `TrainingTask` until its eval set is revealed (or the task ended), and only then
 //! lets it go; the rest of the task runs on chain without it.
 
+pub mod data_check;
 pub mod mirror;
 pub mod spec;
 
@@ -230,11 +231,24 @@ async fn step(
             .as_ref()
             .and_then(|s| s.parse::<Hash>().ok()),
     ) else {
-        if quiet {
+        if quiet || status.phase == TaskPhase::Failed {
+            // Failed before anything was signed: its data did not match (the spec is
+            // immutable, so it never will).
             return Ok(Onchain::Never);
         }
         // First the nonce and salt (the caller writes them), then the submission on the next
         // pass.
+        // Checked once per generation: a pass that fails later (the chain unreachable) does not
+        // download the data again.
+        let checked = status.conditions.iter().any(|c| {
+            c.type_ == "DataVerified"
+                && c.reason != "HashMismatch"
+                && c.observed_generation == tt.meta().generation
+        });
+        if !checked && !data_verified(tt, status).await {
+            return Ok(Onchain::Never);
+        }
+        // The nonce after the check, which may have taken a while.
         let account = account_nonce(node, &me).await?;
         record_nonce(status, &me, account);
         status.eval_salt = Some(Hash(SecretKey::generate().seed()).to_string());
@@ -313,6 +327,34 @@ async fn step(
         return Ok(Onchain::Active);
     }
     submit(tt, node, signer, &eval, &salt, nonce, status).await
+}
+
+/// Check the task's data against its hashes before anything is signed (`data_check`), and
+/// say so in the `DataVerified` condition; a mismatch fails the task here.
+async fn data_verified(tt: &TrainingTask, status: &mut TrainingTaskStatus) -> bool {
+    let report = data_check::check(&tt.spec).await;
+    let (holds, reason) = match (report.mismatches.is_empty(), report.unchecked.is_empty()) {
+        (false, _) => (false, "HashMismatch"),
+        (true, false) => (false, "NotChecked"),
+        (true, true) => (true, "HashesMatch"),
+    };
+    conditions::set(
+        &mut status.conditions,
+        Fact {
+            type_: "DataVerified",
+            holds,
+            reason,
+            message: report.message(),
+        },
+        tt.meta().generation,
+        &now(),
+    );
+    if report.mismatches.is_empty() {
+        return true;
+    }
+    status.phase = TaskPhase::Failed;
+    status.message = Some(report.message());
+    false
 }
 
 fn record_nonce(status: &mut TrainingTaskStatus, me: &pot_protocol::Address, nonce: u64) {

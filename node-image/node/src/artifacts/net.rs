@@ -216,8 +216,34 @@ impl Ask for ArtifactNet {
     }
 }
 
+/// The resolver the swarm names peers with: the system's (`/etc/resolv.conf`), or — where that
+/// is missing or unreadable — one with no name server, so the swarm still starts and dials
+/// peers named by IP address (the system's failure would otherwise stop the node; a public
+/// default would send cluster names to a stranger's resolver).
+fn resolver_config(
+    resolv_conf: std::io::Result<String>,
+) -> (
+    hickory_resolver::config::ResolverConfig,
+    hickory_resolver::config::ResolverOpts,
+) {
+    let parsed = resolv_conf.map_err(|e| e.to_string()).and_then(|text| {
+        hickory_resolver::system_conf::parse_resolv_conf(text).map_err(|e| e.to_string())
+    });
+    parsed.unwrap_or_else(|e| {
+        tracing::warn!(
+            error = %e,
+            "no usable /etc/resolv.conf: the artifact swarm dials peers by IP address only"
+        );
+        (
+            hickory_resolver::config::ResolverConfig::new(),
+            hickory_resolver::config::ResolverOpts::default(),
+        )
+    })
+}
+
 fn build(key: &pot_protocol::SecretKey) -> anyhow::Result<Swarm<Behaviour>> {
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(key.seed())?;
+    let resolver = resolver_config(std::fs::read_to_string("/etc/resolv.conf"));
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -227,7 +253,7 @@ fn build(key: &pot_protocol::SecretKey) -> anyhow::Result<Swarm<Behaviour>> {
         )?
         // Bootstrap peers are named by DNS in a cluster (`/dns4/<pod>.<service>…`); without
         // a resolver they are never dialled and no holder is ever found.
-        .with_dns()?
+        .with_dns_config(resolver.0, resolver.1)
         .with_behaviour(|key| {
             let id = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(KAD_PROTOCOL);
@@ -513,6 +539,20 @@ fn answer(store: &BlobStore, request: Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_resolv_conf_leaves_a_resolver_with_no_name_server() {
+        let missing = Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(resolver_config(missing).0.name_servers().is_empty());
+        let garbage = Ok("nameserver not-an-address\n".to_string());
+        assert!(resolver_config(garbage).0.name_servers().is_empty());
+        let cluster = Ok("nameserver 10.96.0.10\nsearch ns.svc.cluster.local\n".to_string());
+        let (cfg, _) = resolver_config(cluster);
+        assert_eq!(
+            cfg.name_servers()[0].socket_addr,
+            "10.96.0.10:53".parse().unwrap()
+        );
+    }
 
     #[test]
     fn only_ip_addresses_a_peer_advertises_are_kept() {

@@ -314,6 +314,25 @@ pub fn split(d: &Dataset, held_out_per_mille: u32, seed: u64) -> (Dataset, Datas
 mod tests {
     use super::*;
 
+    /// The hashes publishers check tasks against are those of the bytes shipped here.
+    #[test]
+    fn the_protocol_names_each_builtin_by_the_hash_of_its_bytes() {
+        let names: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
+        let listed: Vec<&str> = pot_protocol::task::BUILTIN_DATASETS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(names, listed);
+        for b in BUILTINS {
+            assert_eq!(
+                pot_protocol::task::builtin_dataset_sha256(b.name),
+                Some(Hash::digest(b.csv_gz)),
+                "builtin:{}",
+                b.name
+            );
+        }
+    }
+
     #[test]
     fn digits_are_the_uci_set() {
         let d = digits();
