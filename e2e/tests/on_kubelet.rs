@@ -423,7 +423,7 @@ async fn six_queued_tasks_scale_the_fleet_up_and_it_shrinks_back_without_killing
     }
 }
 
-/// What the test saw of one miner pod (by uid).
+/// What the test saw of one miner pod (kept by its uid: a recreated pod is another).
 #[derive(Debug)]
 struct MinerSeen {
     name: String,
@@ -449,8 +449,8 @@ async fn watch_miners(
                 .iter()
                 .filter_map(|p| p.metadata.uid.clone())
                 .collect();
-            for m in seen.values_mut() {
-                m.deleted |= !alive.contains(&m.name_uid());
+            for (uid, m) in seen.iter_mut() {
+                m.deleted |= !alive.contains(uid);
             }
             for p in list.items {
                 let (Some(uid), Some(ip)) = (
@@ -460,7 +460,7 @@ async fn watch_miners(
                     continue;
                 };
                 let entry = seen.entry(uid.clone()).or_insert_with(|| MinerSeen {
-                    name: format!("{}#{uid}", p.metadata.name.clone().unwrap_or_default()),
+                    name: p.metadata.name.clone().unwrap_or_default(),
                     last: None,
                     took_tasks: false,
                     deleted: false,
@@ -482,15 +482,6 @@ async fn watch_miners(
             return seen;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-impl MinerSeen {
-    fn name_uid(&self) -> String {
-        self.name
-            .split_once('#')
-            .map(|(_, u)| u.to_string())
-            .unwrap_or_default()
     }
 }
 

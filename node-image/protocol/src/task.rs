@@ -136,6 +136,10 @@ pub struct BlobRef {
     pub sha256: Hash,
 }
 
+/// The largest blob (dataset, labels, model) a node downloads, and a publisher's operator
+/// hashes: a bound on what a hostile locator can make either store or read.
+pub const MAX_DOWNLOAD: u64 = 2 * 1024 * 1024 * 1024;
+
 /// The SHA-256 of each dataset compiled into `pot-node` (`builtin:<name>`), so that a
 /// publisher can check a task's hash before escrowing a bounty, without the bytes. `pot-node`'s
 /// tests hold these equal to the bytes it ships.

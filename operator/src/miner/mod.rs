@@ -141,7 +141,7 @@ pub async fn reconcile(m: Arc<Miner>, ctx: Arc<Context>) -> Result<Action> {
     let live_addresses = &fleet.addresses[..(plan.replicas as usize).min(fleet.addresses.len())];
     let accounts = accounts(&node, live_addresses).await;
     let funding = match &m.spec.funding {
-        Some(f) => Some(fund(&m, &ctx, &net, &node, &f.from_secret, live_addresses).await),
+        Some(f) => Some(fund(&m, &ctx, &net, &node, f, live_addresses).await),
         None => None,
     };
     let status = observe(
@@ -286,13 +286,20 @@ async fn fund(
     ctx: &Context,
     net: &PotNetwork,
     node: &Client,
-    from: &crate::crd::SecretKeyRef,
+    funding_spec: &crate::crd::miner::Funding,
     miners: &[Address],
 ) -> std::result::Result<funding::Funded, String> {
     let ns = m.namespace().unwrap_or_default();
-    let payer = crate::key_secret::read(&ctx.client, &ns, from, "Miner", "FundingKeyInvalid", None)
-        .await
-        .map_err(|e| e.to_string())?;
+    let payer = crate::key_secret::read(
+        &ctx.client,
+        &ns,
+        &funding_spec.from_secret,
+        "Miner",
+        "FundingKeyInvalid",
+        None,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let genesis = crate::network::identity::genesis_of(net, &ctx.client)
         .await
         .map_err(|e| e.to_string())?
@@ -309,14 +316,13 @@ async fn fund(
     };
     let validator_stake = children::validator_stake(m, net).unwrap_or(Amount::ZERO);
     let target = funding::target(stake, validator_stake, deposit, p.tx_fee);
-    let max_penalties = spec.funding.as_ref().map_or(0, |f| f.max_penalties);
     let sent = funding::fund(
         node,
         &payer,
         (&genesis.chain_id, p.tx_fee),
         miners,
         target,
-        max_penalties,
+        funding_spec.max_penalties,
     )
     .await;
     if let Err(e) = &sent {

@@ -15,12 +15,11 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use pot_protocol::Hash;
+use pot_protocol::task::MAX_DOWNLOAD;
 use sha2::{Digest, Sha256};
 
 use crate::crd::task::TrainingTaskSpec;
 
-/// The largest download hashed (the nodes accept the same).
-pub const MAX_DOWNLOAD: u64 = 2 * 1024 * 1024 * 1024;
 /// How long one download may take.
 pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -93,12 +92,21 @@ fn blobs(spec: &TrainingTaskSpec) -> Vec<(String, String, String)> {
 pub async fn check(spec: &TrainingTaskSpec) -> Report {
     let mut report = Report::default();
     for (field, locator, sha256) in blobs(spec) {
-        let finding = match offline(&locator, &sha256) {
+        let declared: Hash = match sha256.parse() {
+            Ok(h) => h,
+            Err(e) => {
+                report
+                    .mismatches
+                    .push(format!("{field}: sha256 {sha256:?}: {e}"));
+                continue;
+            }
+        };
+        let finding = match offline(&locator, &declared) {
             Some(f) => f,
             None => {
-                let (l, s) = (locator.clone(), sha256.clone());
+                let l = locator.clone();
                 let _turn = DOWNLOADS.acquire().await.expect("never closed");
-                tokio::task::spawn_blocking(move || download(&l, &s, MAX_DOWNLOAD))
+                tokio::task::spawn_blocking(move || download(&l, &declared, MAX_DOWNLOAD))
                     .await
                     .unwrap_or_else(|e| Finding::Unchecked(format!("the check panicked: {e}")))
             }
@@ -113,14 +121,10 @@ pub async fn check(spec: &TrainingTaskSpec) -> Report {
 }
 
 /// The finding for a locator that needs no download, or `None` for a URL.
-fn offline(locator: &str, sha256: &str) -> Option<Finding> {
-    let declared: Hash = match sha256.parse() {
-        Ok(h) => h,
-        Err(e) => return Some(Finding::Mismatch(format!("sha256 {sha256:?}: {e}"))),
-    };
+fn offline(locator: &str, declared: &Hash) -> Option<Finding> {
     if let Some(name) = locator.strip_prefix("builtin:") {
         return Some(match pot_protocol::task::builtin_dataset_sha256(name) {
-            Some(h) if h == declared => Finding::Matches,
+            Some(h) if h == *declared => Finding::Matches,
             Some(h) => Finding::Mismatch(format!(
                 "{locator} has SHA-256 {h}, the task says {declared}"
             )),
@@ -139,7 +143,7 @@ fn offline(locator: &str, sha256: &str) -> Option<Finding> {
     }
     if let Some(hex) = locator.strip_prefix("pot://") {
         return Some(match hex.parse::<Hash>() {
-            Ok(h) if h == declared => Finding::Matches,
+            Ok(h) if h == *declared => Finding::Matches,
             Ok(h) => Finding::Mismatch(format!(
                 "{locator} names blob {h}, the task says {declared}"
             )),
@@ -154,8 +158,8 @@ fn offline(locator: &str, sha256: &str) -> Option<Finding> {
     )))
 }
 
-/// Download `url` as a stream and compare its SHA-256 with `sha256`.
-fn download(url: &str, sha256: &str, limit: u64) -> Finding {
+/// Download `url` as a stream and compare its SHA-256 with `declared`.
+fn download(url: &str, declared: &Hash, limit: u64) -> Finding {
     // No redirects: the operator fetches the URL the task names and nowhere else.
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(DOWNLOAD_TIMEOUT))
@@ -180,12 +184,12 @@ fn download(url: &str, sha256: &str, limit: u64) -> Finding {
     if size > limit {
         return Finding::Unchecked(format!("{url}: larger than {limit} bytes"));
     }
-    let actual = hex::encode(hasher.finalize());
-    if actual == sha256 {
+    let actual = Hash(hasher.finalize().into());
+    if actual == *declared {
         Finding::Matches
     } else {
         Finding::Mismatch(format!(
-            "{url} ({size} bytes) has SHA-256 {actual}, the task says {sha256}"
+            "{url} ({size} bytes) has SHA-256 {actual}, the task says {declared}"
         ))
     }
 }
@@ -218,14 +222,21 @@ mod tests {
         format!("http://{addr}/data.csv")
     }
 
+    fn h(hex: &str) -> Hash {
+        hex.parse().unwrap()
+    }
+
     #[test]
     fn a_builtin_is_checked_against_the_protocols_hash() {
-        assert_eq!(offline("builtin:digits", DIGITS), Some(Finding::Matches));
-        let Some(Finding::Mismatch(why)) = offline("builtin:digits", OTHER) else {
+        assert_eq!(
+            offline("builtin:digits", &h(DIGITS)),
+            Some(Finding::Matches)
+        );
+        let Some(Finding::Mismatch(why)) = offline("builtin:digits", &h(OTHER)) else {
             panic!()
         };
         assert!(why.contains(DIGITS) && why.contains(OTHER), "{why}");
-        let Some(Finding::Unchecked(why)) = offline("builtin:cifar", DIGITS) else {
+        let Some(Finding::Unchecked(why)) = offline("builtin:cifar", &h(DIGITS)) else {
             panic!()
         };
         assert!(why.contains("builtin:digits, builtin:mnist-5k"), "{why}");
@@ -234,11 +245,11 @@ mod tests {
     #[test]
     fn a_pot_locator_must_name_the_declared_hash() {
         assert_eq!(
-            offline(&format!("pot://{DIGITS}"), DIGITS),
+            offline(&format!("pot://{DIGITS}"), &h(DIGITS)),
             Some(Finding::Matches)
         );
         assert!(matches!(
-            offline(&format!("pot://{OTHER}"), DIGITS),
+            offline(&format!("pot://{OTHER}"), &h(DIGITS)),
             Some(Finding::Mismatch(_))
         ));
     }
@@ -246,13 +257,16 @@ mod tests {
     #[test]
     fn a_download_is_hashed_and_compared() {
         let url = serve(b"1,2,3\n");
-        let right = hex::encode(Sha256::digest(b"1,2,3\n"));
+        let right = Hash::digest(b"1,2,3\n");
         assert_eq!(offline(&url, &right), None);
         assert_eq!(download(&url, &right, MAX_DOWNLOAD), Finding::Matches);
-        let Finding::Mismatch(why) = download(&url, OTHER, MAX_DOWNLOAD) else {
+        let Finding::Mismatch(why) = download(&url, &h(OTHER), MAX_DOWNLOAD) else {
             panic!()
         };
-        assert!(why.contains(&right) && why.contains("6 bytes"), "{why}");
+        assert!(
+            why.contains(&right.to_string()) && why.contains("6 bytes"),
+            "{why}"
+        );
         // Past the limit nothing is concluded.
         assert!(matches!(download(&url, &right, 5), Finding::Unchecked(_)));
     }
@@ -262,7 +276,10 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/x", l.local_addr().unwrap());
         drop(l);
-        assert!(matches!(download(&url, OTHER, 10), Finding::Unchecked(_)));
+        assert!(matches!(
+            download(&url, &h(OTHER), 10),
+            Finding::Unchecked(_)
+        ));
     }
 
     #[tokio::test]

@@ -11,8 +11,7 @@ use pot_protocol::Hash;
 use super::datasets::{BUILTINS, builtin};
 use crate::artifacts::BlobStore;
 
-/// Largest download accepted (a bound on what a malicious locator can make a node store).
-pub const MAX_DOWNLOAD: u64 = 2 * 1024 * 1024 * 1024;
+pub use pot_protocol::task::MAX_DOWNLOAD;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
