@@ -178,10 +178,20 @@ async fn a_task_finalizes_on_four_coordinators_through_pod_deletions_and_its_sta
     for i in 0..4 {
         let pod = pods.get(&format!("main-coordinator-{i}")).await.unwrap();
         let ip = pod.status.unwrap().pod_ip.unwrap();
-        let info = NodeClient::new(format!("http://{ip}:26657"))
-            .task(&id)
-            .await
-            .unwrap();
+        let coordinator = NodeClient::new(format!("http://{ip}:26657"));
+        // The operator read one node; this one may be a block or two behind it.
+        let info = eventually(
+            &format!("coordinator {i} to have finalized the task"),
+            Duration::from_secs(120),
+            || async {
+                coordinator
+                    .task(&id)
+                    .await
+                    .ok()
+                    .filter(|info| matches!(info.task.status, TaskStatus::Finalized(_)))
+            },
+        )
+        .await;
         let on_chain: BTreeSet<String> = info.task.claims.keys().map(|a| a.to_hex()).collect();
         let mirrored: BTreeSet<String> = status.claims.iter().map(|c| c.miner.clone()).collect();
         assert_eq!(on_chain, mirrored, "coordinator {i}'s claims");
@@ -330,6 +340,7 @@ async fn six_queued_tasks_scale_the_fleet_up_and_it_shrinks_back_without_killing
                 ("name: digits\n", &format!("name: digits-{i}\n")),
                 ("steps: 2000", "steps: 300"),
                 ("commit: 60", "commit: 120"),
+                ("reportCommit: 40", "reportCommit: 20"),
                 ("bounty: 5000", "bounty: 1000"),
             ],
         );
@@ -420,6 +431,35 @@ async fn six_queued_tasks_scale_the_fleet_up_and_it_shrinks_back_without_killing
             },
         )
         .await;
+    }
+    // The chain's word, not the pods': once every task is finalized, no key of the fleet was
+    // penalised — no claim rejected, and no validation it was assigned left unreported because
+    // its pod was removed.
+    for t in 0..6 {
+        let name = format!("digits-{t}");
+        let id = tasks.get(&name).await.unwrap().status.unwrap().task_id;
+        let id = id.unwrap().parse().unwrap();
+        eventually(
+            &format!("{name} finalized on chain"),
+            Duration::from_secs(600),
+            || async {
+                let info = chain.task(&id).await.ok()?;
+                matches!(info.task.status, TaskStatus::Finalized(_)).then_some(())
+            },
+        )
+        .await;
+    }
+    for m in seen.values() {
+        let Some(last) = &m.last else { continue };
+        let account = chain.account(&last.address).await.unwrap();
+        let r = &account.reputation;
+        assert_eq!(
+            (r.claims_rejected, r.reports_missed),
+            (0, 0),
+            "{} ({}) was penalised on chain: {r:?}",
+            m.name,
+            last.address
+        );
     }
 }
 

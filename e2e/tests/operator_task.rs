@@ -19,7 +19,8 @@ use serde_json::json;
 async fn a_task_is_submitted_once_and_followed_to_its_end() {
     let env = TestEnv::new("op-task").await;
     install_crds(&env).await;
-    let op = Operator::start(&env, "only", &[]).await;
+    // `any`: the test serves a dataset on loopback, which the default (`public`) never fetches.
+    let op = Operator::start(&env, "only", &["--data-check", "any"]).await;
     let nets: Api<PotNetwork> = env.api();
     let net: PotNetwork = serde_json::from_value(json!({
         "apiVersion": "pot.dev/v1alpha1", "kind": "PotNetwork",
@@ -67,6 +68,18 @@ async fn a_task_is_submitted_once_and_followed_to_its_end() {
             &["apply", "-n", &env.namespace, "-f", "-"],
             &serde_json::to_string(&bad).unwrap(),
         )
+        .unwrap();
+    // And one whose training set is downloaded (after the condition says it is being
+    // checked) and found to be other bytes than its hash says.
+    let mut bad_url = digits_training_task("bad-url", "chain", "chain-faucet");
+    bad_url["spec"]["task"]["dataset"]["locator"] = serve(b"0,1\n").into();
+    tasks
+        .patch(
+            "bad-url",
+            &PatchParams::apply("test"),
+            &Patch::Apply(&serde_json::from_value::<TrainingTask>(bad_url).unwrap()),
+        )
+        .await
         .unwrap();
     let ended = |name: &'static str| {
         let tasks = tasks.clone();
@@ -135,6 +148,20 @@ async fn a_task_is_submitted_once_and_followed_to_its_end() {
             .starts_with("task.dataset: builtin:digits has SHA-256 09f66e6d")
             && verified.message.contains(&"ab".repeat(32))
             && verified.message.contains("no bounty escrowed"),
+        "{}",
+        verified.message
+    );
+    let bad_url = ended("bad-url").await.status.unwrap();
+    assert_eq!(bad_url.phase, TaskPhase::Failed, "{:?}", bad_url.message);
+    assert!(bad_url.submit_nonce.is_none());
+    let verified = bad_url
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "DataVerified")
+        .expect("a DataVerified condition");
+    assert_eq!(verified.reason, "HashMismatch", "{}", verified.message);
+    assert!(
+        verified.message.contains("(4 bytes) has SHA-256"),
         "{}",
         verified.message
     );
@@ -221,4 +248,25 @@ async fn a_task_is_submitted_once_and_followed_to_its_end() {
         nonce_before,
         "the coordinator's key signed for a task"
     );
+}
+
+/// Serve `body` to every request on a loopback port; the URL of a file there.
+fn serve(body: &'static [u8]) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(body);
+        }
+    });
+    format!("http://{addr}/digits.csv")
 }

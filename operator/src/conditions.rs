@@ -13,7 +13,28 @@ pub struct Fact<'a> {
 
 /// Set `fact` in `conditions` (a list-map keyed by type) as of `generation`.
 pub fn set(conditions: &mut Vec<Condition>, fact: Fact<'_>, generation: Option<i64>, now: &Time) {
-    let status = if fact.holds { "True" } else { "False" }.to_string();
+    let status = if fact.holds { "True" } else { "False" };
+    put(conditions, fact, status, generation, now);
+}
+
+/// Set `fact` with status `Unknown` (still being found out; `fact.holds` is not read).
+pub fn set_unknown(
+    conditions: &mut Vec<Condition>,
+    fact: Fact<'_>,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    put(conditions, fact, "Unknown", generation, now);
+}
+
+fn put(
+    conditions: &mut Vec<Condition>,
+    fact: Fact<'_>,
+    status: &str,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let status = status.to_string();
     let new = Condition {
         type_: fact.type_.to_string(),
         status: status.clone(),

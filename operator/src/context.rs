@@ -31,6 +31,8 @@ pub struct Context {
     pub resync: Duration,
     /// Whether [`API_URL_ANNOTATION`] is honoured.
     pub allow_api_url_annotation: bool,
+    /// Which dataset URLs the TrainingTask controller downloads to check them.
+    pub data_check: crate::task::data_check::Fetch,
     /// When each object's status was last written (`kind/namespace/name`).
     status_written: Mutex<HashMap<String, Instant>>,
     /// Since when a condition has held without a break (a pod idle, a task missing), by key.
@@ -66,6 +68,7 @@ impl Context {
             metrics,
             resync,
             allow_api_url_annotation,
+            data_check: Default::default(),
             status_written: Default::default(),
             first_seen: Default::default(),
             networks: OnceLock::new(),

@@ -57,6 +57,11 @@ struct RunArgs {
     /// choose where the operator sends requests).
     #[arg(long, env = "POT_OPERATOR_ALLOW_API_URL_ANNOTATION")]
     allow_api_url_annotation: bool,
+    /// Which `http(s)://` dataset URLs are downloaded to check a TrainingTask's hashes before
+    /// it is submitted: `public` (hosts with public addresses only), `any` (also loopback,
+    /// private and cluster addresses: datasets inside the cluster), or `off`.
+    #[arg(long, env = "POT_OPERATOR_DATA_CHECK", value_enum, default_value_t)]
+    data_check: pot_operator::task::data_check::Fetch,
     /// One JSON object per log line (the default in pods).
     #[arg(long, env = "POT_LOG_JSON")]
     log_json: bool,
@@ -83,6 +88,7 @@ fn main() -> anyhow::Result<()> {
                 lease_duration: Duration::from_secs(args.lease_seconds),
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
                 allow_api_url_annotation: args.allow_api_url_annotation,
+                data_check: args.data_check,
             };
             let rt = tokio::runtime::Runtime::new()?;
             let outcome = rt.block_on(pot_operator::run::run(opts));

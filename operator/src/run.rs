@@ -49,6 +49,8 @@ pub struct Options {
     pub resync: Duration,
     /// Honour the `pot.dev/api-url` annotation (an operator outside the cluster).
     pub allow_api_url_annotation: bool,
+    /// Which dataset URLs are downloaded to check a TrainingTask's hashes.
+    pub data_check: crate::task::data_check::Fetch,
 }
 
 /// A Kubernetes client that counts its requests by method in `metrics`.
@@ -106,14 +108,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     info!(identity = %opts.identity, "leading: starting the controllers");
     metrics.leader.set(1);
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         metrics.clone(),
         opts.resync,
         opts.allow_api_url_annotation,
-    ));
+    );
+    ctx.data_check = opts.data_check;
+    let ctx = Arc::new(ctx);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let controllers = tokio::spawn(controllers(
+    let mut controllers = tokio::spawn(controllers(
         client.clone(),
         opts.namespace.clone(),
         ctx,
@@ -148,15 +152,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         return outcome;
     }
     // Reconciles in flight finish (the controllers stop taking new ones), then the Lease is
-    // released, so a standby takes it at its next try instead of after it expires.
-    if tokio::time::timeout(Duration::from_secs(20), controllers)
+    // released, so a standby takes it at its next try instead of after it expires. The waits
+    // add up to less than the chart's 30 s grace period; a reconcile still running then (a
+    // slow dataset download) is stopped before the Lease is let go, so no write of this
+    // replica can land after another leads.
+    if tokio::time::timeout(Duration::from_secs(15), &mut controllers)
         .await
         .is_err()
     {
-        warn!("controllers did not stop within 20 s");
+        warn!("controllers did not stop within 15 s; stopping them");
+        controllers.abort();
+        let _ = controllers.await;
     }
     drop(is_leader);
-    match tokio::time::timeout(Duration::from_secs(10), lease_task).await {
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
         Ok(Ok(Ok(manager))) => {
             match tokio::time::timeout(Duration::from_secs(5), manager.release()).await {
                 Ok(Ok(())) => {}

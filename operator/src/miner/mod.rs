@@ -468,13 +468,26 @@ fn observe(
         &now,
     );
     if let Some(f) = funding {
-        conditions::set(&mut status.conditions, funded_fact(f), generation, &now);
+        let names = Names::of(m);
+        let pod = |a: &Address| match addresses.iter().position(|x| x == a) {
+            Some(i) => format!("{} ({a})", names.pod(i)),
+            None => a.to_hex(),
+        };
+        conditions::set(
+            &mut status.conditions,
+            funded_fact(f, pod),
+            generation,
+            &now,
+        );
     }
     status
 }
 
-/// The `Funded` condition for a funding pass's outcome.
-fn funded_fact(outcome: std::result::Result<funding::Funded, String>) -> Fact<'static> {
+/// The `Funded` condition for a funding pass's outcome; `pod` names the pod of an address.
+fn funded_fact(
+    outcome: std::result::Result<funding::Funded, String>,
+    pod: impl Fn(&Address) -> String,
+) -> Fact<'static> {
     match outcome {
         Err(e) => Fact {
             type_: "Funded",
@@ -483,13 +496,13 @@ fn funded_fact(outcome: std::result::Result<funding::Funded, String>) -> Fact<'s
             message: e,
         },
         Ok(f) if !f.withheld.is_empty() => {
-            let pods: Vec<String> = f.withheld.iter().map(|a| a.to_hex()).collect();
+            let pods: Vec<String> = f.withheld.iter().map(pod).collect();
             Fact {
                 type_: "Funded",
                 holds: false,
                 reason: "PenalisedPodsWithheld",
                 message: format!(
-                    "not topping up {} (penalised more than funding.maxPenalties times on chain: find out why in its logs, then raise maxPenalties to fund it again); sent {} transfers to the others",
+                    "not topping up {} (its key was penalised more than funding.maxPenalties times on chain, counted over the key's life: rejected claims and unreported assignments; find out why in its logs, then raise maxPenalties to fund it again); sent {} transfers to the others",
                     pods.join(", "),
                     f.sent
                 ),
@@ -567,18 +580,22 @@ mod tests {
     #[test]
     fn the_funded_condition_names_the_pods_held_back() {
         let held = pot_protocol::SecretKey::from_seed([4; 32]).address();
-        let f = funded_fact(Ok(funding::Funded {
-            sent: 2,
-            withheld: vec![held],
-        }));
+        let f = funded_fact(
+            Ok(funding::Funded {
+                sent: 2,
+                withheld: vec![held],
+            }),
+            |a| format!("f-miner-3 ({a})"),
+        );
         assert!(!f.holds);
         assert_eq!(f.reason, "PenalisedPodsWithheld");
         assert!(
-            f.message.contains(&held.to_hex()) && f.message.contains("sent 2 transfers"),
+            f.message.contains(&format!("f-miner-3 ({held})"))
+                && f.message.contains("sent 2 transfers"),
             "{}",
             f.message
         );
-        let ok = funded_fact(Ok(funding::Funded::default()));
+        let ok = funded_fact(Ok(funding::Funded::default()), |a| a.to_hex());
         assert!(ok.holds && ok.reason == "ToppedUp");
     }
 

@@ -240,13 +240,26 @@ async fn step(
         // pass.
         // Checked once per generation: a pass that fails later (the chain unreachable) does not
         // download the data again.
-        let checked = status.conditions.iter().any(|c| {
-            c.type_ == "DataVerified"
-                && c.reason != "HashMismatch"
-                && c.observed_generation == tt.meta().generation
-        });
-        if !checked && !data_verified(tt, status).await {
-            return Ok(Onchain::Never);
+        let this_generation = |reason: &str| {
+            status.conditions.iter().any(|c| {
+                c.type_ == "DataVerified"
+                    && c.reason == reason
+                    && c.observed_generation == tt.meta().generation
+            })
+        };
+        let checked = ["HashesMatch", "NotChecked"]
+            .iter()
+            .any(|r| this_generation(r));
+        if !checked {
+            // A download may take minutes: first say so (the caller writes it), then check on
+            // the next pass.
+            if data_check::downloads(&tt.spec, ctx.data_check) && !this_generation(CHECKING) {
+                checking(tt, status);
+                return Ok(Onchain::Active);
+            }
+            if !data_verified(tt, ctx, status).await {
+                return Ok(Onchain::Never);
+            }
         }
         // The nonce after the check, which may have taken a while.
         let account = account_nonce(node, &me).await?;
@@ -329,10 +342,29 @@ async fn step(
     submit(tt, node, signer, &eval, &salt, nonce, status).await
 }
 
+/// The `DataVerified` reason while the task's data is being downloaded.
+const CHECKING: &str = "Checking";
+
+/// Say, before it starts, that the task's data is being downloaded to check it.
+fn checking(tt: &TrainingTask, status: &mut TrainingTaskStatus) {
+    conditions::set_unknown(
+        &mut status.conditions,
+        Fact {
+            type_: "DataVerified",
+            holds: false,
+            reason: CHECKING,
+            message: "downloading the task's data to check its SHA-256 before submitting".into(),
+        },
+        tt.meta().generation,
+        &now(),
+    );
+    status.message = Some("checking the task's data".into());
+}
+
 /// Check the task's data against its hashes before anything is signed (`data_check`), and
 /// say so in the `DataVerified` condition; a mismatch fails the task here.
-async fn data_verified(tt: &TrainingTask, status: &mut TrainingTaskStatus) -> bool {
-    let report = data_check::check(&tt.spec).await;
+async fn data_verified(tt: &TrainingTask, ctx: &Context, status: &mut TrainingTaskStatus) -> bool {
+    let report = data_check::check(&tt.spec, ctx.data_check).await;
     let (holds, reason) = match (report.mismatches.is_empty(), report.unchecked.is_empty()) {
         (false, _) => (false, "HashMismatch"),
         (true, false) => (false, "NotChecked"),
