@@ -22,9 +22,9 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::artifacts::net::ArtifactNet;
 use crate::artifacts::{BlobStore, wire::MAX_BLOB};
-use crate::chain::Chain;
 use crate::chain::mempool::AdmitError;
 use crate::chain::store::StoreError;
+use crate::chain::{Admission, Chain};
 use crate::consensus::status::EngineStatus;
 use crate::metrics::Metrics;
 use crate::p2p::TxGossip;
@@ -224,7 +224,7 @@ async fn submit_tx(
     let admitted = tokio::task::spawn_blocking(move || chain.submit(submitted))
         .await
         .map_err(internal)?;
-    let hash = admitted.map_err(|e| match e {
+    let admission = admitted.map_err(|e| match e {
         AdmitError::Invalid(e) => bad_request("tx_rejected", e),
         taken @ AdmitError::NonceTaken { .. } => bad_request("tx_rejected", taken),
         busy @ AdmitError::SenderFull { .. } => Error(
@@ -238,10 +238,14 @@ async fn submit_tx(
             full.to_string(),
         ),
     })?;
-    if let Some(g) = &api.gossip {
+    // Only what this node admitted now is gossiped: a client's retry of a held or decided
+    // transaction is not sent around the network again.
+    if let (Some(g), Admission::New(_)) = (&api.gossip, admission) {
         g.publish(&stx);
     }
-    Ok(Json(Submitted { hash }))
+    Ok(Json(Submitted {
+        hash: admission.hash(),
+    }))
 }
 
 async fn tx_status(

@@ -7,9 +7,12 @@
 //! Transactions admitted within [`FLUSH_AFTER`] of each other travel as one message (a batch,
 //! [`encode_batch`]): under load a message per transaction cost a frame, an encryption and a
 //! write per peer each, which took more of a coordinator's CPU than checking the signatures.
-//! A batch is judged whole: forwarded if any of its transactions is in the mempool here, its
-//! sender penalised if any is malformed or forged (an honest coordinator forwards only what
-//! it checked).
+//! A batch is judged whole: forwarded as it is only if every transaction in it was new here
+//! and admitted; rejected if it does not decode or holds a forged signature (an honest
+//! coordinator sends only what it checked); otherwise ignored, and the transactions it did
+//! bring that were new here go out again in this node's own next batch. So a batch padded with
+//! decided, invalid or repeated transactions stops at the first honest coordinator, and
+//! carries on only what that coordinator admitted.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,15 +27,16 @@ use pot_protocol::{Hash, SignedTx};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::chain::Chain;
 use crate::chain::mempool::AdmitError;
+use crate::chain::{Admission, Chain};
 
 /// How often peers that are not connected are dialled again.
 const REDIAL_EVERY: Duration = Duration::from_secs(2);
 /// Transactions waiting to be published before the API is told to slow down.
 const OUTBOX: usize = 10_000;
-/// Received messages admitted together, their signatures verified in one batch.
-const BATCH: usize = 256;
+/// Received transactions admitted together (a round), their signatures verified in one batch:
+/// more wait in the swarm (and its bounded queues) until the round is judged.
+const ROUND_TXS: usize = 4096;
 /// How long an admitted transaction may wait for others to share its message.
 const FLUSH_AFTER: Duration = Duration::from_millis(5);
 /// A batch's size at most, in bytes of transactions (each at most `MAX_TX_BYTES`).
@@ -113,15 +117,16 @@ async fn run(
 ) -> anyhow::Result<()> {
     let mut connected: HashSet<Multiaddr> = HashSet::new();
     let mut redial = tokio::time::interval(REDIAL_EVERY);
-    // Messages received and not yet judged: admitted as a batch once no more are waiting (or
-    // the batch is full), off the async threads.
+    // Messages received and not yet judged: admitted in one round once no more are waiting
+    // (or the round is full), off the async threads.
     let mut received: Vec<Received> = Vec::new();
+    let mut round_txs = 0;
     // Transactions to publish as one message, and when they go at the latest.
     let mut outgoing = Outgoing::default();
     loop {
         tokio::select! {
             biased;
-            event = swarm.select_next_some(), if received.len() < BATCH => match event {
+            event = swarm.select_next_some(), if round_txs < ROUND_TXS => match event {
                 SwarmEvent::ConnectionEstablished { endpoint, .. } if endpoint.is_dialer() => {
                     connected.insert(endpoint.get_remote_address().clone());
                 }
@@ -132,11 +137,16 @@ async fn run(
                     propagation_source,
                     message_id,
                     message,
-                }) => received.push(Received {
-                    source: propagation_source,
-                    id: message_id,
-                    data: message.data,
-                }),
+                }) => {
+                    let txs = decode_batch(&message.data);
+                    // An undecodable message still counts, so a flood of them fills a round.
+                    round_txs += txs.as_ref().map_or(1, Vec::len);
+                    received.push(Received {
+                        source: propagation_source,
+                        id: message_id,
+                        txs,
+                    });
+                }
                 _ => {}
             },
             Some(bytes) = inbox.recv() => {
@@ -161,12 +171,19 @@ async fn run(
             }
             () = std::future::ready(()), if !received.is_empty() => {
                 let batch = std::mem::take(&mut received);
+                round_txs = 0;
                 let chain = chain.clone();
-                let judged = tokio::task::spawn_blocking(move || admit(&chain, batch)).await?;
+                let (judged, relay) =
+                    tokio::task::spawn_blocking(move || admit(&chain, batch)).await?;
                 for (r, verdict) in judged {
                     swarm
                         .behaviour_mut()
                         .report_message_validation_result(&r.id, &r.source, verdict);
+                }
+                for tx in relay {
+                    if outgoing.push(tx) {
+                        publish(&mut swarm, &topic, outgoing.take());
+                    }
                 }
             }
         }
@@ -226,14 +243,17 @@ fn encode_batch(txs: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-/// The transactions of a batch, or `None` if it is not one: empty, cut short, or holding a
+/// The transactions of a batch, or `None` if it is not one: empty, cut short, larger than
+/// this node would send (more than [`MAX_BATCH_BYTES`] of transactions), or holding a
 /// transaction that is too long or does not decode.
 fn decode_batch(mut data: &[u8]) -> Option<Vec<SignedTx>> {
     let mut txs = Vec::new();
+    let mut total = 0;
     while !data.is_empty() {
         let (len, rest) = data.split_first_chunk::<4>()?;
         let len = u32::from_le_bytes(*len) as usize;
-        if len > limits::MAX_TX_BYTES || len > rest.len() {
+        total += len;
+        if len > limits::MAX_TX_BYTES || len > rest.len() || total > MAX_BATCH_BYTES {
             return None;
         }
         let (tx, rest) = rest.split_at(len);
@@ -243,48 +263,66 @@ fn decode_batch(mut data: &[u8]) -> Option<Vec<SignedTx>> {
     (!txs.is_empty()).then_some(txs)
 }
 
-/// A gossiped message waiting for its verdict.
+/// A gossiped message waiting for its verdict, and its transactions (`None`: not a batch).
 struct Received {
     source: libp2p::PeerId,
     id: gossipsub::MessageId,
-    data: Vec<u8>,
+    txs: Option<Vec<SignedTx>>,
 }
 
-/// Admit the transactions of gossiped messages, their signatures checked in one batch. A
-/// message that does not decode, or holds a forged transaction, is rejected (the peer that
-/// sent it is penalised); one with a transaction admitted here (or held already) is
-/// forwarded; one whose transactions merely do not apply here now (a nonce this mempool has
-/// not reached, a full pool) is ignored, not forwarded.
-fn admit(chain: &Chain, messages: Vec<Received>) -> Vec<(Received, MessageAcceptance)> {
-    let decoded: Vec<Option<Vec<SignedTx>>> =
-        messages.iter().map(|r| decode_batch(&r.data)).collect();
-    let all: Vec<SignedTx> = decoded.iter().flatten().flatten().cloned().collect();
-    let mut verdicts = chain.submit_batch(all).into_iter();
-    messages
+/// Admit the transactions of gossiped messages, their signatures checked in one batch; each
+/// message's verdict (see [`verdict`]), and the encoded transactions new here that arrived in
+/// messages not forwarded as they are, for this node's next batch.
+fn admit(
+    chain: &Chain,
+    messages: Vec<Received>,
+) -> (Vec<(Received, MessageAcceptance)>, Vec<Vec<u8>>) {
+    let all: Vec<SignedTx> = messages
+        .iter()
+        .filter_map(|r| r.txs.as_ref())
+        .flatten()
+        .cloned()
+        .collect();
+    let mut results = chain.submit_batch(all).into_iter();
+    let mut relay = Vec::new();
+    let judged = messages
         .into_iter()
-        .zip(decoded)
-        .map(|(r, txs)| {
-            let Some(txs) = txs else {
+        .map(|r| {
+            let Some(txs) = &r.txs else {
                 return (r, MessageAcceptance::Reject);
             };
-            let (mut forged, mut held) = (false, false);
-            for _ in &txs {
-                match verdicts.next().expect("one verdict per transaction") {
-                    Err(AdmitError::Invalid(pot_protocol::TxError::BadSignature(_))) => {
-                        forged = true;
+            let mine: Vec<_> = results.by_ref().take(txs.len()).collect();
+            let verdict = verdict(&mine);
+            if matches!(verdict, MessageAcceptance::Ignore) {
+                for (tx, result) in txs.iter().zip(&mine) {
+                    if let Ok(Admission::New(_)) = result {
+                        relay.push(tx.encode());
                     }
-                    Ok(_) => held = true,
-                    Err(_) => {}
                 }
             }
-            let verdict = match (forged, held) {
-                (true, _) => MessageAcceptance::Reject,
-                (false, true) => MessageAcceptance::Accept,
-                (false, false) => MessageAcceptance::Ignore,
-            };
             (r, verdict)
         })
-        .collect()
+        .collect();
+    (judged, relay)
+}
+
+/// A message's verdict from its transactions' admissions: rejected (its sender penalised) if
+/// one is forged; forwarded as it is only if every one was new here and admitted; else
+/// ignored — a batch padded with decided, invalid or repeated transactions goes no further.
+fn verdict(results: &[Result<Admission, AdmitError>]) -> MessageAcceptance {
+    let forged = results.iter().any(|r| {
+        matches!(
+            r,
+            Err(AdmitError::Invalid(pot_protocol::TxError::BadSignature(_)))
+        )
+    });
+    if forged {
+        MessageAcceptance::Reject
+    } else if results.iter().all(|r| matches!(r, Ok(Admission::New(_)))) {
+        MessageAcceptance::Accept
+    } else {
+        MessageAcceptance::Ignore
+    }
 }
 
 #[cfg(test)]
@@ -325,6 +363,47 @@ mod tests {
         long.resize(4 + limits::MAX_TX_BYTES + 1, 0);
         assert_eq!(decode_batch(&long), None);
         assert_eq!(decode_batch(&encode_batch(&[vec![1, 2, 3]])), None);
+    }
+
+    #[test]
+    fn a_batch_is_forwarded_as_it_is_only_if_every_transaction_was_new_here() {
+        let h = |b| Hash([b; 32]);
+        let new = || Ok(Admission::New(h(1)));
+        let forged = || {
+            let key = SecretKey::from_seed([9; 32]).address();
+            Err(AdmitError::Invalid(pot_protocol::TxError::BadSignature(
+                pot_protocol::crypto::SignatureError::Invalid(key),
+            )))
+        };
+        let full = || {
+            Err(AdmitError::SenderFull {
+                signer: SecretKey::from_seed([9; 32]).address(),
+                count: 16,
+                max: 16,
+            })
+        };
+        let accept =
+            |r: &[Result<Admission, AdmitError>]| matches!(verdict(r), MessageAcceptance::Accept);
+        let reject =
+            |r: &[Result<Admission, AdmitError>]| matches!(verdict(r), MessageAcceptance::Reject);
+        assert!(accept(&[new(), new()]));
+        // One decided (or held, or repeated) transaction padding junk: not forwarded, so a
+        // stranger cannot make honest coordinators carry it around the network.
+        assert!(!accept(&[Ok(Admission::Known(h(2))), full(), full()]));
+        assert!(!reject(&[Ok(Admission::Known(h(2))), full(), full()]));
+        assert!(!accept(&[new(), Ok(Admission::Known(h(1)))]));
+        // A transaction of a sender that has no room here is not verified: not forwarded
+        // either, so no honest relayer is ever penalised for it further on.
+        assert!(!accept(&[new(), full()]));
+        assert!(reject(&[new(), forged()]));
+    }
+
+    #[test]
+    fn a_batch_larger_than_a_node_sends_is_refused() {
+        let one = tx(0).encode();
+        let n = MAX_BATCH_BYTES / one.len() + 1;
+        let wire = encode_batch(&vec![one; n]);
+        assert_eq!(decode_batch(&wire), None);
     }
 
     #[test]

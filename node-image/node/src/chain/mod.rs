@@ -33,6 +33,23 @@ pub fn now_ms() -> u64 {
 }
 
 /// Why a proposed block is not voted for.
+/// A transaction this node holds after a submission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Admitted now: this node should pass it on.
+    New(Hash),
+    /// Held or decided already (or repeated in the same batch): nothing to pass on.
+    Known(Hash),
+}
+
+impl Admission {
+    pub fn hash(&self) -> Hash {
+        match self {
+            Admission::New(h) | Admission::Known(h) => *h,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposalError {
     #[error("block is at height {got}, the next height is {expected}")]
@@ -192,25 +209,34 @@ impl Chain {
     /// Admit a transaction to the mempool. Its signature is verified outside the mempool's
     /// lock, so a flood of submissions never holds up block building or other submitters.
     /// Blocking work (call it from a blocking thread in async code).
-    pub fn submit(&self, stx: SignedTx) -> Result<Hash, AdmitError> {
+    pub fn submit(&self, stx: SignedTx) -> Result<Admission, AdmitError> {
         if let Some(hash) = self.decided_or_held(&stx)? {
-            return Ok(hash);
+            return Ok(Admission::Known(hash));
         }
         let vtx = VerifiedTx::new(stx)?;
         self.mempool
             .lock()
             .expect("mempool lock")
             .admit_checked(vtx)
+            .map(Admission::New)
     }
 
     /// Admit many transactions (a gossip burst), their signatures verified in one batch;
-    /// each gets the verdict `submit` would give it.
-    pub fn submit_batch(&self, txs: Vec<SignedTx>) -> Vec<Result<Hash, AdmitError>> {
-        let mut verdicts: Vec<Option<Result<Hash, AdmitError>>> = Vec::with_capacity(txs.len());
+    /// each gets the verdict `submit` would give it. A transaction repeated in `txs` is
+    /// verified once: its repeats are `Known`.
+    pub fn submit_batch(&self, txs: Vec<SignedTx>) -> Vec<Result<Admission, AdmitError>> {
+        let mut verdicts: Vec<Option<Result<Admission, AdmitError>>> =
+            Vec::with_capacity(txs.len());
         let mut to_verify = Vec::new();
+        let mut seen = HashSet::with_capacity(txs.len());
         for stx in txs {
+            let hash = stx.hash();
+            if !seen.insert(hash) {
+                verdicts.push(Some(Ok(Admission::Known(hash))));
+                continue;
+            }
             match self.decided_or_held(&stx) {
-                Ok(Some(hash)) => verdicts.push(Some(Ok(hash))),
+                Ok(Some(hash)) => verdicts.push(Some(Ok(Admission::Known(hash)))),
                 Err(e) => verdicts.push(Some(Err(e))),
                 Ok(None) => {
                     verdicts.push(None);
@@ -225,7 +251,7 @@ impl Chain {
             .map(|v| match v {
                 Some(v) => v,
                 None => match verified.next().expect("one verdict per transaction") {
-                    Ok(vtx) => m.admit_checked(vtx),
+                    Ok(vtx) => m.admit_checked(vtx).map(Admission::New),
                     Err(e) => Err(AdmitError::Invalid(e)),
                 },
             })
@@ -421,6 +447,44 @@ mod tests {
         };
         chain.commit(&block, &commit, Some(after)).unwrap();
         block
+    }
+
+    #[test]
+    fn a_submission_says_whether_it_was_new_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, key) = funded_chain(dir.path());
+        let tx = |nonce| {
+            Tx {
+                chain_id: "t".into(),
+                signer: key.address(),
+                nonce,
+                fee: Amount(1_000),
+                body: TxBody::Transfer {
+                    to: key.address(),
+                    amount: Amount(1),
+                },
+            }
+            .sign(&key)
+        };
+        let (a, b) = (tx(0), tx(1));
+        // Repeated in one batch: admitted once, the repeat known (and not verified again).
+        let got = chain.submit_batch(vec![a.clone(), a.clone(), b.clone()]);
+        assert_eq!(
+            got,
+            vec![
+                Ok(Admission::New(a.hash())),
+                Ok(Admission::Known(a.hash())),
+                Ok(Admission::New(b.hash())),
+            ]
+        );
+        // Held already, then decided: known, so never gossiped again.
+        assert_eq!(chain.submit(a.clone()), Ok(Admission::Known(a.hash())));
+        next_block(&chain, &key);
+        assert_eq!(chain.submit(a.clone()), Ok(Admission::Known(a.hash())));
+        assert_eq!(
+            chain.submit(tx(2)).map(|a| matches!(a, Admission::New(_))),
+            Ok(true)
+        );
     }
 
     #[test]
