@@ -5,7 +5,7 @@
 //! their senders, so messages are anonymous and identified by their content's hash.
 //!
 //! Transactions admitted within [`FLUSH_AFTER`] of each other travel as one message (a batch,
-//! [`encode_batch`]): under load a message per transaction cost a frame, an encryption and a
+//! [`frame`]): under load a message per transaction cost a frame, an encryption and a
 //! write per peer each, which took more of a coordinator's CPU than checking the signatures.
 //! A batch is judged whole: forwarded as it is only if every transaction in it was new here
 //! and admitted; rejected if it does not decode or holds a forged signature (an honest
@@ -190,11 +190,11 @@ async fn run(
     }
 }
 
-/// Transactions waiting to be published together.
+/// Transactions waiting to be published together, framed as they arrive (the message's
+/// bytes, so a flush copies nothing).
 #[derive(Default)]
 struct Outgoing {
-    txs: Vec<Vec<u8>>,
-    bytes: usize,
+    batch: Vec<u8>,
     /// When they go at the latest: [`FLUSH_AFTER`] after the first.
     due: Option<tokio::time::Instant>,
 }
@@ -204,15 +204,12 @@ impl Outgoing {
     fn push(&mut self, tx: Vec<u8>) -> bool {
         self.due
             .get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_AFTER);
-        self.bytes += tx.len();
-        self.txs.push(tx);
-        self.bytes + limits::MAX_TX_BYTES > MAX_BATCH_BYTES
+        frame(&mut self.batch, &tx);
+        self.batch.len() + 4 + limits::MAX_TX_BYTES > MAX_BATCH_BYTES
     }
 
     fn take(&mut self) -> Vec<u8> {
-        let batch = encode_batch(&self.txs);
-        *self = Outgoing::default();
-        batch
+        std::mem::take(self).batch
     }
 }
 
@@ -232,15 +229,21 @@ fn publish(swarm: &mut Swarm<Behaviour>, topic: &IdentTopic, batch: Vec<u8>) {
     }
 }
 
-/// A batch on the wire: each encoded transaction as a little-endian `u32` length and its
-/// bytes.
+/// A batch of `txs` as [`Outgoing`] builds it.
+#[cfg(test)]
 fn encode_batch(txs: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(txs.iter().map(|t| 4 + t.len()).sum());
+    let mut out = Vec::new();
     for tx in txs {
-        out.extend_from_slice(&(tx.len() as u32).to_le_bytes());
-        out.extend_from_slice(tx);
+        frame(&mut out, tx);
     }
     out
+}
+
+/// Append one encoded transaction to a batch. A batch on the wire: each encoded transaction
+/// as a little-endian `u32` length and its bytes.
+fn frame(batch: &mut Vec<u8>, tx: &[u8]) {
+    batch.extend_from_slice(&(tx.len() as u32).to_le_bytes());
+    batch.extend_from_slice(tx);
 }
 
 /// The transactions of a batch, or `None` if it is not one: empty, cut short, larger than
@@ -417,10 +420,14 @@ mod tests {
         while !out.push(one.clone()) {
             pushes += 1;
         }
-        assert!(out.bytes <= MAX_BATCH_BYTES, "{} bytes", out.bytes);
+        assert!(
+            out.batch.len() <= MAX_BATCH_BYTES,
+            "{} bytes",
+            out.batch.len()
+        );
         assert!(pushes > 100, "full after {pushes}");
         let wire = out.take();
         assert_eq!(decode_batch(&wire).map(|t| t.len()), Some(pushes + 1));
-        assert!(out.due.is_none() && out.txs.is_empty() && out.bytes == 0);
+        assert!(out.due.is_none() && out.batch.is_empty());
     }
 }
