@@ -22,6 +22,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::artifacts::net::ArtifactNet;
 use crate::artifacts::{BlobStore, wire::MAX_BLOB};
+use crate::chain::admission::{Admitter, Unjudged};
 use crate::chain::mempool::AdmitError;
 use crate::chain::store::StoreError;
 use crate::chain::{Admission, Chain};
@@ -39,6 +40,8 @@ pub const HTTP_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Clone)]
 pub struct Api {
     pub chain: Arc<Chain>,
+    /// Admits submissions in batches (see `chain::admission`).
+    pub admitter: Admitter,
     pub metrics: Arc<Metrics>,
     /// Where admitted transactions go on to the other coordinators (none on a lone node).
     pub gossip: Option<TxGossip>,
@@ -217,13 +220,20 @@ async fn submit_tx(
     let bytes = hex::decode(body.tx.trim())
         .map_err(|e| bad_request("bad_hex", format!("tx is not hex: {e}")))?;
     let stx = SignedTx::decode(&bytes).map_err(|e| bad_request("bad_encoding", e))?;
-    // Verifying the signature and replaying it on the pending state is CPU work: off the async
-    // threads.
-    let chain = api.chain.clone();
-    let submitted = stx.clone();
-    let admitted = tokio::task::spawn_blocking(move || chain.submit(submitted))
+    // Verifying the signature and replaying it on the pending state is CPU work: done off the
+    // async threads, together with whatever else was submitted meanwhile.
+    let admitted = api
+        .admitter
+        .submit(stx.clone())
         .await
-        .map_err(internal)?;
+        .map_err(|e| match e {
+            busy @ Unjudged::Busy => Error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "admission_busy",
+                busy.to_string(),
+            ),
+            stopped @ Unjudged::Stopped => internal(stopped),
+        })?;
     let admission = admitted.map_err(|e| match e {
         AdmitError::Invalid(e) => bad_request("tx_rejected", e),
         taken @ AdmitError::NonceTaken { .. } => bad_request("tx_rejected", taken),

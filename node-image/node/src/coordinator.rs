@@ -14,6 +14,7 @@ use crate::api::{self, Api};
 use crate::artifacts::BlobStore;
 use crate::artifacts::net::ArtifactNet;
 use crate::chain::Chain;
+use crate::chain::admission::Admitter;
 use crate::chain::mempool::Limits;
 use crate::consensus::{self, EngineConfig};
 use crate::metrics::Metrics;
@@ -111,6 +112,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         None => None,
     };
     let router = api::router(Api {
+        admitter: Admitter::start(chain.clone()).context("starting the admission thread")?,
         chain: chain.clone(),
         metrics: metrics.clone(),
         gossip,

@@ -79,10 +79,25 @@ impl Address {
     }
 
     /// The public key as a curve point, if it is one signatures can be checked under: a
-    /// canonical encoding of a point not of small order.
+    /// canonical encoding of a point not of small order. Decompressing takes a field square
+    /// root, as much work as a fifth of a batch item, and a busy chain sees the same senders
+    /// again and again, so valid keys are remembered per thread ([`KEY_CACHE`]).
     fn point(&self) -> Option<EdwardsPoint> {
+        if let Some(a) = KEY_CACHE.with_borrow(|c| c.get(&self.0).copied()) {
+            return Some(a);
+        }
         let a = decompress_canonical(&self.0)?;
-        (!a.is_small_order()).then_some(a)
+        if a.is_small_order() {
+            return None;
+        }
+        KEY_CACHE.with_borrow_mut(|c| {
+            // Bounded: a stranger who signs with fresh keys only empties it now and then.
+            if c.len() >= KEY_CACHE_ENTRIES {
+                c.clear();
+            }
+            c.insert(self.0, a);
+        });
+        Some(a)
     }
 
     /// A short form for logs and tables.
@@ -108,6 +123,16 @@ impl fmt::Debug for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Address({})", self.short())
     }
+}
+
+/// Valid public keys each thread decompressed lately, at most this many (about 200 bytes each).
+const KEY_CACHE_ENTRIES: usize = 1024;
+
+thread_local! {
+    /// Only keys [`Address::point`] accepted go in, keyed by their exact bytes, so a cached
+    /// answer is the one decompressing again would give.
+    static KEY_CACHE: std::cell::RefCell<std::collections::HashMap<[u8; 32], EdwardsPoint>> =
+        std::cell::RefCell::default();
 }
 
 /// A secret signing key. Debug output never shows the secret.
@@ -205,16 +230,20 @@ fn decompress_canonical(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
 /// Checks `[8](Σ zᵢ(Rᵢ + kᵢAᵢ) − (Σ zᵢsᵢ)B) = 0` for random 128-bit zᵢ: the cofactored form
 /// of the single equation, so a torsion component in any Rᵢ or Aᵢ changes no verdict, however
 /// the zᵢ fall.
+///
+/// The terms of one signer share a point: `Σ zᵢkᵢAᵢ` is summed per distinct A into one
+/// coefficient (the same equation), so a batch of n signatures from m senders is a
+/// multiscalar multiplication of n + m + 1 points, not 2n + 1.
 pub fn verify_batch(items: &[(Address, &[u8], Signature)]) -> bool {
     let mut z_bytes = vec![0u8; 16 * items.len()];
     getrandom_fill(&mut z_bytes);
     let mut scalars = Vec::with_capacity(2 * items.len() + 1);
     let mut points = Vec::with_capacity(2 * items.len() + 1);
+    // Where each signer's coefficient sits in `scalars`.
+    let mut signer_at: std::collections::HashMap<Address, usize> =
+        std::collections::HashMap::with_capacity(items.len());
     let mut b = Scalar::ZERO;
     for ((address, msg, sig), z) in items.iter().zip(z_bytes.chunks_exact(16)) {
-        let Some(a) = address.point() else {
-            return false;
-        };
         let Some((r, s)) = sig.parts() else {
             return false;
         };
@@ -222,8 +251,18 @@ pub fn verify_batch(items: &[(Address, &[u8], Signature)]) -> bool {
         b += z * s;
         scalars.push(z);
         points.push(r);
-        scalars.push(z * challenge(sig, address, msg));
-        points.push(a);
+        let zk = z * challenge(sig, address, msg);
+        match signer_at.get(address) {
+            Some(&at) => scalars[at] += zk,
+            None => {
+                let Some(a) = address.point() else {
+                    return false;
+                };
+                signer_at.insert(*address, scalars.len());
+                scalars.push(zk);
+                points.push(a);
+            }
+        }
     }
     scalars.push(-b);
     points.push(ED25519_BASEPOINT_POINT);
@@ -447,6 +486,66 @@ mod tests {
             // batch would cancel only for some of them gets the same verdict every time.
             for _ in 0..16 {
                 assert_eq!(verify_batch(&items), valid, "{name}");
+            }
+        }
+    }
+
+    /// A signer's terms are summed into one coefficient: still one verdict per signature, so
+    /// one bad signature among many good ones by the same key (or a good one moved to another
+    /// of its messages) fails the batch.
+    #[test]
+    fn a_batch_of_one_signers_many_messages_checks_each() {
+        let k = SecretKey::from_seed([21; 32]);
+        let other = SecretKey::from_seed([22; 32]);
+        let msgs: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 40]).collect();
+        let mut items: Vec<(Address, &[u8], Signature)> = msgs
+            .iter()
+            .map(|m| (k.address(), m.as_slice(), k.sign(m)))
+            .collect();
+        items.push((other.address(), &msgs[0], other.sign(&msgs[0])));
+        assert!(verify_batch(&items));
+        let swapped = {
+            let mut v = items.clone();
+            v[5].2 = items[6].2;
+            v
+        };
+        let by_other = {
+            let mut v = items.clone();
+            v[2].2 = other.sign(&msgs[2]);
+            v
+        };
+        let dropped = {
+            let mut v = items.clone();
+            v[7].2.0[40] ^= 1;
+            v
+        };
+        for bad in [swapped, by_other, dropped] {
+            for _ in 0..8 {
+                assert!(!verify_batch(&bad));
+            }
+        }
+    }
+
+    #[test]
+    fn a_remembered_key_gives_the_verdict_a_fresh_one_would() {
+        let k = SecretKey::from_seed([23; 32]);
+        let sig = k.sign(b"m");
+        // First sight decompresses and remembers; the second is answered from the cache.
+        assert_eq!(k.address().verify(b"m", &sig), Ok(()));
+        assert_eq!(k.address().verify(b"m", &sig), Ok(()));
+        assert!(k.address().verify(b"n", &sig).is_err());
+        // Filling the cache past its bound empties it; verdicts do not change.
+        for i in 0..(KEY_CACHE_ENTRIES as u32 + 8) {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            seed[31] = 0x5a;
+            assert!(SecretKey::from_seed(seed).address().point().is_some());
+        }
+        assert!(KEY_CACHE.with_borrow(|c| c.len() <= KEY_CACHE_ENTRIES));
+        assert_eq!(k.address().verify(b"m", &sig), Ok(()));
+        for (name, key, sig, valid) in kinds() {
+            for _ in 0..2 {
+                assert_eq!(key.verify(b"the message", &sig).is_ok(), valid, "{name}");
             }
         }
     }

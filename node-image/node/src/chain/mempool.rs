@@ -171,7 +171,7 @@ impl Mempool {
 
     /// Admit a transaction. Submitting one that is already pending or queued is not an error.
     pub fn admit(&mut self, stx: SignedTx) -> Result<Hash, AdmitError> {
-        if let Some(hash) = self.precheck(&stx)? {
+        if let Some(hash) = self.precheck(&stx, stx.hash())? {
             return Ok(hash);
         }
         let vtx = VerifiedTx::new(stx)?;
@@ -180,9 +180,10 @@ impl Mempool {
 
     /// The checks that come before a signature is verified, cheap enough to make under the
     /// mempool's lock: `Some(hash)` when the transaction is held already, an error when its
-    /// sender has no room. The signature is then verified without the lock.
-    pub fn precheck(&self, stx: &SignedTx) -> Result<Option<Hash>, AdmitError> {
-        let hash = stx.hash();
+    /// sender has no room. The signature is then verified without the lock. `hash` is
+    /// `stx.hash()`, which the caller has already.
+    pub fn precheck(&self, stx: &SignedTx, hash: Hash) -> Result<Option<Hash>, AdmitError> {
+        debug_assert_eq!(hash, stx.hash());
         if self.hashes.contains(&hash) || self.queued_hashes.contains_key(&hash) {
             return Ok(Some(hash));
         }
@@ -201,7 +202,7 @@ impl Mempool {
     /// Admit a transaction whose signature was verified (the pool may have changed since its
     /// precheck, so that is made again).
     pub fn admit_checked(&mut self, vtx: VerifiedTx) -> Result<Hash, AdmitError> {
-        if let Some(hash) = self.precheck(vtx.tx())? {
+        if let Some(hash) = self.precheck(vtx.tx(), vtx.hash())? {
             return Ok(hash);
         }
         let since = self.pending_state.tip.height;

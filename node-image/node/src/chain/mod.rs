@@ -3,6 +3,7 @@
 //! snapshots and submits transactions. Each is a short critical section; nothing here knows
 //! about the consensus engine.
 
+pub mod admission;
 pub mod follow;
 pub mod mempool;
 pub mod store;
@@ -229,18 +230,27 @@ impl Chain {
             Vec::with_capacity(txs.len());
         let mut to_verify = Vec::new();
         let mut seen = HashSet::with_capacity(txs.len());
-        for stx in txs {
-            let hash = stx.hash();
-            if !seen.insert(hash) {
-                verdicts.push(Some(Ok(Admission::Known(hash))));
-                continue;
-            }
-            match self.decided_or_held(&stx) {
-                Ok(Some(hash)) => verdicts.push(Some(Ok(Admission::Known(hash)))),
-                Err(e) => verdicts.push(Some(Err(e))),
-                Ok(None) => {
-                    verdicts.push(None);
-                    to_verify.push(stx);
+        let hashes: Vec<Hash> = txs.iter().map(SignedTx::hash).collect();
+        // Decided already? One read of the store for the whole batch; a read that fails
+        // only means the transaction is checked as if new (its nonce then refuses a replay).
+        let decided = self
+            .store
+            .tx_locations(&hashes)
+            .unwrap_or_else(|_| vec![None; hashes.len()]);
+        {
+            let m = self.mempool.lock().expect("mempool lock");
+            for ((stx, hash), decided) in txs.into_iter().zip(hashes).zip(decided) {
+                if !seen.insert(hash) || decided.is_some() {
+                    verdicts.push(Some(Ok(Admission::Known(hash))));
+                    continue;
+                }
+                match m.precheck(&stx, hash) {
+                    Ok(Some(hash)) => verdicts.push(Some(Ok(Admission::Known(hash)))),
+                    Err(e) => verdicts.push(Some(Err(e))),
+                    Ok(None) => {
+                        verdicts.push(None);
+                        to_verify.push(stx);
+                    }
                 }
             }
         }
@@ -267,7 +277,10 @@ impl Chain {
             // that retries.
             return Ok(Some(hash));
         }
-        self.mempool.lock().expect("mempool lock").precheck(stx)
+        self.mempool
+            .lock()
+            .expect("mempool lock")
+            .precheck(stx, hash)
     }
 
     pub fn tx_status(&self, hash: &Hash) -> Result<Option<TxStatus>, StoreError> {

@@ -290,6 +290,16 @@ impl Store {
             .map(|v| v.value()))
     }
 
+    /// `tx_location` of each of `hashes`, read in one transaction (a gossip burst's worth).
+    pub fn tx_locations(&self, hashes: &[Hash]) -> Result<Vec<Option<(u64, u32)>>, StoreError> {
+        let r = self.db.begin_read()?;
+        let index = r.open_table(TX_INDEX)?;
+        hashes
+            .iter()
+            .map(|h| Ok(index.get(h.as_bytes())?.map(|v| v.value())))
+            .collect()
+    }
+
     /// Write raw bytes where a commit certificate goes (tests of corrupt stores).
     #[cfg(test)]
     pub fn put_raw_commit_for_test(&self, height: u64, bytes: &[u8]) {
