@@ -22,13 +22,12 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::artifacts::net::ArtifactNet;
 use crate::artifacts::{BlobStore, wire::MAX_BLOB};
+use crate::chain::Chain;
 use crate::chain::admission::{Admitter, Unjudged};
 use crate::chain::mempool::AdmitError;
 use crate::chain::store::StoreError;
-use crate::chain::{Admission, Chain};
 use crate::consensus::status::EngineStatus;
 use crate::metrics::Metrics;
-use crate::p2p::TxGossip;
 
 /// Largest request body: one hex-encoded transaction in JSON, with room to spare.
 pub const MAX_BODY_BYTES: usize = 2 * limits::MAX_TX_BYTES + 1024;
@@ -43,8 +42,6 @@ pub struct Api {
     /// Admits submissions in batches (see `chain::admission`).
     pub admitter: Admitter,
     pub metrics: Arc<Metrics>,
-    /// Where admitted transactions go on to the other coordinators (none on a lone node).
-    pub gossip: Option<TxGossip>,
     /// What consensus lately did, for `/readyz`.
     pub status: Arc<EngineStatus>,
     /// The blobs this node holds, served at `/v1/artifacts/{sha256}`.
@@ -222,18 +219,14 @@ async fn submit_tx(
     let stx = SignedTx::decode(&bytes).map_err(|e| bad_request("bad_encoding", e))?;
     // Verifying the signature and replaying it on the pending state is CPU work: done off the
     // async threads, together with whatever else was submitted meanwhile.
-    let admitted = api
-        .admitter
-        .submit(stx.clone())
-        .await
-        .map_err(|e| match e {
-            busy @ Unjudged::Busy => Error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "admission_busy",
-                busy.to_string(),
-            ),
-            stopped @ Unjudged::Stopped => internal(stopped),
-        })?;
+    let admitted = api.admitter.submit(stx).await.map_err(|e| match e {
+        busy @ Unjudged::Busy => Error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "admission_busy",
+            busy.to_string(),
+        ),
+        stopped @ Unjudged::Stopped => internal(stopped),
+    })?;
     let admission = admitted.map_err(|e| match e {
         AdmitError::Invalid(e) => bad_request("tx_rejected", e),
         taken @ AdmitError::NonceTaken { .. } => bad_request("tx_rejected", taken),
@@ -248,11 +241,8 @@ async fn submit_tx(
             full.to_string(),
         ),
     })?;
-    // Only what this node admitted now is gossiped: a client's retry of a held or decided
-    // transaction is not sent around the network again.
-    if let (Some(g), Admission::New(_)) = (&api.gossip, admission) {
-        g.publish(&stx);
-    }
+    // What was admitted now has been passed on by the admission thread (a retry of a held or
+    // decided transaction is not sent around the network again).
     Ok(Json(Submitted {
         hash: admission.hash(),
     }))
@@ -449,5 +439,12 @@ async fn readyz(AxumState(api): AxumState<Api>) -> Result<&'static str, Error> {
     api.status
         .readiness(Instant::now(), stale_after)
         .map_err(|why| Error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why))?;
+    if !api.admitter.is_running() {
+        return Err(Error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the admission threads have stopped".into(),
+        ));
+    }
     Ok("ready")
 }

@@ -112,10 +112,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         None => None,
     };
     let router = api::router(Api {
-        admitter: Admitter::start(chain.clone()).context("starting the admission thread")?,
+        admitter: Admitter::start(chain.clone(), move |stx| {
+            if let Some(g) = &gossip {
+                g.publish(stx);
+            }
+        })
+        .context("starting the admission thread")?,
         chain: chain.clone(),
         metrics: metrics.clone(),
-        gossip,
         status: status.clone(),
         blobs,
         artifact_net,

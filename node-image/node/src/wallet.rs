@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use pot_protocol::api::TxStatus;
-use pot_protocol::client::{Client, ClientError};
+use pot_protocol::client::Client;
 use pot_protocol::tx::{DatasetRef, Tx, TxBody, eval_commitment, task_id};
 use pot_protocol::{Amount, Hash, SecretKey, SignedTx};
 use serde::{Deserialize, Serialize};
@@ -82,11 +82,9 @@ impl Wallet {
                     sent.push(Ok(hash));
                     nonce += 1;
                 }
-                Err(
-                    e @ ClientError::Api {
-                        status: 400..=499, ..
-                    },
-                ) => {
+                // Refused: the nonce is free for the next one. Anything else (a timeout, a
+                // lost answer) may have been admitted, so nothing more is sent on that nonce.
+                Err(e) if e.is_refusal() => {
                     sent.push(Err(format!("refused: {e}")));
                 }
                 Err(e) => {

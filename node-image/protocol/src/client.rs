@@ -48,6 +48,19 @@ fn api_error(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
 }
 
 impl ClientError {
+    /// Whether the node said it did not take the submission (a 4xx verdict): its nonce is
+    /// free for the next one. A request that timed out (408) may still have been admitted, so
+    /// it is not a refusal, and neither is an answer that never came.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Api {
+                status: 400..=499,
+                ..
+            }
+        ) && !matches!(self, ClientError::Api { status: 408, .. })
+    }
+
     /// The API's error code, when the node answered with one.
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -289,5 +302,30 @@ impl Client {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: u16) -> ClientError {
+        ClientError::Api {
+            status,
+            error: ApiError {
+                code: "x".into(),
+                message: "y".into(),
+            },
+        }
+    }
+
+    /// A timed-out submission may have been admitted: its nonce must not be used again.
+    #[test]
+    fn only_a_verdict_is_a_refusal() {
+        assert!(answered(400).is_refusal());
+        assert!(answered(429).is_refusal());
+        assert!(!answered(408).is_refusal());
+        assert!(!answered(503).is_refusal());
+        assert!(!ClientError::Timeout(Duration::from_secs(1), "x".into()).is_refusal());
     }
 }

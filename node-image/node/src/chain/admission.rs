@@ -1,10 +1,12 @@
-//! Admission of the API's submissions, in batches: one thread takes every submission waiting
+//! Admission of the API's submissions, in batches: a thread takes every submission waiting
 //! and admits them together ([`Chain::submit_batch`]), so their signatures are checked in one
 //! ed25519 batch (about a third of the work of checking them one by one) and a busy API costs
 //! one thread hand-off per batch, not one per request. Each submitter gets the verdict
-//! `Chain::submit` would have given it alone.
+//! `Chain::submit` would have given it alone. What the thread admits as new is passed on (to
+//! the other coordinators) by the thread itself, so a client that gave up waiting for its
+//! answer does not leave an admitted transaction unannounced.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pot_protocol::SignedTx;
 use tokio::sync::{mpsc, oneshot};
@@ -17,19 +19,22 @@ use super::{Admission, Chain};
 const QUEUE: usize = 8192;
 /// Submissions admitted in one batch at most, so a verdict never waits behind a huge one.
 const BATCH: usize = 1024;
+/// Admission threads at most: one per two cores (the rest serve consensus, gossip and the
+/// API), so a flood of submissions is checked in parallel on a big machine.
+const MAX_THREADS: usize = 8;
 
 /// Why a submission was not judged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unjudged {
     #[error("{QUEUE} submissions are already waiting to be admitted; try again shortly")]
     Busy,
-    #[error("the admission thread has stopped")]
+    #[error("the admission threads have stopped")]
     Stopped,
 }
 
 type Verdict = Result<Admission, AdmitError>;
 
-/// Hands submissions to the admission thread. Cheap to clone; the thread ends when the last
+/// Hands submissions to the admission threads. Cheap to clone; the threads end when the last
 /// handle is dropped.
 #[derive(Clone)]
 pub struct Admitter {
@@ -37,13 +42,29 @@ pub struct Admitter {
 }
 
 impl Admitter {
-    /// Start the admission thread for `chain`.
-    pub fn start(chain: Arc<Chain>) -> std::io::Result<Admitter> {
+    /// Start the admission threads for `chain`; `pass_on` is given every transaction they
+    /// admit as new (not a retry of one held or decided).
+    pub fn start(
+        chain: Arc<Chain>,
+        pass_on: impl Fn(&SignedTx) + Send + Sync + 'static,
+    ) -> std::io::Result<Admitter> {
         let (queue, waiting) = mpsc::channel(QUEUE);
-        std::thread::Builder::new()
-            .name("pot-admission".into())
-            .spawn(move || admit_until_closed(&chain, waiting))?;
+        let waiting = Arc::new(Mutex::new(waiting));
+        let pass_on = Arc::new(pass_on);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for i in 0..(cores / 2).clamp(1, MAX_THREADS) {
+            let (chain, waiting, pass_on) = (chain.clone(), waiting.clone(), pass_on.clone());
+            std::thread::Builder::new()
+                .name(format!("pot-admission-{i}"))
+                .spawn(move || admit_until_closed(&chain, &waiting, &*pass_on))?;
+        }
         Ok(Admitter { queue })
+    }
+
+    /// Whether submissions are still being admitted (a thread that panicked takes the
+    /// process with it in a coordinator, but not in every embedding).
+    pub fn is_running(&self) -> bool {
+        !self.queue.is_closed()
     }
 
     /// Admit `stx` to the mempool: its verdict, once the batch it joined is judged.
@@ -57,20 +78,31 @@ impl Admitter {
     }
 }
 
-fn admit_until_closed(
-    chain: &Chain,
-    mut waiting: mpsc::Receiver<(SignedTx, oneshot::Sender<Verdict>)>,
-) {
-    while let Some(first) = waiting.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH
-            && let Ok(more) = waiting.try_recv()
-        {
-            batch.push(more);
-        }
+type Waiting = Mutex<mpsc::Receiver<(SignedTx, oneshot::Sender<Verdict>)>>;
+
+fn admit_until_closed(chain: &Chain, waiting: &Waiting, pass_on: &impl Fn(&SignedTx)) {
+    loop {
+        // One thread at a time takes what is waiting; the others wait for the next batch.
+        let batch = {
+            let mut waiting = waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(first) = waiting.blocking_recv() else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH
+                && let Ok(more) = waiting.try_recv()
+            {
+                batch.push(more);
+            }
+            batch
+        };
         let (txs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let n = txs.len();
-        for (verdict, reply) in chain.submit_batch(txs).into_iter().zip(replies) {
+        let verdicts = chain.submit_batch(txs.clone());
+        for ((verdict, reply), tx) in verdicts.into_iter().zip(replies).zip(&txs) {
+            if let Ok(Admission::New(_)) = verdict {
+                pass_on(tx);
+            }
             // A submitter that gave up (its request timed out) no longer wants the answer.
             let _ = reply.send(verdict);
         }
@@ -126,7 +158,14 @@ mod tests {
             .map(|i| SecretKey::from_seed([i + 1; 32]))
             .collect();
         let chain = chain(dir.path(), &keys);
-        let admitter = Admitter::start(chain.clone()).unwrap();
+        let passed_on = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let admitter = {
+            let passed_on = passed_on.clone();
+            Admitter::start(chain.clone(), move |t: &SignedTx| {
+                passed_on.lock().unwrap().push(t.hash())
+            })
+            .unwrap()
+        };
         let mut forged = transfer(&chain, &keys[3], 0);
         forged.signature.0[0] ^= 1;
         let mut all = vec![(forged.clone(), false)];
@@ -168,11 +207,43 @@ mod tests {
             }
         }
         assert_eq!(chain.mempool_size().0, 16 * 4);
-        // A retry is known, not new (and so not gossiped again).
+        // A retry is known, not new, and so not passed on again.
         let again = all[1].0.clone();
         assert_eq!(
             admitter.submit(again.clone()).await.unwrap(),
             Ok(Admission::Known(again.hash()))
         );
+        // Every honest one was passed on exactly once, the forged one never.
+        let mut passed_on = passed_on.lock().unwrap().clone();
+        passed_on.sort();
+        let mut honest: Vec<_> = all[1..].iter().map(|(t, _)| t.hash()).collect();
+        honest.sort();
+        assert_eq!(passed_on, honest);
+    }
+
+    /// A submitter that stops waiting (its request timed out) does not stop its transaction
+    /// from being admitted and passed on.
+    #[tokio::test]
+    // Held on purpose: only the admission thread waits for it.
+    #[allow(clippy::await_holding_lock)]
+    async fn a_submission_whose_client_gave_up_is_still_passed_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = [SecretKey::from_seed([40; 32])];
+        let chain = chain(dir.path(), &keys);
+        let (passed_on, mut announced) = tokio::sync::mpsc::unbounded_channel();
+        let admitter = Admitter::start(chain.clone(), move |t: &SignedTx| {
+            passed_on.send(t.hash()).unwrap()
+        })
+        .unwrap();
+        let tx = transfer(&chain, &keys[0], 0);
+        // Dropped before its verdict could arrive (admission waits for the mempool, held
+        // here): the request is gone, the queue holds it.
+        let held = chain.mempool.lock().unwrap();
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::ZERO, admitter.submit(tx.clone())).await;
+        assert!(gave_up.is_err(), "answered while the mempool was held");
+        drop(held);
+        assert_eq!(announced.recv().await, Some(tx.hash()));
+        assert_eq!(chain.mempool_size().0, 1);
     }
 }

@@ -8,10 +8,12 @@ pub mod follow;
 pub mod mempool;
 pub mod store;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::warn;
 
 use pot_protocol::api::TxStatus;
 use pot_protocol::commit::Commit;
@@ -224,31 +226,42 @@ impl Chain {
 
     /// Admit many transactions (a gossip burst), their signatures verified in one batch;
     /// each gets the verdict `submit` would give it. A transaction repeated in `txs` is
-    /// verified once: its repeats are `Known`.
+    /// verified once: a repeat is `Known` if its first copy was admitted (now or before), and
+    /// otherwise refused as the first copy was.
     pub fn submit_batch(&self, txs: Vec<SignedTx>) -> Vec<Result<Admission, AdmitError>> {
-        let mut verdicts: Vec<Option<Result<Admission, AdmitError>>> =
-            Vec::with_capacity(txs.len());
+        enum Pending {
+            Judged(Result<Admission, AdmitError>),
+            Verify,
+            RepeatOf(usize),
+        }
+        let mut pending: Vec<Pending> = Vec::with_capacity(txs.len());
         let mut to_verify = Vec::new();
-        let mut seen = HashSet::with_capacity(txs.len());
+        let mut first: HashMap<Hash, usize> = HashMap::with_capacity(txs.len());
         let hashes: Vec<Hash> = txs.iter().map(SignedTx::hash).collect();
         // Decided already? One read of the store for the whole batch; a read that fails
         // only means the transaction is checked as if new (its nonce then refuses a replay).
-        let decided = self
-            .store
-            .tx_locations(&hashes)
-            .unwrap_or_else(|_| vec![None; hashes.len()]);
+        let decided = self.store.tx_locations(&hashes).unwrap_or_else(|e| {
+            warn!(error = %e, "reading the transaction index; admitting as if nothing was decided");
+            vec![None; hashes.len()]
+        });
         {
             let m = self.mempool.lock().expect("mempool lock");
-            for ((stx, hash), decided) in txs.into_iter().zip(hashes).zip(decided) {
-                if !seen.insert(hash) || decided.is_some() {
-                    verdicts.push(Some(Ok(Admission::Known(hash))));
+            for (i, ((stx, hash), decided)) in txs.into_iter().zip(hashes).zip(decided).enumerate()
+            {
+                if let Some(&at) = first.get(&hash) {
+                    pending.push(Pending::RepeatOf(at));
+                    continue;
+                }
+                first.insert(hash, i);
+                if decided.is_some() {
+                    pending.push(Pending::Judged(Ok(Admission::Known(hash))));
                     continue;
                 }
                 match m.precheck(&stx, hash) {
-                    Ok(Some(hash)) => verdicts.push(Some(Ok(Admission::Known(hash)))),
-                    Err(e) => verdicts.push(Some(Err(e))),
+                    Ok(Some(hash)) => pending.push(Pending::Judged(Ok(Admission::Known(hash)))),
+                    Err(e) => pending.push(Pending::Judged(Err(e))),
                     Ok(None) => {
-                        verdicts.push(None);
+                        pending.push(Pending::Verify);
                         to_verify.push(stx);
                     }
                 }
@@ -256,16 +269,23 @@ impl Chain {
         }
         let mut verified = VerifiedTx::new_batch(to_verify).into_iter();
         let mut m = self.mempool.lock().expect("mempool lock");
-        verdicts
-            .into_iter()
-            .map(|v| match v {
-                Some(v) => v,
-                None => match verified.next().expect("one verdict per transaction") {
+        let mut verdicts: Vec<Result<Admission, AdmitError>> = Vec::with_capacity(pending.len());
+        for p in pending {
+            let verdict = match p {
+                Pending::Judged(v) => v,
+                Pending::Verify => match verified.next().expect("one verdict per transaction") {
                     Ok(vtx) => m.admit_checked(vtx).map(Admission::New),
                     Err(e) => Err(AdmitError::Invalid(e)),
                 },
-            })
-            .collect()
+                // A repeat comes after its first copy, whose verdict is in already.
+                Pending::RepeatOf(at) => match &verdicts[at] {
+                    Ok(a) => Ok(Admission::Known(a.hash())),
+                    Err(e) => Err(e.clone()),
+                },
+            };
+            verdicts.push(verdict);
+        }
+        verdicts
     }
 
     /// `Some(hash)` if the transaction is decided or in the mempool already; an error if its
@@ -498,6 +518,32 @@ mod tests {
             chain.submit(tx(2)).map(|a| matches!(a, Admission::New(_))),
             Ok(true)
         );
+    }
+
+    /// A repeat is refused as its first copy was, not told it is held: a client whose retry
+    /// landed in the same batch as a refused original must not be told it was taken.
+    #[test]
+    fn a_repeat_in_a_batch_gets_its_first_copys_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, key) = funded_chain(dir.path());
+        let mut forged = Tx {
+            chain_id: "t".into(),
+            signer: key.address(),
+            nonce: 0,
+            fee: Amount(1_000),
+            body: TxBody::Transfer {
+                to: key.address(),
+                amount: Amount(1),
+            },
+        }
+        .sign(&key);
+        forged.signature.0[5] ^= 1;
+        let got = chain.submit_batch(vec![forged.clone(), forged.clone()]);
+        assert!(
+            got.iter().all(|v| matches!(v, Err(AdmitError::Invalid(_)))),
+            "{got:?}"
+        );
+        assert_eq!(chain.mempool_size().0, 0);
     }
 
     #[test]
