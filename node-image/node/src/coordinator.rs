@@ -117,7 +117,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 g.publish(stx);
             }
         })
-        .context("starting the admission thread")?,
+        .context("starting the admission threads")?,
         chain: chain.clone(),
         metrics: metrics.clone(),
         status: status.clone(),

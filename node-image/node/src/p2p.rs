@@ -280,13 +280,9 @@ fn admit(
     chain: &Chain,
     messages: Vec<Received>,
 ) -> (Vec<(Received, MessageAcceptance)>, Vec<Vec<u8>>) {
-    let all: Vec<SignedTx> = messages
-        .iter()
-        .filter_map(|r| r.txs.as_ref())
-        .flatten()
-        .cloned()
-        .collect();
-    let mut results = chain.submit_batch(all).into_iter();
+    let mut results = chain
+        .submit_batch(messages.iter().filter_map(|r| r.txs.as_ref()).flatten())
+        .into_iter();
     let mut relay = Vec::new();
     let judged = messages
         .into_iter()

@@ -98,7 +98,7 @@ fn admit_until_closed(chain: &Chain, waiting: &Waiting, pass_on: &impl Fn(&Signe
         };
         let (txs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let n = txs.len();
-        let verdicts = chain.submit_batch(txs.clone());
+        let verdicts = chain.submit_batch(&txs);
         for ((verdict, reply), tx) in verdicts.into_iter().zip(replies).zip(&txs) {
             if let Ok(Admission::New(_)) = verdict {
                 pass_on(tx);

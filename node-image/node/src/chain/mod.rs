@@ -35,7 +35,6 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Why a proposed block is not voted for.
 /// A transaction this node holds after a submission.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
@@ -53,6 +52,7 @@ impl Admission {
     }
 }
 
+/// Why a proposed block is not voted for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposalError {
     #[error("block is at height {got}, the next height is {expected}")]
@@ -209,26 +209,25 @@ impl Chain {
         (m.len(), m.bytes())
     }
 
-    /// Admit a transaction to the mempool. Its signature is verified outside the mempool's
-    /// lock, so a flood of submissions never holds up block building or other submitters.
+    /// Admit a transaction to the mempool: [`Chain::submit_batch`] of one.
     /// Blocking work (call it from a blocking thread in async code).
     pub fn submit(&self, stx: SignedTx) -> Result<Admission, AdmitError> {
-        if let Some(hash) = self.decided_or_held(&stx)? {
-            return Ok(Admission::Known(hash));
-        }
-        let vtx = VerifiedTx::new(stx)?;
-        self.mempool
-            .lock()
-            .expect("mempool lock")
-            .admit_checked(vtx)
-            .map(Admission::New)
+        self.submit_batch([&stx])
+            .pop()
+            .expect("one verdict per transaction")
     }
 
-    /// Admit many transactions (a gossip burst), their signatures verified in one batch;
-    /// each gets the verdict `submit` would give it. A transaction repeated in `txs` is
+    /// Admit many transactions (a gossip burst, the API's waiting submissions), their
+    /// signatures verified in one batch outside the mempool's lock (so a flood never holds up
+    /// block building); each gets the verdict it would get alone. A transaction repeated in `txs` is
     /// verified once: a repeat is `Known` if its first copy was admitted (now or before), and
-    /// otherwise refused as the first copy was.
-    pub fn submit_batch(&self, txs: Vec<SignedTx>) -> Vec<Result<Admission, AdmitError>> {
+    /// otherwise refused as the first copy was. Only the transactions admitted are copied, so
+    /// the caller keeps its own (to pass on the new ones).
+    pub fn submit_batch<'a>(
+        &self,
+        txs: impl IntoIterator<Item = &'a SignedTx>,
+    ) -> Vec<Result<Admission, AdmitError>> {
+        let txs: Vec<&SignedTx> = txs.into_iter().collect();
         enum Pending {
             Judged(Result<Admission, AdmitError>),
             Verify,
@@ -237,7 +236,7 @@ impl Chain {
         let mut pending: Vec<Pending> = Vec::with_capacity(txs.len());
         let mut to_verify = Vec::new();
         let mut first: HashMap<Hash, usize> = HashMap::with_capacity(txs.len());
-        let hashes: Vec<Hash> = txs.iter().map(SignedTx::hash).collect();
+        let hashes: Vec<Hash> = txs.iter().map(|t| t.hash()).collect();
         // Decided already? One read of the store for the whole batch; a read that fails
         // only means the transaction is checked as if new (its nonce then refuses a replay).
         let decided = self.store.tx_locations(&hashes).unwrap_or_else(|e| {
@@ -257,12 +256,12 @@ impl Chain {
                     pending.push(Pending::Judged(Ok(Admission::Known(hash))));
                     continue;
                 }
-                match m.precheck(&stx, hash) {
+                match m.precheck(stx, hash) {
                     Ok(Some(hash)) => pending.push(Pending::Judged(Ok(Admission::Known(hash)))),
                     Err(e) => pending.push(Pending::Judged(Err(e))),
                     Ok(None) => {
                         pending.push(Pending::Verify);
-                        to_verify.push(stx);
+                        to_verify.push(stx.clone());
                     }
                 }
             }
@@ -286,21 +285,6 @@ impl Chain {
             verdicts.push(verdict);
         }
         verdicts
-    }
-
-    /// `Some(hash)` if the transaction is decided or in the mempool already; an error if its
-    /// sender has no room there.
-    fn decided_or_held(&self, stx: &SignedTx) -> Result<Option<Hash>, AdmitError> {
-        let hash = stx.hash();
-        if let Ok(Some(_)) = self.store.tx_location(&hash) {
-            // Already decided: resubmitting is harmless and must not be an error to a client
-            // that retries.
-            return Ok(Some(hash));
-        }
-        self.mempool
-            .lock()
-            .expect("mempool lock")
-            .precheck(stx, hash)
     }
 
     pub fn tx_status(&self, hash: &Hash) -> Result<Option<TxStatus>, StoreError> {
@@ -501,7 +485,7 @@ mod tests {
         };
         let (a, b) = (tx(0), tx(1));
         // Repeated in one batch: admitted once, the repeat known (and not verified again).
-        let got = chain.submit_batch(vec![a.clone(), a.clone(), b.clone()]);
+        let got = chain.submit_batch(&[a.clone(), a.clone(), b.clone()]);
         assert_eq!(
             got,
             vec![
@@ -538,7 +522,7 @@ mod tests {
         }
         .sign(&key);
         forged.signature.0[5] ^= 1;
-        let got = chain.submit_batch(vec![forged.clone(), forged.clone()]);
+        let got = chain.submit_batch([&forged, &forged]);
         assert!(
             got.iter().all(|v| matches!(v, Err(AdmitError::Invalid(_)))),
             "{got:?}"

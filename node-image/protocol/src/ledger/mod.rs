@@ -13,8 +13,6 @@ mod lifecycle;
 mod reports;
 mod tasks;
 
-use std::collections::HashSet;
-
 use crate::beacon::{self, VrfSecretKey};
 use crate::block::{Block, BlockHeader, tx_root, tx_root_of_ids};
 use crate::crypto::{Address, SecretKey};
@@ -91,30 +89,26 @@ impl VerifiedTx {
     pub fn new_batch(txs: Vec<SignedTx>) -> Vec<Result<VerifiedTx, TxError>> {
         let lens: Vec<usize> = txs.iter().map(|t| t.encode().len()).collect();
         // Oversized ones are refused by size alone, unchecked.
-        let sized: Vec<&SignedTx> = txs
+        let mut verdicts: Vec<Result<(), TxError>> = lens.iter().map(|&l| check_size(l)).collect();
+        let sized: Vec<(usize, &SignedTx)> = txs
             .iter()
-            .zip(&lens)
-            .filter(|(_, len)| check_size(**len).is_ok())
-            .map(|(t, _)| t)
+            .enumerate()
+            .filter(|(i, _)| verdicts[*i].is_ok())
             .collect();
-        let forged: HashSet<Hash> = failing(
+        for (at, e) in failing(
             &sized,
-            &|some: &[&SignedTx]| signatures_verify(some.iter().copied()),
-            &|t: &&SignedTx| t.verify_signature().is_ok(),
-        )
-        .into_iter()
-        .map(|i| sized[i].hash())
-        .collect();
+            &|some: &[(usize, &SignedTx)]| signatures_verify(some.iter().map(|(_, t)| *t)),
+            &|(_, t): &(usize, &SignedTx)| t.verify_signature(),
+        ) {
+            verdicts[sized[at].0] = Err(e.into());
+        }
         txs.into_iter()
             .zip(lens)
-            .map(|(stx, len)| {
+            .zip(verdicts)
+            .map(|((stx, len), verdict)| {
+                verdict?;
                 let hash = stx.hash();
-                if check_size(len).is_err() || forged.contains(&hash) {
-                    // The verdict, with its reason, from the single check.
-                    VerifiedTx::new(stx)
-                } else {
-                    Ok(VerifiedTx { stx, hash, len })
-                }
+                Ok(VerifiedTx { stx, hash, len })
             })
             .collect()
     }
@@ -346,27 +340,32 @@ pub fn apply_block_known(
 /// Slices this long or shorter are checked one by one rather than halved again.
 const ONE_BY_ONE: usize = 8;
 
-/// The positions in `items` that fail `each`, found with as few single checks as it can:
-/// `all` vouches for a whole slice at once (a batch check, which must pass exactly when `each`
-/// passes on every item); a slice it refuses is halved, down to [`ONE_BY_ONE`] items, which
-/// are checked with `each`. b failures among n cost about 2b·log₂(n) batch checks.
-fn failing<T>(items: &[T], all: &impl Fn(&[T]) -> bool, each: &impl Fn(&T) -> bool) -> Vec<usize> {
-    fn halve<T>(
+/// The positions in `items` that fail `each`, with `each`'s error, found with as few single
+/// checks as it can: `all` vouches for a whole slice at once (a batch check, which must pass
+/// exactly when `each` passes on every item); a slice it refuses is halved, down to
+/// [`ONE_BY_ONE`] items, which are checked with `each`. b failures among n cost about
+/// 2b·log₂(n) batch checks.
+fn failing<T, E>(
+    items: &[T],
+    all: &impl Fn(&[T]) -> bool,
+    each: &impl Fn(&T) -> Result<(), E>,
+) -> Vec<(usize, E)> {
+    fn halve<T, E>(
         items: &[T],
         from: usize,
         all: &impl Fn(&[T]) -> bool,
-        each: &impl Fn(&T) -> bool,
-        out: &mut Vec<usize>,
+        each: &impl Fn(&T) -> Result<(), E>,
+        out: &mut Vec<(usize, E)>,
     ) {
         if items.is_empty() || all(items) {
             return;
         }
         if items.len() <= ONE_BY_ONE {
-            out.extend(
-                (0..items.len())
-                    .filter(|&i| !each(&items[i]))
-                    .map(|i| from + i),
-            );
+            for (i, item) in items.iter().enumerate() {
+                if let Err(e) = each(item) {
+                    out.push((from + i, e));
+                }
+            }
         } else {
             let mid = items.len() / 2;
             halve(&items[..mid], from, all, each, out);
@@ -651,9 +650,12 @@ mod batch_tests {
                 },
                 &|i: &usize| {
                     singles.set(singles.get() + 1);
-                    !bad.contains(i)
+                    if bad.contains(i) { Err(*i) } else { Ok(()) }
                 },
             );
+            // Each found with its own error.
+            assert!(found.iter().all(|(at, e)| at == e), "{found:?}");
+            let found: Vec<usize> = found.into_iter().map(|(at, _)| at).collect();
             assert_eq!(found, bad, "n = {n}");
         };
         check(&[700], 1024);
