@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pot_protocol::api::SubmitTxs;
 use pot_protocol::tx::{Tx, TxBody};
 use pot_protocol::{Amount, Hash, SignedTx};
 use serde::Serialize;
@@ -26,6 +27,11 @@ pub struct Config {
     /// Sending accounts per coordinator; each sends its transactions in nonce order through
     /// one coordinator, concurrently with the others.
     pub accounts_per_node: usize,
+    /// 0: every transaction is its own `POST /v1/tx`, each account waiting for the answer
+    /// before it sends its next. Otherwise one client per coordinator sends everything due in
+    /// one `POST /v1/txs`, at most every `client_batch_ms`, as a wallet service or exchange
+    /// would (the wait counts in each transaction's latency).
+    pub client_batch_ms: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -34,6 +40,7 @@ pub struct Report {
     pub link_delay_ms: u64,
     pub offered_tps: u64,
     pub block_time_ms: u64,
+    pub client_batch_ms: u64,
     /// Included transactions per second while the load was offered (see [`sustained_tps`]).
     pub tps: f64,
     /// How long submitting took: more than `seconds` when the coordinators' APIs could not
@@ -91,33 +98,82 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
     let submitted: Arc<Mutex<HashMap<Hash, Instant>>> = Arc::default();
     let refused = Arc::new(Mutex::new(0usize));
     let begin = Instant::now();
-    // One sequential submitter per account keeps its nonces in order; account a sends through
-    // coordinator a mod n.
+    // Transaction k is due k/rate seconds after the start, and its finality counts from then,
+    // however late its sender gets to it.
+    let rate = cfg.rate;
+    let due = move |k: usize| begin + Duration::from_secs_f64(k as f64 / rate as f64);
+    // Account a sends through coordinator a mod n, so one sender's nonces reach one
+    // coordinator in order.
     let mut senders = Vec::new();
-    for a in 0..accounts {
-        let client = net.client(a % n);
-        let mine: Vec<(usize, SignedTx)> = txs
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| k % accounts == a)
-            .map(|(k, t)| (k, t.clone()))
-            .collect();
-        let (submitted, refused, rate) = (submitted.clone(), refused.clone(), cfg.rate);
-        senders.push(tokio::spawn(async move {
-            for (k, tx) in mine {
-                // Transaction k is due k/rate seconds after the start, and its finality counts
-                // from then, however late the sender gets to it.
-                let due = begin + Duration::from_secs_f64(k as f64 / rate as f64);
-                tokio::time::sleep_until(due).await;
-                // Recorded before the call, so that a block seen before the reply still counts.
-                let hash = tx.hash();
-                submitted.lock().unwrap().insert(hash, due);
-                if client.submit(&tx).await.is_err() {
-                    submitted.lock().unwrap().remove(&hash);
-                    *refused.lock().unwrap() += 1;
+    if cfg.client_batch_ms == 0 {
+        // One sequential submitter per account.
+        for a in 0..accounts {
+            let client = net.client(a % n);
+            let mine: Vec<(usize, SignedTx)> = txs
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| k % accounts == a)
+                .map(|(k, t)| (k, t.clone()))
+                .collect();
+            let (submitted, refused) = (submitted.clone(), refused.clone());
+            senders.push(tokio::spawn(async move {
+                for (k, tx) in mine {
+                    tokio::time::sleep_until(due(k)).await;
+                    // Recorded before the call, so a block seen before the reply still counts.
+                    let hash = tx.hash();
+                    submitted.lock().unwrap().insert(hash, due(k));
+                    if client.submit(&tx).await.is_err() {
+                        submitted.lock().unwrap().remove(&hash);
+                        *refused.lock().unwrap() += 1;
+                    }
                 }
-            }
-        }));
+            }));
+        }
+    } else {
+        // One batching client per coordinator, for all of its accounts.
+        let every = Duration::from_millis(cfg.client_batch_ms);
+        for c in 0..n {
+            let client = net.client(c);
+            let mine: Vec<(usize, SignedTx)> = txs
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| (k % accounts) % n == c)
+                .map(|(k, t)| (k, t.clone()))
+                .collect();
+            let (submitted, refused) = (submitted.clone(), refused.clone());
+            senders.push(tokio::spawn(async move {
+                let mut next = 0;
+                let mut last_send = begin;
+                while next < mine.len() {
+                    tokio::time::sleep_until(due(mine[next].0).max(last_send + every)).await;
+                    last_send = Instant::now();
+                    let mut batch = Vec::new();
+                    {
+                        let mut map = submitted.lock().unwrap();
+                        while next < mine.len()
+                            && due(mine[next].0) <= last_send
+                            && batch.len() < SubmitTxs::MAX
+                        {
+                            let (k, tx) = &mine[next];
+                            map.insert(tx.hash(), due(*k));
+                            batch.push(tx.clone());
+                            next += 1;
+                        }
+                    }
+                    // A request that failed whole refused every transaction in it.
+                    let refusals: Vec<bool> = match client.submit_many(&batch).await {
+                        Ok(v) => v.iter().map(Result::is_err).collect(),
+                        Err(_) => vec![true; batch.len()],
+                    };
+                    for (tx, refused_here) in batch.iter().zip(refusals) {
+                        if refused_here {
+                            submitted.lock().unwrap().remove(&tx.hash());
+                            *refused.lock().unwrap() += 1;
+                        }
+                    }
+                }
+            }));
+        }
     }
 
     // Watch one coordinator's blocks and time every transaction in them.
@@ -180,6 +236,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
         link_delay_ms: cfg.link_delay.as_millis() as u64,
         offered_tps: cfg.rate,
         block_time_ms: cfg.block_time_ms,
+        client_batch_ms: cfg.client_batch_ms,
         tps: sustained_tps(&during_load),
         submit_seconds: (load_end.unwrap_or_else(Instant::now) - begin).as_secs_f64(),
         p50_ms: pct(0.50),

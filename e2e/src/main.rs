@@ -42,6 +42,10 @@ enum Top {
         /// Sending accounts per coordinator (each sends in nonce order, all concurrently).
         #[arg(long, default_value_t = 64)]
         accounts_per_node: usize,
+        /// 0: one request per transaction; otherwise one client per coordinator sends what is
+        /// due in one `POST /v1/txs` at most this often (milliseconds).
+        #[arg(long, default_value_t = 0)]
+        client_batch_ms: u64,
     },
     /// The operator under load: kwok nodes, development networks with real coordinators, and
     /// many TrainingTasks followed to their end (JSON on standard output; `make bench` runs it).
@@ -174,6 +178,7 @@ fn main() -> anyhow::Result<()> {
             rate,
             seconds,
             accounts_per_node,
+            client_batch_ms,
         } => {
             let report = tokio::runtime::Runtime::new()?.block_on(pot_e2e::ledger_bench::run(
                 pot_e2e::ledger_bench::Config {
@@ -184,6 +189,7 @@ fn main() -> anyhow::Result<()> {
                     rate,
                     seconds,
                     accounts_per_node,
+                    client_batch_ms,
                 },
             ))?;
             println!("{}", serde_json::to_string(&report)?);

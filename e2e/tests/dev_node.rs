@@ -7,7 +7,7 @@ use std::time::Duration;
 use pot_e2e::coordinators::{Coordinators, dev_node};
 use pot_e2e::ports::free_port;
 use pot_e2e::spawn::Process;
-use pot_protocol::api::{SubmitTx, TxStatus};
+use pot_protocol::api::{SubmitTx, SubmitTxs, TxStatus};
 use pot_protocol::client::{Client, ClientError};
 use pot_protocol::tx::{Tx, TxBody};
 use pot_protocol::{Amount, Hash, Phase, SecretKey, SignedTx};
@@ -282,6 +282,104 @@ async fn every_api_rejection_is_a_4xx_with_its_reason_and_changes_nothing() {
             TxStatus::Included { .. }
         ));
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_submission_judges_each_transaction_as_if_it_came_alone() {
+    let net = Coordinators::start(1, 200, 2).expect("start");
+    let c = net.client(0);
+    c.wait_height(2, WAIT).await.unwrap();
+    let (alice, bob) = (&net.accounts[0], &net.accounts[1]);
+    let send = |to: &SecretKey, amount| TxBody::Transfer {
+        to: to.address(),
+        amount: Amount(amount),
+    };
+    let mut forged = tx(bob, "pot-e2e", 0, send(alice, 1));
+    forged.tx.signer = alice.address();
+    let batch = [
+        // One sender's consecutive nonces in one request are judged in order.
+        tx(alice, "pot-e2e", 0, send(bob, 1)),
+        tx(alice, "pot-e2e", 1, send(bob, 2)),
+        forged,
+        tx(bob, "pot-e2e", 0, send(alice, 10_000_000)),
+        tx(bob, "pot-e2e", 0, send(alice, 3)),
+        // A repeat is told what its first copy was: admitted, with the same hash.
+        tx(alice, "pot-e2e", 0, send(bob, 1)),
+        tx(alice, "other-chain", 2, send(bob, 1)),
+    ];
+    let verdicts = c
+        .submit_many(&batch)
+        .await
+        .expect("the request is answered");
+    let codes: Vec<Result<Hash, (u16, String)>> = verdicts
+        .into_iter()
+        .map(|v| {
+            v.map_err(|e| match e {
+                ClientError::Api { status, error } => (status, error.message),
+                other => panic!("a verdict, not {other}"),
+            })
+        })
+        .collect();
+    for i in [0, 1, 4, 5] {
+        assert_eq!(codes[i], Ok(batch[i].hash()), "transaction {i}");
+    }
+    for (i, words) in [(2, "signature"), (3, "insufficient funds"), (6, "chain")] {
+        match &codes[i] {
+            Err((400, message)) => assert!(message.contains(words), "{i}: {message}"),
+            other => panic!("transaction {i} should be refused for {words:?}: {other:?}"),
+        }
+    }
+
+    // A malformed transaction is refused in its place and the ones after it are still judged.
+    let next = tx(bob, "pot-e2e", 1, send(alice, 4));
+    let body = serde_json::json!({"txs": ["zz", "00ff", SubmitTx::new(&next).tx]}).to_string();
+    let (status, answer) = raw_http(&net.api_url(0), "POST", "/v1/txs", &body);
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for (r, code) in results[..2].iter().zip(["bad_hex", "bad_encoding"]) {
+        assert_eq!(
+            (
+                r["result"].as_str(),
+                r["status"].as_u64(),
+                r["code"].as_str()
+            ),
+            (Some("refused"), Some(400), Some(code)),
+            "{r}"
+        );
+    }
+    assert_eq!(results[2]["result"], "admitted");
+    assert_eq!(results[2]["hash"], next.hash().to_string());
+
+    // Requests that cannot be judged at all are refused whole.
+    let too_many = serde_json::to_string(&SubmitTxs {
+        txs: vec![SubmitTx::new(&next).tx; SubmitTxs::MAX + 1],
+    })
+    .unwrap();
+    for (body, code) in [
+        ("{not json", "bad_json"),
+        (too_many.as_str(), "too_many_txs"),
+    ] {
+        let (status, err) = raw_http(&net.api_url(0), "POST", "/v1/txs", body);
+        let err: serde_json::Value = serde_json::from_str(&err).unwrap_or_default();
+        assert_eq!((status, err["code"].as_str()), (400, Some(code)), "{err}");
+    }
+
+    // Everything admitted is included, and nothing refused moved a nonce.
+    for h in [
+        batch[0].hash(),
+        batch[1].hash(),
+        batch[4].hash(),
+        next.hash(),
+    ] {
+        assert!(matches!(
+            c.wait_included(&h, WAIT).await.unwrap(),
+            TxStatus::Included { .. }
+        ));
+    }
+    assert_eq!(c.account(&alice.address()).await.unwrap().nonce, 2);
+    assert_eq!(c.account(&bob.address()).await.unwrap().nonce, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

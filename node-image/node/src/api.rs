@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use pot_protocol::api::{
-    AccountInfo, ApiError, BlockInfo, DecidedBlock, Head, Queue, SubmitTx, Submitted, TaskInfo,
-    TxStatus,
+    AccountInfo, ApiError, BlockInfo, DecidedBlock, Head, Queue, SubmitTx, SubmitTxs, Submitted,
+    SubmittedTxs, TaskInfo, TxStatus, TxVerdict,
 };
 use pot_protocol::tx::{Role, limits};
 use pot_protocol::{Address, Hash, Phase, SignedTx, State};
@@ -22,15 +22,18 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::artifacts::net::ArtifactNet;
 use crate::artifacts::{BlobStore, wire::MAX_BLOB};
-use crate::chain::Chain;
 use crate::chain::admission::{Admitter, Unjudged};
 use crate::chain::mempool::AdmitError;
 use crate::chain::store::StoreError;
+use crate::chain::{Admission, Chain};
 use crate::consensus::status::EngineStatus;
 use crate::metrics::Metrics;
 
 /// Largest request body: one hex-encoded transaction in JSON, with room to spare.
 pub const MAX_BODY_BYTES: usize = 2 * limits::MAX_TX_BYTES + 1024;
+/// Largest `POST /v1/txs` body: [`SubmitTxs::MAX`] transactions of about 2 KiB each (a
+/// transfer is under 200 bytes), or fewer larger ones.
+pub const MAX_BATCH_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `GET /v1/artifacts/{hash}` waits for a blob this node must fetch first (the fetch
 /// goes on, and a later request finds it stored).
@@ -90,6 +93,14 @@ pub fn router(api: Api) -> Router {
     let downloads = Router::new()
         .route("/v1/artifacts/{hash}", get(artifact))
         .with_state(api.clone());
+    let batches = Router::new()
+        .route("/v1/txs", post(submit_txs))
+        .layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(api.clone());
     Router::new()
         .route("/v1/tx", post(submit_tx))
         .route("/v1/tx/{hash}", get(tx_status))
@@ -111,6 +122,7 @@ pub fn router(api: Api) -> Router {
         ))
         .with_state(api)
         .merge(downloads)
+        .merge(batches)
 }
 
 /// `GET /v1/artifacts/{sha256}`: a blob this node holds; or, if the chain names it (a task's
@@ -219,7 +231,69 @@ async fn submit_tx(
     let stx = SignedTx::decode(&bytes).map_err(|e| bad_request("bad_encoding", e))?;
     // Verifying the signature and replaying it on the pending state is CPU work: done off the
     // async threads, together with whatever else was submitted meanwhile.
-    let admitted = api.admitter.submit(stx).await.map_err(|e| match e {
+    let hash = judged(api.admitter.submit(stx).await)?;
+    Ok(Json(Submitted { hash }))
+}
+
+/// `POST /v1/txs`: each transaction judged as `POST /v1/tx` would judge it alone, all in one
+/// request; a malformed one is refused on its own and does not stop the others.
+async fn submit_txs(
+    AxumState(api): AxumState<Api>,
+    body: Result<Json<SubmitTxs>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<SubmittedTxs>, Error> {
+    let Json(body) = body.map_err(|e| bad_request("bad_json", e.body_text()))?;
+    if body.txs.len() > SubmitTxs::MAX {
+        return Err(bad_request(
+            "too_many_txs",
+            format!(
+                "{} transactions in one request (at most {})",
+                body.txs.len(),
+                SubmitTxs::MAX
+            ),
+        ));
+    }
+    // The well-formed ones go to admission; each malformed one keeps its error in its place.
+    let mut well_formed = Vec::with_capacity(body.txs.len());
+    let malformed: Vec<Option<Error>> = body
+        .txs
+        .iter()
+        .map(|tx| {
+            let decoded = hex::decode(tx.trim())
+                .map_err(|e| bad_request("bad_hex", format!("tx is not hex: {e}")))
+                .and_then(|bytes| {
+                    SignedTx::decode(&bytes).map_err(|e| bad_request("bad_encoding", e))
+                });
+            decoded.map(|stx| well_formed.push(stx)).err()
+        })
+        .collect();
+    let mut verdicts = api.admitter.submit_many(well_formed).await.into_iter();
+    let results = malformed
+        .into_iter()
+        .map(|malformed| {
+            let judged = match malformed {
+                Some(e) => Err(e),
+                None => judged(verdicts.next().expect("one verdict each")),
+            };
+            match judged {
+                Ok(hash) => TxVerdict::Admitted { hash },
+                Err(Error(status, code, message)) => TxVerdict::Refused {
+                    status: status.as_u16(),
+                    error: ApiError {
+                        code: code.into(),
+                        message,
+                    },
+                },
+            }
+        })
+        .collect();
+    Ok(Json(SubmittedTxs { results }))
+}
+
+/// A submission's verdict as the API answers it: its hash, or the error with its status.
+/// What was admitted has been passed on by the admission thread already (a retry of a held
+/// or decided transaction is not sent around the network again).
+fn judged(verdict: Result<Result<Admission, AdmitError>, Unjudged>) -> Result<Hash, Error> {
+    let admitted = verdict.map_err(|e| match e {
         busy @ Unjudged::Busy => Error(
             StatusCode::SERVICE_UNAVAILABLE,
             "admission_busy",
@@ -241,11 +315,7 @@ async fn submit_tx(
             full.to_string(),
         ),
     })?;
-    // What was admitted now has been passed on by the admission thread (a retry of a held or
-    // decided transaction is not sent around the network again).
-    Ok(Json(Submitted {
-        hash: admission.hash(),
-    }))
+    Ok(admission.hash())
 }
 
 async fn tx_status(

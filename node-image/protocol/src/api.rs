@@ -32,6 +32,46 @@ pub struct Submitted {
     pub hash: Hash,
 }
 
+/// `POST /v1/txs`: up to [`SubmitTxs::MAX`] signed transactions, each hex as in [`SubmitTx`],
+/// judged in the order given (so one sender's consecutive nonces may share a request). One
+/// request instead of one per transaction, for clients that send many: the HTTP round trip
+/// costs a node more than checking a transaction's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitTxs {
+    pub txs: Vec<String>,
+}
+
+impl SubmitTxs {
+    /// Transactions in one request at most.
+    pub const MAX: usize = 1024;
+
+    pub fn new<'a>(txs: impl IntoIterator<Item = &'a SignedTx>) -> SubmitTxs {
+        SubmitTxs {
+            txs: txs.into_iter().map(|t| hex::encode(t.encode())).collect(),
+        }
+    }
+}
+
+/// The answer to [`SubmitTxs`]: one verdict per transaction, in the order submitted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmittedTxs {
+    pub results: Vec<TxVerdict>,
+}
+
+/// What `POST /v1/tx` would have answered for one transaction of a [`SubmitTxs`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum TxVerdict {
+    /// Admitted, or held or decided already (a 200 alone).
+    Admitted { hash: Hash },
+    /// Not admitted: the status and error it would have got alone.
+    Refused {
+        status: u16,
+        #[serde(flatten)]
+        error: ApiError,
+    },
+}
+
 /// `GET /v1/tx/{hash}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    AccountInfo, ApiError, BlockInfo, DecidedBlock, Head, NodeStatus, Queue, SubmitTx, Submitted,
-    TaskInfo, TxStatus,
+    AccountInfo, ApiError, BlockInfo, DecidedBlock, Head, NodeStatus, Queue, SubmitTx, SubmitTxs,
+    Submitted, SubmittedTxs, TaskInfo, TxStatus, TxVerdict,
 };
 use crate::crypto::Address;
 use crate::hash::Hash;
@@ -128,6 +128,36 @@ impl Client {
         let req = self.http.post(&url).json(&SubmitTx::new(stx));
         let s: Submitted = self.send(url, req).await?;
         Ok(s.hash)
+    }
+
+    /// Submit up to [`SubmitTxs::MAX`] signed transactions in one request, judged in order:
+    /// each one's hash or the error `submit` would have returned for it. The outer error is the
+    /// request's own (nothing was judged, or its answer never came).
+    pub async fn submit_many(
+        &self,
+        txs: &[SignedTx],
+    ) -> Result<Vec<Result<Hash, ClientError>>, ClientError> {
+        let url = format!("{}/v1/txs", self.base);
+        let req = self.http.post(&url).json(&SubmitTxs::new(txs));
+        let answer: SubmittedTxs = self.send(url.clone(), req).await?;
+        if answer.results.len() != txs.len() {
+            return Err(ClientError::Undecodable {
+                url,
+                error: format!(
+                    "{} verdicts for {} transactions",
+                    answer.results.len(),
+                    txs.len()
+                ),
+            });
+        }
+        Ok(answer
+            .results
+            .into_iter()
+            .map(|v| match v {
+                TxVerdict::Admitted { hash } => Ok(hash),
+                TxVerdict::Refused { status, error } => Err(ClientError::Api { status, error }),
+            })
+            .collect())
     }
 
     pub async fn tx(&self, hash: &Hash) -> Result<TxStatus, ClientError> {

@@ -51,8 +51,7 @@ impl Admitter {
         let (queue, waiting) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Mutex::new(waiting));
         let pass_on = Arc::new(pass_on);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        for i in 0..(cores / 2).clamp(1, MAX_THREADS) {
+        for i in 0..threads() {
             let (chain, waiting, pass_on) = (chain.clone(), waiting.clone(), pass_on.clone());
             std::thread::Builder::new()
                 .name(format!("pot-admission-{i}"))
@@ -76,6 +75,49 @@ impl Admitter {
         })?;
         verdict.await.map_err(|_| Unjudged::Stopped)
     }
+
+    /// Admit each of `txs`, in order: each one's verdict, as [`Admitter::submit`] would give
+    /// it. All are queued before any is awaited, so they are judged in one batch (or a few)
+    /// rather than one after another. The first the queue has no room for is `Busy`, and so is
+    /// every one after it, so that none is judged ahead of one before it that was not (a
+    /// sender's next nonce would only wait for the refused one).
+    pub async fn submit_many(&self, txs: Vec<SignedTx>) -> Vec<Result<Verdict, Unjudged>> {
+        let mut unjudged = None;
+        let waiting: Vec<Result<oneshot::Receiver<Verdict>, Unjudged>> = txs
+            .into_iter()
+            .map(|stx| {
+                if let Some(why) = &unjudged {
+                    return Err(Clone::clone(why));
+                }
+                let (reply, verdict) = oneshot::channel();
+                self.queue
+                    .try_send((stx, reply))
+                    .map(|()| verdict)
+                    .map_err(|e| {
+                        let why = match e {
+                            mpsc::error::TrySendError::Full(_) => Unjudged::Busy,
+                            mpsc::error::TrySendError::Closed(_) => Unjudged::Stopped,
+                        };
+                        unjudged = Some(why.clone());
+                        why
+                    })
+            })
+            .collect();
+        let mut verdicts = Vec::with_capacity(waiting.len());
+        for w in waiting {
+            verdicts.push(match w {
+                Ok(verdict) => verdict.await.map_err(|_| Unjudged::Stopped),
+                Err(e) => Err(e),
+            });
+        }
+        verdicts
+    }
+}
+
+/// Admission threads on this machine: one per two cores, at least one, at most [`MAX_THREADS`].
+fn threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).clamp(1, MAX_THREADS)
 }
 
 type Waiting = Mutex<mpsc::Receiver<(SignedTx, oneshot::Sender<Verdict>)>>;
@@ -219,6 +261,57 @@ mod tests {
         let mut honest: Vec<_> = all[1..].iter().map(|(t, _)| t.hash()).collect();
         honest.sort();
         assert_eq!(passed_on, honest);
+    }
+
+    /// A batch gets one verdict per transaction, in its order; what the queue has no room for
+    /// is `Busy` (and only that: a busy queue never reorders or drops the rest).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // Held on purpose: only the admission thread waits for it.
+    #[allow(clippy::await_holding_lock)]
+    async fn a_batch_gets_a_verdict_per_transaction_in_order_and_busy_past_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<SecretKey> = (0..24u8)
+            .map(|i| SecretKey::from_seed([i + 100; 32]))
+            .collect();
+        let chain = chain(dir.path(), &keys);
+        let admitter = Admitter::start(chain.clone(), |_: &SignedTx| {}).unwrap();
+        // More than the queue and one admission batch together can take, each sender's
+        // nonces in order.
+        let room = QUEUE + threads() * BATCH;
+        let per_key = (room + 100).div_ceil(keys.len()) as u64;
+        let txs: Vec<SignedTx> = (0..per_key)
+            .flat_map(|nonce| keys.iter().map(move |k| (k, nonce)))
+            .map(|(k, nonce)| transfer(&chain, k, nonce))
+            .collect();
+        // The admission thread waits for the mempool, so the queue fills up.
+        let held = chain.mempool.lock().unwrap();
+        let verdicts = {
+            let judging = admitter.submit_many(txs.clone());
+            tokio::pin!(judging);
+            // Queued, not yet judged: then let the admission thread go on.
+            let once = tokio::time::timeout(std::time::Duration::ZERO, &mut judging).await;
+            assert!(once.is_err(), "judged while the mempool was held");
+            drop(held);
+            judging.await
+        };
+        assert_eq!(verdicts.len(), txs.len());
+        let busy_from = verdicts
+            .iter()
+            .position(|v| *v == Err(Unjudged::Busy))
+            .expect("some found no room");
+        assert!(busy_from <= room, "{busy_from} queued");
+        for (i, (tx, verdict)) in txs.iter().zip(&verdicts).enumerate() {
+            if i < busy_from {
+                assert_eq!(
+                    *verdict,
+                    Ok(Ok(Admission::New(tx.hash()))),
+                    "transaction {i}"
+                );
+            } else {
+                assert_eq!(*verdict, Err(Unjudged::Busy), "transaction {i}");
+            }
+        }
+        assert_eq!(chain.mempool_size().0, busy_from);
     }
 
     /// A submitter that stops waiting (its request timed out) does not stop its transaction
