@@ -34,6 +34,10 @@ pub const MAX_BODY_BYTES: usize = 2 * limits::MAX_TX_BYTES + 1024;
 /// Largest `POST /v1/txs` body: [`SubmitTxs::MAX`] transactions of about 2 KiB each (a
 /// transfer is under 200 bytes), or fewer larger ones.
 pub const MAX_BATCH_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// `POST /v1/txs` requests read and judged at once at most; more wait (without their bodies
+/// read) until one ends or their timeout, so a flood of large batches holds at most this many
+/// bodies in memory.
+pub const MAX_CONCURRENT_BATCHES: usize = 16;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `GET /v1/artifacts/{hash}` waits for a blob this node must fetch first (the fetch
 /// goes on, and a later request finds it stored).
@@ -96,6 +100,9 @@ pub fn router(api: Api) -> Router {
     let batches = Router::new()
         .route("/v1/txs", post(submit_txs))
         .layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_BATCHES,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
@@ -517,4 +524,88 @@ async fn readyz(AxumState(api): AxumState<Api>) -> Result<&'static str, Error> {
         ));
     }
     Ok("ready")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use axum::body::{Body, Bytes};
+    use axum::http::Request;
+    use pot_protocol::SecretKey;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::chain::admission::tests::{chain, transfer};
+
+    fn batch_request(body: Body) -> Request<Body> {
+        Request::post("/v1/txs")
+            .header("content-type", "application/json")
+            .body(body)
+            .unwrap()
+    }
+
+    /// Poll `f` exactly once.
+    async fn pending_after_one_poll<F: Future + Unpin>(f: &mut F) -> bool {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx).is_pending())
+        })
+        .await
+    }
+
+    /// Past [`MAX_CONCURRENT_BATCHES`] requests being judged, another batch waits with its body
+    /// unread (a flood of large batches cannot hold more bodies than that in memory), and is
+    /// judged once one ends.
+    #[tokio::test]
+    async fn batches_past_the_limit_wait_with_their_bodies_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<SecretKey> = (0..=MAX_CONCURRENT_BATCHES as u8)
+            .map(|i| SecretKey::from_seed([i + 1; 32]))
+            .collect();
+        let chain = chain(dir.path(), &keys);
+        let api = Api {
+            admitter: Admitter::start(chain.clone(), |_: &SignedTx| {}).unwrap(),
+            chain: chain.clone(),
+            metrics: Arc::new(Metrics::register()),
+            status: Arc::new(EngineStatus::default()),
+            blobs: BlobStore::at(dir.path().join("artifacts")),
+            artifact_net: None,
+        };
+        let router = router(api);
+        let body_of =
+            |k: &SecretKey| serde_json::to_vec(&SubmitTxs::new([&transfer(&chain, k, 0)])).unwrap();
+        // Polled once each on this one thread: each holds its place (and waits for its
+        // verdict) until it is polled again.
+        let mut in_flight = Vec::new();
+        for k in &keys[..MAX_CONCURRENT_BATCHES] {
+            let mut answer = Box::pin(
+                router
+                    .clone()
+                    .oneshot(batch_request(Body::from(body_of(k)))),
+            );
+            assert!(pending_after_one_poll(&mut answer).await);
+            in_flight.push(answer);
+        }
+        let read = Arc::new(AtomicBool::new(false));
+        let last_body = {
+            let (read, bytes) = (read.clone(), body_of(&keys[MAX_CONCURRENT_BATCHES]));
+            Body::from_stream(libp2p::futures::stream::once(async move {
+                read.store(true, Ordering::SeqCst);
+                Ok::<_, std::convert::Infallible>(Bytes::from(bytes))
+            }))
+        };
+        let mut last = Box::pin(router.clone().oneshot(batch_request(last_body)));
+        // However often it is polled while the others hold their places.
+        for _ in 0..50 {
+            assert!(pending_after_one_poll(&mut last).await);
+            tokio::task::yield_now().await;
+        }
+        assert!(!read.load(Ordering::SeqCst), "read past the limit");
+        for answer in in_flight {
+            assert_eq!(answer.await.unwrap().status(), StatusCode::OK);
+        }
+        assert_eq!(last.await.unwrap().status(), StatusCode::OK);
+        assert!(read.load(Ordering::SeqCst));
+        assert_eq!(chain.mempool_size().0, MAX_CONCURRENT_BATCHES + 1);
+    }
 }

@@ -153,13 +153,14 @@ fn admit_until_closed(chain: &Chain, waiting: &Waiting, pass_on: &impl Fn(&Signe
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::chain::mempool::Limits;
     use pot_protocol::genesis::{Coordinator, GenesisBalance};
     use pot_protocol::{Amount, Genesis, SecretKey, Tx, TxBody};
 
-    fn chain(dir: &std::path::Path, keys: &[SecretKey]) -> Arc<Chain> {
+    /// A chain whose genesis funds `keys`, with the first as its coordinator.
+    pub(crate) fn chain(dir: &std::path::Path, keys: &[SecretKey]) -> Arc<Chain> {
         let genesis = Genesis {
             chain_id: "t".into(),
             genesis_time_ms: 0,
@@ -177,7 +178,7 @@ mod tests {
         Arc::new(Chain::open(genesis, dir, Limits::default()).unwrap())
     }
 
-    fn transfer(chain: &Chain, from: &SecretKey, nonce: u64) -> SignedTx {
+    pub(crate) fn transfer(chain: &Chain, from: &SecretKey, nonce: u64) -> SignedTx {
         Tx {
             chain_id: chain.genesis().chain_id.clone(),
             signer: from.address(),
