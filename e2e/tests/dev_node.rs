@@ -330,15 +330,19 @@ async fn a_batch_submission_judges_each_transaction_as_if_it_came_alone() {
         }
     }
 
-    // A malformed transaction is refused in its place and the ones after it are still judged.
+    // A malformed transaction is refused in its place and the ones around it are still judged.
     let next = tx(bob, "pot-e2e", 1, send(alice, 4));
-    let body = serde_json::json!({"txs": ["zz", "00ff", SubmitTx::new(&next).tx]}).to_string();
+    let after = tx(bob, "pot-e2e", 2, send(alice, 5));
+    let body = serde_json::json!({"txs": [
+        SubmitTx::new(&next).tx, "zz", "00ff", SubmitTx::new(&after).tx
+    ]})
+    .to_string();
     let (status, answer) = raw_http(&net.api_url(0), "POST", "/v1/txs", &body);
     assert_eq!(status, 200, "{answer}");
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
     let results = answer["results"].as_array().unwrap();
-    assert_eq!(results.len(), 3);
-    for (r, code) in results[..2].iter().zip(["bad_hex", "bad_encoding"]) {
+    assert_eq!(results.len(), 4);
+    for (r, code) in results[1..3].iter().zip(["bad_hex", "bad_encoding"]) {
         assert_eq!(
             (
                 r["result"].as_str(),
@@ -349,8 +353,10 @@ async fn a_batch_submission_judges_each_transaction_as_if_it_came_alone() {
             "{r}"
         );
     }
-    assert_eq!(results[2]["result"], "admitted");
-    assert_eq!(results[2]["hash"], next.hash().to_string());
+    for (r, t) in [(&results[0], &next), (&results[3], &after)] {
+        assert_eq!(r["result"], "admitted", "{r}");
+        assert_eq!(r["hash"], t.hash().to_string());
+    }
 
     // Requests that cannot be judged at all are refused whole.
     let too_many = serde_json::to_string(&SubmitTxs {
@@ -372,6 +378,7 @@ async fn a_batch_submission_judges_each_transaction_as_if_it_came_alone() {
         batch[1].hash(),
         batch[4].hash(),
         next.hash(),
+        after.hash(),
     ] {
         assert!(matches!(
             c.wait_included(&h, WAIT).await.unwrap(),
@@ -379,7 +386,7 @@ async fn a_batch_submission_judges_each_transaction_as_if_it_came_alone() {
         ));
     }
     assert_eq!(c.account(&alice.address()).await.unwrap().nonce, 2);
-    assert_eq!(c.account(&bob.address()).await.unwrap().nonce, 2);
+    assert_eq!(c.account(&bob.address()).await.unwrap().nonce, 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -273,7 +273,15 @@ async fn submit_txs(
             decoded.map(|stx| well_formed.push(stx)).err()
         })
         .collect();
-    let mut verdicts = api.admitter.submit_many(well_formed).await.into_iter();
+    let verdicts = api.admitter.submit_many(well_formed).await;
+    // Nothing judged (the queue was full, or admission has stopped): the request's own status,
+    // so that retries and alerts keyed on it see it.
+    if let Some(Err(why)) = verdicts.first()
+        && verdicts.iter().all(Result::is_err)
+    {
+        return Err(judged(Err(why.clone())).unwrap_err());
+    }
+    let mut verdicts = verdicts.into_iter();
     let results = malformed
         .into_iter()
         .map(|malformed| {

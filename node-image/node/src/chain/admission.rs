@@ -19,6 +19,9 @@ use super::{Admission, Chain};
 const QUEUE: usize = 8192;
 /// Submissions admitted in one batch at most, so a verdict never waits behind a huge one.
 const BATCH: usize = 1024;
+/// Queue room that batch submissions (`submit_many`) leave to single ones, so that a few large
+/// batches cannot fill the queue and turn every single submitter away.
+const KEPT_FOR_SINGLE: usize = 2048;
 /// Admission threads at most: one per two cores (the rest serve consensus, gossip and the
 /// API), so a flood of submissions is checked in parallel on a big machine.
 const MAX_THREADS: usize = 8;
@@ -78,7 +81,8 @@ impl Admitter {
 
     /// Admit each of `txs`, in order: each one's verdict, as [`Admitter::submit`] would give
     /// it. All are queued before any is awaited, so they are judged in one batch (or a few)
-    /// rather than one after another. The first the queue has no room for is `Busy`, and so is
+    /// rather than one after another. Batches leave [`KEPT_FOR_SINGLE`] places of the queue to
+    /// single submissions. The first the queue has no room for is `Busy`, and so is
     /// every one after it, so that none is judged ahead of one before it that was not (a
     /// sender's next nonce would only wait for the refused one).
     pub async fn submit_many(&self, txs: Vec<SignedTx>) -> Vec<Result<Verdict, Unjudged>> {
@@ -88,6 +92,10 @@ impl Admitter {
             .map(|stx| {
                 if let Some(why) = &unjudged {
                     return Err(Clone::clone(why));
+                }
+                if self.queue.capacity() <= KEPT_FOR_SINGLE && !self.queue.is_closed() {
+                    unjudged = Some(Unjudged::Busy);
+                    return Err(Unjudged::Busy);
                 }
                 let (reply, verdict) = oneshot::channel();
                 self.queue
@@ -271,14 +279,14 @@ pub(crate) mod tests {
     #[allow(clippy::await_holding_lock)]
     async fn a_batch_gets_a_verdict_per_transaction_in_order_and_busy_past_the_queue() {
         let dir = tempfile::tempdir().unwrap();
-        let keys: Vec<SecretKey> = (0..24u8)
+        let keys: Vec<SecretKey> = (0..64u8)
             .map(|i| SecretKey::from_seed([i + 100; 32]))
             .collect();
         let chain = chain(dir.path(), &keys);
         let admitter = Admitter::start(chain.clone(), |_: &SignedTx| {}).unwrap();
         // More than the queue and one admission batch together can take, each sender's
         // nonces in order.
-        let room = QUEUE + threads() * BATCH;
+        let room = QUEUE - KEPT_FOR_SINGLE + threads() * BATCH;
         let per_key = (room + 100).div_ceil(keys.len()) as u64;
         let txs: Vec<SignedTx> = (0..per_key)
             .flat_map(|nonce| keys.iter().map(move |k| (k, nonce)))
@@ -313,6 +321,45 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(chain.mempool_size().0, busy_from);
+    }
+
+    /// Batches cannot fill the queue: a single submission still finds room when batches are
+    /// turned away.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // Held on purpose: only the admission thread waits for it.
+    #[allow(clippy::await_holding_lock)]
+    async fn batches_leave_room_for_single_submissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<SecretKey> = (0..64u8)
+            .map(|i| SecretKey::from_seed([i + 1; 32]))
+            .collect();
+        let chain = chain(dir.path(), &keys);
+        let admitter = Admitter::start(chain.clone(), |_: &SignedTx| {}).unwrap();
+        let (batchers, single) = keys.split_at(63);
+        let per_key = (QUEUE + threads() * BATCH).div_ceil(batchers.len()) as u64;
+        let txs: Vec<SignedTx> = (0..per_key)
+            .flat_map(|nonce| batchers.iter().map(move |k| (k, nonce)))
+            .map(|(k, nonce)| transfer(&chain, k, nonce))
+            .collect();
+        let lone = transfer(&chain, &single[0], 0);
+        let held = chain.mempool.lock().unwrap();
+        let (batch_verdicts, lone_verdict) = {
+            let judging = admitter.submit_many(txs);
+            tokio::pin!(judging);
+            let once = tokio::time::timeout(std::time::Duration::ZERO, &mut judging).await;
+            assert!(once.is_err(), "judged while the mempool was held");
+            let lone_judging = admitter.submit(lone.clone());
+            tokio::pin!(lone_judging);
+            let once = tokio::time::timeout(std::time::Duration::ZERO, &mut lone_judging).await;
+            assert!(
+                once.is_err(),
+                "the single submission was not queued: {once:?}"
+            );
+            drop(held);
+            (judging.await, lone_judging.await)
+        };
+        assert!(batch_verdicts.contains(&Err(Unjudged::Busy)));
+        assert_eq!(lone_verdict, Ok(Ok(Admission::New(lone.hash()))));
     }
 
     /// A submitter that stops waiting (its request timed out) does not stop its transaction
