@@ -109,12 +109,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
         // One sequential submitter per account.
         for a in 0..accounts {
             let client = net.client(a % n);
-            let mine: Vec<(usize, SignedTx)> = txs
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| k % accounts == a)
-                .map(|(k, t)| (k, t.clone()))
-                .collect();
+            let mine = numbered(&txs, |k| k % accounts == a);
             let (submitted, refused) = (submitted.clone(), refused.clone());
             senders.push(tokio::spawn(async move {
                 for (k, tx) in mine {
@@ -134,12 +129,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
         let every = Duration::from_millis(cfg.client_batch_ms);
         for c in 0..n {
             let client = net.client(c);
-            let mine: Vec<(usize, SignedTx)> = txs
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| (k % accounts) % n == c)
-                .map(|(k, t)| (k, t.clone()))
-                .collect();
+            let mine = numbered(&txs, |k| (k % accounts) % n == c);
             let (submitted, refused) = (submitted.clone(), refused.clone());
             senders.push(tokio::spawn(async move {
                 let mut next = 0;
@@ -247,6 +237,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
         refused,
         blocks: height - start_height,
     })
+}
+
+/// The transactions whose number `k` is `mine`, with their numbers (which say when each is due).
+fn numbered(txs: &[SignedTx], mine: impl Fn(usize) -> bool) -> Vec<(usize, SignedTx)> {
+    txs.iter()
+        .enumerate()
+        .filter(|(k, _)| mine(*k))
+        .map(|(k, t)| (k, t.clone()))
+        .collect()
 }
 
 /// Transactions per second the chain included while load was offered: the transactions in

@@ -279,7 +279,7 @@ async fn submit_txs(
     if let Some(Err(why)) = verdicts.first()
         && verdicts.iter().all(Result::is_err)
     {
-        return Err(judged(Err(why.clone())).unwrap_err());
+        return Err(unjudged(why.clone()));
     }
     let mut verdicts = verdicts.into_iter();
     let results = malformed
@@ -304,18 +304,23 @@ async fn submit_txs(
     Ok(Json(SubmittedTxs { results }))
 }
 
-/// A submission's verdict as the API answers it: its hash, or the error with its status.
-/// What was admitted has been passed on by the admission thread already (a retry of a held
-/// or decided transaction is not sent around the network again).
-fn judged(verdict: Result<Result<Admission, AdmitError>, Unjudged>) -> Result<Hash, Error> {
-    let admitted = verdict.map_err(|e| match e {
+/// A submission that was never judged, as the API answers it.
+fn unjudged(why: Unjudged) -> Error {
+    match why {
         busy @ Unjudged::Busy => Error(
             StatusCode::SERVICE_UNAVAILABLE,
             "admission_busy",
             busy.to_string(),
         ),
         stopped @ Unjudged::Stopped => internal(stopped),
-    })?;
+    }
+}
+
+/// A submission's verdict as the API answers it: its hash, or the error with its status.
+/// What was admitted has been passed on by the admission thread already (a retry of a held
+/// or decided transaction is not sent around the network again).
+fn judged(verdict: Result<Result<Admission, AdmitError>, Unjudged>) -> Result<Hash, Error> {
+    let admitted = verdict.map_err(unjudged)?;
     let admission = admitted.map_err(|e| match e {
         AdmitError::Invalid(e) => bad_request("tx_rejected", e),
         taken @ AdmitError::NonceTaken { .. } => bad_request("tx_rejected", taken),

@@ -71,12 +71,17 @@ impl Admitter {
 
     /// Admit `stx` to the mempool: its verdict, once the batch it joined is judged.
     pub async fn submit(&self, stx: SignedTx) -> Result<Verdict, Unjudged> {
+        self.enqueue(stx)?.await.map_err(|_| Unjudged::Stopped)
+    }
+
+    /// Queue `stx` for the admission threads: where its verdict will arrive.
+    fn enqueue(&self, stx: SignedTx) -> Result<oneshot::Receiver<Verdict>, Unjudged> {
         let (reply, verdict) = oneshot::channel();
         self.queue.try_send((stx, reply)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Unjudged::Busy,
             mpsc::error::TrySendError::Closed(_) => Unjudged::Stopped,
         })?;
-        verdict.await.map_err(|_| Unjudged::Stopped)
+        Ok(verdict)
     }
 
     /// Admit each of `txs`, in order: each one's verdict, as [`Admitter::submit`] would give
@@ -86,29 +91,23 @@ impl Admitter {
     /// every one after it, so that none is judged ahead of one before it that was not (a
     /// sender's next nonce would only wait for the refused one).
     pub async fn submit_many(&self, txs: Vec<SignedTx>) -> Vec<Result<Verdict, Unjudged>> {
-        let mut unjudged = None;
+        let mut unjudged: Option<Unjudged> = None;
         let waiting: Vec<Result<oneshot::Receiver<Verdict>, Unjudged>> = txs
             .into_iter()
             .map(|stx| {
                 if let Some(why) = &unjudged {
-                    return Err(Clone::clone(why));
+                    return Err(why.clone());
                 }
-                if self.queue.capacity() <= KEPT_FOR_SINGLE && !self.queue.is_closed() {
-                    unjudged = Some(Unjudged::Busy);
-                    return Err(Unjudged::Busy);
+                let queued = if self.queue.capacity() <= KEPT_FOR_SINGLE && !self.queue.is_closed()
+                {
+                    Err(Unjudged::Busy)
+                } else {
+                    self.enqueue(stx)
+                };
+                if let Err(why) = &queued {
+                    unjudged = Some(why.clone());
                 }
-                let (reply, verdict) = oneshot::channel();
-                self.queue
-                    .try_send((stx, reply))
-                    .map(|()| verdict)
-                    .map_err(|e| {
-                        let why = match e {
-                            mpsc::error::TrySendError::Full(_) => Unjudged::Busy,
-                            mpsc::error::TrySendError::Closed(_) => Unjudged::Stopped,
-                        };
-                        unjudged = Some(why.clone());
-                        why
-                    })
+                queued
             })
             .collect();
         let mut verdicts = Vec::with_capacity(waiting.len());
@@ -184,6 +183,14 @@ pub(crate) mod tests {
             coordinators: vec![Coordinator::for_key(&keys[0])],
         };
         Arc::new(Chain::open(genesis, dir, Limits::default()).unwrap())
+    }
+
+    /// At least `count` transfers, `keys` taking turns, each key's nonces in order.
+    fn transfers(chain: &Chain, keys: &[SecretKey], count: usize) -> Vec<SignedTx> {
+        (0..count.div_ceil(keys.len()) as u64)
+            .flat_map(|nonce| keys.iter().map(move |k| (k, nonce)))
+            .map(|(k, nonce)| transfer(chain, k, nonce))
+            .collect()
     }
 
     pub(crate) fn transfer(chain: &Chain, from: &SecretKey, nonce: u64) -> SignedTx {
@@ -287,11 +294,7 @@ pub(crate) mod tests {
         // More than the queue and one admission batch together can take, each sender's
         // nonces in order.
         let room = QUEUE - KEPT_FOR_SINGLE + threads() * BATCH;
-        let per_key = (room + 100).div_ceil(keys.len()) as u64;
-        let txs: Vec<SignedTx> = (0..per_key)
-            .flat_map(|nonce| keys.iter().map(move |k| (k, nonce)))
-            .map(|(k, nonce)| transfer(&chain, k, nonce))
-            .collect();
+        let txs = transfers(&chain, &keys, room + 100);
         // The admission thread waits for the mempool, so the queue fills up.
         let held = chain.mempool.lock().unwrap();
         let verdicts = {
@@ -336,11 +339,7 @@ pub(crate) mod tests {
         let chain = chain(dir.path(), &keys);
         let admitter = Admitter::start(chain.clone(), |_: &SignedTx| {}).unwrap();
         let (batchers, single) = keys.split_at(63);
-        let per_key = (QUEUE + threads() * BATCH).div_ceil(batchers.len()) as u64;
-        let txs: Vec<SignedTx> = (0..per_key)
-            .flat_map(|nonce| batchers.iter().map(move |k| (k, nonce)))
-            .map(|(k, nonce)| transfer(&chain, k, nonce))
-            .collect();
+        let txs = transfers(&chain, batchers, QUEUE + threads() * BATCH);
         let lone = transfer(&chain, &single[0], 0);
         let held = chain.mempool.lock().unwrap();
         let (batch_verdicts, lone_verdict) = {
