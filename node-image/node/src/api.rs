@@ -66,7 +66,18 @@ impl IntoResponse for Error {
             code: self.1.to_string(),
             message: self.2,
         };
-        (self.0, Json(body)).into_response()
+        let mut response = (self.0, Json(body)).into_response();
+        // Busy (the admission queue, a sender's share of the mempool): worth a retry soon.
+        if matches!(
+            self.0,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 
@@ -238,31 +249,83 @@ async fn submit_tx(
     let stx = SignedTx::decode(&bytes).map_err(|e| bad_request("bad_encoding", e))?;
     // Verifying the signature and replaying it on the pending state is CPU work: done off the
     // async threads, together with whatever else was submitted meanwhile.
-    let hash = judged(api.admitter.submit(stx).await)?;
+    let verdict = api.admitter.submit(stx).await;
+    if verdict == Err(Unjudged::Busy) {
+        api.metrics.admission_busy(1);
+    }
+    let hash = judged(verdict)?;
     Ok(Json(Submitted { hash }))
+}
+
+/// [`SubmitTxs`] as the node reads it: the first [`SubmitTxs::MAX`] transactions kept, the rest
+/// only counted, so that a body of millions of tiny items is refused for what it is
+/// (`too_many_txs`) without holding them all in memory first.
+#[derive(Deserialize)]
+struct IncomingTxs {
+    txs: CappedList,
+}
+
+/// A JSON list of strings of which at most [`SubmitTxs::MAX`] are kept.
+struct CappedList {
+    kept: Vec<String>,
+    /// Items in the list, kept or not.
+    count: usize,
+}
+
+impl<'de> Deserialize<'de> for CappedList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Capped;
+        impl<'de> serde::de::Visitor<'de> for Capped {
+            type Value = CappedList;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of hex-encoded transactions")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<CappedList, A::Error> {
+                let mut list = CappedList {
+                    kept: Vec::new(),
+                    count: 0,
+                };
+                loop {
+                    let more = if list.kept.len() < SubmitTxs::MAX {
+                        seq.next_element::<String>()?.map(|tx| list.kept.push(tx))
+                    } else {
+                        seq.next_element::<serde::de::IgnoredAny>()?.map(drop)
+                    };
+                    if more.is_none() {
+                        return Ok(list);
+                    }
+                    list.count += 1;
+                }
+            }
+        }
+        d.deserialize_seq(Capped)
+    }
 }
 
 /// `POST /v1/txs`: each transaction judged as `POST /v1/tx` would judge it alone, all in one
 /// request; a malformed one is refused on its own and does not stop the others.
 async fn submit_txs(
     AxumState(api): AxumState<Api>,
-    body: Result<Json<SubmitTxs>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<IncomingTxs>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<SubmittedTxs>, Error> {
-    let Json(body) = body.map_err(|e| bad_request("bad_json", e.body_text()))?;
-    if body.txs.len() > SubmitTxs::MAX {
+    let Json(IncomingTxs { txs }) = body.map_err(|e| bad_request("bad_json", e.body_text()))?;
+    if txs.count > SubmitTxs::MAX {
         return Err(bad_request(
             "too_many_txs",
             format!(
                 "{} transactions in one request (at most {})",
-                body.txs.len(),
+                txs.count,
                 SubmitTxs::MAX
             ),
         ));
     }
+    let txs = txs.kept;
     // The well-formed ones go to admission; each malformed one keeps its error in its place.
-    let mut well_formed = Vec::with_capacity(body.txs.len());
-    let malformed: Vec<Option<Error>> = body
-        .txs
+    let mut well_formed = Vec::with_capacity(txs.len());
+    let malformed: Vec<Option<Error>> = txs
         .iter()
         .map(|tx| {
             let decoded = hex::decode(tx.trim())
@@ -273,7 +336,14 @@ async fn submit_txs(
             decoded.map(|stx| well_formed.push(stx)).err()
         })
         .collect();
+    api.metrics.batch_request(txs.len());
     let verdicts = api.admitter.submit_many(well_formed).await;
+    api.metrics.admission_busy(
+        verdicts
+            .iter()
+            .filter(|v| **v == Err(Unjudged::Busy))
+            .count(),
+    );
     // Nothing judged (the queue was full, or admission has stopped): the request's own status,
     // so that retries and alerts keyed on it see it.
     if let Some(Err(why)) = verdicts.first()
@@ -512,6 +582,7 @@ async fn queue(AxumState(api): AxumState<Api>) -> Json<Queue> {
 async fn metrics(AxumState(api): AxumState<Api>) -> impl IntoResponse {
     let (txs, bytes) = api.chain.mempool_size();
     api.metrics.mempool(txs, bytes);
+    api.metrics.admission_waiting(api.admitter.waiting());
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -521,7 +592,6 @@ async fn metrics(AxumState(api): AxumState<Api>) -> impl IntoResponse {
     )
 }
 
-/// Ready once the last block is recent: a node still catching up (or cut off) is not.
 /// Ready when caught up with its peers and deciding blocks, as this node's engine saw it.
 async fn readyz(AxumState(api): AxumState<Api>) -> Result<&'static str, Error> {
     let block_time = api.chain.genesis().params.block_time_ms;
@@ -558,6 +628,18 @@ mod tests {
             .unwrap()
     }
 
+    /// The API of a coordinator of `chain` whose files are under `dir`.
+    fn api(chain: &Arc<Chain>, dir: &std::path::Path) -> Api {
+        Api {
+            admitter: Admitter::start(chain.clone(), |_: &SignedTx| {}).unwrap(),
+            chain: chain.clone(),
+            metrics: Arc::new(Metrics::register()),
+            status: Arc::new(EngineStatus::default()),
+            blobs: BlobStore::at(dir.join("artifacts")),
+            artifact_net: None,
+        }
+    }
+
     /// Poll `f` exactly once.
     async fn pending_after_one_poll<F: Future + Unpin>(f: &mut F) -> bool {
         std::future::poll_fn(|cx| {
@@ -576,14 +658,7 @@ mod tests {
             .map(|i| SecretKey::from_seed([i + 1; 32]))
             .collect();
         let chain = chain(dir.path(), &keys);
-        let api = Api {
-            admitter: Admitter::start(chain.clone(), |_: &SignedTx| {}).unwrap(),
-            chain: chain.clone(),
-            metrics: Arc::new(Metrics::register()),
-            status: Arc::new(EngineStatus::default()),
-            blobs: BlobStore::at(dir.path().join("artifacts")),
-            artifact_net: None,
-        };
+        let api = api(&chain, dir.path());
         let router = router(api);
         let body_of =
             |k: &SecretKey| serde_json::to_vec(&SubmitTxs::new([&transfer(&chain, k, 0)])).unwrap();
@@ -620,5 +695,49 @@ mod tests {
         assert_eq!(last.await.unwrap().status(), StatusCode::OK);
         assert!(read.load(Ordering::SeqCst));
         assert_eq!(chain.mempool_size().0, MAX_CONCURRENT_BATCHES + 1);
+    }
+
+    /// A body of more items than a request may hold is refused as `too_many_txs`, naming how
+    /// many it had, having kept only the first [`SubmitTxs::MAX`] of them while reading.
+    #[tokio::test]
+    async fn a_batch_of_too_many_items_is_counted_not_kept() {
+        let items = (MAX_BATCH_BODY_BYTES - 16) / 3;
+        let body = format!("{{\"txs\":[{}\"\"]}}", "\"\",".repeat(items - 1));
+        assert!(body.len() <= MAX_BATCH_BODY_BYTES);
+        let IncomingTxs { txs } = serde_json::from_str(&body).unwrap();
+        assert_eq!((txs.kept.len(), txs.count), (SubmitTxs::MAX, items));
+
+        let dir = tempfile::tempdir().unwrap();
+        let chain = chain(dir.path(), &[SecretKey::from_seed([9; 32])]);
+        let api = api(&chain, dir.path());
+        let answer = router(api)
+            .oneshot(batch_request(Body::from(body)))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+        let bytes = axum::body::to_bytes(answer.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let error: ApiError = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(error.code, "too_many_txs");
+        assert!(
+            error.message.starts_with(&format!("{items} transactions")),
+            "{}",
+            error.message
+        );
+    }
+
+    /// A busy answer says when to try again; a refusal does not.
+    #[test]
+    fn busy_answers_carry_retry_after() {
+        let busy = unjudged(Unjudged::Busy).into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[axum::http::header::RETRY_AFTER], "1");
+        let refused = bad_request("tx_rejected", "bad nonce").into_response();
+        assert!(
+            !refused
+                .headers()
+                .contains_key(axum::http::header::RETRY_AFTER)
+        );
     }
 }

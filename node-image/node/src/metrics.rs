@@ -20,6 +20,9 @@ pub struct Metrics {
     rejected_parts: Counter,
     mempool_txs: Gauge,
     mempool_bytes: Gauge<u64, AtomicU64>,
+    admission_waiting: Gauge,
+    admission_busy: Counter,
+    txs_per_batch_request: Histogram,
 }
 
 impl Metrics {
@@ -36,6 +39,9 @@ impl Metrics {
             rejected_parts: Counter::default(),
             mempool_txs: Gauge::default(),
             mempool_bytes: Gauge::default(),
+            admission_waiting: Gauge::default(),
+            admission_busy: Counter::default(),
+            txs_per_batch_request: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
         };
         SharedRegistry::global().with_prefix("pot", |r| {
             r.register(
@@ -85,6 +91,22 @@ impl Metrics {
                 "Encoded bytes in the mempool",
                 m.mempool_bytes.clone(),
             );
+            r.register(
+                "admission_waiting_txs",
+                "Submitted transactions waiting for (or being judged by) the admission threads",
+                m.admission_waiting.clone(),
+            );
+            r.register(
+                "admission_busy",
+                "Submitted transactions turned away unjudged (503 admission_busy): the \
+                 admission queue was full",
+                m.admission_busy.clone(),
+            );
+            r.register(
+                "txs_per_batch_request",
+                "Transactions per POST /v1/txs request",
+                m.txs_per_batch_request.clone(),
+            );
         });
         m
     }
@@ -115,6 +137,20 @@ impl Metrics {
     pub fn mempool(&self, txs: usize, bytes: usize) {
         self.mempool_txs.set(txs as i64);
         self.mempool_bytes.set(bytes as u64);
+    }
+
+    pub fn admission_waiting(&self, txs: usize) {
+        self.admission_waiting.set(txs as i64);
+    }
+
+    /// A `POST /v1/txs` request of `txs` transactions.
+    pub fn batch_request(&self, txs: usize) {
+        self.txs_per_batch_request.observe(txs as f64);
+    }
+
+    /// `txs` submissions turned away because the admission queue was full.
+    pub fn admission_busy(&self, txs: usize) {
+        self.admission_busy.inc_by(txs as u64);
     }
 
     /// The text exposition of every registered metric.

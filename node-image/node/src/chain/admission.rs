@@ -5,7 +5,12 @@
 //! `Chain::submit` would have given it alone. What the thread admits as new is passed on (to
 //! the other coordinators) by the thread itself, so a client that gave up waiting for its
 //! answer does not leave an admitted transaction unannounced.
+//!
+//! A request of many transactions is one entry of the queue, taken and judged whole by one
+//! thread, so its transactions are judged in their order however many threads there are (one
+//! sender's consecutive nonces may share a request).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pot_protocol::SignedTx;
@@ -15,9 +20,12 @@ use tracing::debug;
 use super::mempool::AdmitError;
 use super::{Admission, Chain};
 
-/// Submissions waiting for the admission thread before the API answers "busy".
+/// Transactions waiting for (or being judged by) the admission threads before the API answers
+/// "busy".
 const QUEUE: usize = 8192;
-/// Submissions admitted in one batch at most, so a verdict never waits behind a huge one.
+/// Transactions a thread takes at once: it takes no further request once it has this many, so
+/// a verdict never waits behind a huge batch (a request is never split, so one of
+/// [`SubmitTxs::MAX`](pot_protocol::SubmitTxs::MAX) can take it past this).
 const BATCH: usize = 1024;
 /// Queue room that batch submissions (`submit_many`) leave to single ones, so that a few large
 /// batches cannot fill the queue and turn every single submitter away.
@@ -29,7 +37,7 @@ const MAX_THREADS: usize = 8;
 /// Why a submission was not judged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unjudged {
-    #[error("{QUEUE} submissions are already waiting to be admitted; try again shortly")]
+    #[error("the admission queue is full ({QUEUE} transactions waiting); try again shortly")]
     Busy,
     #[error("the admission threads have stopped")]
     Stopped,
@@ -37,11 +45,34 @@ pub enum Unjudged {
 
 type Verdict = Result<Admission, AdmitError>;
 
+/// One request's transactions, judged by one thread in their order, and where their verdicts go.
+struct Submission {
+    txs: Vec<SignedTx>,
+    reply: oneshot::Sender<Vec<Verdict>>,
+    /// Its places in the queue, given back when it is dropped (judged, or never taken).
+    _places: Places,
+}
+
+/// Places taken in the queue: [`Admitter::take_places`] counts them in, dropping gives them back.
+struct Places {
+    n: usize,
+    taken: Arc<AtomicUsize>,
+}
+
+impl Drop for Places {
+    fn drop(&mut self) {
+        self.taken.fetch_sub(self.n, Ordering::AcqRel);
+    }
+}
+
 /// Hands submissions to the admission threads. Cheap to clone; the threads end when the last
 /// handle is dropped.
 #[derive(Clone)]
 pub struct Admitter {
-    queue: mpsc::Sender<(SignedTx, oneshot::Sender<Verdict>)>,
+    /// Unbounded as a channel: `taken` bounds it, in transactions rather than requests.
+    queue: mpsc::UnboundedSender<Submission>,
+    /// Transactions queued or being judged.
+    taken: Arc<AtomicUsize>,
 }
 
 impl Admitter {
@@ -51,16 +82,28 @@ impl Admitter {
         chain: Arc<Chain>,
         pass_on: impl Fn(&SignedTx) + Send + Sync + 'static,
     ) -> std::io::Result<Admitter> {
-        let (queue, waiting) = mpsc::channel(QUEUE);
+        Admitter::start_threads(chain, threads(), pass_on)
+    }
+
+    /// [`Admitter::start`] with `threads` admission threads.
+    fn start_threads(
+        chain: Arc<Chain>,
+        threads: usize,
+        pass_on: impl Fn(&SignedTx) + Send + Sync + 'static,
+    ) -> std::io::Result<Admitter> {
+        let (queue, waiting) = mpsc::unbounded_channel();
         let waiting = Arc::new(Mutex::new(waiting));
         let pass_on = Arc::new(pass_on);
-        for i in 0..threads() {
+        for i in 0..threads {
             let (chain, waiting, pass_on) = (chain.clone(), waiting.clone(), pass_on.clone());
             std::thread::Builder::new()
                 .name(format!("pot-admission-{i}"))
                 .spawn(move || admit_until_closed(&chain, &waiting, &*pass_on))?;
         }
-        Ok(Admitter { queue })
+        Ok(Admitter {
+            queue,
+            taken: Arc::default(),
+        })
     }
 
     /// Whether submissions are still being admitted (a thread that panicked takes the
@@ -69,55 +112,79 @@ impl Admitter {
         !self.queue.is_closed()
     }
 
-    /// Admit `stx` to the mempool: its verdict, once the batch it joined is judged.
-    pub async fn submit(&self, stx: SignedTx) -> Result<Verdict, Unjudged> {
-        self.enqueue(stx)?.await.map_err(|_| Unjudged::Stopped)
+    /// Transactions queued or being judged now.
+    pub fn waiting(&self) -> usize {
+        self.taken.load(Ordering::Acquire)
     }
 
-    /// Queue `stx` for the admission threads: where its verdict will arrive.
-    fn enqueue(&self, stx: SignedTx) -> Result<oneshot::Receiver<Verdict>, Unjudged> {
-        let (reply, verdict) = oneshot::channel();
-        self.queue.try_send((stx, reply)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Unjudged::Busy,
-            mpsc::error::TrySendError::Closed(_) => Unjudged::Stopped,
-        })?;
-        Ok(verdict)
+    /// Admit `stx` to the mempool: its verdict, once the batch it joined is judged.
+    pub async fn submit(&self, stx: SignedTx) -> Result<Verdict, Unjudged> {
+        let places = self.take_places(1, QUEUE).ok_or(Unjudged::Busy)?;
+        let mut verdicts = self.judge(vec![stx], places).await?;
+        verdicts.pop().ok_or(Unjudged::Stopped)
     }
 
     /// Admit each of `txs`, in order: each one's verdict, as [`Admitter::submit`] would give
-    /// it. All are queued before any is awaited, so they are judged in one batch (or a few)
-    /// rather than one after another. Batches leave [`KEPT_FOR_SINGLE`] places of the queue to
-    /// single submissions. The first the queue has no room for is `Busy`, and so is
-    /// every one after it, so that none is judged ahead of one before it that was not (a
-    /// sender's next nonce would only wait for the refused one).
-    pub async fn submit_many(&self, txs: Vec<SignedTx>) -> Vec<Result<Verdict, Unjudged>> {
-        let mut unjudged: Option<Unjudged> = None;
-        let waiting: Vec<Result<oneshot::Receiver<Verdict>, Unjudged>> = txs
+    /// it. They are queued together and judged by one thread in this order, so each sees the
+    /// ones before it as admitted (or not). Batches leave [`KEPT_FOR_SINGLE`] places of the
+    /// queue to single submissions. Those the queue has no room for are `Busy`, from the first
+    /// on, so that none is judged ahead of one before it that was not (a sender's next nonce
+    /// would only wait for the refused one).
+    pub async fn submit_many(&self, mut txs: Vec<SignedTx>) -> Vec<Result<Verdict, Unjudged>> {
+        let n = txs.len();
+        let room = if self.is_running() {
+            self.take_places(n, QUEUE - KEPT_FOR_SINGLE)
+        } else {
+            None
+        };
+        let Some(places) = room else {
+            let why = if self.is_running() {
+                Unjudged::Busy
+            } else {
+                Unjudged::Stopped
+            };
+            return vec![Err(why); n];
+        };
+        let queued = places.n;
+        txs.truncate(queued);
+        let judged: Vec<Result<Verdict, Unjudged>> = match self.judge(txs, places).await {
+            Ok(verdicts) => verdicts.into_iter().map(Ok).collect(),
+            Err(why) => vec![Err(why); queued],
+        };
+        judged
             .into_iter()
-            .map(|stx| {
-                if let Some(why) = &unjudged {
-                    return Err(why.clone());
-                }
-                let queued = if self.queue.capacity() <= KEPT_FOR_SINGLE && !self.queue.is_closed()
-                {
-                    Err(Unjudged::Busy)
-                } else {
-                    self.enqueue(stx)
-                };
-                if let Err(why) = &queued {
-                    unjudged = Some(why.clone());
-                }
-                queued
-            })
-            .collect();
-        let mut verdicts = Vec::with_capacity(waiting.len());
-        for w in waiting {
-            verdicts.push(match w {
-                Ok(verdict) => verdict.await.map_err(|_| Unjudged::Stopped),
-                Err(e) => Err(e),
+            .chain(std::iter::repeat_n(Err(Unjudged::Busy), n - queued))
+            .collect()
+    }
+
+    /// Up to `wanted` places in the queue, so that no more than `limit` are taken in all; none
+    /// if there is no room at all.
+    fn take_places(&self, wanted: usize, limit: usize) -> Option<Places> {
+        let mut n = 0;
+        let _ = self
+            .taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                n = wanted.min(limit.saturating_sub(taken));
+                Some(taken + n)
             });
-        }
-        verdicts
+        let places = Places {
+            n,
+            taken: self.taken.clone(),
+        };
+        (n > 0).then_some(places)
+    }
+
+    /// Queue `txs` (in the `places` taken for them) as one submission: their verdicts.
+    async fn judge(&self, txs: Vec<SignedTx>, places: Places) -> Result<Vec<Verdict>, Unjudged> {
+        let (reply, verdicts) = oneshot::channel();
+        self.queue
+            .send(Submission {
+                txs,
+                reply,
+                _places: places,
+            })
+            .map_err(|_| Unjudged::Stopped)?;
+        verdicts.await.map_err(|_| Unjudged::Stopped)
     }
 }
 
@@ -127,7 +194,7 @@ fn threads() -> usize {
     (cores / 2).clamp(1, MAX_THREADS)
 }
 
-type Waiting = Mutex<mpsc::Receiver<(SignedTx, oneshot::Sender<Verdict>)>>;
+type Waiting = Mutex<mpsc::UnboundedReceiver<Submission>>;
 
 fn admit_until_closed(chain: &Chain, waiting: &Waiting, pass_on: &impl Fn(&SignedTx)) {
     loop {
@@ -137,23 +204,29 @@ fn admit_until_closed(chain: &Chain, waiting: &Waiting, pass_on: &impl Fn(&Signe
             let Some(first) = waiting.blocking_recv() else {
                 return;
             };
+            let mut n = first.txs.len();
             let mut batch = vec![first];
-            while batch.len() < BATCH
+            while n < BATCH
                 && let Ok(more) = waiting.try_recv()
             {
+                n += more.txs.len();
                 batch.push(more);
             }
             batch
         };
-        let (txs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let n = txs.len();
-        let verdicts = chain.submit_batch(&txs);
-        for ((verdict, reply), tx) in verdicts.into_iter().zip(replies).zip(&txs) {
-            if let Ok(Admission::New(_)) = verdict {
-                pass_on(tx);
+        let verdicts = chain.submit_batch(batch.iter().flat_map(|s| &s.txs));
+        let mut verdicts = verdicts.into_iter();
+        let mut n = 0;
+        for submission in batch {
+            let theirs: Vec<Verdict> = verdicts.by_ref().take(submission.txs.len()).collect();
+            for (verdict, tx) in theirs.iter().zip(&submission.txs) {
+                if let Ok(Admission::New(_)) = verdict {
+                    pass_on(tx);
+                }
             }
+            n += theirs.len();
             // A submitter that gave up (its request timed out) no longer wants the answer.
-            let _ = reply.send(verdict);
+            let _ = submission.reply.send(theirs);
         }
         debug!(n, "admitted a batch of submissions");
     }
@@ -164,7 +237,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::chain::mempool::Limits;
     use pot_protocol::genesis::{Coordinator, GenesisBalance};
-    use pot_protocol::{Amount, Genesis, SecretKey, Tx, TxBody};
+    use pot_protocol::{Amount, Genesis, Hash, SecretKey, Tx, TxBody};
 
     /// A chain whose genesis funds `keys`, with the first as its coordinator.
     pub(crate) fn chain(dir: &std::path::Path, keys: &[SecretKey]) -> Arc<Chain> {
@@ -291,9 +364,9 @@ pub(crate) mod tests {
             .collect();
         let chain = chain(dir.path(), &keys);
         let admitter = Admitter::start(chain.clone(), |_: &SignedTx| {}).unwrap();
-        // More than the queue and one admission batch together can take, each sender's
-        // nonces in order.
-        let room = QUEUE - KEPT_FOR_SINGLE + threads() * BATCH;
+        // More than the queue leaves a batch, each sender's nonces in order (the places of
+        // what is being judged are taken until it is judged).
+        let room = QUEUE - KEPT_FOR_SINGLE;
         let txs = transfers(&chain, &keys, room + 100);
         // The admission thread waits for the mempool, so the queue fills up.
         let held = chain.mempool.lock().unwrap();
@@ -311,7 +384,7 @@ pub(crate) mod tests {
             .iter()
             .position(|v| *v == Err(Unjudged::Busy))
             .expect("some found no room");
-        assert!(busy_from <= room, "{busy_from} queued");
+        assert_eq!(busy_from, room);
         for (i, (tx, verdict)) in txs.iter().zip(&verdicts).enumerate() {
             if i < busy_from {
                 assert_eq!(
@@ -324,6 +397,57 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(chain.mempool_size().0, busy_from);
+    }
+
+    /// A request is judged in its order by one thread, however many there are: a sender's
+    /// later nonces are never judged before its earlier ones (they would be refused as too
+    /// far ahead), and the request is never split between threads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // Held on purpose: only the admission threads wait for it.
+    #[allow(clippy::await_holding_lock)]
+    async fn a_request_is_judged_in_order_by_one_thread_however_many_there_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<SecretKey> = (0..8u8)
+            .map(|i| SecretKey::from_seed([i + 70; 32]))
+            .collect();
+        let chain = chain(dir.path(), &keys);
+        let passed_on = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let admitter = {
+            let passed_on = passed_on.clone();
+            Admitter::start_threads(chain.clone(), 4, move |t: &SignedTx| {
+                let thread = std::thread::current().name().map(str::to_owned);
+                passed_on.lock().unwrap().push((t.hash(), thread));
+            })
+            .unwrap()
+        };
+        // Three admission batches' worth, each sender's nonces far past what the mempool
+        // queues ahead of a gap.
+        let txs = transfers(&chain, &keys, 3 * BATCH);
+        // Every thread is free to take a share while the first waits for the mempool.
+        let held = chain.mempool.lock().unwrap();
+        let verdicts = {
+            let judging = admitter.submit_many(txs.clone());
+            tokio::pin!(judging);
+            let once = tokio::time::timeout(std::time::Duration::from_millis(200), &mut judging);
+            assert!(once.await.is_err(), "judged while the mempool was held");
+            drop(held);
+            judging.await
+        };
+        for (i, (tx, verdict)) in txs.iter().zip(&verdicts).enumerate() {
+            assert_eq!(
+                *verdict,
+                Ok(Ok(Admission::New(tx.hash()))),
+                "transaction {i}"
+            );
+        }
+        let passed_on = passed_on.lock().unwrap().clone();
+        let order: Vec<Hash> = passed_on.iter().map(|(h, _)| *h).collect();
+        assert_eq!(order, txs.iter().map(SignedTx::hash).collect::<Vec<_>>());
+        let by = &passed_on[0].1;
+        assert!(
+            passed_on.iter().all(|(_, t)| t == by),
+            "split between threads"
+        );
     }
 
     /// Batches cannot fill the queue: a single submission still finds room when batches are
