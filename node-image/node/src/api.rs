@@ -66,12 +66,11 @@ impl IntoResponse for Error {
             code: self.1.to_string(),
             message: self.2,
         };
+        let busy = matches!(self.1, "admission_busy" | "sender_full" | "mempool_full");
         let mut response = (self.0, Json(body)).into_response();
-        // Busy (the admission queue, a sender's share of the mempool): worth a retry soon.
-        if matches!(
-            self.0,
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-        ) {
+        // Busy for now (the admission queue, the mempool, a sender's share of it, which frees
+        // up as blocks include transactions): worth a retry soon.
+        if busy {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("1"),
@@ -736,6 +735,14 @@ mod tests {
         let refused = bad_request("tx_rejected", "bad nonce").into_response();
         assert!(
             !refused
+                .headers()
+                .contains_key(axum::http::header::RETRY_AFTER)
+        );
+        // Not busy: admission has stopped for good.
+        let stopped = unjudged(Unjudged::Stopped).into_response();
+        assert_eq!(stopped.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !stopped
                 .headers()
                 .contains_key(axum::http::header::RETRY_AFTER)
         );

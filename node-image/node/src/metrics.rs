@@ -104,7 +104,8 @@ impl Metrics {
             );
             r.register(
                 "txs_per_batch_request",
-                "Transactions per POST /v1/txs request",
+                "Transactions per POST /v1/txs request that was read (malformed items \
+                 counted; bad_json and too_many_txs requests not)",
                 m.txs_per_batch_request.clone(),
             );
         });

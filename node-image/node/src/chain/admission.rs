@@ -1,5 +1,5 @@
-//! Admission of the API's submissions, in batches: a thread takes every submission waiting
-//! and admits them together ([`Chain::submit_batch`]), so their signatures are checked in one
+//! Admission of the API's submissions, in batches: a thread takes the submissions waiting (until
+//! it has [`BATCH`] transactions or more) and admits them together ([`Chain::submit_batch`]), so their signatures are checked in one
 //! ed25519 batch (about a third of the work of checking them one by one) and a busy API costs
 //! one thread hand-off per batch, not one per request. Each submitter gets the verdict
 //! `Chain::submit` would have given it alone. What the thread admits as new is passed on (to
@@ -37,7 +37,7 @@ const MAX_THREADS: usize = 8;
 /// Why a submission was not judged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unjudged {
-    #[error("the admission queue is full ({QUEUE} transactions waiting); try again shortly")]
+    #[error("too many submitted transactions are waiting to be checked; try again shortly")]
     Busy,
     #[error("the admission threads have stopped")]
     Stopped,
@@ -50,7 +50,7 @@ struct Submission {
     txs: Vec<SignedTx>,
     reply: oneshot::Sender<Vec<Verdict>>,
     /// Its places in the queue, given back when it is dropped (judged, or never taken).
-    _places: Places,
+    places: Places,
 }
 
 /// Places taken in the queue: [`Admitter::take_places`] counts them in, dropping gives them back.
@@ -178,11 +178,7 @@ impl Admitter {
     async fn judge(&self, txs: Vec<SignedTx>, places: Places) -> Result<Vec<Verdict>, Unjudged> {
         let (reply, verdicts) = oneshot::channel();
         self.queue
-            .send(Submission {
-                txs,
-                reply,
-                _places: places,
-            })
+            .send(Submission { txs, reply, places })
             .map_err(|_| Unjudged::Stopped)?;
         verdicts.await.map_err(|_| Unjudged::Stopped)
     }
@@ -214,19 +210,21 @@ fn admit_until_closed(chain: &Chain, waiting: &Waiting, pass_on: &impl Fn(&Signe
             }
             batch
         };
+        let n: usize = batch.iter().map(|s| s.txs.len()).sum();
         let verdicts = chain.submit_batch(batch.iter().flat_map(|s| &s.txs));
+        assert_eq!(verdicts.len(), n, "one verdict per transaction");
         let mut verdicts = verdicts.into_iter();
-        let mut n = 0;
-        for submission in batch {
-            let theirs: Vec<Verdict> = verdicts.by_ref().take(submission.txs.len()).collect();
-            for (verdict, tx) in theirs.iter().zip(&submission.txs) {
+        for Submission { txs, reply, places } in batch {
+            let theirs: Vec<Verdict> = verdicts.by_ref().take(txs.len()).collect();
+            for (verdict, tx) in theirs.iter().zip(&txs) {
                 if let Ok(Admission::New(_)) = verdict {
                     pass_on(tx);
                 }
             }
-            n += theirs.len();
+            // Judged: its places are free before its submitter hears so.
+            drop(places);
             // A submitter that gave up (its request timed out) no longer wants the answer.
-            let _ = submission.reply.send(theirs);
+            let _ = reply.send(theirs);
         }
         debug!(n, "admitted a batch of submissions");
     }
@@ -397,6 +395,11 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(chain.mempool_size().0, busy_from);
+        assert_eq!(
+            admitter.waiting(),
+            0,
+            "places of the judged and the busy given back"
+        );
     }
 
     /// A request is judged in its order by one thread, however many there are: a sender's
@@ -463,7 +466,7 @@ pub(crate) mod tests {
         let chain = chain(dir.path(), &keys);
         let admitter = Admitter::start(chain.clone(), |_: &SignedTx| {}).unwrap();
         let (batchers, single) = keys.split_at(63);
-        let txs = transfers(&chain, batchers, QUEUE + threads() * BATCH);
+        let txs = transfers(&chain, batchers, QUEUE);
         let lone = transfer(&chain, &single[0], 0);
         let held = chain.mempool.lock().unwrap();
         let (batch_verdicts, lone_verdict) = {
@@ -483,6 +486,7 @@ pub(crate) mod tests {
         };
         assert!(batch_verdicts.contains(&Err(Unjudged::Busy)));
         assert_eq!(lone_verdict, Ok(Ok(Admission::New(lone.hash()))));
+        assert_eq!(admitter.waiting(), 0);
     }
 
     /// A submitter that stops waiting (its request timed out) does not stop its transaction
@@ -509,5 +513,14 @@ pub(crate) mod tests {
         drop(held);
         assert_eq!(announced.recv().await, Some(tx.hash()));
         assert_eq!(chain.mempool_size().0, 1);
+        // Its place is given back once judged, though nobody heard the verdict.
+        let freed = async {
+            while admitter.waiting() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), freed)
+            .await
+            .expect("the place of a submission nobody waits for is given back");
     }
 }

@@ -21,6 +21,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use pot_protocol::ledger::{TxCtx, begin_block};
 use pot_protocol::{Address, Hash, SignedTx, State, TxError, VerifiedTx, apply_verified_tx};
 
+use super::Admission;
+
 /// How far ahead of its sender's next nonce a transaction may be and still be queued.
 pub const MAX_NONCE_GAP: u64 = 64;
 
@@ -175,7 +177,7 @@ impl Mempool {
             return Ok(hash);
         }
         let vtx = VerifiedTx::new(stx)?;
-        self.admit_checked(vtx)
+        self.admit_checked(vtx).map(|a| a.hash())
     }
 
     /// The checks that come before a signature is verified, cheap enough to make under the
@@ -200,16 +202,17 @@ impl Mempool {
     }
 
     /// Admit a transaction whose signature was verified (the pool may have changed since its
-    /// precheck, so that is made again).
-    pub fn admit_checked(&mut self, vtx: VerifiedTx) -> Result<Hash, AdmitError> {
+    /// precheck, so that is made again): `Known` when another submission of it got in first
+    /// meanwhile, so that only one of them passes it on.
+    pub fn admit_checked(&mut self, vtx: VerifiedTx) -> Result<Admission, AdmitError> {
         if let Some(hash) = self.precheck(vtx.tx(), vtx.hash())? {
-            return Ok(hash);
+            return Ok(Admission::Known(hash));
         }
         let since = self.pending_state.tip.height;
         if self.is_full(vtx.len()) {
             self.make_room_for(&vtx)?;
         }
-        self.admit_verified(vtx, since)
+        self.admit_verified(vtx, since).map(Admission::New)
     }
 
     fn is_full(&self, len: usize) -> bool {
@@ -626,6 +629,21 @@ mod tests {
             },
         }
         .sign(&key(from))
+    }
+
+    /// Two submissions of one transaction, both checked before either got in (two admission
+    /// threads): the second is `Known`, so the transaction is passed on once.
+    #[test]
+    fn a_transaction_admitted_while_its_twin_was_verified_is_known() {
+        let mut pool = Mempool::new(&genesis(), 2_000, Limits::default());
+        let tx = paying(1, 0, 10);
+        let (first, second) = (
+            VerifiedTx::new(tx.clone()).unwrap(),
+            VerifiedTx::new(tx.clone()).unwrap(),
+        );
+        assert_eq!(pool.admit_checked(first), Ok(Admission::New(tx.hash())));
+        assert_eq!(pool.admit_checked(second), Ok(Admission::Known(tx.hash())));
+        assert_eq!(pool.len(), 1);
     }
 
     #[test]

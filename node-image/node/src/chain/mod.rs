@@ -273,7 +273,7 @@ impl Chain {
             let verdict = match p {
                 Pending::Judged(v) => v,
                 Pending::Verify => match verified.next().expect("one verdict per transaction") {
-                    Ok(vtx) => m.admit_checked(vtx).map(Admission::New),
+                    Ok(vtx) => m.admit_checked(vtx),
                     Err(e) => Err(AdmitError::Invalid(e)),
                 },
                 // A repeat comes after its first copy, whose verdict is in already.
