@@ -355,7 +355,8 @@ def ledger_section(ledger: list[dict], sustained: list[dict]) -> list[str]:
         "every coordinator; what batching saves is the HTTP exchange per transaction, which on this 2-core machine cost",
         "the load generator about 80 µs of CPU per transaction at 4,000 tx/s, nearly what each coordinator spent (about 95 µs). Goal: ≥ 5,000",
         "tx/s (the PoT paper's PBFT reference: about 4,800 tx/s on 50 nodes); the ratio column is offered ÷ 5,000 for",
-        "sustained rates.",
+        "sustained rates. Each rate is one 10 s run, so the edge moves between runs: p99 near the limit varies by a few",
+        "tenths of a second (by hand on 2026-11-28, 6,000 batched gave p99 0.72 s in one run and 0.98 s in the next).",
         "",
         f"**Largest sustained load on this machine: {best:,} tx/s with batching clients** ({best / 5000:.2f} of the goal);"
         f" {best_single:,} tx/s with one request per transaction.",
