@@ -726,25 +726,58 @@ mod tests {
         );
     }
 
-    /// A busy answer says when to try again; a refusal does not.
+    /// A busy answer says when to try again; a refusal, a stopped admission and a node that
+    /// is not ready do not.
     #[test]
     fn busy_answers_carry_retry_after() {
-        let busy = unjudged(Unjudged::Busy).into_response();
-        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(busy.headers()[axum::http::header::RETRY_AFTER], "1");
-        let refused = bad_request("tx_rejected", "bad nonce").into_response();
-        assert!(
-            !refused
-                .headers()
-                .contains_key(axum::http::header::RETRY_AFTER)
-        );
-        // Not busy: admission has stopped for good.
-        let stopped = unjudged(Unjudged::Stopped).into_response();
-        assert_eq!(stopped.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(
-            !stopped
-                .headers()
-                .contains_key(axum::http::header::RETRY_AFTER)
-        );
+        let signer = SecretKey::from_seed([5; 32]).address();
+        let answers = [
+            (
+                unjudged(Unjudged::Busy),
+                StatusCode::SERVICE_UNAVAILABLE,
+                true,
+            ),
+            (
+                judged(Ok(Err(AdmitError::SenderFull {
+                    signer,
+                    count: 512,
+                    max: 512,
+                })))
+                .unwrap_err(),
+                StatusCode::TOO_MANY_REQUESTS,
+                true,
+            ),
+            (
+                judged(Ok(Err(AdmitError::Full { count: 9, bytes: 9 }))).unwrap_err(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                true,
+            ),
+            (
+                bad_request("tx_rejected", "bad nonce"),
+                StatusCode::BAD_REQUEST,
+                false,
+            ),
+            (
+                unjudged(Unjudged::Stopped),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                false,
+            ),
+            (
+                Error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    "behind".into(),
+                ),
+                StatusCode::SERVICE_UNAVAILABLE,
+                false,
+            ),
+        ];
+        for (error, status, busy) in answers {
+            let code = error.1;
+            let answer = error.into_response();
+            assert_eq!(answer.status(), status, "{code}");
+            let retry = answer.headers().get(axum::http::header::RETRY_AFTER);
+            assert_eq!(retry.is_some(), busy, "{code}: {retry:?}");
+        }
     }
 }
