@@ -18,7 +18,7 @@ use tracing::warn;
 use pot_protocol::api::TxStatus;
 use pot_protocol::commit::Commit;
 use pot_protocol::{
-    Address, Block, BlockError, Genesis, Hash, ProposerKey, SignedTx, State, VerifiedTx,
+    Address, Block, BlockError, Genesis, Hash, ProposerKey, SignedTx, State, TxError, VerifiedTx,
     apply_block_known, build_block_verified,
 };
 
@@ -245,7 +245,11 @@ impl Chain {
         });
         {
             let m = self.mempool.lock().expect("mempool lock");
-            for (i, ((stx, hash), decided)) in txs.into_iter().zip(hashes).zip(decided).enumerate()
+            for (i, ((stx, hash), decided)) in txs
+                .into_iter()
+                .zip(hashes.iter().copied())
+                .zip(decided)
+                .enumerate()
             {
                 if let Some(&at) = first.get(&hash) {
                     pending.push(Pending::RepeatOf(at));
@@ -284,7 +288,40 @@ impl Chain {
             };
             verdicts.push(verdict);
         }
+        drop(m);
+        self.known_if_decided_meanwhile(&mut verdicts, &hashes);
         verdicts
+    }
+
+    /// A transaction refused for a nonce already used may have been decided between the
+    /// batch's read of the transaction index and its admission (a block committed meanwhile):
+    /// then it is `Known`, as a moment later it would have been, not refused (a client retrying
+    /// one that did get in is told so).
+    fn known_if_decided_meanwhile(
+        &self,
+        verdicts: &mut [Result<Admission, AdmitError>],
+        hashes: &[Hash],
+    ) {
+        let stale: Vec<usize> = (0..verdicts.len())
+            .filter(|&i| {
+                matches!(&verdicts[i],
+                    Err(AdmitError::Invalid(TxError::WrongNonce { expected, got, .. }))
+                        if got < expected)
+            })
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let asked: Vec<Hash> = stale.iter().map(|&i| hashes[i]).collect();
+        // A read that fails leaves the refusals as they are: the nonce was used either way.
+        let Ok(decided) = self.store.tx_locations(&asked) else {
+            return;
+        };
+        for (i, decided) in stale.into_iter().zip(decided) {
+            if decided.is_some() {
+                verdicts[i] = Ok(Admission::Known(hashes[i]));
+            }
+        }
     }
 
     pub fn tx_status(&self, hash: &Hash) -> Result<Option<TxStatus>, StoreError> {
@@ -502,6 +539,42 @@ mod tests {
             chain.submit(tx(2)).map(|a| matches!(a, Admission::New(_))),
             Ok(true)
         );
+    }
+
+    /// A transaction decided while its submission was being judged (its nonce used by then) is
+    /// `Known`, not refused; one whose nonce another transaction used stays refused.
+    #[test]
+    fn a_transaction_decided_while_it_was_judged_is_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, key) = funded_chain(dir.path());
+        let tx = |nonce, amount| {
+            Tx {
+                chain_id: "t".into(),
+                signer: key.address(),
+                nonce,
+                fee: Amount(1_000),
+                body: TxBody::Transfer {
+                    to: key.address(),
+                    amount: Amount(amount),
+                },
+            }
+            .sign(&key)
+        };
+        let (decided, rival) = (tx(0, 1), tx(0, 2));
+        chain.submit(decided.clone()).unwrap();
+        next_block(&chain, &key);
+        // As the mempool refuses both once the block is in.
+        let used = |stx: &SignedTx| {
+            Err(AdmitError::Invalid(TxError::WrongNonce {
+                signer: stx.tx.signer,
+                expected: 1,
+                got: 0,
+            }))
+        };
+        let mut verdicts = vec![used(&decided), used(&rival)];
+        chain.known_if_decided_meanwhile(&mut verdicts, &[decided.hash(), rival.hash()]);
+        assert_eq!(verdicts[0], Ok(Admission::Known(decided.hash())));
+        assert_eq!(verdicts[1], used(&rival));
     }
 
     /// A repeat is refused as its first copy was, not told it is held: a client whose retry
