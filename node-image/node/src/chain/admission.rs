@@ -1,7 +1,8 @@
-//! Admission of the API's submissions, in batches: a thread takes the submissions waiting (until
-//! it has [`BATCH`] transactions or more) and admits them together ([`Chain::submit_batch`]), so their signatures are checked in one
-//! ed25519 batch (about a third of the work of checking them one by one) and a busy API costs
-//! one thread hand-off per batch, not one per request. Each submitter gets the verdict
+//! Admission of the API's submissions, in batches: a thread takes the submissions waiting
+//! (until it has [`BATCH`] transactions or more) and admits them together
+//! ([`Chain::submit_batch`]), so their signatures are checked in one ed25519 batch (about a
+//! third of the work of checking them one by one) and a busy API costs one thread hand-off per
+//! batch, not one per request. Each submitter gets the verdict
 //! `Chain::submit` would have given it alone. What the thread admits as new is passed on (to
 //! the other coordinators) by the thread itself, so a client that gave up waiting for its
 //! answer does not leave an admitted transaction unannounced.
@@ -132,18 +133,11 @@ impl Admitter {
     /// would only wait for the refused one).
     pub async fn submit_many(&self, mut txs: Vec<SignedTx>) -> Vec<Result<Verdict, Unjudged>> {
         let n = txs.len();
-        let room = if self.is_running() {
-            self.take_places(n, QUEUE - KEPT_FOR_SINGLE)
-        } else {
-            None
-        };
-        let Some(places) = room else {
-            let why = if self.is_running() {
-                Unjudged::Busy
-            } else {
-                Unjudged::Stopped
-            };
-            return vec![Err(why); n];
+        if !self.is_running() {
+            return vec![Err(Unjudged::Stopped); n];
+        }
+        let Some(places) = self.take_places(n, QUEUE - KEPT_FOR_SINGLE) else {
+            return vec![Err(Unjudged::Busy); n];
         };
         let queued = places.n;
         txs.truncate(queued);
@@ -195,7 +189,7 @@ type Waiting = Mutex<mpsc::UnboundedReceiver<Submission>>;
 fn admit_until_closed(chain: &Chain, waiting: &Waiting, pass_on: &impl Fn(&SignedTx)) {
     loop {
         // One thread at a time takes what is waiting; the others wait for the next batch.
-        let batch = {
+        let (batch, n) = {
             let mut waiting = waiting.lock().unwrap_or_else(|p| p.into_inner());
             let Some(first) = waiting.blocking_recv() else {
                 return;
@@ -208,9 +202,8 @@ fn admit_until_closed(chain: &Chain, waiting: &Waiting, pass_on: &impl Fn(&Signe
                 n += more.txs.len();
                 batch.push(more);
             }
-            batch
+            (batch, n)
         };
-        let n: usize = batch.iter().map(|s| s.txs.len()).sum();
         let verdicts = chain.submit_batch(batch.iter().flat_map(|s| &s.txs));
         assert_eq!(verdicts.len(), n, "one verdict per transaction");
         let mut verdicts = verdicts.into_iter();
@@ -254,6 +247,23 @@ pub(crate) mod tests {
             coordinators: vec![Coordinator::for_key(&keys[0])],
         };
         Arc::new(Chain::open(genesis, dir, Limits::default()).unwrap())
+    }
+
+    /// `judging`'s output, with the mempool held for `wait` first: what it queued waits (every
+    /// admission thread free to take a share meanwhile) and is not judged before it is let go.
+    // Held on purpose: only the admission threads wait for it.
+    #[allow(clippy::await_holding_lock)]
+    async fn judged_after_holding<F: Future>(
+        chain: &Chain,
+        wait: std::time::Duration,
+        judging: F,
+    ) -> F::Output {
+        let held = chain.mempool.lock().unwrap();
+        tokio::pin!(judging);
+        let once = tokio::time::timeout(wait, &mut judging).await;
+        assert!(once.is_err(), "judged while the mempool was held");
+        drop(held);
+        judging.await
     }
 
     /// At least `count` transfers, `keys` taking turns, each key's nonces in order.
@@ -353,8 +363,6 @@ pub(crate) mod tests {
     /// A batch gets one verdict per transaction, in its order; what the queue has no room for
     /// is `Busy` (and only that: a busy queue never reorders or drops the rest).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    // Held on purpose: only the admission thread waits for it.
-    #[allow(clippy::await_holding_lock)]
     async fn a_batch_gets_a_verdict_per_transaction_in_order_and_busy_past_the_queue() {
         let dir = tempfile::tempdir().unwrap();
         let keys: Vec<SecretKey> = (0..64u8)
@@ -367,16 +375,8 @@ pub(crate) mod tests {
         let room = QUEUE - KEPT_FOR_SINGLE;
         let txs = transfers(&chain, &keys, room + 100);
         // The admission thread waits for the mempool, so the queue fills up.
-        let held = chain.mempool.lock().unwrap();
-        let verdicts = {
-            let judging = admitter.submit_many(txs.clone());
-            tokio::pin!(judging);
-            // Queued, not yet judged: then let the admission thread go on.
-            let once = tokio::time::timeout(std::time::Duration::ZERO, &mut judging).await;
-            assert!(once.is_err(), "judged while the mempool was held");
-            drop(held);
-            judging.await
-        };
+        let judging = admitter.submit_many(txs.clone());
+        let verdicts = judged_after_holding(&chain, std::time::Duration::ZERO, judging).await;
         assert_eq!(verdicts.len(), txs.len());
         let busy_from = verdicts
             .iter()
@@ -406,8 +406,6 @@ pub(crate) mod tests {
     /// later nonces are never judged before its earlier ones (they would be refused as too
     /// far ahead), and the request is never split between threads.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    // Held on purpose: only the admission threads wait for it.
-    #[allow(clippy::await_holding_lock)]
     async fn a_request_is_judged_in_order_by_one_thread_however_many_there_are() {
         let dir = tempfile::tempdir().unwrap();
         let keys: Vec<SecretKey> = (0..8u8)
@@ -427,15 +425,9 @@ pub(crate) mod tests {
         // queues ahead of a gap.
         let txs = transfers(&chain, &keys, 3 * BATCH);
         // Every thread is free to take a share while the first waits for the mempool.
-        let held = chain.mempool.lock().unwrap();
-        let verdicts = {
-            let judging = admitter.submit_many(txs.clone());
-            tokio::pin!(judging);
-            let once = tokio::time::timeout(std::time::Duration::from_millis(200), &mut judging);
-            assert!(once.await.is_err(), "judged while the mempool was held");
-            drop(held);
-            judging.await
-        };
+        let judging = admitter.submit_many(txs.clone());
+        let wait = std::time::Duration::from_millis(200);
+        let verdicts = judged_after_holding(&chain, wait, judging).await;
         for (i, (tx, verdict)) in txs.iter().zip(&verdicts).enumerate() {
             assert_eq!(
                 *verdict,

@@ -489,6 +489,21 @@ mod tests {
         (Chain::open(genesis, dir, Limits::default()).unwrap(), key)
     }
 
+    /// A transfer of `amount` from `key` to itself, with `nonce`.
+    fn to_self(key: &SecretKey, nonce: u64, amount: u64) -> SignedTx {
+        Tx {
+            chain_id: "t".into(),
+            signer: key.address(),
+            nonce,
+            fee: Amount(1_000),
+            body: TxBody::Transfer {
+                to: key.address(),
+                amount: Amount(amount),
+            },
+        }
+        .sign(key)
+    }
+
     /// Propose a block from the mempool and commit it.
     fn next_block(chain: &Chain, key: &SecretKey) -> Block {
         let time = chain.state().tip.time_ms + 1_000;
@@ -507,19 +522,7 @@ mod tests {
     fn a_submission_says_whether_it_was_new_here() {
         let dir = tempfile::tempdir().unwrap();
         let (chain, key) = funded_chain(dir.path());
-        let tx = |nonce| {
-            Tx {
-                chain_id: "t".into(),
-                signer: key.address(),
-                nonce,
-                fee: Amount(1_000),
-                body: TxBody::Transfer {
-                    to: key.address(),
-                    amount: Amount(1),
-                },
-            }
-            .sign(&key)
-        };
+        let tx = |nonce| to_self(&key, nonce, 1);
         let (a, b) = (tx(0), tx(1));
         // Repeated in one batch: admitted once, the repeat known (and not verified again).
         let got = chain.submit_batch(&[a.clone(), a.clone(), b.clone()]);
@@ -547,20 +550,7 @@ mod tests {
     fn a_transaction_decided_while_it_was_judged_is_known() {
         let dir = tempfile::tempdir().unwrap();
         let (chain, key) = funded_chain(dir.path());
-        let tx = |nonce, amount| {
-            Tx {
-                chain_id: "t".into(),
-                signer: key.address(),
-                nonce,
-                fee: Amount(1_000),
-                body: TxBody::Transfer {
-                    to: key.address(),
-                    amount: Amount(amount),
-                },
-            }
-            .sign(&key)
-        };
-        let (decided, rival) = (tx(0, 1), tx(0, 2));
+        let (decided, rival) = (to_self(&key, 0, 1), to_self(&key, 0, 2));
         chain.submit(decided.clone()).unwrap();
         next_block(&chain, &key);
         // As the mempool refuses both once the block is in.
@@ -583,17 +573,7 @@ mod tests {
     fn a_repeat_in_a_batch_gets_its_first_copys_verdict() {
         let dir = tempfile::tempdir().unwrap();
         let (chain, key) = funded_chain(dir.path());
-        let mut forged = Tx {
-            chain_id: "t".into(),
-            signer: key.address(),
-            nonce: 0,
-            fee: Amount(1_000),
-            body: TxBody::Transfer {
-                to: key.address(),
-                amount: Amount(1),
-            },
-        }
-        .sign(&key);
+        let mut forged = to_self(&key, 0, 1);
         forged.signature.0[5] ^= 1;
         let got = chain.submit_batch([&forged, &forged]);
         assert!(
